@@ -1,0 +1,177 @@
+"""Cross-field rules of the configuration, checked before any process starts.
+
+Each rule either fills a derived value (slime's defaults) or raises `ConfigError` with one line that
+says what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from temper.config import ConfigError
+
+if TYPE_CHECKING:
+    from temper.config import Config
+
+# Estimators whose rewards are normalized within the group (mean, and std unless disabled).
+GROUP_NORMALIZED = {"grpo", "gspo", "cispo", "rloo", "reinforce_plus_plus_baseline"}
+
+
+def validate(cfg: Config) -> None:
+    for rule in (_modes, _batch_sizes, _gpus, _parallelism, _algorithm, _sampling, _checkpoint, _eval):
+        rule(cfg)
+
+
+def _modes(cfg: Config) -> None:
+    if cfg.load_debug_rollout_data:
+        cfg.debug_train_only = True
+    if cfg.debug_rollout_only and cfg.debug_train_only:
+        raise ConfigError("--debug-rollout-only and --debug-train-only exclude each other; pick one")
+    if cfg.train_backend == "megatron":
+        raise ConfigError("--train-backend megatron is not available in this build; use --train-backend fsdp")
+
+
+def _batch_sizes(cfg: Config) -> None:
+    """rollout_batch_size x n_samples_per_prompt = global_batch_size x num_steps_per_rollout."""
+    rbs, n = cfg.rollout_batch_size, cfg.n_samples_per_prompt
+    if rbs is None:
+        raise ConfigError("--rollout-batch-size is required (prompts per rollout step)")
+    if rbs <= 0 or n <= 0:
+        raise ConfigError(f"--rollout-batch-size ({rbs}) and --n-samples-per-prompt ({n}) must be positive")
+    samples = rbs * n
+    gbs, steps = cfg.global_batch_size, cfg.num_steps_per_rollout
+    if gbs is None and steps is None:
+        steps = 1
+    if gbs is None:
+        if samples % steps:
+            raise ConfigError(
+                f"--rollout-batch-size {rbs} x --n-samples-per-prompt {n} = {samples} samples do not split into "
+                f"--num-steps-per-rollout {steps} equal optimizer steps; change one of them"
+            )
+        gbs = samples // steps
+    elif steps is None:
+        if gbs <= 0 or samples % gbs:
+            raise ConfigError(
+                f"--rollout-batch-size {rbs} x --n-samples-per-prompt {n} = {samples} samples is not a multiple of "
+                f"--global-batch-size {gbs}; make it divide {samples} or set --num-steps-per-rollout"
+            )
+        steps = samples // gbs
+    elif gbs * steps != samples:
+        raise ConfigError(
+            f"--rollout-batch-size {rbs} x --n-samples-per-prompt {n} = {samples} but --global-batch-size {gbs} x "
+            f"--num-steps-per-rollout {steps} = {gbs * steps}; they must be equal (drop one of the last two "
+            f"and it is derived)"
+        )
+    cfg.global_batch_size, cfg.num_steps_per_rollout = gbs, steps
+    if cfg.use_dynamic_batch_size and not cfg.max_tokens_per_gpu:
+        raise ConfigError("--use-dynamic-batch-size needs --max-tokens-per-gpu (token budget per micro-batch)")
+    if not cfg.use_dynamic_batch_size and gbs % cfg.micro_batch_size:
+        raise ConfigError(
+            f"--global-batch-size {gbs} is not a multiple of --micro-batch-size {cfg.micro_batch_size}; "
+            f"change one or use --use-dynamic-batch-size"
+        )
+    if cfg.over_sampling_batch_size is None:
+        cfg.over_sampling_batch_size = rbs
+    if cfg.num_rollout is None and cfg.num_epoch is None and not cfg.debug_rollout_only:
+        raise ConfigError("give --num-rollout (rollout steps) or --num-epoch (passes over --prompt-data)")
+
+
+def _gpus(cfg: Config) -> None:
+    if cfg.offload:
+        cfg.offload_train = cfg.offload_rollout = True
+    for name in ("actor_num_nodes", "num_gpus_per_node", "rollout_num_gpus_per_engine"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.actor_num_gpus_per_node < 0:
+        raise ConfigError(f"--actor-num-gpus-per-node must be >= 0, got {cfg.actor_num_gpus_per_node}")
+    if cfg.actor_num_gpus_per_node > cfg.num_gpus_per_node:
+        raise ConfigError(
+            f"--actor-num-gpus-per-node {cfg.actor_num_gpus_per_node} exceeds --num-gpus-per-node "
+            f"{cfg.num_gpus_per_node}; use more --actor-num-nodes or raise --num-gpus-per-node"
+        )
+    if cfg.colocate:
+        if cfg.rollout_num_gpus is None:
+            cfg.rollout_num_gpus = cfg.actor_num_gpus
+        if cfg.rollout_num_gpus != cfg.actor_num_gpus:
+            raise ConfigError(
+                f"--colocate shares GPUs, so --rollout-num-gpus ({cfg.rollout_num_gpus}) must equal the actor's "
+                f"{cfg.actor_num_gpus} GPUs; drop --rollout-num-gpus"
+            )
+        cfg.offload_train = True if cfg.offload_train is None else cfg.offload_train
+        cfg.offload_rollout = True if cfg.offload_rollout is None else cfg.offload_rollout
+    cfg.offload_train = bool(cfg.offload_train)
+    cfg.offload_rollout = bool(cfg.offload_rollout)
+    engine_gpus = cfg.rollout_num_gpus or 0
+    if engine_gpus % cfg.rollout_num_gpus_per_engine:
+        raise ConfigError(
+            f"--rollout-num-gpus {engine_gpus} is not a multiple of --rollout-num-gpus-per-engine "
+            f"{cfg.rollout_num_gpus_per_engine}"
+        )
+
+
+def _parallelism(cfg: Config) -> None:
+    megatron_only = {
+        "tensor_model_parallel_size": 1,
+        "pipeline_model_parallel_size": 1,
+        "context_parallel_size": 1,
+        "expert_model_parallel_size": 1,
+        "sequence_parallel": False,
+    }
+    for name, neutral in megatron_only.items():
+        if getattr(cfg, name) != neutral:
+            raise ConfigError(
+                f"--{name.replace('_', '-')} is honoured by the Megatron backend only; with --train-backend fsdp "
+                f"leave it at {neutral} (FSDP shards over all actor GPUs)"
+            )
+    if cfg.recompute_granularity is not None:
+        cfg.recompute_activations = True
+
+
+def _algorithm(cfg: Config) -> None:
+    if cfg.eps_clip_high is None:
+        cfg.eps_clip_high = cfg.eps_clip
+    if cfg.eps_clip_c is not None and cfg.eps_clip_c <= 1.0:
+        raise ConfigError(f"--eps-clip-c is the dual-clip constant and must be > 1, got {cfg.eps_clip_c}")
+    if cfg.use_kl_loss and cfg.kl_coef != 0 and cfg.kl_loss_coef != 0:
+        raise ConfigError("--kl-coef (KL in the reward) and --use-kl-loss --kl-loss-coef (KL in the loss) exclude each other")
+    if cfg.use_rollout_logprobs and cfg.use_tis:
+        raise ConfigError("--use-tis corrects towards the engine's log-probs; it cannot be combined with --use-rollout-logprobs")
+    if cfg.advantage_estimator in ("reinforce_plus_plus", "reinforce_plus_plus_baseline") and not cfg.normalize_advantages:
+        raise ConfigError(f"--advantage-estimator {cfg.advantage_estimator} requires --normalize-advantages")
+    if cfg.n_samples_per_prompt == 1 and cfg.advantage_estimator in GROUP_NORMALIZED:
+        cfg.disable_grpo_std_normalization = True
+    if cfg.advantage_estimator == "rloo" and cfg.n_samples_per_prompt < 2:
+        raise ConfigError("--advantage-estimator rloo needs --n-samples-per-prompt >= 2 (leave-one-out baseline)")
+    if cfg.loss_type == "custom_loss" and not cfg.custom_loss_function_path:
+        raise ConfigError("--loss-type custom_loss needs --custom-loss-function-path")
+    if cfg.use_critic and cfg.loss_type != "policy_loss":
+        raise ConfigError("--advantage-estimator ppo trains a critic and needs --loss-type policy_loss")
+
+
+def _sampling(cfg: Config) -> None:
+    if cfg.rollout_temperature <= 0:
+        raise ConfigError(f"--rollout-temperature must be > 0 (it also divides training logits), got {cfg.rollout_temperature}")
+    if not 0 < cfg.rollout_top_p <= 1:
+        raise ConfigError(f"--rollout-top-p must be in (0, 1], got {cfg.rollout_top_p}")
+    if cfg.rollout_max_prompt_len is None and cfg.rollout_max_context_len is not None:
+        cfg.rollout_max_prompt_len = cfg.rollout_max_context_len - 1
+    if cfg.over_sampling_batch_size < cfg.rollout_batch_size:
+        raise ConfigError(
+            f"--over-sampling-batch-size {cfg.over_sampling_batch_size} must be >= --rollout-batch-size "
+            f"{cfg.rollout_batch_size}"
+        )
+    if cfg.update_weights_interval < 1 or cfg.async_buffer_size < 1:
+        raise ConfigError("--update-weights-interval and --async-buffer-size must be >= 1")
+
+
+def _checkpoint(cfg: Config) -> None:
+    if cfg.save_interval is not None and not cfg.save:
+        raise ConfigError("--save-interval needs --save DIR (where to write checkpoints)")
+
+
+def _eval(cfg: Config) -> None:
+    items = cfg.eval_prompt_data or []
+    if len(items) > 1 and len(items) % 2:
+        raise ConfigError(f"--eval-prompt-data takes NAME PATH pairs, got {len(items)} values: {items}")
+    if cfg.eval_interval is not None and not items:
+        raise ConfigError("--eval-interval needs --eval-prompt-data NAME PATH")
