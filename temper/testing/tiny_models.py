@@ -1,0 +1,229 @@
+"""Tiny random Hugging Face checkpoints for tests, benchmarks and the quickstart.
+
+`build_tiny_model` writes a normal HF folder (config.json, model.safetensors, generation_config.json,
+tokenizer.json, tokenizer_config.json with a ChatML ``chat_template``, special_tokens_map.json) that
+loads through ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` with no
+network. Weights are random (``from_config``) and seeded: the same arguments give byte-identical files.
+
+Shapes are `ModelShape` values, named in `PRESETS`: "tiny" (the default, ~0.5M parameters, builds in
+well under a second) and "qwen3-0.6b" (Qwen3-0.6B's exact shape with random weights, for GPU
+benchmarks). Any field can be overridden by keyword.
+
+Command line: ``python -m temper.testing.tiny_models OUT_DIR [--arch qwen3] [--preset tiny] [--seed 0]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import dataclasses
+import functools
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PretrainedConfig
+
+from temper.testing.tokenizer import EOS_TOKEN, PAD_TOKEN, TOKENIZER_SIZE, save_tokenizer, special_token_ids
+
+# arch name -> (HF model_type, architecture class written to config.json)
+ARCHITECTURES: dict[str, tuple[str, str]] = {
+    "qwen3": ("qwen3", "Qwen3ForCausalLM"),
+    "qwen2": ("qwen2", "Qwen2ForCausalLM"),
+    "llama": ("llama", "LlamaForCausalLM"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelShape:
+    """The size of a decoder-only transformer, in HF config terms.
+
+    vocab_size may exceed the tokenizer's `TOKENIZER_SIZE` (as Qwen's 151936 exceeds its 151669); the
+    extra embedding rows are never produced by the tokenizer. ``num_heads * head_dim`` may differ from
+    hidden_size only for qwen3, whose attention projects to head_dim explicitly.
+    """
+
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 32
+    max_position_embeddings: int = 4096
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < TOKENIZER_SIZE:
+            raise ValueError(
+                f"ModelShape.vocab_size={self.vocab_size} is smaller than the test tokenizer "
+                f"({TOKENIZER_SIZE} ids); use vocab_size >= {TOKENIZER_SIZE}"
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"ModelShape.num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
+            )
+        if self.head_dim < 32 or self.head_dim % 2:
+            raise ValueError(
+                f"ModelShape.head_dim={self.head_dim}: use an even head_dim >= 32 (fused attention and "
+                "rotary kernels reject smaller heads)"
+            )
+
+
+PRESETS: dict[str, ModelShape] = {
+    "tiny": ModelShape(),
+    "qwen3-0.6b": ModelShape(
+        vocab_size=151936,
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_layers=28,
+        num_heads=16,
+        num_kv_heads=8,
+        head_dim=128,
+        max_position_embeddings=40960,
+        rope_theta=1_000_000.0,
+        tie_word_embeddings=True,
+    ),
+}
+
+
+def resolve_shape(preset: str | ModelShape = "tiny", **overrides) -> ModelShape:
+    """`preset` (a name in `PRESETS` or a `ModelShape`) with `overrides` (ModelShape field names) applied."""
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown tiny-model preset {preset!r}; expected one of {sorted(PRESETS)}")
+        preset = PRESETS[preset]
+    fields = {f.name for f in dataclasses.fields(ModelShape)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(f"unknown ModelShape field(s) {unknown}; expected some of {sorted(fields)}")
+    return dataclasses.replace(preset, **overrides)
+
+
+def make_config(arch: str = "qwen3", shape: ModelShape | None = None) -> PretrainedConfig:
+    """The HF config for `arch` ("qwen3", "qwen2", "llama") at `shape`, with Qwen's bos/eos ids.
+
+    Builds no weights, so it is cheap even for large presets.
+    """
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown tiny-model arch {arch!r}; expected one of {sorted(ARCHITECTURES)}")
+    shape = shape or PRESETS["tiny"]
+    model_type, architecture = ARCHITECTURES[arch]
+    if model_type != "qwen3" and shape.num_heads * shape.head_dim != shape.hidden_size:
+        # Qwen2 on transformers 4.x derives head_dim from hidden_size and ignores the field.
+        raise ValueError(
+            f"arch {arch!r} needs num_heads * head_dim == hidden_size, got {shape.num_heads} * "
+            f"{shape.head_dim} != {shape.hidden_size}"
+        )
+    ids = special_token_ids()
+    return AutoConfig.for_model(
+        model_type,
+        architectures=[architecture],
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_kv_heads,
+        head_dim=shape.head_dim,
+        max_position_embeddings=shape.max_position_embeddings,
+        rope_theta=shape.rope_theta,
+        rms_norm_eps=shape.rms_norm_eps,
+        tie_word_embeddings=shape.tie_word_embeddings,
+        bos_token_id=ids[PAD_TOKEN],
+        eos_token_id=ids[EOS_TOKEN],
+        # No pad_token_id, as in Qwen's config.json: with one, the embedding row would get padding_idx
+        # (zeroed at init and never trained). The pad id lives in generation_config and the tokenizer.
+    )
+
+
+def make_generation_config() -> GenerationConfig:
+    """Stop on ``<|im_end|>`` or ``<|endoftext|>``, pad with ``<|endoftext|>``; no sampling defaults.
+
+    Qwen ships temperature/top_p defaults here; tiny models leave them out so that a bare
+    ``generate()`` is greedy and tests are deterministic.
+    """
+    ids = special_token_ids()
+    return GenerationConfig(
+        bos_token_id=ids[PAD_TOKEN],
+        eos_token_id=[ids[EOS_TOKEN], ids[PAD_TOKEN]],
+        pad_token_id=ids[PAD_TOKEN],
+    )
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    arch: str = "qwen3",
+    *,
+    preset: str | ModelShape = "tiny",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    **overrides,
+) -> Path:
+    """Write a randomly initialised `arch` checkpoint of shape `preset` (+ `overrides`) to `out_dir`.
+
+    Weights are drawn in float32 under `seed` (the global torch RNG is left untouched), then cast to
+    `dtype`, so the same arguments give byte-identical files and a bf16 build is the cast of the fp32
+    one. `out_dir` is created if needed; existing files of the same names are overwritten. Returns
+    `out_dir` as a Path.
+    """
+    out_dir = Path(out_dir)
+    shape = resolve_shape(preset, **overrides)
+    config = make_config(arch, shape)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    model.to(dtype)
+    model.generation_config = make_generation_config()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    _add_legacy_rope_theta(out_dir / "config.json", shape.rope_theta)
+    save_tokenizer(out_dir, model_max_length=shape.max_position_embeddings)
+    return out_dir
+
+
+def _add_legacy_rope_theta(config_path: Path, rope_theta: float) -> None:
+    """transformers 5 writes only ``rope_parameters``; 4.x and hub-style readers look for ``rope_theta``."""
+    config = json.loads(config_path.read_text())
+    if "rope_theta" not in config:
+        config["rope_theta"] = rope_theta
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+@functools.cache
+def _cached_build(arch: str, seed: int, dtype: torch.dtype, overrides: tuple[tuple[str, object], ...]) -> Path:
+    out_dir = Path(tempfile.mkdtemp(prefix=f"temper-tiny-{arch}-"))
+    atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
+    return build_tiny_model(out_dir, arch, seed=seed, dtype=dtype, **dict(overrides))
+
+
+def tiny_model_dir(arch: str = "qwen3", *, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides) -> Path:
+    """A tiny checkpoint folder, built once per process per distinct arguments and removed at exit.
+
+    Arguments are those of `build_tiny_model` (the preset is always "tiny"). Callers must treat the
+    folder as read-only: it is shared by every caller with the same arguments.
+    """
+    return _cached_build(arch, seed, dtype, tuple(sorted(overrides.items())))
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """``python -m temper.testing.tiny_models OUT_DIR``: build a checkpoint and print its path."""
+    parser = argparse.ArgumentParser(description="Write a tiny random Hugging Face checkpoint.")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--arch", default="qwen3", choices=sorted(ARCHITECTURES))
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    args = parser.parse_args(argv)
+    path = build_tiny_model(
+        args.out_dir, args.arch, preset=args.preset, seed=args.seed, dtype=getattr(torch, args.dtype)
+    )
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()
