@@ -1,0 +1,324 @@
+"""Training throughput of temper's FSDP train worker on packed batches, beside a naive HF training loop.
+
+Workload: a random model of Qwen3-0.6B's shape (bf16 on disk); each rollout has --samples samples
+(groups of 8) of random tokens, prompt length uniform in --prompt-len, response length uniform in
+--response-len, random rewards (group-normalized). temper trains GRPO's policy loss, one optimizer
+step per rollout (--steps-per-rollout), micro-batches packed to --max-tokens-per-gpu without padding,
+activation checkpointing, bf16 compute with fp32 master weights and fp32 gradient reduction, AdamW.
+The naive baseline is the loop people write first: `AutoModelForCausalLM` (fp32 weights, bf16
+autocast, HF gradient checkpointing), the same samples sorted by length in right-padded micro-batches
+under the same token budget (padding included), HF's own loss over full-vocabulary logits, AdamW.
+It runs only in a single-process run, after temper's, in the same process.
+
+Reported: tokens/s (prompt + response tokens, padding excluded; per GPU and in all), MFU (model
+FLOPs — 3x the forward: linear layers, causal attention, lm head on response tokens only for temper
+and on every position for HF, which is what each computes — over --peak-tflops per GPU), and peak
+GPU memory. Losses, entropy and gradient norms of every rollout are printed (and written with --out)
+so that a 2-GPU run can be checked against a 1-GPU run (--compare-to).
+
+    python benchmarks/train_throughput.py --out 1gpu.json                  # 1 GPU, with the baseline
+    torchrun --nproc-per-node 2 benchmarks/train_throughput.py --compare-to 1gpu.json
+    python benchmarks/train_throughput.py --model-shape tiny --samples 16 --prompt-len 8 32 \
+        --response-len 8 64 --max-tokens-per-gpu 512 --rollouts 2            # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from temper.algo import group_normalize_rewards
+from temper.command_line import parse_config
+from temper.testing.tiny_models import PRESETS, build_tiny_model
+from temper.train import Actor
+from temper.types import RolloutBatch
+
+GROUP_SIZE = 8
+COMPARED_METRICS = ("loss", "entropy", "grad_norm")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-shape", default="qwen3-0.6b", choices=sorted(PRESETS))
+    p.add_argument("--samples", type=int, default=64, help="samples per rollout (a multiple of 8)")
+    p.add_argument("--prompt-len", type=int, nargs=2, default=[64, 512], metavar=("MIN", "MAX"))
+    p.add_argument("--response-len", type=int, nargs=2, default=[256, 1536], metavar=("MIN", "MAX"))
+    p.add_argument("--max-tokens-per-gpu", type=int, default=16384)
+    p.add_argument("--steps-per-rollout", type=int, default=1)
+    p.add_argument("--rollouts", type=int, default=4, help="measured rollouts (after one warm-up rollout)")
+    p.add_argument("--attn", default="sdpa", help="HF attn_implementation for both (sdpa, flash_attention_2, ...)")
+    p.add_argument("--no-recompute", action="store_true", help="no activation checkpointing (either side)")
+    p.add_argument("--skip-hf", action="store_true", help="skip the naive HF baseline")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak per GPU (H100/H200 SXM)")
+    p.add_argument("--out", help="write the results as JSON here (rank 0)")
+    p.add_argument("--compare-to", help="JSON of another run: check its per-rollout metrics against this run's")
+    p.add_argument("--rtol", type=float, default=2e-2, help="relative tolerance of --compare-to (bf16)")
+    return p.parse_args(argv)
+
+
+# -- setup ------------------------------------------------------------------------------------------
+
+
+def init_distributed() -> torch.device:
+    """torchrun's group when launched by it, else a 1-rank group; NCCL on GPU, gloo on CPU."""
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    backend = "nccl" if cuda else "gloo"
+    if "RANK" in os.environ:
+        dist.init_process_group(backend)
+    else:
+        store = tempfile.mkdtemp(prefix="temper-bench-store-")
+        dist.init_process_group(backend, init_method=f"file://{store}/store", rank=0, world_size=1)
+    return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+
+
+def model_dir(shape: str) -> Path:
+    """Rank 0 builds the random checkpoint once per machine; the others wait for it."""
+    path = Path(tempfile.gettempdir()) / f"temper-train-bench-{shape}"
+    if dist.get_rank() == 0 and not (path / "model.safetensors").exists():
+        build_tiny_model(path, "qwen3", preset=shape, dtype=torch.bfloat16)
+    dist.barrier()
+    return path
+
+
+def make_batch(args, rollout_id: int, vocab: int) -> RolloutBatch:
+    g = torch.Generator().manual_seed(1000 + rollout_id)
+    tokens, responses = [], []
+    for _ in range(args.samples):
+        prompt = int(torch.randint(args.prompt_len[0], args.prompt_len[1] + 1, (1,), generator=g))
+        response = int(torch.randint(args.response_len[0], args.response_len[1] + 1, (1,), generator=g))
+        tokens.append(torch.randint(0, min(vocab, 10000), (prompt + response,), generator=g))
+        responses.append(response)
+    raw = torch.rand(args.samples, generator=g)
+    groups = [i // GROUP_SIZE for i in range(args.samples)]
+    return RolloutBatch(
+        tokens=tokens,
+        response_lengths=responses,
+        loss_masks=[torch.ones(r) for r in responses],
+        rewards=group_normalize_rewards(raw, groups),
+        raw_rewards=raw,
+        group_indices=groups,
+        sample_indices=list(range(args.samples)),
+    )
+
+
+# -- FLOPs ------------------------------------------------------------------------------------------
+
+
+def forward_flops(config, batch: RolloutBatch, *, lm_head_on_prompt: bool) -> float:
+    """Model FLOPs of one forward over `batch`: linear layers, causal attention, lm head."""
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    layer_params = hidden * head_dim * (2 * heads + 2 * kv_heads) + 3 * hidden * config.intermediate_size
+    total = 0.0
+    for tokens, response in zip(batch.tokens, batch.response_lengths):
+        s = len(tokens)
+        total += 2 * layer_params * layers * s
+        total += 2 * heads * head_dim * s * s * layers  # QK^T and AV, causal half of 2 matmuls x 2 FLOPs
+        total += 2 * hidden * config.vocab_size * (s if lm_head_on_prompt else response)
+    return total
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+
+
+# -- temper ------------------------------------------------------------------------------------------
+
+
+def bench_temper(args, path: Path, device: torch.device, hf_config) -> dict:
+    world = dist.get_world_size()
+    flags = [
+        "--hf-checkpoint",
+        str(path),
+        "--rollout-batch-size",
+        str(args.samples // GROUP_SIZE),
+        "--n-samples-per-prompt",
+        str(GROUP_SIZE),
+        "--num-steps-per-rollout",
+        str(args.steps_per_rollout),
+        "--num-rollout",
+        str(args.rollouts + 1),
+        "--use-dynamic-batch-size",
+        "--max-tokens-per-gpu",
+        str(args.max_tokens_per_gpu),
+        "--lr",
+        "1e-6",
+        "--actor-num-gpus-per-node",
+        str(world),
+        "--num-gpus-per-node",
+        str(max(world, 8)),
+    ]
+    if not args.no_recompute:
+        flags.append("--recompute-activations")
+    cfg = parse_config(flags, check_shape=False)
+    actor = Actor(cfg, attn_implementation=args.attn)
+    actor.train(0, make_batch(args, 0, hf_config.vocab_size))  # warm-up
+    reset_peak(device)
+    per_rollout, seconds, tokens, flops = [], 0.0, 0, 0.0
+    for rollout_id in range(1, args.rollouts + 1):
+        batch = make_batch(args, rollout_id, hf_config.vocab_size)
+        sync(device)
+        start = time.perf_counter()
+        metrics = actor.train(rollout_id, batch)
+        sync(device)
+        seconds += time.perf_counter() - start
+        tokens += sum(batch.total_lengths)
+        flops += 3 * forward_flops(hf_config, batch, lm_head_on_prompt=False)
+        per_rollout.append({name: metrics[name] for name in COMPARED_METRICS})
+        log(f"temper rollout {rollout_id}: " + "  ".join(f"{k}={v:.6g}" for k, v in per_rollout[-1].items()))
+    result = summarize("temper", tokens, seconds, flops, world, args.peak_tflops, peak_gib(device))
+    result["per_rollout"] = per_rollout
+    del actor
+    return result
+
+
+# -- naive HF loop -----------------------------------------------------------------------------------
+
+
+def naive_micro_batches(batch: RolloutBatch, max_tokens: int) -> list[list[int]]:
+    """Samples sorted by length, cut so that rows x longest row <= max_tokens (padding counts)."""
+    order = sorted(range(len(batch)), key=lambda i: len(batch.tokens[i]))
+    groups, current = [], []
+    for i in order:
+        if current and (len(current) + 1) * len(batch.tokens[i]) > max_tokens:
+            groups.append(current)
+            current = []
+        current.append(i)
+    return groups + [current] if current else groups
+
+
+def naive_step(model, optimizer, batch: RolloutBatch, max_tokens: int, device: torch.device) -> float:
+    total_tokens = sum(batch.response_lengths)
+    for group in naive_micro_batches(batch, max_tokens):
+        width = max(len(batch.tokens[i]) for i in group)
+        ids = torch.zeros(len(group), width, dtype=torch.long)
+        mask = torch.zeros(len(group), width, dtype=torch.long)
+        labels = torch.full((len(group), width), -100, dtype=torch.long)
+        for row, i in enumerate(group):
+            seq, response = batch.tokens[i], batch.response_lengths[i]
+            ids[row, : len(seq)], mask[row, : len(seq)] = seq, 1
+            labels[row, len(seq) - response : len(seq)] = seq[len(seq) - response :]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device))
+        share = sum(batch.response_lengths[i] for i in group) / total_tokens
+        (out.loss * share).backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm)
+
+
+def bench_naive(args, path: Path, device: torch.device, hf_config) -> dict:
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=args.attn).to(device)
+    model.config.use_cache = False
+    if not args.no_recompute:
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    naive_step(model, optimizer, make_batch(args, 0, hf_config.vocab_size), args.max_tokens_per_gpu, device)
+    reset_peak(device)
+    seconds, tokens, flops = 0.0, 0, 0.0
+    for rollout_id in range(1, args.rollouts + 1):
+        batch = make_batch(args, rollout_id, hf_config.vocab_size)
+        sync(device)
+        start = time.perf_counter()
+        naive_step(model, optimizer, batch, args.max_tokens_per_gpu, device)
+        sync(device)
+        seconds += time.perf_counter() - start
+        tokens += sum(batch.total_lengths)
+        flops += 3 * forward_flops(hf_config, batch, lm_head_on_prompt=True)
+    return summarize("naive HF", tokens, seconds, flops, 1, args.peak_tflops, peak_gib(device))
+
+
+# -- report ------------------------------------------------------------------------------------------
+
+
+def summarize(name, tokens, seconds, flops, gpus, peak_tflops, peak_memory) -> dict:
+    return {
+        "name": name,
+        "gpus": gpus,
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "tokens_per_s_per_gpu": tokens / seconds / gpus,
+        "mfu": flops / seconds / gpus / (peak_tflops * 1e12),
+        "peak_memory_gib": peak_memory,
+    }
+
+
+def log(message: str) -> None:
+    if dist.get_rank() == 0:
+        print(message, flush=True)
+
+
+def report(results: list[dict], device: torch.device) -> None:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    log(f"\ndevice: {name} x {dist.get_world_size()}")
+    log(f"{'':10} {'tokens/s':>12} {'tokens/s/GPU':>13} {'MFU':>7} {'peak GiB':>9}")
+    for r in results:
+        log(
+            f"{r['name']:10} {r['tokens_per_s']:12.0f} {r['tokens_per_s_per_gpu']:13.0f} "
+            f"{100 * r['mfu']:6.1f}% {r['peak_memory_gib']:9.2f}"
+        )
+
+
+def compare(this: dict, other_file: str, rtol: float) -> bool:
+    other = json.loads(Path(other_file).read_text())["temper"]
+    ok = True
+    for i, (mine, theirs) in enumerate(zip(this["per_rollout"], other["per_rollout"]), start=1):
+        for key in COMPARED_METRICS:
+            close = abs(mine[key] - theirs[key]) <= rtol * max(abs(theirs[key]), 1e-3)
+            ok &= close
+            log(
+                f"rollout {i} {key}: {mine[key]:.6g} vs {theirs[key]:.6g} ({other['gpus']} GPU) {'ok' if close else 'DIFFERS'}"
+            )
+    log(f"compare-to {other_file}: {'MATCH' if ok else 'MISMATCH'} (rtol {rtol})")
+    return ok
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.samples % GROUP_SIZE:
+        raise SystemExit(f"--samples must be a multiple of {GROUP_SIZE}")
+    device = init_distributed()
+    path = model_dir(args.model_shape)
+    hf_config = AutoConfig.from_pretrained(path)
+    results = {"temper": bench_temper(args, path, device, hf_config)}
+    if not args.skip_hf and dist.get_world_size() == 1:
+        results["naive"] = bench_naive(args, path, device, hf_config)
+    report(list(results.values()), device)
+    ok = compare(results["temper"], args.compare_to, args.rtol) if args.compare_to else True
+    if args.out and dist.get_rank() == 0:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    dist.destroy_process_group()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,296 @@
+"""The actor: the policy being trained, one FSDP rank of it per process.
+
+    actor = Actor(cfg)                       # inside an initialized process group
+    resumed = actor.load()                   # --load, or None for a fresh start
+    metrics = actor.train(rollout_id, batch) # the whole rollout batch, on every rank
+    actor.save(rollout_id, extra=data_source_state)
+    for bucket in actor.iter_weight_buckets(): ...   # weight sync to the engines
+
+PPO adds a critic: `values = critic.compute_values(batch)`, `data = actor.prepare(rollout_id, batch,
+values)`, `critic.update(data)`, `actor.update(data)`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from temper.algo import PolicyLossConfig, aggregate, policy_loss_function, sft_loss_function
+from temper.train.batcher import Batcher
+from temper.train.checkpoint import Resumed, iteration_dir, resolve_checkpoint, write_tracker
+from temper.train.env import TrainEnv
+from temper.train.hf_export import checkpoint_dtype, export_hf
+from temper.train.hf_model import load_causal_lm, policy_log_probs
+from temper.train.packing import MicroBatch
+from temper.train.parallelize import parallelize
+from temper.train.reference import ReferenceModel
+from temper.train.train_data import TrainData, compute_advantages, pad, pad_flat
+from temper.train.trainable import StepTotals, TrainableModel, mean_over_steps, weigh
+from temper.train.weights import Bucket, iter_weight_buckets
+from temper.types import RolloutBatch
+
+logger = logging.getLogger("temper.train")
+
+ICEPOP_SUFFIX = "icepop_function"
+
+
+class Actor:
+    """The policy: log-probs, RL/SFT optimizer steps, checkpoints, HF export and weight export.
+
+    cfg: a validated Config. total_steps: optimizer steps the LR decays over when --lr-decay-iters is
+    not given (default: --num-rollout x --num-steps-per-rollout). attn_implementation: the Hugging
+    Face attention ("sdpa" by default; "flash_attention_2" where installed).
+    """
+
+    def __init__(self, cfg, *, total_steps: int | None = None, attn_implementation: str | None = None):
+        _check_supported(cfg)
+        self.cfg = cfg
+        self.env = TrainEnv.current()
+        torch.manual_seed(cfg.seed)
+        model = load_causal_lm(cfg.hf_checkpoint, torch.float32, attn_implementation)
+        self.model = parallelize(
+            model,  # fully_shard moves each layer to the mesh's device as it shards it
+            self.env.mesh,
+            mixed_precision=self.env.is_cuda or cfg.bf16,
+            activation_checkpointing=cfg.recompute_activations,
+        )
+        if total_steps is None and cfg.num_rollout is not None:
+            total_steps = cfg.num_rollout * (cfg.num_steps_per_rollout or 1)
+        self.trainable = TrainableModel(self.model, cfg, self.env, total_steps=total_steps)
+        self.batcher = Batcher(cfg, self.env)
+        self.reference = None
+        if _needs_reference(cfg):
+            self.reference = ReferenceModel(
+                cfg, self.env, attn_implementation=attn_implementation, offload=cfg.offload_train
+            )
+        self.loss_config = _policy_loss_config(cfg)
+        self.step_metrics: list[dict[str, float]] = []
+        """Metrics of each optimizer step of the last `update` (loggers plot these per step)."""
+
+    # -- log-probs -----------------------------------------------------------------------------------
+
+    def compute_log_probs(self, batch: RolloutBatch) -> list[Tensor]:
+        """Current-policy log-probs [R_i] of every sample's response tokens (forward only, fp32)."""
+        return self.batcher.forward_only(self.model, batch, self._log_probs)
+
+    def _log_probs(self, mb: MicroBatch) -> Tensor:
+        return policy_log_probs(
+            self.model, mb, temperature=self.cfg.rollout_temperature, chunk_size=self.cfg.log_probs_chunk_size
+        )[0]
+
+    # -- training ------------------------------------------------------------------------------------
+
+    def train(self, rollout_id: int, batch: RolloutBatch, values: list[Tensor] | None = None) -> dict[str, float]:
+        """Train on one rollout: `update(prepare(...))`. Returns the mean of each metric over its steps."""
+        return self.update(self.prepare(rollout_id, batch, values))
+
+    def prepare(self, rollout_id: int, batch: RolloutBatch, values: list[Tensor] | None = None) -> TrainData:
+        """Reference and old log-probs, then advantages and returns (temper.algo), for the whole batch.
+
+        Old log-probs are recomputed only when something needs them before training: more than one
+        optimizer step per rollout, or KL-shaped rewards (--kl-coef). Otherwise the first (only) step
+        uses its own detached log-probs, so the ratio is exactly 1. --use-rollout-logprobs takes the
+        engine's. `values` are the critic's (PPO).
+        """
+        cfg = self.cfg
+        self.trainable.require_onloaded("Actor.prepare")
+        data = TrainData(rollout_id, batch, values=values)
+        if cfg.loss_type == "sft_loss" or cfg.disable_compute_advantages_and_returns:
+            return data
+        if self.reference is not None:
+            data.ref_log_probs = self.reference.compute_log_probs(batch)
+        if cfg.use_rollout_logprobs:
+            if batch.rollout_log_probs is None:
+                raise ValueError("--use-rollout-logprobs: the rollout batch carries no engine log-probs")
+            data.old_log_probs = [t.float() for t in batch.rollout_log_probs]
+        elif (cfg.num_steps_per_rollout or 1) > 1 or cfg.kl_coef != 0:
+            data.old_log_probs = self.compute_log_probs(batch)
+        if cfg.advantage_estimator == "ppo" and values is None:
+            raise ValueError("--advantage-estimator ppo: pass the critic's values (critic.compute_values(batch))")
+        data.advantages, data.returns = compute_advantages(
+            cfg, batch, old_log_probs=data.old_log_probs, ref_log_probs=data.ref_log_probs, values=values
+        )
+        return data
+
+    def update(self, data: TrainData) -> dict[str, float]:
+        """--num-steps-per-rollout optimizer steps over `data`, each accumulating its micro-batches."""
+        batch = data.batch
+        self.trainable.require_onloaded("Actor.update")
+        self.step_metrics = []
+        for step_plan in self.batcher.plan(batch):
+            positions = [p for rank in step_plan for mb in rank for p in mb]
+            totals = StepTotals.of(batch, positions, self.cfg.calculate_per_token_loss)
+            micro_batches = self.batcher.local(batch, step_plan)
+            metrics = self.trainable.step(micro_batches, functools.partial(self._loss, data=data, totals=totals))
+            metrics["tokens"] = float(totals.tokens)
+            self.step_metrics.append(metrics)
+        interval = self.cfg.ref_update_interval
+        if self.reference is not None and interval and (data.rollout_id + 1) % interval == 0:
+            self.reference.copy_from(self.model)
+        return mean_over_steps(self.step_metrics)
+
+    def _loss(self, mb: MicroBatch, data: TrainData, totals: StepTotals) -> tuple[Tensor, dict[str, Tensor]]:
+        """This micro-batch's loss scaled to its share of the step, and its weighted metrics."""
+        cfg = self.cfg
+        log_probs, entropy = policy_log_probs(
+            self.model, mb, temperature=cfg.rollout_temperature, chunk_size=cfg.log_probs_chunk_size, with_entropy=True
+        )
+        if cfg.entropy_coef == 0:
+            entropy = entropy.detach()
+        log_probs = pad_flat(log_probs, mb.response_lengths)
+        rows = _Rows(mb, self.env.device, log_probs.shape[1])
+        mask = rows(data.batch.loss_masks)
+        if cfg.loss_type == "sft_loss":
+            loss, metrics = sft_loss_function(log_probs, mask, calculate_per_token_loss=cfg.calculate_per_token_loss)
+            metrics["loss"] = loss.detach()
+        else:
+            old = rows(data.old_log_probs) if data.old_log_probs is not None else log_probs.detach()
+            loss, metrics = policy_loss_function(
+                log_probs,
+                old,
+                rows(data.advantages),
+                mask,
+                self.loss_config,
+                ref_log_probs=rows(data.ref_log_probs) if data.ref_log_probs is not None else None,
+                rollout_log_probs=rows(data.batch.rollout_log_probs) if data.batch.rollout_log_probs else None,
+                entropy=pad_flat(entropy, mb.response_lengths),
+            )
+        if "entropy_loss" in metrics:
+            metrics["entropy"] = metrics.pop("entropy_loss")
+        else:
+            metrics["entropy"] = _masked_entropy(entropy, mb, mask, cfg.calculate_per_token_loss)
+        return weigh(loss, metrics, totals.shares(data.batch, mb), self.env.world_size)
+
+    # -- checkpoints and export ----------------------------------------------------------------------
+
+    def save(self, rollout_id: int, extra: dict[str, Any] | None = None) -> Path:
+        """Checkpoint into --save (iter_<rollout_id>/actor), then --save-hf when set. Returns the folder."""
+        if not self.cfg.save:
+            raise ValueError("Actor.save needs --save DIR")
+        path = iteration_dir(self.cfg.save, rollout_id)
+        state = {"rollout_id": rollout_id, "extra": extra or {}}
+        self.trainable.save(path / "actor", save_optimizer=not self.cfg.no_save_optim, extra=state)
+        if self.reference is not None and self.cfg.ref_update_interval:
+            self.reference.save(path / "ref")
+        write_tracker(self.cfg.save, rollout_id, self.env)
+        if self.cfg.save_hf:
+            self.save_hf(self.cfg.save_hf.format(rollout_id=rollout_id))
+        return path
+
+    def load(self, path: str | Path | None = None) -> Resumed | None:
+        """Resume from `path` (default --load): weights, optimizer, LR schedule, counters, RNG.
+
+        Returns None when there is nothing to load (no --load, or a --save root with no checkpoint yet).
+        """
+        path = path or self.cfg.load
+        found = resolve_checkpoint(path, "actor") if path else None
+        if found is None:
+            return None
+        state = self.trainable.load(found)
+        if self.reference is not None and (found.parent / "ref" / "model").is_dir():
+            self.reference.load(found.parent / "ref")
+        logger.info("resumed the actor from %s (rollout %d)", found, state["rollout_id"])
+        return Resumed(state["rollout_id"], state["extra"], found)
+
+    def save_hf(self, out_dir: str | Path) -> None:
+        """Hugging Face folder: safetensors (the --hf-checkpoint's dtype), config, tokenizer."""
+        export_hf(self.model, self.cfg.hf_checkpoint, out_dir, self.env)
+
+    def iter_weight_buckets(
+        self, bucket_bytes: int | None = None, dtype: torch.dtype | None = None
+    ) -> Iterator[Bucket]:
+        """(HF name, full tensor) buckets of <= bucket_bytes (default --update-weight-buffer-size).
+
+        Every rank must iterate (the gathers are collectives); dtype defaults to the checkpoint's.
+        """
+        self.trainable.require_onloaded("Actor.iter_weight_buckets")
+        yield from iter_weight_buckets(
+            self.model,
+            bucket_bytes or self.cfg.update_weight_buffer_size,
+            dtype or checkpoint_dtype(self.cfg.hf_checkpoint),
+        )
+
+    # -- memory --------------------------------------------------------------------------------------
+
+    def offload(self) -> None:
+        """Parameters, gradients and optimizer state to CPU (colocated engines get the GPU)."""
+        self.trainable.offload()
+
+    def onload(self) -> None:
+        self.trainable.onload()
+
+
+class _Rows:
+    """Per-sample [R_i] lists of the micro-batch's samples as padded [B, width] tensors on `device`.
+
+    A padding micro-batch gets one all-zero row, matching its dummy sequence.
+    """
+
+    def __init__(self, mb: MicroBatch, device: torch.device, width: int):
+        self.mb, self.device, self.width = mb, device, width
+
+    def __call__(self, tensors: list[Tensor]) -> Tensor:
+        if self.mb.is_padding:
+            return torch.zeros(1, self.width, device=self.device)
+        rows = pad(tensors, self.mb.positions)
+        return torch.nn.functional.pad(rows, (0, self.width - rows.shape[1])).to(self.device)
+
+
+def _masked_entropy(entropy: Tensor, mb: MicroBatch, mask: Tensor, per_token: bool) -> Tensor:
+    return aggregate(
+        pad_flat(entropy.detach(), mb.response_lengths), mask, "token_mean" if per_token else "sample_mean"
+    )
+
+
+def _needs_reference(cfg) -> bool:
+    if cfg.loss_type == "sft_loss" or cfg.disable_compute_advantages_and_returns:
+        return False
+    return cfg.use_kl_loss or cfg.kl_coef != 0
+
+
+def _policy_loss_config(cfg) -> PolicyLossConfig:
+    tis_path = cfg.custom_tis_function_path
+    return PolicyLossConfig(
+        advantage_estimator=cfg.advantage_estimator,
+        eps_clip=cfg.eps_clip,
+        eps_clip_high=cfg.eps_clip_high,
+        eps_clip_c=cfg.eps_clip_c,
+        use_kl_loss=cfg.use_kl_loss,
+        kl_loss_coef=cfg.kl_loss_coef,
+        kl_loss_type=cfg.kl_loss_type,
+        use_unbiased_kl=cfg.use_unbiased_kl,
+        entropy_coef=cfg.entropy_coef,
+        use_tis=cfg.use_tis,
+        tis_mode="icepop" if tis_path and tis_path.endswith(ICEPOP_SUFFIX) else "truncate",
+        tis_clip=cfg.tis_clip,
+        tis_clip_low=cfg.tis_clip_low,
+        calculate_per_token_loss=cfg.calculate_per_token_loss,
+    )
+
+
+def _check_supported(cfg) -> None:
+    if not cfg.hf_checkpoint:
+        raise ValueError("the train worker needs --hf-checkpoint (a Hugging Face model folder)")
+    unsupported = {
+        "custom_loss_function_path": "--loss-type custom_loss",
+        "custom_advantage_function_path": "--custom-advantage-function-path",
+        "custom_pg_loss_reducer_function_path": "--custom-pg-loss-reducer-function-path",
+    }
+    for name, flag in unsupported.items():
+        if getattr(cfg, name):
+            raise ValueError(f"{flag} is not supported by the FSDP train worker yet; remove it")
+    tis_path = cfg.custom_tis_function_path
+    if tis_path and not tis_path.endswith(ICEPOP_SUFFIX):
+        raise ValueError(
+            f"--custom-tis-function-path {tis_path}: only the built-in ...{ICEPOP_SUFFIX} is supported yet"
+        )
+    if cfg.rollout_top_p != 1.0 or cfg.rollout_top_k > 0:
+        logger.warning(
+            "--rollout-top-p/--rollout-top-k: training log-probs use the full vocabulary (no top-p/top-k replay)"
+        )

@@ -1,0 +1,77 @@
+"""Loading a Hugging Face causal LM for training, and running it on a packed micro-batch.
+
+The model is used as Hugging Face ships it: the forward gets `input_ids` and per-sequence
+`position_ids` (packed, see packing.py) and computes logits for one position only
+(`logits_to_keep=1`); the final hidden states are read with a forward hook on the decoder, and the
+log-probs of the response tokens come from `log_probs.token_log_probs` over the lm-head weight.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from temper.train.log_probs import token_log_probs
+from temper.train.packing import MicroBatch
+
+DEFAULT_ATTENTION = "sdpa"
+
+
+def load_causal_lm(path: str | Path, dtype: torch.dtype, attn_implementation: str | None = None) -> nn.Module:
+    """`AutoModelForCausalLM.from_pretrained(path)` in `dtype`, on CPU, with the KV cache off."""
+    config = AutoConfig.from_pretrained(path)
+    _check_supported(config, path)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, attn_implementation=attn_implementation or DEFAULT_ATTENTION
+    )
+    model.config.use_cache = False
+    return model
+
+
+def _check_supported(config, path: str | Path) -> None:
+    for name in ("final_logit_softcapping", "logit_scale"):
+        if getattr(config, name, None) not in (None, 1.0):
+            raise ValueError(
+                f"{path}: config.{name}={getattr(config, name)} changes the logits after the lm head; temper's "
+                "chunked log-probs assume logits = lm_head(hidden) and do not support this model yet"
+            )
+
+
+def final_hidden_states(model: nn.Module, mb: MicroBatch) -> Tensor:
+    """[S, H] output of the decoder (after its final norm) for the packed row of `mb`."""
+    captured: list[Tensor] = []
+
+    def grab(_module, _args, output):
+        captured.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
+
+    handle = model.get_decoder().register_forward_hook(grab)
+    try:
+        model(input_ids=mb.input_ids, position_ids=mb.position_ids, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return captured[0][0]
+
+
+def policy_log_probs(
+    model: nn.Module,
+    mb: MicroBatch,
+    *,
+    temperature: float,
+    chunk_size: int | None = None,
+    with_entropy: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probs [Tr] (and entropy [Tr]) of the response tokens of `mb`, fp32, logits / temperature."""
+    hidden = final_hidden_states(model, mb).index_select(0, mb.response_index)
+    head = model.get_output_embeddings()
+    return token_log_probs(
+        hidden,
+        head.weight,
+        mb.targets,
+        bias=getattr(head, "bias", None),
+        temperature=temperature,
+        chunk_size=chunk_size,
+        with_entropy=with_entropy,
+    )

@@ -1,0 +1,71 @@
+"""Parallelism applied from outside to an unmodified Hugging Face model, in torchtitan's order.
+
+1. activation checkpointing: each decoder layer wrapped in torch's `checkpoint_wrapper`;
+2. FSDP2 (`fully_shard`) on each decoder layer, parameters resharded after forward;
+3. FSDP2 on the root (embeddings, final norm, lm head / value head), *not* resharded after forward:
+   the train worker reads the unsharded lm-head weight after the forward to compute chunked
+   log-probs (`log_probs.py`), and backward needs it anyway.
+
+Mixed precision (GPU): bf16 parameters for compute, fp32 gradient reduction; the sharded master
+parameters — and so AdamW's state — stay in the dtype the model was loaded in (fp32).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+# Module-name fragments that wrappers insert into parameter names; Hugging Face names have none.
+WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
+
+
+def hf_name(name: str) -> str:
+    """The Hugging Face parameter name of a (possibly wrapped) module's parameter name."""
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def decoder_layer_lists(model: nn.Module) -> list[nn.ModuleList]:
+    """The ModuleLists holding the repeated decoder blocks (HF's `_no_split_modules` classes)."""
+    block_names = set(getattr(model, "_no_split_modules", None) or [])
+    lists = []
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) and type(_unwrap(module[0])).__name__ in block_names:
+            lists.append(module)
+    if not lists:
+        raise ValueError(
+            f"{type(model).__name__}: found no decoder layers (classes {sorted(block_names)}) to shard; "
+            "temper shards Hugging Face decoder-only models whose blocks sit in a ModuleList"
+        )
+    return lists
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return getattr(module, "_checkpoint_wrapped_module", module)
+
+
+def parallelize(
+    model: nn.Module,
+    mesh: DeviceMesh,
+    *,
+    mixed_precision: bool = False,
+    activation_checkpointing: bool = False,
+) -> FSDPModule:
+    """Shard `model` in place over `mesh` (see the module docstring) and return it."""
+    mp_policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if mixed_precision
+        else MixedPrecisionPolicy()
+    )
+    for layers in decoder_layer_lists(model):
+        for i, layer in enumerate(layers):
+            if activation_checkpointing:
+                layer = checkpoint_wrapper(layer)
+                layers[i] = layer
+            fully_shard(layer, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=True)
+    fully_shard(model, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=False)
+    return model

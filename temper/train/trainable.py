@@ -1,0 +1,218 @@
+"""An FSDP-sharded model with its AdamW optimizer and LR schedule, and the optimizer step over micro-batches.
+
+Shared by the actor and the critic (each owns one). The step's loss is the full-step aggregate of
+temper.algo: each micro-batch's loss, computed by algo over that micro-batch's samples, is
+multiplied by its share of the step (samples, or trained tokens with --calculate-per-token-loss) and
+by the data-parallel world size (FSDP averages gradients over ranks), so that the accumulated
+gradient equals the gradient of the aggregate over all samples of the step on all ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
+
+from temper.train.checkpoint import load_checkpoint, save_checkpoint
+from temper.train.env import TrainEnv
+from temper.train.lr_schedule import LRSchedule, LRScheduler
+from temper.train.packing import MicroBatch
+from temper.types import RolloutBatch
+
+logger = logging.getLogger("temper.train")
+
+# Metrics aggregated like the loss (sample mean, or token mean with --calculate-per-token-loss); every
+# other metric is a token mean over the step's trained tokens.
+LOSS_LIKE_METRICS = frozenset({"loss", "pg_loss", "kl_loss", "entropy", "sft_loss", "value_loss"})
+
+LossFn = Callable[[MicroBatch], tuple[Tensor, dict[str, Tensor]]]
+
+
+@dataclass(frozen=True)
+class StepTotals:
+    """Samples and trained tokens of one optimizer step over all ranks: the aggregates' denominators."""
+
+    samples: int
+    tokens: int
+    per_token_loss: bool
+
+    @classmethod
+    def of(cls, batch: RolloutBatch, positions: list[int], per_token_loss: bool) -> StepTotals:
+        tokens = int(sum(batch.loss_masks[p].sum().item() for p in positions))
+        return cls(len(positions), tokens, per_token_loss)
+
+    def shares(self, batch: RolloutBatch, mb: MicroBatch) -> tuple[float, float]:
+        """(loss share, token share) of micro-batch `mb` in the step; (0, 0) for padding."""
+        if mb.is_padding:
+            return 0.0, 0.0
+        tokens = sum(batch.loss_masks[p].sum().item() for p in mb.positions) / max(self.tokens, 1)
+        loss = tokens if self.per_token_loss else len(mb.positions) / self.samples
+        return loss, tokens
+
+
+def weigh(
+    loss: Tensor, metrics: dict[str, Tensor], shares: tuple[float, float], world_size: int
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Scale a micro-batch's loss and metrics by its share of the step (see trainable.py)."""
+    loss_share, token_share = shares
+    weighted = {
+        name: value.detach() * (loss_share if name in LOSS_LIKE_METRICS else token_share)
+        for name, value in metrics.items()
+    }
+    return loss * (loss_share * world_size), weighted
+
+
+def mean_over_steps(steps: list[dict[str, float]]) -> dict[str, float]:
+    names = sorted({name for step in steps for name in step})
+    out = {name: sum(step.get(name, 0.0) for step in steps) / len(steps) for name in names}
+    if steps:
+        out["skipped_steps"] = steps[-1].get("skipped_steps", 0.0)
+    return out
+
+
+class TrainableModel:
+    """`model` (already parallelized), AdamW over its sharded parameters, an LR scheduler, counters."""
+
+    def __init__(
+        self, model: nn.Module, cfg, env: TrainEnv, *, lr: float | None = None, total_steps: int | None = None
+    ):
+        self.model = model
+        self.env = env
+        self.clip_grad = cfg.clip_grad
+        # Megatron's rule: no weight decay on biases and norm weights (the 1-D parameters).
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() > 1], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0},
+        ]
+        self.optimizer = torch.optim.AdamW(
+            [g for g in groups if g["params"]],
+            lr=cfg.lr if lr is None else lr,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            eps=cfg.adam_eps,
+        )
+        schedule = LRSchedule(
+            max_lr=cfg.lr if lr is None else lr,
+            min_lr=cfg.min_lr,
+            warmup_iters=cfg.lr_warmup_iters,
+            decay_iters=cfg.lr_decay_iters or total_steps,
+            style=cfg.lr_decay_style,
+        )
+        self.scheduler = LRScheduler(self.optimizer, schedule)
+        self.global_step = 0
+        self.skipped_steps = 0
+        self.offloaded = False
+
+    def step(self, micro_batches: list[MicroBatch], loss_fn: LossFn) -> dict[str, float]:
+        """One optimizer step: forward+backward of each micro-batch, clip, NaN/inf guard, AdamW, LR.
+
+        `loss_fn(mb)` returns (loss already scaled to its share of the step, metrics already weighted
+        so that their sum over micro-batches and ranks is the step's value).
+        """
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, Tensor] = {}
+        for mb in micro_batches:
+            loss, metrics = loss_fn(mb)
+            loss.backward()
+            for name, value in metrics.items():  # summed on the device: no sync per micro-batch
+                sums[name] = sums.get(name, 0.0) + value.detach().double()
+        metrics = self._reduce(sums)
+        grad_norm = self._clip_grad_norm()
+        metrics["lr"] = self.scheduler.lr
+        metrics["grad_norm"] = grad_norm
+        if math.isfinite(grad_norm) and math.isfinite(metrics.get("loss", 0.0)):
+            self.optimizer.step()
+            self.scheduler.step()
+        else:
+            self.skipped_steps += 1
+            logger.warning(
+                "optimizer step %d skipped: loss %s, gradient norm %s (%d steps skipped so far)",
+                self.global_step,
+                metrics.get("loss"),
+                grad_norm,
+                self.skipped_steps,
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        metrics["skipped_steps"] = float(self.skipped_steps)
+        return metrics
+
+    def _reduce(self, sums: dict[str, Tensor]) -> dict[str, float]:
+        names = sorted(sums)
+        if not names:
+            return {}
+        totals = self.env.all_reduce_sum(torch.stack([torch.as_tensor(sums[n], device=self.env.device) for n in names]))
+        return {name: float(value) for name, value in zip(names, totals)}
+
+    def _clip_grad_norm(self) -> float:
+        """Global L2 norm of the gradients (over all shards); clipped to --clip-grad when > 0."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if not params:
+            return 0.0
+        total = torch.nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0)
+        if isinstance(total, DTensor):
+            total = total.full_tensor()
+        if self.clip_grad > 0 and torch.isfinite(total):
+            torch.nn.utils.clip_grads_with_norm_(params, self.clip_grad, total)
+        return float(total)
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "global_step": self.global_step,
+            "skipped_steps": self.skipped_steps,
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def save(self, path: str | Path, *, save_optimizer: bool, extra: dict[str, Any]) -> None:
+        save_checkpoint(
+            path, self.model, self.optimizer if save_optimizer else None, {**self.state(), **extra}, self.env
+        )
+
+    def load(self, path: str | Path) -> dict[str, Any]:
+        state = load_checkpoint(path, self.model, self.optimizer, self.env)
+        self.global_step = state["global_step"]
+        self.skipped_steps = state["skipped_steps"]
+        self.scheduler.load_state_dict(state["scheduler"])
+        return state
+
+    # -- memory --------------------------------------------------------------------------------------
+
+    def offload(self) -> None:
+        """Parameters, gradients and optimizer state to CPU (colocation); a no-op on a CPU run."""
+        if self.offloaded or not self.env.is_cuda:
+            self.offloaded = True
+            return
+        self._move(torch.device("cpu"))
+        torch.cuda.empty_cache()
+        self.offloaded = True
+
+    def require_onloaded(self, caller: str) -> None:
+        if self.offloaded and self.env.is_cuda:
+            raise RuntimeError(f"{caller}: the model is offloaded to CPU; call onload() first")
+
+    def onload(self) -> None:
+        if not self.offloaded:
+            return
+        if self.env.is_cuda:
+            self._move(self.env.device)
+        self.offloaded = False
+
+    @torch.no_grad()
+    def _move(self, device: torch.device) -> None:
+        self.model.to(device)
+        for state in self.optimizer.state.values():
+            for key, value in state.items():
+                if isinstance(value, Tensor) and key != "step":  # AdamW keeps `step` on CPU
+                    state[key] = value.to(device, non_blocking=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)

@@ -1,0 +1,50 @@
+"""The PPO critic's network: the policy's backbone class with a `hidden → 1` value head.
+
+As in slime (`LinearForLastLayer`), the critic is the same transformer as the actor with its output
+layer replaced: here the Hugging Face base model (`AutoModel`, e.g. `Qwen3Model`) loaded from the
+same checkpoint, plus a linear head initialized to zero, so that the first values are 0 and the
+head learns from the first returns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoModel
+
+from temper.train.hf_model import DEFAULT_ATTENTION
+from temper.train.packing import MicroBatch
+
+
+class ValueModel(nn.Module):
+    """V(s_t) for every response token of a packed micro-batch: head(backbone(tokens)) at t − 1."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.value_head = nn.Linear(backbone.config.hidden_size, 1, dtype=backbone.dtype)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+        # parallelize.py finds the decoder blocks by these class names, as on a Hugging Face model.
+        self._no_split_modules = list(getattr(backbone, "_no_split_modules", None) or [])
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, dtype: torch.dtype, attn_implementation: str | None = None
+    ) -> ValueModel:
+        backbone = AutoModel.from_pretrained(
+            path, dtype=dtype, attn_implementation=attn_implementation or DEFAULT_ATTENTION
+        )
+        backbone.config.use_cache = False
+        return cls(backbone)
+
+    def forward(self, input_ids: Tensor, position_ids: Tensor, response_index: Tensor) -> Tensor:
+        hidden = self.backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        values = self.value_head(hidden[0].index_select(0, response_index))
+        return values[:, 0].float().clone()  # not a view: FSDP hooks the output for backward
+
+    def values(self, mb: MicroBatch) -> Tensor:
+        """[Tr] fp32 values of `mb`'s response tokens."""
+        return self(mb.input_ids, mb.position_ids, mb.response_index)

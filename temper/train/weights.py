@@ -1,0 +1,54 @@
+"""Full (unsharded) weights of an FSDP model under their Hugging Face names, in size-bounded buckets.
+
+This is the trainer's side of the weight-sync contract: engines load parameters by HF name
+(`model.layers.0.self_attn.q_proj.weight`), so the trainer sends exactly the tensors that
+`save_pretrained` would write — a tied lm-head is not sent twice (it is the embedding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
+
+from temper.train.parallelize import hf_name
+
+Bucket = list[tuple[str, Tensor]]
+
+
+def iter_full_parameters(model: nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, Tensor]]:
+    """(HF name, full tensor) for each distinct parameter, in registration order.
+
+    Every rank must drive this iterator in step: each DTensor shard is all-gathered
+    (`full_tensor()`, a collective), so every rank receives every full tensor. Tensors are detached
+    and cast to `dtype` (default: the parameter's dtype).
+    """
+    for name, param in model.named_parameters():  # remove_duplicate: a tied lm-head is the embedding
+        tensor = param.detach()
+        if isinstance(tensor, DTensor):
+            tensor = tensor.full_tensor()
+        yield hf_name(name), tensor.to(dtype) if dtype is not None else tensor
+
+
+def iter_weight_buckets(model: nn.Module, bucket_bytes: int, dtype: torch.dtype | None = None) -> Iterator[Bucket]:
+    """Consecutive parameters grouped into lists of at most `bucket_bytes` bytes.
+
+    A single tensor larger than `bucket_bytes` travels alone in its own bucket. All ranks iterate
+    (the gathers are collectives) and get the same buckets; callers other than the sender (rank 0)
+    can drop them.
+    """
+    if bucket_bytes <= 0:
+        raise ValueError(f"bucket_bytes (--update-weight-buffer-size) must be positive, got {bucket_bytes}")
+    bucket: Bucket = []
+    size = 0
+    for name, tensor in iter_full_parameters(model, dtype):
+        nbytes = tensor.numel() * tensor.element_size()
+        if bucket and size + nbytes > bucket_bytes:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append((name, tensor))
+        size += nbytes
+    if bucket:
+        yield bucket
