@@ -1,0 +1,73 @@
+"""`EngineArgs`: how the built-in engine is configured (checked when built)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class EngineArgs:
+    """Engine configuration.
+
+    model: Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer files).
+    dtype: "auto" (float32 on CPU, bfloat16 on CUDA) | "float32" | "bfloat16" | "float16".
+    device: "auto" (CUDA if available) | "cpu" | "cuda" | "cuda:N".
+    max_model_len: prompt + output tokens per request; default min(max_position_embeddings, 4096).
+    block_size: tokens per KV-cache block.
+    num_kv_blocks: KV-cache size in blocks; None sizes it: on CPU room for max_num_seqs x 512 tokens
+        (at most 4 GiB), on CUDA mem_fraction_static of the GPU minus weights and activations.
+    max_num_seqs: most sequences running at once. max_num_batched_tokens: tokens per prefill step.
+    enable_prefix_caching: share the K/V of equal prompt prefixes (full blocks) across requests.
+    seed: seeds the generator that gives each request without its own seed a sampling seed.
+    """
+
+    model: str
+    dtype: str = "auto"
+    device: str = "auto"
+    max_model_len: int | None = None
+    block_size: int = 16
+    num_kv_blocks: int | None = None
+    mem_fraction_static: float = 0.85
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    enable_prefix_caching: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"EngineArgs.dtype must be 'auto' or one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
+            raise ValueError(f"EngineArgs.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        _positive("block_size", self.block_size)
+        _positive("max_num_seqs", self.max_num_seqs)
+        _positive("max_num_batched_tokens", self.max_num_batched_tokens)
+        if self.num_kv_blocks is not None:
+            _positive("num_kv_blocks", self.num_kv_blocks)
+        if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 2):
+            raise ValueError(f"EngineArgs.max_model_len must be None or an integer >= 2, got {self.max_model_len!r}")
+        if not 0 < self.mem_fraction_static <= 1:
+            raise ValueError(f"EngineArgs.mem_fraction_static must be in (0, 1], got {self.mem_fraction_static!r}")
+
+    def torch_device(self) -> torch.device:
+        """The device, with an explicit index for CUDA ("cuda" means the current CUDA device)."""
+        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"EngineArgs.device={self.device!r} but CUDA is not available; use device='cpu'")
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        return device
+
+    def torch_dtype(self, device: torch.device) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return DTYPES[self.dtype]
+
+
+def _positive(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"EngineArgs.{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,218 @@
+"""`LLMEngine`: temper's built-in inference engine (single-threaded; the HTTP server drives it).
+
+Requests go in with `add_request`; each `step()` runs one scheduler step (a prefill or a decode
+batch) and reports every request that got a token or finished. Token ids are the truth; text is
+detokenized incrementally for stop strings and for the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import uuid
+from collections.abc import Iterable
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+from temper.engine.block_manager import BlockManager
+from temper.engine.detokenizer import Detokenizer
+from temper.engine.engine_args import EngineArgs
+from temper.engine.model_runner import ModelRunner
+from temper.engine.sampling_params import SamplingParams
+from temper.engine.scheduler import Scheduler
+from temper.engine.sequence import RequestOutput, Sequence
+from temper.engine.stop_checker import StopChecker
+from temper.engine.weights import iter_safetensors
+
+DEFAULT_MAX_MODEL_LEN = 4096
+MEMORY_TAGS = ("weights", "kv_cache")
+
+
+class LLMEngine:
+    """Continuous-batching engine over one model on one device.
+
+    Attributes: args, hf_config, tokenizer (``AutoTokenizer`` of the checkpoint), weight_version (set
+    by the caller after a weight update; copied into every output), max_model_len, eos_token_ids.
+
+    Not thread-safe: one thread calls every method. After `load_weights` the prefix cache is dropped;
+    requests that are running keep their K/V (as SGLang does for partial rollouts).
+    """
+
+    def __init__(self, args: EngineArgs):
+        self.args = args
+        self.hf_config = AutoConfig.from_pretrained(args.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(args.model)
+        self.max_model_len = args.max_model_len or min(self.hf_config.max_position_embeddings, DEFAULT_MAX_MODEL_LEN)
+        self.weight_version = "default"
+        self.model_runner = ModelRunner(args, self.hf_config, self.max_model_len)
+        self.block_manager = BlockManager(self.model_runner.num_kv_blocks, args.block_size, args.enable_prefix_caching)
+        self.eos_token_ids = _eos_token_ids(args.model, self.hf_config)
+        stop_checker = StopChecker(Detokenizer(self.tokenizer), self.eos_token_ids, self.max_model_len)
+        self.scheduler = Scheduler(args.max_num_seqs, args.max_num_batched_tokens, self.block_manager, stop_checker)
+        self._rng = random.Random(args.seed)
+        self._released: set[str] = set()
+
+    # ---- requests ---------------------------------------------------------------------------
+    def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None) -> str:
+        """Queue one request (params.n must be 1); returns its id. ValueError for a bad request."""
+        self._validate(prompt_token_ids, params)
+        request_id = request_id if request_id is not None else uuid.uuid4().hex
+        if request_id in self.scheduler.unfinished:
+            raise ValueError(f"request_id {request_id!r} is already in use by an unfinished request")
+        seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
+        seq = Sequence(request_id, list(prompt_token_ids), params, seed)
+        if params.max_new_tokens == 0:
+            self.scheduler.stop_checker.finish(seq, "length")
+            self.scheduler.add_finished(seq)
+        else:
+            self.scheduler.add(seq)
+        return request_id
+
+    def _validate(self, ids: list[int], params: SamplingParams) -> None:
+        params.validate()
+        if params.n != 1:
+            raise ValueError(f"add_request takes one sample per request, got n={params.n}; add n requests instead")
+        if len(ids) == 0:
+            raise ValueError("prompt_token_ids is empty; a request needs at least one prompt token")
+        bad = next(((i, t) for i, t in enumerate(ids) if not isinstance(t, int) or not 0 <= t < self.hf_config.vocab_size), None)
+        if bad is not None:
+            raise ValueError(
+                f"prompt_token_ids[{bad[0]}]={bad[1]!r} is not a token id in [0, {self.hf_config.vocab_size})"
+            )
+        if len(ids) + 1 > self.max_model_len:
+            raise ValueError(
+                f"The input ({len(ids)} tokens) is longer than the model's context length ({self.max_model_len} "
+                "tokens): prompt + 1 generated token must fit; shorten the prompt or raise max_model_len"
+            )
+
+    def abort_request(self, request_id: str) -> None:
+        self.scheduler.abort(request_id)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[RequestOutput]:
+        """One scheduler step; an output for every request that got a token or finished."""
+        if self.scheduler.num_unfinished():
+            self._check_resident()
+        outputs = [seq.to_output(self.weight_version, []) for seq in self.scheduler.pop_finished_early()]
+        batch = self.scheduler.schedule()
+        if batch is not None:
+            token_ids, logprobs = self.model_runner.run(batch)
+            seqs = self.scheduler.postprocess(batch, token_ids, logprobs)
+            outputs += [seq.to_output(self.weight_version, [seq.last_token_id]) for seq in seqs]
+        return outputs
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[RequestOutput]:
+        """Run prompts to completion; final outputs in prompt order (n > 1: n consecutive outputs per
+        prompt, whose seeds are seed, seed + 1, ... when the params carry a seed).
+
+        Blocking: it steps the engine until every request, including ones added before, finished.
+        A bad prompt or params raises ValueError before anything runs.
+        """
+        params_list = params if isinstance(params, list) else [params] * len(prompts)
+        if len(params_list) != len(prompts):
+            raise ValueError(f"generate: {len(prompts)} prompts but {len(params_list)} SamplingParams")
+        requests = list(_expand_n(prompts, params_list))
+        for prompt, p in requests:  # all or nothing
+            self._validate(prompt, p)
+        ids = [self.add_request(prompt, p) for prompt, p in requests]
+        final: dict[str, RequestOutput] = {}
+        while self.has_unfinished_requests():
+            final.update((out.request_id, out) for out in self.step() if out.finished)
+        return [final[i] for i in ids]
+
+    # ---- weights ----------------------------------------------------------------------------
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy (HF name, tensor) pairs into the model, then drop the prefix cache (its K/V are stale)."""
+        self.model_runner.load_weights(named_tensors)
+        self.block_manager.flush()
+
+    def load_weights_from_disk(self, path: str) -> None:
+        self.load_weights(iter_safetensors(path))
+
+    def get_weights_by_name(self, name: str) -> torch.Tensor:
+        return self.model_runner.get_weight(name)
+
+    # ---- cache and memory -------------------------------------------------------------------
+    def flush_cache(self) -> bool:
+        """Drop the prefix cache; False (and nothing done) while requests are running or waiting."""
+        if self.scheduler.num_unfinished():
+            return False
+        self.block_manager.flush()
+        return True
+
+    def release_memory(self, tags: list[str] | None = None) -> None:
+        """Free the KV cache ("kv_cache") and/or move the weights off the GPU ("weights"; no-op on CPU).
+
+        Only while no request is running or waiting (the prefix cache is dropped with the KV cache).
+        """
+        tags = self._check_tags(tags)
+        if self.scheduler.num_unfinished():
+            raise RuntimeError(
+                f"release_memory: {self.scheduler.num_unfinished()} requests are unfinished; abort or finish them first"
+            )
+        if "kv_cache" in tags and "kv_cache" not in self._released:
+            self.model_runner.free_kv_cache()
+            self.block_manager.flush()
+        if "weights" in tags:
+            self.model_runner.offload_weights()
+        self._released |= set(tags)
+
+    def resume_memory(self, tags: list[str] | None = None) -> None:
+        tags = self._check_tags(tags)
+        if "weights" in tags:
+            self.model_runner.reload_weights()
+        if "kv_cache" in tags and "kv_cache" in self._released:
+            self.model_runner.allocate_kv_cache()
+        self._released -= set(tags)
+
+    def _check_tags(self, tags: list[str] | None) -> list[str]:
+        tags = list(MEMORY_TAGS) if tags is None else list(tags)
+        unknown = [t for t in tags if t not in MEMORY_TAGS]
+        if unknown:
+            raise ValueError(f"unknown memory tag(s) {unknown}; expected some of {list(MEMORY_TAGS)}")
+        return tags
+
+    def _check_resident(self) -> None:
+        if self._released:
+            raise RuntimeError(
+                f"engine memory is released ({sorted(self._released)}); call resume_memory before generating"
+            )
+
+    def stats(self) -> dict:
+        """Queue sizes, KV blocks, and cumulative token counters (prefill_tokens_computed counts
+        recomputation after preemption too; cached_tokens counts prefix-cache hits at every admission)."""
+        s = self.scheduler.stats
+        return {
+            "num_running": len(self.scheduler.running),
+            "num_waiting": len(self.scheduler.waiting),
+            "kv_blocks_total": self.block_manager.num_blocks,
+            "kv_blocks_used": self.block_manager.num_blocks - self.block_manager.num_free_blocks,
+            "prefill_tokens_computed": s.prefill_tokens_computed,
+            "cached_tokens": s.cached_tokens,
+            "generated_tokens": s.generated_tokens,
+            "num_preemptions": s.num_preemptions,
+        }
+
+
+def _expand_n(prompts: list[list[int]], params: list[SamplingParams]):
+    for prompt, p in zip(prompts, params):
+        for i in range(p.n):
+            seed = None if p.seed is None else p.seed + i
+            yield prompt, dataclasses.replace(p, n=1, seed=seed)
+
+
+def _eos_token_ids(model_path: str, hf_config) -> set[int]:
+    """EOS ids of config.json and generation_config.json (either may be an int or a list)."""
+    ids: set[int] = set()
+    sources = [hf_config]
+    try:
+        sources.append(GenerationConfig.from_pretrained(model_path))
+    except OSError:
+        pass
+    for source in sources:
+        eos = getattr(source, "eos_token_id", None)
+        ids.update([eos] if isinstance(eos, int) else (eos or []))
+    return ids

@@ -1,0 +1,25 @@
+"""Engine-native model classes, by the HF ``architectures`` name in config.json."""
+
+from __future__ import annotations
+
+from temper.engine.models.decoder import DecoderForCausalLM
+from temper.engine.models.llama import LlamaForCausalLM
+from temper.engine.models.qwen2 import Qwen2ForCausalLM
+from temper.engine.models.qwen3 import Qwen3ForCausalLM
+
+MODEL_CLASSES: dict[str, type[DecoderForCausalLM]] = {
+    "Qwen3ForCausalLM": Qwen3ForCausalLM,
+    "Qwen2ForCausalLM": Qwen2ForCausalLM,
+    "LlamaForCausalLM": LlamaForCausalLM,
+}
+
+
+def model_class(hf_config) -> type[DecoderForCausalLM]:
+    """The engine class for `hf_config.architectures[0]`, or ValueError listing the supported ones."""
+    architectures = getattr(hf_config, "architectures", None) or []
+    for name in architectures:
+        if name in MODEL_CLASSES:
+            return MODEL_CLASSES[name]
+    raise ValueError(
+        f"temper's engine does not support architectures {architectures}; supported: {sorted(MODEL_CLASSES)}"
+    )

@@ -1,0 +1,150 @@
+"""A Llama-style decoder-only transformer; Qwen3, Qwen2 and Llama are flag settings of it.
+
+Per layer: x += o_proj(attention(rope(q, k), v)) on RMSNorm(x); x += down(silu(gate) * up) on
+RMSNorm(x); then a final RMSNorm and the LM head (tied to the embedding when the config says so).
+q/k/v and gate/up are fused projections internally; `packed_modules` maps HF names onto them (the one
+place that knows about the fusion besides `MergedLinear`). The model sees packed tokens [T] with their
+positions and an `AttentionMetadata`; it knows nothing of scheduling or devices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from temper.engine.attention import AttentionMetadata, PagedAttention
+from temper.engine.models.layers import (
+    Embedding,
+    Linear,
+    MergedLinear,
+    RMSNorm,
+    silu_and_mul,
+)
+from temper.engine.models.rotary import (
+    RotaryEmbedding,
+    inverse_frequencies,
+    rope_parameters,
+)
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """Architecture flags: which projections have biases, and whether q/k get a per-head RMSNorm."""
+
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+
+
+def head_dim_of(hf_config) -> int:
+    return getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+
+
+class DecoderAttention(nn.Module):
+    def __init__(self, hf_config, spec: DecoderSpec, rotary: RotaryEmbedding):
+        super().__init__()
+        self.num_heads = hf_config.num_attention_heads
+        self.num_kv_heads = hf_config.num_key_value_heads
+        self.head_dim = head_dim_of(hf_config)
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.qkv_proj = MergedLinear(hf_config.hidden_size, {"q": q_size, "k": kv_size, "v": kv_size}, spec.qkv_bias)
+        self.o_proj = Linear(q_size, hf_config.hidden_size, spec.o_bias)
+        if spec.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, hf_config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, hf_config.rms_norm_eps)
+        self.qk_norm = spec.qk_norm
+        self.rotary = rotary  # shared by all layers; holds only non-persistent cos/sin buffers
+        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        q, k, v = self.qkv_proj.split(self.qkv_proj(x))
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary(positions, q, k)
+        out = self.attn(q, k, v, meta)
+        return self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
+
+
+class DecoderMLP(nn.Module):
+    def __init__(self, hf_config, spec: DecoderSpec):
+        super().__init__()
+        size = hf_config.intermediate_size
+        self.gate_up_proj = MergedLinear(hf_config.hidden_size, {"gate": size, "up": size}, spec.mlp_bias)
+        self.down_proj = Linear(size, hf_config.hidden_size, spec.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, hf_config, spec: DecoderSpec, rotary: RotaryEmbedding):
+        super().__init__()
+        self.self_attn = DecoderAttention(hf_config, spec, rotary)
+        self.mlp = DecoderMLP(hf_config, spec)
+        self.input_layernorm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        x = x + self.self_attn(positions, self.input_layernorm(x), meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DecoderModel(nn.Module):
+    def __init__(self, hf_config, spec: DecoderSpec, max_len: int):
+        super().__init__()
+        inv_freq = inverse_frequencies(rope_parameters(hf_config), head_dim_of(hf_config),
+                                       hf_config.max_position_embeddings)
+        rotary = RotaryEmbedding(head_dim_of(hf_config), max_len, inv_freq)
+        self.embed_tokens = Embedding(hf_config.vocab_size, hf_config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(hf_config, spec, rotary) for _ in range(hf_config.num_hidden_layers))
+        self.norm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
+        self.rotary = rotary
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(positions, x, meta)
+        return self.norm(x)
+
+
+class DecoderForCausalLM(nn.Module):
+    """Base of the engine's model classes; subclasses define `spec(hf_config)`."""
+
+    # HF module name -> (engine module name, shard id) for projections the engine fuses.
+    packed_modules: ClassVar[dict[str, tuple[str, str]]] = {
+        "q_proj": ("qkv_proj", "q"),
+        "k_proj": ("qkv_proj", "k"),
+        "v_proj": ("qkv_proj", "v"),
+        "gate_proj": ("gate_up_proj", "gate"),
+        "up_proj": ("gate_up_proj", "up"),
+    }
+
+    @staticmethod
+    def spec(hf_config) -> DecoderSpec:
+        raise NotImplementedError
+
+    def __init__(self, hf_config, max_len: int):
+        super().__init__()
+        self.model = DecoderModel(hf_config, self.spec(hf_config), max_len)
+        self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
+        if not self.tie_word_embeddings:
+            self.lm_head = Linear(hf_config.hidden_size, hf_config.vocab_size)
+
+    @property
+    def lm_head_weight(self) -> nn.Parameter:
+        return self.model.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """Packed tokens [T] -> final hidden states [T, hidden]."""
+        return self.model(input_ids, positions, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, hidden] -> [N, vocab] float32 (the matmul runs in the model dtype, as in HF)."""
+        return torch.nn.functional.linear(hidden, self.lm_head_weight).float()

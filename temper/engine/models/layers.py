@@ -1,0 +1,105 @@
+"""Building blocks of the engine's decoder models, numerically matching Hugging Face's modules.
+
+Weight loading lives on the parameters (as in nano-vllm): every parameter carries
+``weight_loader(param, tensor, shard_id)`` and ``shard_view(param, shard_id)``. A fused layer
+(`MergedLinear`: q/k/v or gate/up stacked along the output dimension) maps an HF shard to its rows;
+a plain parameter has one shard, None. Loading and reading weights by HF name both go through
+`shard_view`, so fusion is described in exactly one place per layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def copy_checked(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """dst.copy_(src) (any dtype/device), or ValueError if the shapes differ."""
+    if tuple(dst.shape) != tuple(src.shape):
+        raise ValueError(f"expected shape {tuple(dst.shape)}, got {tuple(src.shape)}")
+    dst.copy_(src)
+
+
+def _whole(param: nn.Parameter, shard_id: object = None) -> torch.Tensor:
+    if shard_id is not None:
+        raise ValueError(f"parameter is not fused; got shard {shard_id!r}")
+    return param.data
+
+
+def _load_whole(param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
+    copy_checked(_whole(param, shard_id), loaded)
+
+
+def engine_param(*shape: int, fill: float | None = None) -> nn.Parameter:
+    """An inference parameter (no grad, uninitialised unless `fill`) with the default loader."""
+    data = torch.empty(*shape) if fill is None else torch.full(shape, fill)
+    param = nn.Parameter(data, requires_grad=False)
+    param.weight_loader, param.shard_view = _load_whole, _whole
+    return param
+
+
+class Linear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.weight = engine_param(out_features, in_features)
+        self.bias = engine_param(out_features) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class MergedLinear(Linear):
+    """Several projections of the same input, stacked along the output dim; shards named by id."""
+
+    def __init__(self, in_features: int, shard_sizes: dict[str, int], bias: bool = False):
+        super().__init__(in_features, sum(shard_sizes.values()), bias)
+        self.offsets: dict[str, tuple[int, int]] = {}
+        offset = 0
+        for shard_id, size in shard_sizes.items():
+            self.offsets[shard_id] = (offset, size)
+            offset += size
+        for param in (self.weight, self.bias):
+            if param is not None:
+                param.weight_loader, param.shard_view = self._load_shard, self._shard_view
+
+    def _shard_view(self, param: nn.Parameter, shard_id: str | None) -> torch.Tensor:
+        if shard_id not in self.offsets:
+            raise ValueError(f"fused parameter has shards {list(self.offsets)}; got {shard_id!r}")
+        offset, size = self.offsets[shard_id]
+        return param.data.narrow(0, offset, size)
+
+    def _load_shard(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str | None) -> None:
+        copy_checked(self._shard_view(param, shard_id), loaded)
+
+    def split(self, out: torch.Tensor) -> list[torch.Tensor]:
+        return list(out.split([size for _, size in self.offsets.values()], dim=-1))
+
+
+class Embedding(nn.Module):
+    def __init__(self, num_embeddings: int, dim: int):
+        super().__init__()
+        self.weight = engine_param(num_embeddings, dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
+
+
+class RMSNorm(nn.Module):
+    """HF's RMSNorm: normalise in float32, cast back, then scale (the order matters in bf16)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = engine_param(dim, fill=1.0)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up

@@ -1,0 +1,78 @@
+"""Rotary position embeddings (RoPE): default, linear and llama3 scaling, as Hugging Face computes them.
+
+Reads the RoPE settings from either config layout: transformers 5 (``config.rope_parameters`` with
+``rope_theta`` and ``rope_type`` inside) or 4.x (``config.rope_theta`` + ``config.rope_scaling``).
+cos/sin are precomputed for every position in float32 and cast to the activation dtype when applied,
+which is what HF does per call.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def rope_parameters(hf_config) -> dict:
+    """{"rope_type", "rope_theta", ...scaling keys} from an HF config of either layout."""
+    params = getattr(hf_config, "rope_parameters", None)
+    if isinstance(params, dict) and "rope_theta" in params:
+        params = dict(params)
+    else:
+        params = dict(getattr(hf_config, "rope_scaling", None) or {})
+        params["rope_theta"] = getattr(hf_config, "rope_theta", 10000.0)
+    params["rope_type"] = params.get("rope_type", params.get("type", "default"))
+    return params
+
+
+def inverse_frequencies(params: dict, head_dim: int, max_position_embeddings: int) -> torch.Tensor:
+    """[head_dim // 2] float32 inverse frequencies for `params` (see `rope_parameters`)."""
+    rope_type = params["rope_type"]
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        raise NotImplementedError(
+            f"rope_type {rope_type!r} is not supported by temper's engine; supported: {SUPPORTED_ROPE_TYPES}"
+        )
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).to(torch.float32) / head_dim
+    inv_freq = 1.0 / (params["rope_theta"] ** exponents)
+    if rope_type == "linear":
+        inv_freq = inv_freq / params["factor"]
+    elif rope_type == "llama3":
+        inv_freq = _llama3_scaling(inv_freq, params, max_position_embeddings)
+    return inv_freq
+
+
+def _llama3_scaling(inv_freq: torch.Tensor, params: dict, max_position_embeddings: int) -> torch.Tensor:
+    """Llama 3.1's frequency-dependent scaling (HF `_compute_llama3_parameters`)."""
+    factor, low, high = params["factor"], params["low_freq_factor"], params["high_freq_factor"]
+    old_len = params.get("original_max_position_embeddings", max_position_embeddings)
+    low_freq_wavelen, high_freq_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, head_dim: int, max_len: int, inv_freq: torch.Tensor):
+        super().__init__()
+        positions = torch.arange(max_len, dtype=torch.float32, device=inv_freq.device)
+        freqs = positions[:, None] * inv_freq[None, :].float()
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("cos", emb.cos(), persistent=False)  # [max_len, head_dim] float32
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [T]; q [T, Hq, D], k [T, Hkv, D]."""
+        cos = self.cos[positions].to(q.dtype)[:, None, :]
+        sin = self.sin[positions].to(q.dtype)[:, None, :]
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin

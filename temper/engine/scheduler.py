@@ -1,0 +1,174 @@
+"""Decides which sequences run in each engine step.
+
+A step is either a prefill step (waiting sequences are admitted and their uncached tokens computed,
+up to `max_num_batched_tokens` tokens; the last admitted prompt may be split across steps: chunked
+prefill) or a decode step (one token for every running sequence). Prefill has priority, as in
+nano-vllm and vLLM v0.
+
+Preemption by recompute: when a decode step needs a KV block and none is free, the youngest running
+sequence is freed and put back at the head of the waiting queue. It keeps its generated tokens; on
+re-admission they are recomputed as part of its prompt (often from the prefix cache, since its freed
+blocks keep their hashes), so the result equals an unpreempted run.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from temper.engine.block_manager import BlockManager
+from temper.engine.sequence import Sequence, SequenceStatus
+from temper.engine.stop_checker import StopChecker
+
+
+@dataclass
+class ScheduledBatch:
+    """The work of one step.
+
+    seqs: the sequences that run. num_new_tokens[i]: tokens of seqs[i] computed in this step, from
+    position seqs[i].num_computed_tokens on (1 for decode). sample[i]: whether seqs[i] samples a
+    token, i.e. this step computes up to its last token (a prefill chunk that stops earlier does not).
+    """
+
+    seqs: list[Sequence]
+    num_new_tokens: list[int]
+    is_prefill: bool
+    sample: list[bool]
+
+    @classmethod
+    def of(cls, seqs: list[Sequence], num_new_tokens: list[int], is_prefill: bool) -> ScheduledBatch:
+        sample = [s.num_computed_tokens + n == len(s) for s, n in zip(seqs, num_new_tokens)]
+        return cls(seqs, num_new_tokens, is_prefill, sample)
+
+
+@dataclass
+class SchedulerStats:
+    prefill_tokens_computed: int = 0
+    cached_tokens: int = 0
+    generated_tokens: int = 0
+    num_preemptions: int = 0
+
+
+class Scheduler:
+    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int, block_manager: BlockManager,
+                 stop_checker: StopChecker):
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.block_manager = block_manager
+        self.stop_checker = stop_checker
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # oldest first
+        self.finished_early: list[Sequence] = []  # aborted or finished before running; reported next step
+        self.unfinished: dict[str, Sequence] = {}  # request id -> waiting or running sequence
+        self.stats = SchedulerStats()
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+        self.unfinished[seq.request_id] = seq
+
+    def add_finished(self, seq: Sequence) -> None:
+        self.finished_early.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running or self.finished_early)
+
+    def num_unfinished(self) -> int:
+        return len(self.unfinished)
+
+    def abort(self, request_id: str) -> None:
+        """Free the request now; the next step reports it finished with reason "abort"."""
+        seq = self.unfinished.pop(request_id, None)
+        if seq is None:
+            return
+        (self.running if seq.status is SequenceStatus.RUNNING else self.waiting).remove(seq)
+        self.block_manager.free_seq(seq)
+        self.stop_checker.finish(seq, "abort")
+        self.finished_early.append(seq)
+
+    def pop_finished_early(self) -> list[Sequence]:
+        seqs, self.finished_early = self.finished_early, []
+        return seqs
+
+    # ---- scheduling -------------------------------------------------------------------------
+    def schedule(self) -> ScheduledBatch | None:
+        batch = self._schedule_prefill()
+        if batch is None and self.running:
+            batch = self._schedule_decode()
+        return batch
+
+    def _schedule_prefill(self) -> ScheduledBatch | None:
+        seqs, counts = [], []
+        budget = self.max_num_batched_tokens
+        # A partially prefilled sequence is always waiting[0]: decode (the only place that preempts
+        # and pushes to the head) never runs while one exists, since it can always continue.
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if not seq.block_table and not self._admit(seq):
+                break
+            n = min(len(seq) - seq.num_computed_tokens, budget)
+            self.block_manager.commit(seq, seq.num_computed_tokens + n)
+            seqs.append(seq)
+            counts.append(n)
+            budget -= n
+            if seq.num_computed_tokens + n < len(seq):
+                break  # chunked: the rest of this prompt goes in the next step
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+        return ScheduledBatch.of(seqs, counts, is_prefill=True) if seqs else None
+
+    def _admit(self, seq: Sequence) -> bool:
+        if not self.block_manager.can_allocate(seq):
+            return False
+        cached = self.block_manager.allocate(seq)
+        seq.num_computed_tokens = cached
+        if seq.cached_tokens is None:
+            seq.cached_tokens = cached
+        self.stats.cached_tokens += cached
+        return True
+
+    def _schedule_decode(self) -> ScheduledBatch | None:
+        scheduled = []
+        while self.running:
+            seq = self.running.pop(0)
+            while not self.block_manager.can_grow(seq, len(seq)):
+                victim = self.running.pop() if self.running else seq
+                self._preempt(victim)
+                if victim is seq:
+                    break
+            else:
+                self.block_manager.grow(seq, len(seq))
+                self.block_manager.commit(seq, len(seq))
+                scheduled.append(seq)
+        self.running = scheduled
+        return ScheduledBatch.of(scheduled, [1] * len(scheduled), is_prefill=False) if scheduled else None
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.block_manager.free_seq(seq)
+        seq.num_computed_tokens = 0
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.stats.num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    # ---- after the forward pass ----------------------------------------------------------------
+    def postprocess(self, batch: ScheduledBatch, token_ids: list[int], logprobs: list[float]) -> list[Sequence]:
+        """Append sampled tokens, apply stop conditions, free finished sequences.
+
+        token_ids/logprobs hold one entry per sampling sequence of `batch`, in batch order. Returns
+        the sequences that got a token.
+        """
+        sampled = [seq for seq, sample in zip(batch.seqs, batch.sample) if sample]
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed_tokens += n
+        if batch.is_prefill:
+            self.stats.prefill_tokens_computed += sum(batch.num_new_tokens)
+        for seq, token_id, logprob in zip(sampled, token_ids, logprobs, strict=True):
+            seq.append_token(token_id, logprob)
+            self.stop_checker.check(seq)
+            if seq.finished:
+                self.block_manager.free_seq(seq)
+                del self.unfinished[seq.request_id]
+        self.stats.generated_tokens += len(sampled)
+        self.running = [seq for seq in self.running if not seq.finished]
+        return sampled

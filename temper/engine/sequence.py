@@ -1,0 +1,123 @@
+"""Request state inside the engine (`Sequence`) and what the engine reports back (`RequestOutput`)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from temper.engine.sampling_params import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class RequestOutput:
+    """One request's state after an engine step (cumulative, except `new_token_ids`).
+
+    output_logprobs: one float per output token, log_softmax(logits / temperature) of the sampled
+        token over the full vocabulary (temperature 0: log_softmax(logits)); see `sampler.py`.
+    text: detokenized output so far; once finished, the stop string (and stop token text) is cut
+        unless `no_stop_trim`. Token ids are never trimmed.
+    matched_stop: the EOS / stop token id or the stop string that ended the request, else None.
+    cached_tokens: prompt tokens served from the prefix cache when the request was first admitted.
+    """
+
+    request_id: str
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    output_logprobs: list[float]
+    new_token_ids: list[int]
+    text: str
+    finished: bool
+    finish_reason: str | None
+    matched_stop: int | str | None
+    cached_tokens: int
+    weight_version: str
+
+
+@dataclass
+class DetokenizerState:
+    """Incremental detokenization offsets into `output_token_ids` (see `detokenizer.py`)."""
+
+    text: str = ""
+    prefix_offset: int = 0
+    read_offset: int = 0
+
+
+class Sequence:
+    """One request: prompt + generated tokens, its KV blocks and its finish state.
+
+    token_ids holds prompt and output together, so a preempted sequence is recomputed from it as if
+    its output were part of the prompt. num_computed_tokens counts tokens whose K/V are in the cache
+    (prefix-cache hits included). num_preemptions counts how often it was preempted (SGLang's
+    num_retractions).
+    """
+
+    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, seed: int):
+        self.request_id = request_id
+        self.params = params
+        self.seed = seed
+        self.token_ids: list[int] = list(prompt_token_ids)
+        self.prompt_token_ids: list[int] = list(prompt_token_ids)  # shared by every output; read-only
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.output_logprobs: list[float] = []
+        self.status = SequenceStatus.WAITING
+        self.block_table: list[int] = []
+        self.block_hashes: list[int] = []  # chained hashes of full blocks, filled by the block manager
+        self.num_hashed_blocks = 0  # leading blocks of block_table registered in the prefix cache
+        self.num_computed_tokens = 0
+        self.cached_tokens: int | None = None  # set at first admission
+        self.num_preemptions = 0
+        self.detok = DetokenizerState()
+        self.finish_reason: str | None = None
+        self.matched_stop: int | str | None = None
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def last_token_id(self) -> int:
+        return self.token_ids[-1]
+
+    @property
+    def finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    def block_tokens(self, index: int, block_size: int) -> list[int]:
+        return self.token_ids[index * block_size : (index + 1) * block_size]
+
+    def append_token(self, token_id: int, logprob: float) -> None:
+        self.token_ids.append(token_id)
+        self.output_logprobs.append(logprob)
+
+    def finish(self, reason: str, matched: int | str | None = None) -> None:
+        self.status = SequenceStatus.FINISHED
+        self.finish_reason = reason
+        self.matched_stop = matched
+
+    def to_output(self, weight_version: str, new_token_ids: list[int]) -> RequestOutput:
+        return RequestOutput(
+            request_id=self.request_id,
+            prompt_token_ids=self.prompt_token_ids,
+            output_token_ids=self.output_token_ids,
+            output_logprobs=list(self.output_logprobs),
+            new_token_ids=new_token_ids,
+            text=self.detok.text,
+            finished=self.finished,
+            finish_reason=self.finish_reason,
+            matched_stop=self.matched_stop,
+            cached_tokens=self.cached_tokens or 0,
+            weight_version=weight_version,
+        )

@@ -1,0 +1,286 @@
+"""The FastAPI app of temper's engine server: SGLang's native HTTP API (DESIGN.md, Contract 1).
+
+`create_app(state)` assembles the routes of this module (``/generate``, health, info, load and
+metrics), `control_api` (cache, abort, pause, weights, memory) and `openai_api` (``/v1/...``). The
+app's lifespan starts the engine loop thread, runs one warmup generation (unless skipped) and stops
+the loop at shutdown. Errors: a `RequestError` or ValueError is a 400 ``{"error": {"message"}}``;
+anything else a 500 of the same shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+
+import temper
+from temper.engine.server.context import (
+    ServerState,
+    dumps,
+    json_body,
+    json_response,
+    native_error,
+    state_of,
+    until_disconnected,
+)
+from temper.engine.server.generation import (
+    SubRequest,
+    SubRequestRun,
+    collect_final,
+    format_output,
+    new_rid,
+    plan_generate,
+    should_stream,
+)
+from temper.engine.server.metrics import (
+    core_load,
+    load_entry,
+    loads_prometheus,
+    parse_include,
+    prometheus_text,
+)
+from temper.engine.server.protocol import GenerateReqInput, RequestError, parse_model
+from temper.engine.server.sampling import build_sampling
+
+logger = logging.getLogger(__name__)
+router = APIRouter()
+_OPEN_PATHS = ("/health", "/ready", "/metrics", "/ping")
+
+
+def create_app(state: ServerState) -> FastAPI:
+    """The app serving `state.engine`; the engine loop starts and stops with the app's lifespan."""
+    from temper.engine.server import control_api, openai_api
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.engine.start()
+        try:
+            warm = state.args.skip_server_warmup or await _probe(
+                state, timeout=max(state.args.health_check_timeout, 60.0), max_new_tokens=8)
+            if not warm:
+                logger.warning("warmup generation produced no output in time; serving anyway")
+            state.ready = True
+            yield
+        finally:
+            state.ready = False
+            state.engine.stop()
+            for group in state.groups.values():
+                group.close()
+
+    app = FastAPI(title="temper engine", version=temper.__version__, lifespan=lifespan)
+    app.state.server = state
+    app.include_router(router)
+    app.include_router(control_api.router)
+    app.include_router(openai_api.router)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _internal_error)
+    if state.args.api_key:
+        _add_auth(app, state.args.api_key)
+    return app
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    """FastAPI's 422 for a bad query parameter becomes SGLang's 400 (OpenAI-style body)."""
+    message = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return json_response({"object": "error", "message": message, "type": "Bad Request", "param": None, "code": 400}, 400)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error serving %s %s", request.method, request.url.path, exc_info=exc)
+    return native_error(f"Internal server error: {exc}", 500)
+
+
+def _add_auth(app: FastAPI, key: str) -> None:
+    """SGLang's ``--api-key``: every route but health/ready/metrics needs ``Authorization: Bearer key``."""
+
+    @app.middleware("http")
+    async def check_key(request: Request, call_next):
+        if request.method == "OPTIONS" or request.url.path.startswith(_OPEN_PATHS):
+            return await call_next(request)
+        if request.headers.get("authorization") != f"Bearer {key}":
+            return json_response({"error": "Unauthorized"}, 401)
+        return await call_next(request)
+
+
+# ---- generation ----------------------------------------------------------------------------------
+
+
+@router.api_route("/generate", methods=["POST", "PUT"])
+async def generate(request: Request) -> Response:
+    """SGLang ``/generate``: one object (or a list for batches), or an SSE stream of cumulative chunks."""
+    state = state_of(request)
+    try:
+        body = parse_model(GenerateReqInput, await json_body(request))
+        subs, batch = plan_generate(body, state.engine, state.context_len, state.prefix_caching)
+        run = SubRequestRun(state.engine, subs)
+        await run.start()
+    except ValueError as e:
+        return native_error(str(e))
+    if body.stream:
+        return StreamingResponse(_sse(state, run, batch), media_type="text/event-stream")
+    try:
+        final = await until_disconnected(request, collect_final(run, state.observe), run.close)
+    except ValueError as e:
+        return native_error(str(e))
+    if final is None:  # the client went away; its requests were aborted
+        return Response(status_code=499)
+    results = [format_output(sub, out, state.token_texts) for sub, out in final]
+    return json_response(results if batch else results[0])
+
+
+async def _sse(state: ServerState, run: SubRequestRun, batch: bool) -> AsyncIterator[str]:
+    """``data: {cumulative object}`` events (with ``index`` for batches), then ``data: [DONE]``."""
+    try:
+        async for sub, out in run.outputs():
+            if out.finished:
+                state.observe(sub, out)
+            if should_stream(sub, out):
+                obj = format_output(sub, out, state.token_texts)
+                if batch:
+                    obj["index"] = sub.index
+                yield f"data: {dumps(obj)}\n\n"
+    except Exception as e:  # noqa: BLE001 -- the status line is already sent: report in-band, as SGLang does
+        yield f"data: {dumps({'error': {'message': str(e)}})}\n\n"
+    finally:
+        run.close()
+    yield "data: [DONE]\n\n"
+
+
+# ---- health and info -----------------------------------------------------------------------------
+
+
+async def _probe(state: ServerState, timeout: float, max_new_tokens: int = 1) -> bool:
+    """Generate from ``input_ids=[0]``; True once *any* engine output arrives (a busy server answers
+    at once), False after `timeout` seconds."""
+    choice = build_sampling({"max_new_tokens": max_new_tokens, "temperature": 0.0}, "probe", 1, state.context_len)
+    sub = SubRequest(index=0, rid=f"HEALTH_CHECK_{new_rid()}", prompt_ids=[0], sampling=choice)
+    run = SubRequestRun(state.engine, [sub])
+    progress = state.engine.progress_future()
+    try:
+        await run.start()
+        await asyncio.wait_for(progress, timeout)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        run.close()
+
+
+@router.get("/health")
+@router.get("/health_generate")
+async def health(request: Request) -> Response:
+    """200 once the server is ready and the engine produces output; 503 otherwise. A paused server
+    (or one whose memory is released) is alive by choice and answers 200 without a probe."""
+    state = state_of(request)
+    if not state.ready:
+        return Response(status_code=503)
+    if state.engine.paused or state.engine.released:
+        return Response(status_code=200)
+    ok = await _probe(state, state.args.health_check_timeout)
+    return Response(status_code=200 if ok else 503)
+
+
+@router.get("/ready")
+async def ready(request: Request) -> Response:
+    return Response(status_code=200 if state_of(request).ready else 503)
+
+
+@router.get("/ping")
+async def ping() -> Response:
+    return Response(status_code=200)
+
+
+def model_info(state: ServerState) -> dict:
+    engine = state.engine.engine
+    config = engine.hf_config
+    return {
+        "model_path": state.args.model, "served_model_name": state.args.model_name,
+        "tokenizer_path": state.args.model, "is_generation": True, "preferred_sampling_params": None,
+        "weight_version": state.engine.weight_version, "load_format": "auto", "reasoning_parser": None,
+        "tool_call_parser": "qwen25", "disaggregation_mode": "null", "has_image_understanding": False,
+        "has_audio_understanding": False, "model_type": getattr(config, "model_type", None),
+        "architectures": list(getattr(config, "architectures", None) or []),
+    }
+
+
+@router.get("/model_info")
+@router.get("/get_model_info")
+async def get_model_info(request: Request) -> Response:
+    return json_response(model_info(state_of(request)))
+
+
+@router.get("/server_info")
+@router.get("/get_server_info")
+async def get_server_info(request: Request) -> Response:
+    """Every server argument, the engine's limits and load, in SGLang's flat layout."""
+    state = state_of(request)
+    args = state.args
+    stats = state.engine.stats
+    core = core_load(stats, state.block_size, state.max_running_requests, state.metrics)
+    info = {k: v for k, v in vars(args).items() if k != "api_key"}
+    info.update(
+        model_path=args.model, served_model_name=args.model_name, tokenizer_path=args.model, tp_size=1, dp_size=1,
+        context_length=state.context_len, max_req_input_len=state.context_len - 1,
+        max_total_num_tokens=core["max_total_num_tokens"], max_total_tokens=core["max_total_num_tokens"],
+        max_running_requests=state.max_running_requests, max_prefill_tokens=getattr(state.engine.engine.args, "max_num_batched_tokens", None),
+        block_size=state.block_size, disable_radix_cache=not state.prefix_caching,
+        weight_version=state.engine.weight_version, version=temper.__version__, engine="temper", frontend="python",
+        startup_time=state.started_at, paused=state.engine.paused, released_memory=sorted(state.engine.released),
+        internal_states=[{"last_gen_throughput": core["gen_throughput"],
+                          "effective_max_running_requests_per_dp": state.max_running_requests,
+                          "num_running_reqs": core["num_running_reqs"], "num_waiting_reqs": core["num_waiting_reqs"]}],
+    )
+    return json_response(info)
+
+
+@router.get("/get_weight_version")
+@router.get("/weight_version")
+async def get_weight_version(request: Request) -> Response:
+    return json_response({"weight_version": state_of(request).engine.weight_version})
+
+
+@router.get("/v1/loads")
+async def v1_loads(request: Request, include: str | None = None, format: str = "json", dp_rank: int | None = None) -> Response:
+    """SGLang's load report: ``loads`` has one entry (DP rank 0) with the core fields plus the sections
+    in ``include`` (default all); ``format=prometheus`` gives the core fields as gauges."""
+    state = state_of(request)
+    try:
+        sections = parse_include(include)
+        if format not in ("json", "prometheus"):
+            raise RequestError(f"format: expected 'json' or 'prometheus', got {format!r}")
+    except RequestError as e:
+        return native_error(str(e))
+    core = core_load(state.engine.stats, state.block_size, state.max_running_requests, state.metrics)
+    if format == "prometheus":
+        return PlainTextResponse(loads_prometheus(core))
+    loads = [] if dp_rank not in (None, 0) else [load_entry(core, state.engine.stats, sections)]
+    return json_response({"timestamp": core["timestamp"], "version": temper.__version__, "accelerator": _accelerator(),
+                          "num_accelerators": 1, "loads": loads})
+
+
+@router.get("/get_load")
+async def get_load(request: Request) -> Response:
+    state = state_of(request)
+    core = core_load(state.engine.stats, state.block_size, state.max_running_requests, state.metrics)
+    return json_response([{"dp_rank": 0, "num_reqs": core["num_running_reqs"], "num_waiting_reqs": core["num_waiting_reqs"],
+                           "num_tokens": core["num_used_tokens"], "ts_tic": time.time()}])
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    state = state_of(request)
+    core = core_load(state.engine.stats, state.block_size, state.max_running_requests, state.metrics)
+    text = prometheus_text(core, state.metrics, state.args.model_name, state.engine.weight_version)
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+def _accelerator() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None

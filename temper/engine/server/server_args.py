@@ -1,0 +1,89 @@
+"""`ServerArgs`: the settings of one engine server, and the ``temper serve`` flags that fill them.
+
+Flag names follow SGLang's ``launch_server`` (``--max-running-requests``, ``--chunked-prefill-size``,
+``--disable-radix-cache``, ``--random-seed``, ...) so that ``--sglang-*`` pass-through values map 1:1;
+`engine_args` translates them to the engine's `EngineArgs` names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+@dataclasses.dataclass
+class ServerArgs:
+    """One server. ``None`` engine fields keep the engine's own defaults."""
+
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 30000
+    served_model_name: str | None = None  # defaults to `model`
+    dtype: str = "auto"
+    device: str = "auto"
+    max_model_len: int | None = None  # SGLang's --context-length
+    num_kv_blocks: int | None = None
+    mem_fraction_static: float | None = None
+    max_running_requests: int | None = None
+    chunked_prefill_size: int | None = None
+    disable_radix_cache: bool = False
+    random_seed: int | None = None
+    log_level: str = "info"
+    skip_server_warmup: bool = False
+    health_check_timeout: float = 20.0  # seconds a /health probe may wait for engine output
+    api_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
+        if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static <= 1:
+            raise ValueError(f"mem_fraction_static must be in (0, 1], got {self.mem_fraction_static}")
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or self.model
+
+    def engine_args(self):
+        """The `EngineArgs` for this server."""
+        from temper.engine import EngineArgs
+
+        mapped = {
+            "dtype": self.dtype, "device": self.device, "max_model_len": self.max_model_len,
+            "num_kv_blocks": self.num_kv_blocks, "mem_fraction_static": self.mem_fraction_static,
+            "max_num_seqs": self.max_running_requests, "max_num_batched_tokens": self.chunked_prefill_size,
+            "seed": self.random_seed,
+        }
+        kwargs = {k: v for k, v in mapped.items() if v is not None}
+        return EngineArgs(model=self.model, enable_prefix_caching=not self.disable_radix_cache, **kwargs)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``temper serve`` / ``python -m temper.engine.server`` flags."""
+    a = parser.add_argument
+    a("--model", "--model-path", dest="model", required=True, metavar="DIR", help="Hugging Face checkpoint folder")
+    a("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    a("--port", type=int, default=30000, help="port to bind (0 = any free port)")
+    a("--served-model-name", default=None, help="model name reported by the API (default: --model)")
+    a("--dtype", default="auto", help="weight/compute dtype: auto, float32, bfloat16, float16")
+    a("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    a("--max-model-len", "--context-length", dest="max_model_len", type=int, default=None, help="context length in tokens")
+    a("--num-kv-blocks", type=int, default=None, help="KV-cache blocks (default: sized from --mem-fraction-static)")
+    a("--mem-fraction-static", type=float, default=None, help="share of device memory for weights + KV cache")
+    a("--max-running-requests", type=int, default=None, help="most requests decoded together")
+    a("--chunked-prefill-size", type=int, default=None, help="most tokens per engine step")
+    a("--disable-radix-cache", action="store_true", help="turn the prefix cache off")
+    a("--random-seed", type=int, default=None, help="engine sampling seed")
+    a("--log-level", default="info", choices=LOG_LEVELS)
+    a("--skip-server-warmup", action="store_true", help="mark the server ready without a warmup generation")
+    a("--api-key", default=None, help="require 'Authorization: Bearer KEY' (health and metrics stay open)")
+    return parser
+
+
+def server_args_from(namespace: argparse.Namespace) -> ServerArgs:
+    """`ServerArgs` from parsed `add_serve_arguments` flags (extra attributes are ignored)."""
+    names = {f.name for f in dataclasses.fields(ServerArgs)}
+    return ServerArgs(**{k: v for k, v in vars(namespace).items() if k in names})

@@ -1,0 +1,94 @@
+"""Weights by Hugging Face parameter name: read safetensors folders, load into and read from the
+engine's (partly fused) parameters.
+
+`WeightMap` is the single translation from HF names to engine parameters: a fused projection's HF name
+(``...self_attn.q_proj.weight``) maps to the engine parameter (``...self_attn.qkv_proj.weight``) and a
+shard id; the parameter's own ``weight_loader`` / ``shard_view`` (see `models/layers.py`) does the rest.
+With tied embeddings ``lm_head.weight`` is the embedding matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from temper.engine.models.decoder import DecoderForCausalLM
+
+# Buffers that some older checkpoints store; the engine computes them itself.
+IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
+
+
+def iter_safetensors(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, CPU tensor) for every tensor of every ``*.safetensors`` file in folder `path`."""
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors files in {path}; expected a Hugging Face checkpoint folder")
+    for file in files:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                yield name, f.get_tensor(name)
+
+
+class WeightMap:
+    def __init__(self, model: DecoderForCausalLM):
+        self.model = model
+        self.params = dict(model.named_parameters())
+        self.packed = model.packed_modules
+        self.tied = model.tie_word_embeddings
+
+    def resolve(self, hf_name: str) -> tuple[torch.nn.Parameter, str | None]:
+        """The engine parameter and shard id holding HF tensor `hf_name`; ValueError if none does."""
+        name, shard_id = hf_name, None
+        if self.tied and name == "lm_head.weight":
+            name = "model.embed_tokens.weight"
+        parts = name.split(".")
+        for hf_module, (engine_module, shard) in self.packed.items():
+            if hf_module in parts:
+                parts[parts.index(hf_module)] = engine_module
+                name, shard_id = ".".join(parts), shard
+                break
+        param = self.params.get(name)
+        if param is None:
+            raise ValueError(
+                f"unknown weight name {hf_name!r}: {type(self.model).__name__} has no such parameter "
+                f"(expected Hugging Face names such as 'model.layers.0.self_attn.q_proj.weight')"
+            )
+        return param, shard_id
+
+    def hf_names(self) -> list[str]:
+        """Every HF name the model needs (fused parameters expanded into their shards)."""
+        inverse = {}
+        for hf_module, (engine_module, shard) in self.packed.items():
+            inverse.setdefault(engine_module, []).append(hf_module)
+        names = []
+        for name in self.params:
+            parts = name.split(".")
+            fused = next((p for p in parts if p in inverse), None)
+            if fused is None:
+                names.append(name)
+                continue
+            for hf_module in inverse[fused]:
+                names.append(".".join(hf_module if p == fused else p for p in parts))
+        return names
+
+    def load(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Copy each (HF name, tensor) into the model (any dtype/device); returns the names loaded."""
+        loaded = set()
+        for hf_name, tensor in named_tensors:
+            if hf_name.endswith(IGNORED_SUFFIXES):
+                continue
+            param, shard_id = self.resolve(hf_name)
+            try:
+                param.weight_loader(param, tensor, shard_id)
+            except ValueError as e:
+                raise ValueError(f"weight {hf_name!r}: {e}") from None
+            loaded.add(hf_name)
+        return loaded
+
+    def get(self, hf_name: str) -> torch.Tensor:
+        """A copy of the weight named `hf_name` (un-fused), on the model's device and dtype."""
+        param, shard_id = self.resolve(hf_name)
+        return param.shard_view(param, shard_id).detach().clone()

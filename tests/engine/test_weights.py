@@ -1,0 +1,63 @@
+"""Weight loading by HF name: coverage, fused shards, tied head, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from temper.engine import EngineArgs, LLMEngine
+from temper.engine.weights import iter_safetensors
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
+    return LLMEngine(EngineArgs(model=str(model_dir("qwen2")), num_kv_blocks=16, max_model_len=128))
+
+
+def test_every_checkpoint_tensor_round_trips_by_name(engine, model_dir):
+    state = load_file(model_dir("qwen2") / "model.safetensors")
+    assert set(engine.model_runner.weight_map.hf_names()) == set(state) - {"lm_head.weight"}
+    for name, tensor in state.items():
+        assert torch.equal(engine.get_weights_by_name(name), tensor), name
+
+
+def test_tied_lm_head_is_the_embedding(engine):
+    assert torch.equal(engine.get_weights_by_name("lm_head.weight"),
+                       engine.get_weights_by_name("model.embed_tokens.weight"))
+
+
+def test_load_weights_copies_into_fused_shards_from_any_dtype(engine):
+    name = "model.layers.1.self_attn.k_proj.weight"
+    old = engine.get_weights_by_name(name)
+    new = torch.randn_like(old).to(torch.bfloat16)
+    q_before = engine.get_weights_by_name("model.layers.1.self_attn.q_proj.weight")
+    engine.load_weights([(name, new)])
+    assert torch.equal(engine.get_weights_by_name(name), new.float())
+    assert torch.equal(engine.get_weights_by_name("model.layers.1.self_attn.q_proj.weight"), q_before)
+    engine.load_weights([(name, old)])
+
+
+def test_get_returns_a_copy(engine):
+    name = "model.norm.weight"
+    w = engine.get_weights_by_name(name)
+    w.add_(1)
+    assert not torch.equal(engine.get_weights_by_name(name), w)
+
+
+def test_unknown_name_and_wrong_shape_are_named(engine):
+    with pytest.raises(ValueError, match="model.layers.9.mlp.up_proj.weight"):
+        engine.load_weights([("model.layers.9.mlp.up_proj.weight", torch.zeros(1))])
+    with pytest.raises(ValueError, match="'model.layers.0.mlp.up_proj.weight'.*shape"):
+        engine.load_weights([("model.layers.0.mlp.up_proj.weight", torch.zeros(3, 3))])
+    with pytest.raises(ValueError, match="no_such"):
+        engine.get_weights_by_name("model.no_such.weight")
+
+
+def test_rotary_inv_freq_buffers_are_ignored(engine):
+    engine.load_weights([("model.layers.0.self_attn.rotary_emb.inv_freq", torch.zeros(16))])
+
+
+def test_missing_safetensors_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="safetensors"):
+        list(iter_safetensors(tmp_path))
