@@ -1,0 +1,144 @@
+"""The built-in router over fake engines on 127.0.0.1: forwarding, affinity, streaming, admin, failover."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import ExitStack
+
+import httpx
+import pytest
+from rollout_helpers import fake_engine_app, free_port_url, serve
+
+from temper.rollout.router import WORKER_HEADER, main, start_router
+
+TIMEOUT = httpx.Timeout(30.0)
+
+
+@pytest.fixture()
+def fakes():
+    """Two fake engines (apps, urls) and a router over them (stopped afterwards)."""
+    apps = [fake_engine_app("e0", delay=0.1), fake_engine_app("e1", delay=0.1)]
+    with ExitStack() as stack:
+        urls = [stack.enter_context(serve(app)) for app in apps]
+        router = stack.enter_context(start_router(urls, worker_startup_timeout=5))
+        with httpx.Client(base_url=router.url, timeout=TIMEOUT, trust_env=False) as client:
+            yield apps, urls, router, client
+
+
+def generate(client, key=None, **body):
+    headers = {"X-Routing-Key": key} if key else {}
+    return client.post("/generate", json={"input_ids": [1, 2, 3], **body}, headers=headers)
+
+
+def test_forwards_body_unchanged_and_names_the_worker(fakes):
+    apps, urls, _, client = fakes
+    reply = generate(client, sampling_params={"max_new_tokens": 3}, return_logprob=True)
+    assert reply.status_code == 200
+    assert reply.json()["output_ids"] == [7, 8, 9]
+    served = urls.index(reply.headers[WORKER_HEADER])
+    path, body, _ = apps[served].state.calls[-1]
+    assert path == "/generate" and body == {
+        "input_ids": [1, 2, 3],
+        "sampling_params": {"max_new_tokens": 3},
+        "return_logprob": True,
+    }
+
+
+def test_error_status_passes_through(fakes):
+    _, _, _, client = fakes
+    reply = generate(client, sampling_params={"max_new_tokens": -1})
+    assert reply.status_code == 400 and "max_new_tokens" in reply.json()["error"]["message"]
+
+
+def test_routing_key_and_session_id_stick_to_one_engine(fakes):
+    _, _, router, client = fakes
+    by_header = {generate(client, key="group-7").headers[WORKER_HEADER] for _ in range(4)}
+    by_session = {generate(client, session_id="s-1").headers[WORKER_HEADER] for _ in range(4)}
+    assert len(by_header) == 1 and len(by_session) == 1
+    affinity = router.router.policy.affinity
+    assert affinity["group-7"].requests == 4 and affinity["s-1"].requests == 4
+
+
+def test_concurrent_requests_spread_by_least_outstanding(fakes):
+    _, urls, router, _ = fakes
+
+    async def burst() -> list[str]:
+        async with httpx.AsyncClient(base_url=router.url, timeout=TIMEOUT, trust_env=False) as c:
+            replies = await asyncio.gather(*(c.post("/generate", json={"input_ids": [1]}) for _ in range(6)))
+        return [r.headers[WORKER_HEADER] for r in replies]
+
+    served = asyncio.run(asyncio.wait_for(burst(), 30))
+    assert sorted(served.count(u) for u in urls) == [3, 3]
+    assert all(w.outstanding == 0 for w in router.router.policy.workers.values())
+
+
+def test_streams_pass_through(fakes):
+    _, _, _, client = fakes
+    with client.stream("POST", "/generate", json={"input_ids": [1], "stream": True}) as reply:
+        assert reply.headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] for line in reply.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert [json.loads(e)["output_ids"] for e in events[:-1]] == [[7], [7, 8], [7, 8, 9]]
+    with client.stream("POST", "/v1/chat/completions", json={"messages": [], "stream": True}) as reply:
+        chunks = [line for line in reply.iter_lines() if line.startswith("data: ")]
+    assert len(chunks) == 3 and chunks[-1] == "data: [DONE]"
+
+
+def test_worker_admin_routes(fakes):
+    _, urls, _, client = fakes
+    assert [w["url"] for w in client.get("/workers").json()["workers"]] == urls
+    assert client.get("/list_workers").json() == {"urls": urls}
+    assert client.post("/remove_worker", params={"url": urls[1]}).json()["status"] == "ok"
+    assert client.get("/list_workers").json() == {"urls": urls[:1]}
+    assert client.post("/add_worker", params={"url": urls[1]}).status_code == 200
+    assert client.post("/workers", json={"url": urls[1]}).status_code == 200  # again: idempotent
+    assert client.get("/list_workers").json() == {"urls": urls}
+    assert client.post("/remove_worker", params={"url": "http://nowhere:1"}).status_code == 404
+
+
+def test_registration_health_checks_the_worker():
+    dead = free_port_url()
+    with (
+        start_router([], worker_startup_timeout=0.3) as router,
+        httpx.Client(base_url=router.url, timeout=TIMEOUT, trust_env=False) as client,
+    ):
+        assert client.get("/health").status_code == 503  # no workers yet
+        reply = client.post("/workers", json={"url": dead})
+        assert reply.status_code == 400 and dead in reply.json()["error"]["message"]
+        assert client.post("/workers", json={}).status_code == 400
+        assert client.get("/list_workers").json() == {"urls": []}
+        assert client.post("/generate", json={"input_ids": [1]}).status_code == 503
+
+
+def test_fan_out_and_info_routes(fakes):
+    apps, _, _, client = fakes
+    assert client.post("/flush_cache").status_code == 200
+    assert client.post("/abort_request", json={"abort_all": True}).status_code == 200
+    for app in apps:
+        paths = [c[0] for c in app.state.calls]
+        assert "/flush_cache" in paths and "/abort_request" in paths
+        assert app.state.calls[-1][1] == {"abort_all": True}
+    assert client.get("/health").status_code == 200
+    assert client.get("/v1/models").json()["data"][0]["id"] in ("e0", "e1")
+    assert client.get("/get_weight_version").json() == {"weight_version": "v1"}
+    loads = client.get("/v1/loads").json()["loads"]
+    assert len(loads) == 2 and {entry["num_waiting_reqs"] for entry in loads} == {2}
+
+
+def test_refused_connection_fails_over_to_another_worker():
+    app = fake_engine_app("alive")
+    with serve(app) as alive, ExitStack() as stack:
+        doomed = stack.enter_context(serve(fake_engine_app("doomed")))
+        with start_router([doomed, alive], worker_startup_timeout=5) as router:
+            stack.close()  # the first worker goes away after registration
+            with httpx.Client(base_url=router.url, timeout=TIMEOUT, trust_env=False) as client:
+                replies = [client.post("/generate", json={"input_ids": [1]}) for _ in range(3)]
+            assert [r.headers[WORKER_HEADER] for r in replies] == [alive] * 3
+            assert not router.router.policy.workers[doomed].healthy
+
+
+def test_command_line_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0 and "--workers" in capsys.readouterr().out
