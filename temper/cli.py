@@ -1,4 +1,4 @@
-"""The ``temper`` command: one subcommand per tool (``temper serve``; more to come).
+"""The ``temper`` command: one subcommand per tool (``temper serve``, ``temper convert``).
 
 Each subcommand registers its flags with `argparse` subparsers and imports its implementation only
 when run, so ``temper --help`` stays fast.
@@ -23,6 +23,26 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from temper.train import convert_checkpoint_to_hf
+
+    try:
+        out = convert_checkpoint_to_hf(args.input_dir, args.origin_hf_dir, args.output_dir)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"temper convert: {e}", file=sys.stderr)
+        return 2
+    print(f"temper convert: wrote {out}")
+    return 0
+
+
+def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("--input-dir", required=True, metavar="DIR", help="temper checkpoint: a --save root, an iter_* folder or its actor folder")
+    a("--origin-hf-dir", "--hf-checkpoint", dest="origin_hf_dir", required=True, metavar="DIR",
+      help="the Hugging Face folder the run started from (architecture, dtype, config, tokenizer)")
+    a("--output-dir", required=True, metavar="DIR", help="where to write the Hugging Face folder")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from temper import __version__
     from temper.engine.server.server_args import add_serve_arguments
@@ -34,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Serve a Hugging Face checkpoint over SGLang's native HTTP API and OpenAI's.")
     add_serve_arguments(serve)
     serve.set_defaults(run=_serve)
+    convert = sub.add_parser("convert", help="convert a training checkpoint (--save) to a Hugging Face folder",
+                             description="Write the actor of a temper checkpoint as a Hugging Face folder "
+                                         "(safetensors in the original dtype, config, tokenizer).")
+    _add_convert_arguments(convert)
+    convert.set_defaults(run=_convert)
     return parser
 
 

@@ -138,6 +138,12 @@ class RolloutConfig:
     update_weights_interval: int = opt(1, "rollouts between weight syncs (train_async)")
     async_buffer_size: int = opt(1, "rollouts generated ahead of training (train_async staleness bound)")
     update_weight_buffer_size: int = opt(512 * 1024**2, "bytes per weight-sync bucket")
+    update_weight_transport: str | None = opt(
+        None,
+        "how weights reach the engines (default: tensor with --colocate, else broadcast; nccl is slime's name for broadcast)",
+        choices=["broadcast", "tensor", "disk", "nccl"],
+    )
+    update_weight_disk_dir: str | None = opt(None, "folder for --update-weight-transport disk (shared by all nodes)")
     check_weight_update_equal: bool = opt(False, "verify engine weights equal the trainer's after a sync")
 
 
@@ -193,6 +199,7 @@ class TrainConfig:
     max_tokens_per_gpu: int | None = opt(None, "token budget per micro-batch (with --use-dynamic-batch-size)")
     log_probs_chunk_size: int = opt(-1, "rows per chunk when computing log-probs (-1: automatic)")
     lr: float = opt(1e-6, "learning rate")
+    critic_lr: float | None = opt(None, "critic learning rate (PPO; default: --lr)")
     min_lr: float = opt(0.0, "floor of the decayed learning rate")
     lr_warmup_iters: int = opt(0, "linear warmup steps")
     lr_decay_iters: int | None = opt(None, "steps to decay over (default: all optimizer steps)")
@@ -281,6 +288,7 @@ class LoggingConfig:
     tb_project_name: str | None = opt(None, "TensorBoard folder (default: $TENSORBOARD_DIR)")
     tb_experiment_name: str | None = opt(None, "TensorBoard run name")
     log_passrate: bool = opt(False, "log pass@k over groups")
+    run_dir: str | None = opt(None, "folder for metrics.jsonl and the end-of-run report (default: --save, else runs/DATE-TIME)")
     debug_rollout_only: bool = opt(False, "run only the rollout engines (no trainer)")
     debug_train_only: bool = opt(False, "run only the trainer (no engines)")
     save_debug_rollout_data: str | None = opt(None, "save each rollout's samples to this path template ({rollout_id})")

@@ -27,6 +27,10 @@ def _modes(cfg: Config) -> None:
         cfg.debug_train_only = True
     if cfg.debug_rollout_only and cfg.debug_train_only:
         raise ConfigError("--debug-rollout-only and --debug-train-only exclude each other; pick one")
+    if cfg.debug_train_only and not cfg.load_debug_rollout_data:
+        raise ConfigError(
+            "--debug-train-only starts no engines, so rollouts must come from --load-debug-rollout-data PATH_{rollout_id}.pt"
+        )
     if cfg.train_backend == "megatron":
         raise ConfigError("--train-backend megatron is not available in this build; use --train-backend fsdp")
 

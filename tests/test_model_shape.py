@@ -81,3 +81,16 @@ def test_rope_theta_in_rope_parameters(tmp_path):
 def test_missing_hf_config(tmp_path):
     with pytest.raises(ConfigError, match="no config.json there"):
         parse_config(BASE + ["--hf-checkpoint", str(tmp_path)])
+
+
+def test_tiny_script_matches_the_tiny_factory(tmp_path):
+    """scripts/models/qwen3-tiny.sh is the shape of temper.testing's tiny Qwen3 (CPU quick start), and
+    qwen3-0.6B.sh that of its "qwen3-0.6b" preset (GPU benchmark); crossing them is the usual error."""
+    from temper.testing import make_config, resolve_shape, tiny_model_dir
+
+    tiny = str(tiny_model_dir("qwen3"))
+    assert parse_config(BASE + model_args("qwen3-tiny") + ["--hf-checkpoint", tiny]).num_layers == 2
+    make_config("qwen3", resolve_shape("qwen3-0.6b")).to_json_file(tmp_path / "config.json")
+    parse_config(BASE + model_args("qwen3-0.6B") + ["--hf-checkpoint", str(tmp_path)])
+    with pytest.raises(ConfigError, match="--num-layers 28 \\(checkpoint: 2\\)"):
+        parse_config(BASE + model_args("qwen3-0.6B") + ["--hf-checkpoint", tiny])

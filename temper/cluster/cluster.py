@@ -1,0 +1,325 @@
+"""`Cluster`: what a driver loop talks to — train groups, engines, the rollout manager — started on Ray.
+
+    with Cluster.start(cfg) as cluster:
+        start = cluster.resume()
+        batch = cluster.rollout.generate(rollout_id)
+        metrics = cluster.actor.train(rollout_id, batch)
+        cluster.save(rollout_id); cluster.update_weights(rollout_id + 1)
+
+`start` checks the resource plan (placement.py) before anything runs, starts or joins Ray, reserves
+one placement group, then starts the engines and the train ranks side by side (on GPU with
+--colocate: engines first, their memory released while the trainer loads, then resumed). The
+rollout manager runs in the driver process, behind temper's router in front of the engines (or the
+router --sglang-router-ip/--sglang-router-port names, to which temper's engines are added).
+
+Placement decides colocation; no worker class knows about it: the same `ActorWorker` and
+`EngineWorker` run on shared or separate bundles.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Self
+
+import httpx
+
+from temper.cluster.engine_group import (
+    EngineGroup,
+    EngineWorker,
+    builtin_server_settings,
+    engine_dtype,
+    external_engine_urls,
+)
+from temper.cluster.placement import (
+    CPU_OVERSUBSCRIPTION,
+    WORKER_ENV,
+    Placement,
+    ResourcePlan,
+    create_placement,
+    local_resources,
+    plan_resources,
+    ray_cluster_gpus,
+    start_ray,
+)
+from temper.cluster.train_group import ActorGroup, CriticGroup, fraction
+from temper.cluster.weight_sync import plan_sync
+
+logger = logging.getLogger(__name__)
+
+
+class Cluster:
+    """The running parts of one run (see the module docstring). `actor` is None with
+    --debug-rollout-only, `critic` unless PPO; `engines` is empty with --debug-train-only."""
+
+    def __init__(self, cfg, plan: ResourcePlan):
+        self.cfg, self.plan = cfg, plan
+        self.placement: Placement | None = None
+        self.actor: ActorGroup | None = None
+        self.critic: CriticGroup | None = None
+        self.engines = EngineGroup([])
+        self.rollout: Any = None
+        self._owns_ray = False
+
+    # ---- start and stop ------------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, cfg) -> Cluster:
+        """Plan, start Ray, place and start every part; ConfigError (one line) if the plan cannot fit.
+
+        A local run is planned before Ray starts (a bad GPU count costs nothing); a run that joins a
+        Ray cluster (RAY_ADDRESS, or Ray already initialized) is planned against the cluster's GPUs."""
+        import ray
+
+        cuda, cores = local_resources()
+        joining = ray.is_initialized() or bool(os.environ.get("RAY_ADDRESS"))
+        owns_ray = False
+        try:
+            if joining:
+                owns_ray = start_ray(cores * CPU_OVERSUBSCRIPTION)
+            plan = plan_resources(
+                cfg, cuda_available=cuda, cluster_gpus=ray_cluster_gpus() if joining else None, cores=cores
+            )
+            if not joining:
+                owns_ray = start_ray(cores * CPU_OVERSUBSCRIPTION)
+        except BaseException:
+            if owns_ray:
+                ray.shutdown()
+            raise
+        cluster = cls(cfg, plan)
+        cluster._owns_ray = owns_ray
+        logger.info("placement: %s", plan.describe())
+        try:
+            cluster._launch()
+        except BaseException:
+            cluster.close()
+            raise
+        return cluster
+
+    def _launch(self) -> None:
+        """Start every part. Afterwards the trainer is on its devices and, with --offload-rollout, the
+        engines' memory is released: the state the drivers' weight sync starts from."""
+        from temper.data import build_data_source, num_rollout_from_epochs
+        from temper.rollout import RolloutManager
+
+        cfg, plan = self.cfg, self.plan
+        data_source = build_data_source(cfg)
+        if cfg.num_rollout is None:  # --num-epoch: the trainer's LR schedule needs the step count
+            cfg.num_rollout = num_rollout_from_epochs(len(data_source), cfg.rollout_batch_size, cfg.num_epoch)
+        _warn_ignored_engine_flags(cfg)
+        self.placement = create_placement(plan)
+        release = cfg.offload_rollout and plan.train_ranks > 0
+        if plan.colocate and plan.device == "cuda":  # the trainer loads while the engines hold no memory
+            self._wait(self._create_engines())
+            self.engines.release_memory()
+            self._wait(self._create_trainers())
+            if not release:
+                self.engines.resume_memory()
+        else:
+            self._wait(self._create_engines() + self._create_trainers())
+            if release:
+                self.engines.release_memory()
+        self.engines.urls += external_engine_urls(cfg.rollout_external_engine_addrs or [])
+        urls = self.engines.urls
+        self.rollout = RolloutManager(cfg, self._router(urls), data_source=data_source)
+        if self.actor is not None and urls:
+            self.actor.connect(
+                plan_sync(
+                    cfg, engine_urls=urls, train_ranks=plan.train_ranks, engine_bundles=plan.engine_bundles,
+                    device=plan.device, master_address=self.placement.address(0),
+                    single_node=self.placement.single_node, engine_dtype=self.engines.dtype,
+                )
+            )  # fmt: skip
+
+    def _wait(self, refs: list) -> None:
+        """Wait for the starts in `refs`; engines' starts return their URLs, which go into `engines`."""
+        import ray
+
+        for result in ray.get(refs):
+            if isinstance(result, str):
+                self.engines.urls.append(result)
+
+    def _create_trainers(self) -> list:
+        """The actor group (and the critic's, PPO): their start refs (join the process group, build)."""
+        if not self.plan.train_ranks:
+            return []
+        self.actor = ActorGroup(self.cfg, self.plan, self.placement)
+        refs = self.actor.start()
+        if self.plan.critic:
+            self.critic = CriticGroup(self.cfg, self.plan, self.placement)
+            refs += self.critic.start()
+        return refs
+
+    def _create_engines(self) -> list:
+        import ray
+
+        plan, placement = self.plan, self.placement
+        self.engines.dtype = engine_dtype(self.cfg, plan.device) if plan.num_engines else None
+        refs = []
+        for bundles in plan.engine_bundles:
+            share = plan.workers_in_bundle(bundles[0])
+            options: dict[str, Any] = {
+                "num_cpus": fraction(share),
+                "scheduling_strategy": placement.strategy(bundles[0]),
+                "runtime_env": {"env_vars": WORKER_ENV},
+            }
+            if plan.device == "cuda":
+                options["num_gpus"] = fraction(share)
+            host = placement.address(bundles[0])
+            gpu_ids = [placement.gpu_ids[b] for b in bundles] if plan.device == "cuda" else None
+            worker = (
+                ray.remote(EngineWorker).options(**options).remote(self.cfg, host, plan.device, plan.threads, gpu_ids)
+            )
+            self.engines.workers.append(worker)
+            refs.append(worker.start.remote())
+        return refs
+
+    def _router(self, urls: list[str]) -> str | list[str]:
+        """An existing router named by --sglang-router-ip/--sglang-router-port (engines added to it), or
+        the engine URLs (the rollout manager starts temper's router in front of them)."""
+        ip, port = self.cfg.engine.sglang.get("router_ip"), self.cfg.engine.sglang.get("router_port")
+        if ip is None or port is None:
+            return urls
+        router = f"http://{ip}:{port}"
+        for url in urls:
+            httpx.post(f"{router}/add_worker", params={"url": url}, timeout=300, trust_env=False).raise_for_status()
+        return router
+
+    def close(self) -> None:
+        """Stop every part (rollout manager, train ranks, engines), free the placement group, leave Ray."""
+        if self.rollout is not None:
+            self.rollout.close()
+        for group in (self.actor, self.critic):
+            if group is not None:
+                group.stop()
+        self.engines.stop()
+        if self.placement is not None:
+            self.placement.remove()
+            self.placement = None
+        if self._owns_ray:
+            import ray
+
+            ray.shutdown()
+            self._owns_ray = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- what the loop calls ---------------------------------------------------------------------
+
+    def resume(self) -> int:
+        """Restore from --load: the actor (and critic) with their optimizer, LR and RNG state, the data
+        source with its buffer. Returns the first rollout id: --start-rollout-id, else the one after
+        the checkpoint's, else 0."""
+        cfg = self.cfg
+        resumed = self.actor.load() if self.actor is not None and cfg.load else None
+        if self.critic is not None and cfg.load:
+            self.critic.load()
+        if resumed is not None:
+            root = Path(resumed.path).parent.parent  # <root>/iter_<id>/actor
+            self.rollout.data_source.load(resumed.rollout_id, directory=str(root))
+            logger.info("resumed from %s: rollout %d done", resumed.path, resumed.rollout_id)
+        elif cfg.load and self.actor is None:
+            self.rollout.load()
+        if cfg.start_rollout_id is not None:
+            return cfg.start_rollout_id
+        return resumed.rollout_id + 1 if resumed is not None else 0
+
+    def train(self, rollout_id: int, batch) -> dict[str, float]:
+        """One rollout's optimizer steps. GRPO-like estimators: the actor alone. PPO: critic values,
+        then the actor's advantages and returns, then the critic's update, then the actor's (after
+        --num-critic-only-steps)."""
+        metrics = _staleness(rollout_id, batch)
+        if self.critic is None:
+            return metrics | _prefixed("train/", self.actor.train(rollout_id, batch))
+        data = self.actor.prepare(rollout_id, batch, self.critic.compute_values(batch))
+        metrics |= _prefixed("critic/", self.critic.update(data))
+        if rollout_id >= self.cfg.num_critic_only_steps:
+            metrics |= _prefixed("train/", self.actor.update())
+        return metrics
+
+    def save(self, rollout_id: int, data_state: dict | None = None) -> None:
+        """Checkpoint rollout `rollout_id` under --save: the data source first (with `data_state`,
+        when the driver generated ahead), the critic, then the actor, whose tracker file marks the
+        checkpoint complete."""
+        source = self.rollout.data_source
+        if data_state is not None:
+            current = source.state_dict()
+            source.load_state_dict(data_state)
+            try:
+                source.save(rollout_id)
+            finally:
+                source.load_state_dict(current)
+        else:
+            self.rollout.save(rollout_id)
+        if self.critic is not None:
+            self.critic.save(rollout_id)
+        if self.actor is not None:
+            self.actor.save(rollout_id, {"weight_version": rollout_id + 1})
+
+    def update_weights(self, version: int) -> dict[str, float]:
+        """The actor's weights into every engine as `version`: engines paused in place meanwhile, then
+        checked to serve `version` (and, with --check-weight-update-equal, to hold the same tensors)."""
+        if self.actor is None or not len(self.engines):
+            return {}
+        self.engines.pause()
+        try:
+            metrics = self.actor.update_weights(version)
+        finally:
+            self.engines.continue_generation()
+        self.engines.expect_version(str(version))
+        metrics["sync/weight_version"] = float(version)
+        if self.cfg.check_weight_update_equal:
+            started = time.monotonic()
+            metrics["sync/checked_tensors"] = float(self.actor.check_weights())
+            metrics["sync/check_s"] = time.monotonic() - started
+        return metrics
+
+    def offload_train(self) -> None:
+        for group in (self.actor, self.critic):
+            if group is not None:
+                group.offload()
+
+    def onload_train(self) -> None:
+        for group in (self.actor, self.critic):
+            if group is not None:
+                group.onload()
+
+
+def _warn_ignored_engine_flags(cfg) -> None:
+    if cfg.use_fault_tolerance:
+        logger.warning(
+            "--use-fault-tolerance: the router stops sending requests to an engine that fails its health checks; "
+            "restarting dead engines is not implemented yet"
+        )
+    if cfg.rollout_backend != "builtin":
+        return
+    _, ignored = builtin_server_settings(cfg)
+    if ignored:
+        logger.warning("the built-in engine ignores %s", ", ".join(ignored))
+
+
+def _staleness(rollout_id: int, batch) -> dict[str, float]:
+    """How many weight updates behind the trained policy the oldest token of the batch was generated
+    (0 in the synchronous loop; up to --async-buffer-size in train_async). Versions are rollout counts."""
+    versions = [v for vs in batch.weight_versions for v in vs]
+    if not versions or not all(v.isdigit() for v in versions):
+        return {}
+    return {"rollout/staleness_max": float(rollout_id - min(int(v) for v in versions))}
+
+
+def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    return {prefix + name: value for name, value in metrics.items()}
+
+
+def due(rollout_id: int, interval: int | None, num_rollout: int | None = None) -> bool:
+    """slime's periodic-action rule: every `interval` rollouts, and at the last one when `num_rollout`
+    is given (so the final state is always saved)."""
+    if interval is None:
+        return False
+    return (rollout_id + 1) % interval == 0 or (num_rollout is not None and rollout_id + 1 == num_rollout)

@@ -1,0 +1,224 @@
+"""The rollout engines: Ray actors that each run one engine HTTP server, and the driver's handle on them.
+
+`EngineWorker` (one per engine) serves generation and nothing else: the built-in engine's server
+(`temper.engine.server.ServerThread`) inside the actor's process, or with `--rollout-backend sglang`
+an SGLang server as a child process on the engine's GPUs. It binds a free port on loopback (one-node
+runs) or on its node's address, and reports its URL.
+
+`EngineGroup` (driver side) is the run's list of engine URLs — those temper started, or
+`--rollout-external-engine-addrs` — with the control calls the driver makes between phases: pause and
+continue generation around a weight update, release and resume memory around training (--colocate),
+and the weight version each engine serves.
+
+`--sglang-*` pass-through flags: the built-in engine honours the `SERVER_ARG_OF` names below and names
+the ones it ignores in one warning line; with `--rollout-backend sglang` all of them go to SGLang.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+SERVER_ARG_OF = {
+    "mem_fraction_static": "mem_fraction_static",
+    "context_length": "max_model_len",
+    "log_level": "log_level",
+    "max_running_requests": "max_running_requests",
+    "chunked_prefill_size": "chunked_prefill_size",
+    "disable_radix_cache": "disable_radix_cache",
+    "random_seed": "random_seed",
+    "dtype": "dtype",
+    "skip_server_warmup": "skip_server_warmup",
+}
+"""--sglang-NAME → the built-in engine's `ServerArgs` field."""
+
+ROLLOUT_SIDE = ("router_ip", "router_port")
+"""--sglang-router-ip/--sglang-router-port name an existing router; the rollout side reads them."""
+
+START_TIMEOUT_S = 600.0
+
+
+def builtin_server_settings(cfg) -> tuple[dict[str, Any], list[str]]:
+    """(`ServerArgs` fields from the --sglang-* flags, the flags the built-in engine ignores)."""
+    settings: dict[str, Any] = {"log_level": "warning"}
+    ignored = []
+    for name, value in cfg.engine.sglang.items():
+        if name in SERVER_ARG_OF:
+            settings[SERVER_ARG_OF[name]] = value
+        elif name not in ROLLOUT_SIDE:
+            ignored.append("--sglang-" + name.replace("_", "-"))
+    return settings, ignored
+
+
+def engine_dtype(cfg, device: str) -> str:
+    """The dtype the built-in engine holds weights in ("auto": float32 on CPU, bfloat16 on CUDA)."""
+    dtype = cfg.engine.sglang.get("dtype", "auto")
+    if dtype != "auto":
+        return str(dtype)
+    return "bfloat16" if device == "cuda" else "float32"
+
+
+class EngineWorker:
+    """One rollout engine. `start()` launches the server and returns its URL; `stop()` ends it.
+
+    host: the address to bind and to advertise. threads: torch threads (CPU runs). gpu_ids: the
+    physical GPUs of the engine's bundles (SGLang tensor parallelism); the built-in engine uses the
+    one GPU Ray made visible.
+    """
+
+    def __init__(self, cfg, host: str, device: str, threads: int, gpu_ids: list[int] | None = None):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.cfg, self.host, self.device, self.gpu_ids = cfg, host, device, gpu_ids or []
+        self.server: Any = None
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> str:
+        if self.cfg.rollout_backend == "sglang":
+            return self._start_sglang()
+        from temper.engine.server import ServerArgs, ServerThread
+
+        settings, _ = builtin_server_settings(self.cfg)
+        args = ServerArgs(model=self.cfg.hf_checkpoint, host=self.host, port=0, device=self.device, **settings)
+        self.server = ServerThread(args, startup_timeout=START_TIMEOUT_S).start()
+        return f"http://{self.host}:{self.server.port}"
+
+    def _start_sglang(self) -> str:
+        if importlib.util.find_spec("sglang") is None:
+            raise RuntimeError(
+                "--rollout-backend sglang: SGLang is not installed on this node (pip install 'sglang[all]'); "
+                "drop the flag to use the built-in engine"
+            )
+        port = free_port(self.host)
+        flags = sglang_flags({k: v for k, v in self.cfg.engine.sglang.items() if k not in ROLLOUT_SIDE})
+        command = [
+            sys.executable, "-m", "sglang.launch_server", "--model-path", self.cfg.hf_checkpoint,
+            "--host", self.host, "--port", str(port), "--tp-size", str(max(len(self.gpu_ids), 1)), *flags,
+        ]  # fmt: skip
+        env = dict(os.environ)
+        if self.gpu_ids:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, self.gpu_ids))
+        self.process = subprocess.Popen(command, env=env)
+        url = f"http://{self.host}:{port}"
+        wait_healthy(url, START_TIMEOUT_S, alive=lambda: self.process.poll() is None)
+        return url
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(30)
+            self.process = None
+
+
+def sglang_flags(values: dict[str, Any]) -> list[str]:
+    """--sglang-NAME values as SGLang's own flags: True → a bare flag, False → left out, lists spread."""
+    flags: list[str] = []
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif isinstance(value, list):
+            flags += [flag, *map(str, value)]
+        elif value is not False and value is not None:
+            flags += [flag, str(value)]
+    return flags
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, timeout_s: float, alive=lambda: True) -> None:
+    """Poll `url`/health until it answers 200; RuntimeError when the server died or `timeout_s` passed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"the engine server for {url} exited before it became healthy")
+        try:
+            if httpx.get(f"{url}/health", timeout=30, trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1.0)
+    raise RuntimeError(f"the engine server {url} did not become healthy within {timeout_s:.0f}s")
+
+
+class EngineGroup:
+    """The run's engines: URLs (and the Ray actors of those temper started), with control calls.
+
+    `dtype` is the dtype the engines hold weights in when temper started built-in engines (None:
+    unknown), for `--check-weight-update-equal`.
+    """
+
+    def __init__(self, urls: list[str], workers: list[Any] = (), dtype: str | None = None):
+        self.urls = [u.rstrip("/") for u in urls]
+        self.workers = list(workers)
+        self.dtype = dtype
+        self._http = httpx.Client(timeout=httpx.Timeout(300.0, connect=10.0), trust_env=False)
+
+    def __len__(self) -> int:
+        return len(self.urls)
+
+    def _post(self, path: str, body: dict | None = None) -> None:
+        for url in self.urls:
+            response = self._http.post(f"{url}{path}", json=body or {})
+            if response.status_code >= 400:
+                raise RuntimeError(f"POST {url}{path} failed ({response.status_code}): {response.text[:300]}")
+
+    def pause(self) -> None:
+        """Stop stepping every engine; requests in flight keep their state (mode in_place)."""
+        self._post("/pause_generation", {"mode": "in_place"})
+
+    def continue_generation(self) -> None:
+        self._post("/continue_generation")
+
+    def release_memory(self, tags: list[str] | None = None) -> None:
+        """Free engine memory (`tags`: weights, kv_cache; None = all) so that the trainer can use it."""
+        self._post("/release_memory_occupation", {"tags": tags})
+
+    def resume_memory(self, tags: list[str] | None = None) -> None:
+        self._post("/resume_memory_occupation", {"tags": tags})
+
+    def weight_versions(self) -> list[str]:
+        """The weight version each engine serves (`/get_weight_version`)."""
+        return [str(self._http.get(f"{url}/get_weight_version").json()["weight_version"]) for url in self.urls]
+
+    def expect_version(self, version: str) -> None:
+        """RuntimeError unless every engine serves `version` (checked after each weight sync)."""
+        served = dict(zip(self.urls, self.weight_versions()))
+        wrong = {url: v for url, v in served.items() if v != version}
+        if wrong:
+            raise RuntimeError(f"after the weight sync to version {version}, engines serve {wrong}")
+
+    def stop(self) -> None:
+        import ray
+
+        self._http.close()
+        for worker in self.workers:
+            try:
+                ray.get(worker.stop.remote(), timeout=60)
+            except Exception as e:  # noqa: BLE001 -- a dead engine is already stopped
+                logger.warning("engine stop failed: %s", e)
+            ray.kill(worker)
+        self.workers = []
+
+
+def external_engine_urls(addrs: list[str]) -> list[str]:
+    """`--rollout-external-engine-addrs host:port ...` as URLs."""
+    return [a if a.startswith(("http://", "https://")) else f"http://{a}" for a in addrs]

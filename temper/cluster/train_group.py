@@ -1,0 +1,238 @@
+"""Train groups: N Ray actors, one per rank, that form one torch.distributed group around a train worker.
+
+`ActorWorker` holds a rank of the policy (`temper.train.Actor`) and is also the sending end of the
+weight sync; `CriticWorker` holds a rank of the PPO critic in a group of its own. Both start the same
+way (`TrainWorker`): rank 0 picks a free port on its node, every rank joins
+``init_process_group`` (gloo on CPU, NCCL on GPU, or --distributed-backend) and then builds its model.
+
+`TrainGroup` is the driver's handle: each call runs the method on every rank (they work in lockstep:
+FSDP's collectives), and returns rank 0's result. Big arguments (the rollout batch) go into Ray's
+object store once and every rank reads them from there.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import Any
+
+from temper.cluster.placement import WORKER_ENV, Placement, ResourcePlan
+
+logger = logging.getLogger(__name__)
+
+
+class TrainWorker:
+    """One rank: joins the group, builds its model (`build`), moves it on and off the device."""
+
+    def __init__(self, cfg, rank: int, world_size: int, device: str, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.cfg, self.rank, self.world_size, self.device = cfg, rank, world_size, device
+        self.model: Any = None
+
+    def rendezvous_port(self) -> int:
+        """Rank 0: a free port on this node for the process group's store."""
+        from temper.cluster.engine_group import free_port
+
+        return free_port("0.0.0.0")
+
+    def init(self, master_address: str, master_port: int) -> None:
+        import torch
+        import torch.distributed as dist
+
+        if self.device == "cuda":
+            torch.cuda.set_device(0)  # Ray made exactly this bundle's GPU visible
+        backend = self.cfg.distributed_backend or ("nccl" if self.device == "cuda" else "gloo")
+        dist.init_process_group(
+            backend,
+            init_method=f"tcp://{master_address}:{master_port}",
+            rank=self.rank,
+            world_size=self.world_size,
+            timeout=datetime.timedelta(minutes=self.cfg.distributed_timeout_minutes),
+        )
+        self.model = self.build()
+
+    def build(self) -> Any:
+        raise NotImplementedError
+
+    def load(self, path: str | None = None):
+        return self.model.load(path)
+
+    def offload(self) -> None:
+        self.model.offload()
+
+    def onload(self) -> None:
+        self.model.onload()
+
+    def shutdown(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class ActorWorker(TrainWorker):
+    """A rank of the policy: trains it, checkpoints it, sends its weights to the engines."""
+
+    def build(self) -> Any:
+        from temper.train import Actor
+
+        self.sender = None
+        self.prepared = None
+        return Actor(self.cfg)
+
+    def train(self, rollout_id: int, batch) -> dict[str, float]:
+        return self.model.train(rollout_id, batch)
+
+    def prepare(self, rollout_id: int, batch, values) -> Any:
+        """PPO: advantages and returns from the critic's values; kept here for `update`, and returned
+        (rank 0) for the critic."""
+        self.prepared = self.model.prepare(rollout_id, batch, values)
+        return self.prepared if self.rank == 0 else None
+
+    def update(self) -> dict[str, float]:
+        data, self.prepared = self.prepared, None
+        return self.model.update(data)
+
+    def save(self, rollout_id: int, extra: dict) -> str:
+        return str(self.model.save(rollout_id, extra=extra))
+
+    def connect(self, spec) -> None:
+        """Become this rank's end of the weight sync described by `spec` (a `SyncSpec`)."""
+        from temper.cluster.weight_sync import WeightSender
+
+        self.sender = WeightSender(spec, self.rank)
+
+    def update_weights(self, version: int) -> dict[str, float]:
+        return self.sender.send(self.model.iter_weight_buckets(), str(version))
+
+    def check_weights(self) -> int:
+        return self.sender.check()
+
+    def shutdown(self) -> None:
+        if getattr(self, "sender", None) is not None:
+            self.sender.close()
+        super().shutdown()
+
+
+class CriticWorker(TrainWorker):
+    """A rank of the PPO critic."""
+
+    def build(self) -> Any:
+        from temper.train import Critic
+
+        return Critic(self.cfg, lr=self.cfg.critic_lr)
+
+    def compute_values(self, batch) -> Any:
+        values = self.model.compute_values(batch)
+        return values if self.rank == 0 else None
+
+    def update(self, data) -> dict[str, float]:
+        return self.model.update(data)
+
+    def save(self, rollout_id: int) -> str:
+        return str(self.model.save(rollout_id))
+
+
+class TrainGroup:
+    """The driver's handle on the ranks of one worker class (see the module docstring)."""
+
+    def __init__(self, worker_cls: type, cfg, plan: ResourcePlan, placement: Placement):
+        import ray
+
+        self.placement = placement
+        self.workers = []
+        for rank in range(plan.train_ranks):
+            share = plan.workers_in_bundle(rank)
+            options: dict[str, Any] = {
+                "num_cpus": fraction(share),
+                "scheduling_strategy": placement.strategy(rank),
+                "runtime_env": {"env_vars": WORKER_ENV},
+            }
+            if plan.device == "cuda":
+                options["num_gpus"] = fraction(share)
+            remote = ray.remote(worker_cls).options(**options)
+            self.workers.append(remote.remote(cfg, rank, plan.train_ranks, plan.device, plan.threads))
+
+    def start(self) -> list:
+        """Join the process group and build the models; returns the refs to wait on."""
+        import ray
+
+        port = ray.get(self.workers[0].rendezvous_port.remote())
+        address = self.placement.address(0)
+        return [w.init.remote(address, port) for w in self.workers]
+
+    def run(self, method: str, *args: Any) -> Any:
+        """`method(*args)` on every rank; rank 0's result."""
+        import ray
+
+        args = tuple(a if isinstance(a, (int, float, str, type(None))) else ray.put(a) for a in args)
+        return ray.get([getattr(w, method).remote(*args) for w in self.workers])[0]
+
+    def load(self):
+        return self.run("load")
+
+    def offload(self) -> None:
+        self.run("offload")
+
+    def onload(self) -> None:
+        self.run("onload")
+
+    def stop(self) -> None:
+        import ray
+
+        for worker in self.workers:
+            try:
+                ray.get(worker.shutdown.remote(), timeout=60)
+            except Exception as e:  # noqa: BLE001 -- a dead worker needs no shutdown
+                logger.debug("train worker shutdown failed: %s", e)
+            ray.kill(worker)
+        self.workers = []
+
+
+class ActorGroup(TrainGroup):
+    def __init__(self, cfg, plan: ResourcePlan, placement: Placement):
+        super().__init__(ActorWorker, cfg, plan, placement)
+
+    def train(self, rollout_id: int, batch) -> dict[str, float]:
+        return self.run("train", rollout_id, batch)
+
+    def prepare(self, rollout_id: int, batch, values):
+        return self.run("prepare", rollout_id, batch, values)
+
+    def update(self) -> dict[str, float]:
+        return self.run("update")
+
+    def save(self, rollout_id: int, extra: dict) -> str:
+        return self.run("save", rollout_id, extra)
+
+    def connect(self, spec) -> None:
+        self.run("connect", spec)
+
+    def update_weights(self, version: int) -> dict[str, float]:
+        return self.run("update_weights", version)
+
+    def check_weights(self) -> int:
+        import ray
+
+        return sum(ray.get([w.check_weights.remote() for w in self.workers]))
+
+
+class CriticGroup(TrainGroup):
+    def __init__(self, cfg, plan: ResourcePlan, placement: Placement):
+        super().__init__(CriticWorker, cfg, plan, placement)
+
+    def compute_values(self, batch):
+        return self.run("compute_values", batch)
+
+    def update(self, data) -> dict[str, float]:
+        return self.run("update", data)
+
+    def save(self, rollout_id: int) -> str:
+        return self.run("save", rollout_id)
+
+
+def fraction(share: int) -> float:
+    """Each of `share` workers' part of a bundle's one CPU (and GPU), rounded down for Ray."""
+    return int(10_000 / max(share, 1)) / 10_000

@@ -1,0 +1,99 @@
+"""`RunLog`: what a driver loop reports, and where it goes.
+
+    with RunLog(cfg, command) as log:
+        with log.phase("rollout"): batch = ...
+        log.step(rollout_id, metrics)       # sinks + progress line; returns the step's record
+    # on exit: summary.json and report.md in the run folder
+
+The run folder is --run-dir, else --save, else runs/<date-time>. Each step's record is the driver's
+metrics plus time/<phase> (seconds spent in each `phase` block during the step), time/step (from the end of the previous step, or the start of
+this step's first phase) and time/elapsed (seconds since the log was opened, start-up included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Self
+
+from temper.observe.progress import ProgressPrinter, progress_line
+from temper.observe.report import summarize, write_report
+from temper.observe.sinks import open_sinks
+
+logger = logging.getLogger(__name__)
+
+
+def run_dir_of(cfg) -> Path:
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    if cfg.save:
+        return Path(cfg.save)
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+class RunLog:
+    def __init__(self, cfg, command: str = "", stream=None, started: float | None = None):
+        """`started`: the run's start (time.monotonic()) when it began before the log was opened."""
+        self.cfg = cfg
+        self.command = command
+        self.run_dir = run_dir_of(cfg)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.sinks = open_sinks(cfg, self.run_dir)
+        self.printer = ProgressPrinter(stream)
+        self.started = time.monotonic() if started is None else started
+        self.steps: list[dict[str, Any]] = []
+        self._times: dict[str, float] = {}
+        self._step_started: float | None = None  # when the step's first phase began
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Count the block's seconds into this step's time/<name>."""
+        start = time.monotonic()
+        if self._step_started is None:
+            self._step_started = start
+        try:
+            yield
+        finally:
+            self._times[name] = self._times.get(name, 0.0) + time.monotonic() - start
+
+    def step(self, rollout_id: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Record the step: write it to every sink and print the progress line."""
+        now = time.monotonic()
+        record = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        record.update({f"time/{k}": v for k, v in self._times.items()})
+        record["time/step"] = now - (self._step_started or now)
+        record["time/elapsed"] = now - self.started
+        self.steps.append({"step": rollout_id, **record})
+        self._write(rollout_id, record)
+        self.printer.print(progress_line(rollout_id, self.cfg.num_rollout, record))
+        self._times, self._step_started = {}, now
+        return {"step": rollout_id, **record}
+
+    def eval(self, rollout_id: int, metrics: dict[str, Any]) -> None:
+        """An evaluation outside a step (before training): its own line in the sinks."""
+        record = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self._write(rollout_id, record)
+        self.printer.print(
+            f"eval before training: {', '.join(f'{k} {v:.3f}' for k, v in record.items() if k.count('/') == 1)}"
+        )
+
+    def _write(self, step: int, record: dict[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.write(step, record)
+
+    def close(self) -> Path:
+        """Close the sinks and write the end-of-run report; returns its path."""
+        for sink in self.sinks:
+            sink.close()
+        path = write_report(self.run_dir, summarize(self.steps, time.monotonic() - self.started), self.command)
+        self.printer.print(f"metrics: {self.run_dir / 'metrics.jsonl'}  report: {path}")
+        return path
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,132 @@
+"""The resource plan: bundles for train ranks and engines, the CPU-slot rule, GPU-count errors, and the
+engine's --sglang-* settings. No Ray: `plan_resources` runs before Ray starts."""
+
+import pytest
+import torch
+
+from temper.cluster.engine_group import builtin_server_settings, engine_dtype
+from temper.cluster.placement import CPU_OVERSUBSCRIPTION, plan_resources
+from temper.command_line import parse_config
+from temper.config import ConfigError
+
+BASE = ["--rollout-batch-size", "2", "--num-rollout", "1"]
+
+
+def cfg_of(*flags):
+    return parse_config([*BASE, *flags], check_shape=False)
+
+
+def plan_cpu(*flags, cores=2):
+    return plan_resources(cfg_of(*flags), cuda_available=False, cluster_gpus=None, cores=cores)
+
+
+def test_disaggregated_bundles_on_cpu():
+    plan = plan_cpu("--actor-num-gpus-per-node", "2", "--rollout-num-gpus", "2")
+    assert plan.device == "cpu" and plan.num_bundles == 4 and plan.train_bundles == [0, 1]
+    assert plan.engine_bundles == [[2], [3]] and plan.num_processes == 4
+    assert [plan.workers_in_bundle(b) for b in range(4)] == [1, 1, 1, 1]
+    assert plan.threads == 1  # 2 cores over 4 processes
+
+
+def test_colocated_engines_share_the_train_bundles():
+    plan = plan_cpu("--actor-num-gpus-per-node", "2", "--colocate", "--advantage-estimator", "ppo", cores=8)
+    assert plan.num_bundles == 2 and plan.engine_bundles == [[0], [1]] and plan.critic
+    assert plan.workers_in_bundle(0) == 3  # actor rank, critic rank, engine
+    assert plan.num_processes == 6 and plan.threads == 1
+
+
+def test_cpu_slots_are_capped_per_core():
+    limit = CPU_OVERSUBSCRIPTION * 2
+    plan_cpu("--actor-num-gpus-per-node", "4", "--rollout-num-gpus", "4")  # 8 processes: the limit
+    with pytest.raises(ConfigError) as e:
+        plan_cpu("--actor-num-gpus-per-node", "8", "--colocate")
+    message = str(e.value)
+    assert "no GPU here, so each GPU asked for becomes a CPU worker" in message
+    assert f"allow at most {limit}" in message and "16 worker processes" in message and "\n" not in message
+
+
+def test_more_gpus_than_the_ray_cluster_has_is_an_error():
+    cfg = cfg_of("--actor-num-gpus-per-node", "4", "--rollout-num-gpus", "4")
+    with pytest.raises(
+        ConfigError, match=r"asks for 8 GPUs \(4 for training .* \+ 4 for engines .*\) but the Ray cluster has 2"
+    ):
+        plan_resources(cfg, cuda_available=False, cluster_gpus=2, cores=2)
+    plan = plan_resources(cfg, cuda_available=False, cluster_gpus=8, cores=2)
+    assert plan.device == "cuda" and plan.num_bundles == 8
+
+
+def test_more_gpus_than_this_machine_has_is_an_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cfg = cfg_of("--actor-num-gpus-per-node", "8", "--colocate")
+    with pytest.raises(ConfigError, match=r"asks for 8 GPUs .*colocated.* but this machine has 2"):
+        plan_resources(cfg, cuda_available=True, cluster_gpus=None, cores=16)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--actor-num-gpus-per-node", "1"], "no rollout engines"),
+        (
+            ["--actor-num-gpus-per-node", "1", "--rollout-num-gpus", "2", "--rollout-num-gpus-per-engine", "2"],
+            "the built-in engine runs on one GPU",
+        ),
+    ],
+)
+def test_engine_layout_errors(flags, message):
+    with pytest.raises(ConfigError, match=message):
+        plan_cpu(*flags)
+
+
+def test_external_engines_and_debug_modes_start_no_engines():
+    assert plan_cpu("--actor-num-gpus-per-node", "1", "--rollout-external-engine-addrs", "h:1").num_engines == 0
+    train_only = plan_cpu("--actor-num-gpus-per-node", "1", "--load-debug-rollout-data", "r_{rollout_id}.pt")
+    assert train_only.num_engines == 0 and train_only.train_ranks == 1
+    rollout_only = plan_cpu("--actor-num-gpus-per-node", "1", "--rollout-num-gpus", "2", "--debug-rollout-only")
+    assert rollout_only.train_ranks == 0 and rollout_only.engine_bundles == [[0], [1]]
+
+
+def test_debug_train_only_needs_saved_rollouts():
+    with pytest.raises(ConfigError, match="--debug-train-only starts no engines"):
+        cfg_of("--debug-train-only")
+
+
+def test_sglang_flags_map_to_the_builtin_engine():
+    cfg = cfg_of(
+        "--actor-num-gpus-per-node", "1", "--sglang-mem-fraction-static", "0.7", "--sglang-context-length", "512",
+        "--sglang-enable-metrics", "--sglang-router-ip", "127.0.0.1", "--sglang-router-port", "9",
+    )  # fmt: skip
+    settings, ignored = builtin_server_settings(cfg)
+    assert settings == {"log_level": "warning", "mem_fraction_static": 0.7, "max_model_len": 512}
+    assert ignored == ["--sglang-enable-metrics"]
+    assert engine_dtype(cfg, "cuda") == "bfloat16" and engine_dtype(cfg, "cpu") == "float32"
+
+
+def test_driver_exits_before_any_worker_when_gpus_are_missing(monkeypatch, tmp_path):
+    import ray
+
+    import temper.cluster.cluster as cluster_module
+    from temper.quickstart import load_driver
+
+    monkeypatch.setattr(cluster_module, "local_resources", lambda: (True, 16))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    argv = [*BASE, "--actor-num-gpus-per-node", "8", "--rollout-num-gpus", "8", "--run-dir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit, match=r"^train.py: error: the run asks for 16 GPUs .* but this machine has 2;"):
+        load_driver("train").main(argv)
+    assert not ray.is_initialized() and not (tmp_path / "run").exists()
+
+
+def test_zero_gpus_on_a_cpu_means_one_cpu_worker():
+    plan = plan_cpu("--actor-num-gpus-per-node", "0", "--colocate")
+    assert plan.train_ranks == 1 and plan.num_engines == 1 and plan.num_bundles == 1
+    with pytest.raises(ConfigError, match="needs at least one GPU"):
+        plan_resources(
+            cfg_of("--actor-num-gpus-per-node", "0", "--colocate"), cuda_available=False, cluster_gpus=4, cores=2
+        )
+
+
+def test_sglang_backend_gets_every_pass_through_flag():
+    from temper.cluster.engine_group import sglang_flags
+
+    assert sglang_flags({"mem_fraction_static": 0.7, "enable_metrics": True, "disable_cuda_graph": False, "cuda_graph_bs": [1, 2]}) == [
+        "--mem-fraction-static", "0.7", "--enable-metrics", "--cuda-graph-bs", "1", "2",
+    ]  # fmt: skip

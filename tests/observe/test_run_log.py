@@ -1,0 +1,81 @@
+"""`RunLog`: phase timings, one JSONL line per step, the progress line, the end-of-run report, and the
+optional sinks' missing-package errors."""
+
+import importlib.util
+import io
+import json
+import time
+
+import pytest
+
+from temper.command_line import parse_config
+from temper.config import ConfigError
+from temper.observe import RunLog, summarize
+from temper.observe.progress import progress_line
+
+
+def cfg_of(tmp_path, *flags):
+    argv = ["--rollout-batch-size", "2", "--num-rollout", "4", "--run-dir", str(tmp_path / "run"), *flags]
+    return parse_config(argv, check_shape=False)
+
+
+def test_steps_go_to_jsonl_progress_and_report(tmp_path):
+    out = io.StringIO()
+    with RunLog(cfg_of(tmp_path), "python train.py ...", stream=out) as log:
+        for step, reward in enumerate([0.1, 0.4, 0.85, 0.95]):
+            with log.phase("rollout"):
+                time.sleep(0.01)
+            with log.phase("train"):
+                pass
+            log.step(
+                step, {"rollout/raw_reward": reward, "rollout/response_len_mean": 8.0, "train/loss": 0.5, "note": "x"}
+            )
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [0, 1, 2, 3] and "note" not in lines[0]
+    assert lines[0]["time/rollout"] >= 0.01 and lines[0]["time/step"] >= lines[0]["time/rollout"]
+    printed = out.getvalue().splitlines()
+    assert (
+        printed[0].startswith("step 0/4  reward 0.100  resp len   8.0  step ")
+        and "(rollout 0.0 · train 0.0)" in printed[0]
+    )
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["reward"]["start"] == pytest.approx((0.1 + 0.4 + 0.85) / 3)
+    assert summary["reward"]["reached"]["0.8"]["step"] == 2 and summary["reward"]["best_step"] == 3
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "reward ≥ 0.8: step 2" in report and "Command: `python train.py ...`" in report
+
+
+def test_resumed_run_appends_to_the_same_file(tmp_path):
+    for step in (0, 1):
+        with RunLog(cfg_of(tmp_path), stream=io.StringIO()) as log:
+            log.step(step, {"rollout/raw_reward": 0.0})
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_progress_line_shows_eval_and_time_split():
+    record = {"rollout/raw_reward": 0.5, "time/rollout": 1.0, "time/train": 2.0, "time/sync": 0.25, "time/step": 3.3,
+              "time/elapsed": 120.0, "eval/gsm8k": 0.7, "eval/gsm8k/truncated_ratio": 0.1}  # fmt: skip
+    assert progress_line(7, 10, record) == (
+        "step  7/10  reward 0.500  step 3.3s (rollout 1.0 · train 2.0 · sync 0.2)  eval/gsm8k 0.700  2.0 min"
+    )
+
+
+def test_empty_run_summary():
+    assert summarize([], 5.0) == {"num_steps": 0, "wall_minutes": 5.0 / 60}
+
+
+@pytest.mark.parametrize("flag, package", [("--use-tensorboard", "tensorboard"), ("--use-wandb", "wandb")])
+def test_optional_sink_without_its_package_is_a_config_error(tmp_path, flag, package):
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed")
+    with pytest.raises(ConfigError, match=f"{flag} needs the {package} package: pip install {package}"):
+        RunLog(cfg_of(tmp_path, flag))
+
+
+def test_tensorboard_sink_writes_events(tmp_path):
+    pytest.importorskip("tensorboard")
+    with RunLog(
+        cfg_of(tmp_path, "--use-tensorboard", "--tb-project-name", str(tmp_path / "tb")), stream=io.StringIO()
+    ) as log:
+        log.step(0, {"rollout/raw_reward": 0.5})
+    assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))

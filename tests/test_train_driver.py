@@ -1,0 +1,279 @@
+"""The drivers end to end on CPU: Ray, engine servers, FSDP train ranks, weight sync, on the quickstart's
+learnable task (reward = share of digits in the response, about 0.005 for the random tiny model).
+
+Every run saves its rollouts (--save-debug-rollout-data), so the tests read back each sample's index
+and weight version. Sampling is seeded per sample (rollout seed, group, position), so runs are
+reproducible; "reward rose" asserts the last step's mean reward beats the first step's by a margin.
+
+Resume: the uninterrupted run and the resumed one must give the same per-step sample indices,
+rewards and losses (all exactly equal here: same weights, same seeds); only the trainer-vs-engine
+log-prob gap, which depends on how the engine batched requests, may differ (below 1e-5).
+"""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from temper.cluster import CPU_OVERSUBSCRIPTION
+from temper.cluster.placement import local_resources
+from temper.quickstart import load_driver, prepare
+from temper.testing import tiny_model_dir
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = 32  # 4 prompts x 8 samples per rollout
+RISE = 0.1  # "reward rose": last step's mean reward >= first step's + RISE
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_cluster():
+    """One local Ray instance for the module (each run joins it instead of starting its own)."""
+    import ray
+
+    ray.init(num_cpus=local_resources()[1] * CPU_OVERSUBSCRIPTION, include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return prepare(tmp_path_factory.mktemp("task"))
+
+
+def task_flags(task, out: Path, *extra: str, steps: int = 4, save_rollouts: bool = True) -> list[str]:
+    model, prompts = task
+    saved = ["--save-debug-rollout-data", str(out / "rollouts" / "{rollout_id}.pt")] if save_rollouts else []
+    return [
+        "--hf-checkpoint", str(model), "--prompt-data", str(prompts), "--input-key", "prompt", "--label-key", "label",
+        "--apply-chat-template", "--rollout-shuffle", "--custom-rm-path", "temper.quickstart.reward",
+        "--rollout-batch-size", "4", "--n-samples-per-prompt", "8", "--rollout-max-response-len", "8",
+        "--num-rollout", str(steps), "--lr", "3e-2", "--use-dynamic-batch-size", "--max-tokens-per-gpu", "4096",
+        "--actor-num-gpus-per-node", "2", "--run-dir", str(out / "run"), "--check-weight-update-equal", *saved, *extra,
+    ]  # fmt: skip
+
+
+def saved_samples(out: Path, rollout_id: int) -> list[dict]:
+    return torch.load(out / "rollouts" / f"{rollout_id}.pt", weights_only=False)["samples"]
+
+
+def check_run(steps: list[dict], out: Path, *, staleness: int) -> None:
+    """Sample indices, the weight version of every sample and of the engines after every sync, reward."""
+    seen = []
+    for step in steps:
+        r = step["step"]
+        samples = saved_samples(out, r)
+        indices = sorted(s["index"] for s in samples)
+        assert indices == list(range(SAMPLES * r, SAMPLES * (r + 1))), f"rollout {r}: samples lost or repeated"
+        seen += indices
+        expected = str(max(r - staleness, 0))  # version v = weights after v trained rollouts
+        assert {tuple(s["weight_versions"]) for s in samples} == {(expected,)}, f"rollout {r}"
+        assert step["rollout/staleness_max"] == r - int(expected)
+    assert len(seen) == len(set(seen))
+    synced = [s["sync/weight_version"] for s in steps if "sync/weight_version" in s]
+    assert synced == [s["step"] + 1.0 for s in steps][: len(synced)] and len(synced) >= len(steps) - 1
+    assert all(s["sync/checked_tensors"] > 0 for s in steps if "sync/checked_tensors" in s)
+    rewards = [s["rollout/raw_reward"] for s in steps]
+    assert rewards[0] <= 0.2 and rewards[-1] >= rewards[0] + RISE, f"reward did not rise: {rewards}"
+    lines = (out / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [s["step"] for s in steps]
+    assert (out / "run" / "report.md").is_file()
+
+
+@pytest.fixture(scope="module")
+def sync_run(task, tmp_path_factory):
+    """train.py, 2 train ranks + 2 engines on their own slots (broadcast weight sync), 4 rollouts,
+    checkpoints after rollouts 1 and 3."""
+    out = tmp_path_factory.mktemp("sync")
+    flags = task_flags(task, out, "--rollout-num-gpus", "2", "--save", str(out / "ckpt"), "--save-interval", "2")
+    return load_driver("train").main(flags), out
+
+
+def test_sync_disaggregated(sync_run):
+    steps, out = sync_run
+    check_run(steps, out, staleness=0)
+    assert [s["step"] for s in steps] == [0, 1, 2, 3]
+    assert (out / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+
+
+def test_resume_continues_exactly(sync_run, task, tmp_path):
+    full, out = sync_run
+    flags = task_flags(task, tmp_path, "--rollout-num-gpus", "2", "--load", str(out / "ckpt" / "iter_0000001"))
+    resumed = load_driver("train").main(flags)
+    assert [s["step"] for s in resumed] == [2, 3]
+    for r, (want, got) in enumerate(zip(full[2:], resumed), start=2):
+        assert [s["index"] for s in saved_samples(tmp_path, r)] == [s["index"] for s in saved_samples(out, r)]
+        exact = [
+            k
+            for k in want
+            if k.startswith(("rollout/raw", "rollout/response", "train/")) and "logprob_abs_diff" not in k
+        ]
+        assert {k: got[k] for k in exact} == {k: want[k] for k in exact}, f"rollout {r}"
+        assert got["train/train_rollout_logprob_abs_diff"] == pytest.approx(
+            want["train/train_rollout_logprob_abs_diff"], abs=1e-5
+        )
+
+
+def test_train_only_replays_saved_rollouts(sync_run, task, tmp_path):
+    full, out = sync_run
+    saved = str(out / "rollouts" / "{rollout_id}.pt")
+    replayed = load_driver("train").main(
+        task_flags(task, tmp_path, "--load-debug-rollout-data", saved, steps=2, save_rollouts=False)
+    )
+    for want, got in zip(full[:2], replayed):
+        assert got["train/loss"] == want["train/loss"] and got["train/grad_norm"] == want["train/grad_norm"]
+        assert "sync/weight_version" not in got  # no engines to sync
+
+
+def test_sync_colocated(task, tmp_path):
+    """2 train ranks, each sharing its slot with an engine (tensor handoff, memory released/resumed)."""
+    steps = load_driver("train").main(task_flags(task, tmp_path, "--colocate"))
+    check_run(steps, tmp_path, staleness=0)
+
+
+def test_async_disaggregated(task, tmp_path):
+    """train_async.py: rollout k+1 is generated (by version k) while rollout k trains. The checkpoint of
+    rollout 1 holds the data source as it was after rollout 1, not after rollout 2 (generated ahead)."""
+    ckpt = ["--save", str(tmp_path / "ckpt"), "--save-interval", "2"]
+    steps = load_driver("train_async").main(task_flags(task, tmp_path, "--rollout-num-gpus", "2", *ckpt, steps=5))
+    check_run(steps, tmp_path, staleness=1)
+    state = json.loads((tmp_path / "ckpt" / "rollout" / "data_source_state_1.json").read_text())
+    assert state["sample_index"] == 2 * SAMPLES and state["sample_group_index"] == 2 * 4
+
+
+def test_async_colocated(task, tmp_path):
+    flags = task_flags(task, tmp_path, "--colocate", "--no-offload-train", "--no-offload-rollout", steps=5)
+    check_run(load_driver("train_async").main(flags), tmp_path, staleness=1)
+
+
+def test_async_colocated_needs_offload_off(task, tmp_path):
+    with pytest.raises(SystemExit, match="add --no-offload-train --no-offload-rollout"):
+        load_driver("train_async").main(task_flags(task, tmp_path, "--colocate"))
+
+
+def test_rollout_only_and_ppo(task, tmp_path):
+    """--debug-rollout-only (engines alone: no trainer, no sync); PPO (an actor and a critic group)."""
+    rollout_only = load_driver("train").main(
+        task_flags(task, tmp_path / "a", "--rollout-num-gpus", "1", "--debug-rollout-only", steps=2)
+    )
+    assert [s["step"] for s in rollout_only] == [0, 1] and not any(k.startswith("train/") for k in rollout_only[-1])
+    assert {tuple(s["weight_versions"]) for s in saved_samples(tmp_path / "a", 1)} == {("default",)}
+    flags = task_flags(
+        task, tmp_path / "b", "--rollout-num-gpus", "1", "--advantage-estimator", "ppo", "--critic-lr", "1e-3", steps=2
+    )
+    flags[flags.index("--actor-num-gpus-per-node") + 1] = "1"
+    ppo = load_driver("train").main(flags)
+    assert {"critic/value_loss", "train/pg_loss", "sync/weight_version"} <= set(ppo[-1])
+
+
+def test_external_engine(task, tmp_path):
+    """--rollout-external-engine-addrs: an engine started elsewhere (here: this process) gets the weights."""
+    from temper.engine.server import ServerArgs, ServerThread
+
+    model, _ = task
+    with ServerThread(ServerArgs(model=str(model), port=0, log_level="warning")) as server:
+        address = server.url.removeprefix("http://")
+        flags = task_flags(
+            task, tmp_path, "--rollout-external-engine-addrs", address, "--update-weight-transport", "disk", steps=2
+        )
+        flags[flags.index("--actor-num-gpus-per-node") + 1] = "1"
+        steps = load_driver("train").main(flags)
+        assert [s["sync/weight_version"] for s in steps] == [1.0, 2.0]
+        assert server.state.engine.engine.weight_version == "2"
+
+
+SEED_QUICK_START = [
+    "--rm-type", "deepscaler", "--num-rollout", "2", "--rollout-batch-size", "2", "--n-samples-per-prompt", "4",
+    "--rollout-max-response-len", "16", "--rollout-temperature", "0.8", "--global-batch-size", "8",
+    "--advantage-estimator", "grpo", "--use-kl-loss", "--kl-loss-coef", "0.00", "--kl-loss-type", "low_var_kl",
+    "--entropy-coef", "0.00", "--eps-clip", "0.2", "--eps-clip-high", "0.28",
+    "--optimizer", "adam", "--lr", "1e-6", "--lr-decay-style", "constant", "--weight-decay", "0.1",
+    "--adam-beta1", "0.9", "--adam-beta2", "0.98",
+    "--attention-dropout", "0.0", "--hidden-dropout", "0.0", "--accumulate-allreduce-grads-in-fp32",
+    "--attention-softmax-in-fp32", "--attention-backend", "flash", "--recompute-granularity", "full",
+    "--recompute-method", "uniform", "--recompute-num-layers", "1", "--use-dynamic-batch-size", "--max-tokens-per-gpu", "9216",
+    "--eval-interval", "2", "--n-samples-per-eval-prompt", "2", "--eval-max-response-len", "16", "--eval-top-p", "0.7",
+    "--save-interval", "2", "--actor-num-nodes", "1", "--actor-num-gpus-per-node", "1", "--colocate",
+    "--sglang-mem-fraction-static", "0.7",
+]  # fmt: skip
+"""slime's quick-start flags (scripts/run-qwen3-*.sh), with small batch values; see the README."""
+
+
+def model_args(script: str) -> list[str]:
+    command = f"source {ROOT / 'scripts' / 'models' / script} && printf '%s\\n' \"${{MODEL_ARGS[@]}}\""
+    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=True).stdout.splitlines()
+
+
+def test_seed_quick_start_runs_unchanged_on_cpu(task, tmp_path):
+    """`source scripts/models/qwen3-tiny.sh` + the quick start's train.py flags, on the tiny checkpoint."""
+    _, prompts = task
+    flags = [
+        *model_args("qwen3-tiny.sh"), "--hf-checkpoint", str(tiny_model_dir("qwen3")),
+        "--prompt-data", str(prompts), "--input-key", "prompt", "--label-key", "label", "--apply-chat-template",
+        "--rollout-shuffle", "--eval-prompt-data", "quick", f"{prompts}@[0:4]",
+        "--load", str(tmp_path / "ckpt"), "--save", str(tmp_path / "ckpt"), *SEED_QUICK_START,
+    ]  # fmt: skip
+    steps = load_driver("train").main(flags)
+    assert [s["step"] for s in steps] == [0, 1] and "eval/quick" in steps[-1]
+    assert (tmp_path / "ckpt" / "iter_0000001" / "actor").is_dir()
+    assert (tmp_path / "ckpt" / "report.md").is_file()  # the run folder defaults to --save
+
+
+def test_quickstart_short(tmp_path, capsys):
+    """The README's main command, 3 steps: progress lines, metrics file, report."""
+    from temper.quickstart import main
+
+    steps = main(["--workdir", str(tmp_path), "--num-rollout", "3"])
+    printed = capsys.readouterr().out
+    assert printed.startswith("temper quickstart: python train.py --hf-checkpoint")
+    assert [line.split("  ")[0] for line in printed.splitlines() if line.startswith("step ")] == [
+        "step 0/3",
+        "step 1/3",
+        "step 2/3",
+    ]
+    assert "temper quickstart: reward" in printed and len(steps) == 3
+    run = next(tmp_path.glob("run-*"))
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3 and (run / "summary.json").is_file()
+
+
+def test_temper_convert_exports_the_trained_actor(sync_run, task, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from temper.cli import main
+
+    _, out = sync_run
+    model, _ = task
+    assert (
+        main(
+            [
+                "convert",
+                "--input-dir",
+                str(out / "ckpt"),
+                "--origin-hf-dir",
+                str(model),
+                "--output-dir",
+                str(tmp_path / "hf"),
+            ]
+        )
+        == 0
+    )
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    start = AutoModelForCausalLM.from_pretrained(model)
+    assert not torch.equal(trained.model.layers[0].mlp.up_proj.weight, start.model.layers[0].mlp.up_proj.weight)
+    assert (
+        main(
+            [
+                "convert",
+                "--input-dir",
+                str(tmp_path / "none"),
+                "--origin-hf-dir",
+                str(model),
+                "--output-dir",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
+    assert "no temper checkpoint here" in capsys.readouterr().err
