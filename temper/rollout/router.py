@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -39,6 +38,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from temper.rollout.engine_client import ROUTING_KEY_HEADER
 from temper.rollout.routing_policy import NoWorkerError, RoutingPolicy, Worker
+from temper.uvicorn_thread import UvicornThread
 
 logger = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ def _session_id(body: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-class RouterThread:
+class RouterThread(UvicornThread):
     """A `Router` served by uvicorn in a daemon thread of this process; use as a context manager.
 
     ``port=0`` binds a free port; `url` is valid once `start()` returned (all initial workers registered).
@@ -320,46 +320,10 @@ class RouterThread:
     def __init__(self, router: Router, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 330.0) -> None:
         self.router = router
         config = uvicorn.Config(router.app, host=host, port=port, log_level="warning", timeout_keep_alive=60)
-        self.server = uvicorn.Server(config)
-        self.server.install_signal_handlers = lambda: None  # not the main thread
-        self.host = host
-        self.startup_timeout = startup_timeout
-        self._thread = threading.Thread(target=self._serve, name="temper-router", daemon=True)
-        self._error: BaseException | None = None
+        super().__init__(config, name="temper-router", startup_timeout=startup_timeout)
 
-    def _serve(self) -> None:
-        try:
-            asyncio.run(self.server.serve())
-        except BaseException as e:  # reported by start()
-            self._error = e
-
-    @property
-    def url(self) -> str:
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://{self.host}:{port}"
-
-    def start(self) -> RouterThread:
-        """Start serving (no-op when already started) and wait until the workers are registered."""
-        if self._thread.is_alive():
-            return self
-        self._thread.start()
-        deadline = time.monotonic() + self.startup_timeout
-        while not self.server.started and self._thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if not self.server.started:
-            self.stop()
-            raise RuntimeError(f"the router did not start (workers {self.router.initial_workers}): {self._error!r}")
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self._thread.join(30)
-
-    def __enter__(self) -> RouterThread:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _failure(self) -> str:
+        return f"the router did not start (workers {self.router.initial_workers})"
 
 
 def start_router(

@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
-import time
-from typing import Any, Self
+from typing import Any
 
 import uvicorn
 
@@ -15,6 +12,7 @@ from temper.engine.server.app import create_app
 from temper.engine.server.async_engine import AsyncEngine
 from temper.engine.server.context import ServerState, context_length
 from temper.engine.server.server_args import ServerArgs
+from temper.uvicorn_thread import UvicornThread
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +40,8 @@ def run_server(args: ServerArgs) -> None:
     uvicorn.Server(_uvicorn_config(state)).run()
 
 
-class ServerThread:
-    """A server running in a daemon thread of this process; use as a context manager.
+class ServerThread(UvicornThread):
+    """An engine server running in a daemon thread of this process; use as a context manager.
 
     ``port=0`` in `args` binds a free port; `url` is known once `start()` returned (the app is then
     warmed up and ready). `stop()` shuts uvicorn and the engine loop down.
@@ -51,42 +49,7 @@ class ServerThread:
 
     def __init__(self, args: ServerArgs, engine: Any = None, startup_timeout: float = 120.0):
         self.state = build_state(args, engine)
-        self.server = uvicorn.Server(_uvicorn_config(self.state))
-        self.server.install_signal_handlers = lambda: None  # not the main thread
-        self.startup_timeout = startup_timeout
-        self._thread = threading.Thread(target=self._serve, name="temper-server", daemon=True)
-        self._error: BaseException | None = None
+        super().__init__(_uvicorn_config(self.state), name="temper-server", startup_timeout=startup_timeout)
 
-    def _serve(self) -> None:
-        try:
-            asyncio.run(self.server.serve())
-        except BaseException as e:  # noqa: BLE001 -- reported by start()
-            self._error = e
-
-    @property
-    def port(self) -> int:
-        return self.server.servers[0].sockets[0].getsockname()[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.state.args.host}:{self.port}"
-
-    def start(self) -> Self:
-        self._thread.start()
-        deadline = time.monotonic() + self.startup_timeout
-        while not self.server.started and self._thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if not self.server.started:
-            self.stop()
-            raise RuntimeError(f"the engine server did not start: {self._error!r}")
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self._thread.join(30)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _failure(self) -> str:
+        return "the engine server did not start"
