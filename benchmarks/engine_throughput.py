@@ -1,50 +1,143 @@
-"""Offline throughput of temper's engine on nano-vllm's workload, with HF `generate` as the baseline.
+"""Offline throughput of temper's engine on nano-vllm's workload, against HF `generate` and the memory roofline.
 
 Workload (nano-vllm's bench.py): 256 requests, random prompt ids of length uniform [100, 1024],
-max_new_tokens uniform [100, 1024], ignore_eos, temperature 0.6, seed 0, max model length 4096, on a
-random model of Qwen3-0.6B's shape (bf16 on CUDA). The HF baseline runs the same requests through
-``model.generate`` in left-padded batches (sorted by prompt length, each batch generating its longest
-max_new_tokens); only the requested tokens count as output.
+max_new_tokens uniform [100, 1024], ignore_eos, temperature 0.6, seed 0, max model length 4096, on
+random bf16 models of Qwen3-0.6B's and Qwen3-1.7B's shapes. One invocation runs these parts, each in
+its own process (a crash or hang in one, e.g. a kernel that fails on this GPU, costs only that part)
+and each under a time budget; a part that hits its budget reports what it finished, marked partial:
 
-    python benchmarks/engine_throughput.py                     # full run (GPU)
-    python benchmarks/engine_throughput.py --skip-hf           # engine only
-    python benchmarks/engine_throughput.py --model-shape tiny --num-requests 16 \
-        --input-len 10 60 --output-len 10 40                   # CPU smoke run
+  bandwidth  device-to-device copy (bytes read + written) and a bf16 matmul: the two ceilings; also
+             writes the random checkpoints (on the device, seconds)
+  kernels    decode attention alone (GB/s of K/V read, a few tile shapes), prefill attention and the
+             sampler kernel vs the reference
+  engine     the workload on the 0.6B shape (default engine: Triton kernels + CUDA graphs), then the
+             GRPO case (64 prompts x n=8 sharing their prompt: prefill tokens computed vs unique
+             prompt tokens), then log-probs of engine samples vs an HF forward (mean |diff|)
+  eager      the workload on the 0.6B shape without CUDA graphs
+  engine-1.7b  the workload on the 1.7B shape
+  hf         HF generate on the same 0.6B requests: one left-padded batch of all of them (halves if it
+             runs out of memory), sampling as the engine does; stopped at its budget (max_time) and
+             credited with the requested tokens inside the steps it finished
+  no-overlap the workload on the 0.6B shape without overlapped scheduling (only when named)
+  reference  the workload with the PyTorch reference kernels (runs only if `engine` failed, or when named)
+
+The last lines are one table: tok/s, seconds, share of the roofline computed from the measured copy
+bandwidth (weights once per decode step + every context token's K/V once per decode step + prefill
+matmuls at the measured rate), and the ratio to HF.
+
+    python benchmarks/engine_throughput.py                       # GPU, all parts, about 5 minutes on an H100
+    python benchmarks/engine_throughput.py --parts engine,hf     # some parts
+    python benchmarks/engine_throughput.py --smoke               # CPU smoke run, tiny model, about a minute
+    python benchmarks/engine_throughput.py --total-budget 200    # tighter overall time limit (seconds)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gc
+import json
+import os
 import random
+import subprocess
+import sys
 import tempfile
 import time
+import traceback
+from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
 
-from temper.engine import EngineArgs, LLMEngine, SamplingParams
-from temper.testing.tiny_models import PRESETS, build_tiny_model
+PARTS = ("bandwidth", "kernels", "engine", "eager", "engine-1.7b", "hf", "no-overlap", "reference")
+DEFAULT_PARTS = ("bandwidth", "kernels", "engine", "hf", "engine-1.7b", "eager")  # most needed first
+# Per-part budgets in seconds (work inside the part; process start and engine set-up come on top).
+BUDGETS = {"bandwidth": 20, "kernels": 20, "engine": 45, "grpo": 25, "eager": 25, "engine-1.7b": 35, "hf": 40,
+           "no-overlap": 25, "reference": 30}
+SETUP_ALLOWANCE = {"bandwidth": 60, "kernels": 60, "engine": 120, "eager": 40, "engine-1.7b": 45, "hf": 40,
+                   "no-overlap": 40, "reference": 40}
+RESULT = "RESULT "
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--parts", default=",".join(DEFAULT_PARTS), help=f"comma-separated, of {','.join(PARTS)}")
+    p.add_argument("--smoke", action="store_true", help="CPU smoke run: tiny model, few short requests")
     p.add_argument("--num-requests", type=int, default=256)
-    p.add_argument("--model-shape", default="qwen3-0.6b", choices=sorted(PRESETS))
-    p.add_argument("--skip-hf", action="store_true", help="skip the HF generate baseline")
     p.add_argument("--input-len", type=int, nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
     p.add_argument("--output-len", type=int, nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
     p.add_argument("--max-model-len", type=int, default=4096)
-    p.add_argument("--hf-batch-size", type=int, default=64)
+    p.add_argument("--grpo-prompts", type=int, default=64)
+    p.add_argument("--grpo-n", type=int, default=8)
+    p.add_argument("--grpo-output-len", type=int, default=256)
+    p.add_argument("--budget-scale", type=float, default=1.0, help="multiplies every part's time budget")
+    p.add_argument("--total-budget", type=float, default=330.0, help="seconds for the whole run; later parts shrink")
     p.add_argument("--device", default="auto")
-    return p.parse_args(argv)
+    p.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--run-part", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--budget", type=float, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.device = "cpu"
+        args.num_requests, args.input_len, args.output_len = 12, [10, 60], [8, 32]
+        args.max_model_len, args.grpo_prompts, args.grpo_n, args.grpo_output_len = 256, 3, 4, 8
+    return args
 
 
-def make_requests(args) -> tuple[list[list[int]], list[int]]:
-    rng = random.Random(0)
-    top = min(10000, PRESETS[args.model_shape].vocab_size) - 1
-    prompts = [[rng.randint(0, top) for _ in range(rng.randint(*args.input_len))] for _ in range(args.num_requests)]
-    outputs = [rng.randint(*args.output_len) for _ in range(args.num_requests)]
+# ---- the workload and the roofline ----------------------------------------------------------------
+def shapes(smoke: bool) -> dict:
+    from temper.testing.tiny_models import PRESETS
+
+    base = PRESETS["qwen3-0.6b"]
+    big = dataclasses.replace(base, hidden_size=2048, intermediate_size=6144, num_layers=28, num_heads=16,
+                              num_kv_heads=8, head_dim=128)  # Qwen3-1.7B (vocab 151936, tied embeddings)
+    if smoke:
+        tiny = PRESETS["tiny"]
+        return {"qwen3-0.6b": tiny, "qwen3-1.7b": dataclasses.replace(tiny, hidden_size=96, num_layers=3)}
+    return {"qwen3-0.6b": base, "qwen3-1.7b": big}
+
+
+def make_requests(args, vocab: int, seed: int = 0, count: int | None = None) -> tuple[list[list[int]], list[int]]:
+    rng = random.Random(seed)
+    top = min(10000, vocab) - 1
+    n = count if count is not None else args.num_requests
+    prompts = [[rng.randint(0, top) for _ in range(rng.randint(*args.input_len))] for _ in range(n)]
+    outputs = [rng.randint(*args.output_len) for _ in range(n)]
     return prompts, outputs
+
+
+def roofline(shape, prompts, outputs, bandwidth: float, matmul_flops: float, max_tokens_per_step: int = 8192) -> dict:
+    """Fewest bytes and FLOPs of the workload when every request decodes together (they all fit).
+
+    Decode step t serves every request with more than t outputs: it reads all weights once (the LM head
+    included; the embedding rows are negligible) and each served request's K/V for its context. Prefill
+    (first output token included) is counted as matmul FLOPs at the measured rate.
+    """
+    h, layers, v = shape.hidden_size, shape.num_layers, shape.vocab_size
+    q, kv = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
+    layer_params = h * (q + 2 * kv) + q * h + 3 * h * shape.intermediate_size
+    weight_bytes = 2 * (layers * layer_params + v * h)
+    kv_token_bytes = 2 * layers * 2 * kv
+    decode_steps = max(outputs) - 1
+    # Request (p, o) decodes o - 1 times; step t reads p + t tokens of context (t = 1 .. o - 1).
+    kv_reads = sum((o - 1) * p + (o - 1) * o // 2 for p, o in zip(prompts_lens(prompts), outputs))
+    prefill_tokens = sum(prompts_lens(prompts))
+    prefill_flops = 2 * layers * layer_params * prefill_tokens + sum(
+        4 * layers * q * n * (n + 1) / 2 for n in prompts_lens(prompts))
+    prefill_steps = -(-prefill_tokens // max_tokens_per_step)
+    decode_bytes = decode_steps * weight_bytes + kv_reads * kv_token_bytes
+    seconds = decode_bytes / bandwidth + prefill_flops / matmul_flops + prefill_steps * weight_bytes / bandwidth
+    return {"weight_bytes": weight_bytes, "kv_bytes_per_token": kv_token_bytes, "decode_steps": decode_steps,
+            "kv_read_bytes": kv_reads * kv_token_bytes, "decode_bytes": decode_bytes, "prefill_flops": prefill_flops,
+            "seconds": seconds, "tok_per_s": sum(outputs) / seconds}
+
+
+def prompts_lens(prompts) -> list[int]:
+    return [len(p) if isinstance(p, list) else int(p) for p in prompts]
+
+
+# ---- parts (each runs in its own process) ---------------------------------------------------------
+def emit(kind: str, **fields) -> None:
+    print(RESULT + json.dumps({"kind": kind, **fields}), flush=True)
 
 
 def sync(device: torch.device) -> None:
@@ -52,63 +145,487 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_engine(path, args, prompts, output_lens) -> float:
-    engine = LLMEngine(EngineArgs(model=str(path), device=args.device, max_model_len=args.max_model_len, seed=0))
-    device = engine.model_runner.device
-    engine.generate([[1] * 32, [2] * 64], SamplingParams(max_new_tokens=16))  # warm-up
-    params = [SamplingParams(temperature=0.6, max_new_tokens=n, ignore_eos=True) for n in output_lens]
+def part_bandwidth(args, device: torch.device, workdir: Path) -> None:
+    info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    emit("info", **info)
+    emit("bandwidth", bytes_per_s=_copy_rate(device))
+    emit("matmul", flops_per_s=_matmul_rate(device))
+    for name, shape in shapes(args.smoke).items():
+        start = time.perf_counter()
+        build_checkpoint(workdir / name, shape, device, max(args.max_model_len, shape.max_position_embeddings))
+        emit("checkpoint", name=name, seconds=time.perf_counter() - start)
+
+
+def _copy_rate(device: torch.device) -> float:
+    """Bytes read + written per second by a device-to-device copy of a buffer far larger than L2."""
+    n = (1 << 30) if device.type == "cuda" else (1 << 26)
+    src = torch.randint(0, 255, (n,), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return _median_rate(lambda: dst.copy_(src), 2 * n, device)
+
+
+def _matmul_rate(device: torch.device) -> float:
+    size = 8192 if device.type == "cuda" else 512
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    return _median_rate(lambda: a @ b, 2 * size**3, device)
+
+
+def _median_rate(fn, work: float, device: torch.device, repeats: int = 10) -> float:
+    fn()
     sync(device)
-    start = time.perf_counter()
-    outs = engine.generate(prompts, params)
-    sync(device)
-    seconds = time.perf_counter() - start
-    assert sum(len(o.output_token_ids) for o in outs) == sum(output_lens)
-    del engine
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return work / sorted(times)[len(times) // 2]
+
+
+def build_checkpoint(out: Path, shape, device: torch.device, max_len: int) -> None:
+    """A random bf16 (fp32 on CPU) HF checkpoint of `shape`, initialised on `device` (seconds on a GPU)."""
+    from transformers import AutoModelForCausalLM
+
+    from temper.testing.tiny_models import make_config, make_generation_config
+    from temper.testing.tokenizer import save_tokenizer
+
+    shape = dataclasses.replace(shape, max_position_embeddings=max_len)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(make_config("qwen3", shape)).to(dtype)
+    model.generation_config = make_generation_config()
+    model.save_pretrained(out)
+    config = json.loads((out / "config.json").read_text())
+    config.setdefault("rope_theta", shape.rope_theta)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    save_tokenizer(out, model_max_length=max_len)
+    del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return seconds
+
+
+def part_kernels(args, device: torch.device, workdir: Path, budget: float) -> None:
+    """Decode attention alone on a workload-like batch: achieved K/V bandwidth per tile shape; prefill
+    attention TFLOP/s; the sampler kernel vs the reference sampler."""
+    if device.type != "cuda":
+        emit("skip", part="kernels", reason="GPU only")
+        return
+    from temper.engine.kernels import paged_attention as pa
+
+    deadline = time.perf_counter() + budget
+    prompts, outputs = make_requests(args, 151936)
+    contexts = [len(p) + o // 2 for p, o in zip(prompts, outputs)]  # the average context of each request
+    for batch in (256, 32):
+        _bench_decode(pa, contexts[:batch], device, deadline)
+    _bench_prefill_and_sampler(device, deadline)
+
+
+def _bench_decode(pa, contexts: list[int], device: torch.device, deadline: float) -> None:
+    hq, hkv, d, bs = 16, 8, 128, 16
+    g = torch.Generator().manual_seed(0)
+    batch, blocks = len(contexts), sum(-(-c // bs) for c in contexts)
+    perm = torch.randperm(blocks, generator=g)
+    tables, start = [], 0
+    for c in contexts:
+        nb = -(-c // bs)
+        tables.append(perm[start : start + nb].tolist())
+        start += nb
+    width = max(map(len, tables))
+    bt = torch.tensor([t + [0] * (width - len(t)) for t in tables], device=device)
+    k_cache = torch.randn(blocks, bs, hkv, d, device=device, dtype=torch.bfloat16)
+    v_cache = torch.randn_like(k_cache)
+    q = torch.randn(batch, hq, d, device=device, dtype=torch.bfloat16)
+    context = torch.tensor(contexts, device=device)
+    kv_bytes = 2 * sum(contexts) * hkv * d * 2
+    splits = pa.decode_num_splits(batch, hkv, torch.cuda.get_device_properties(device).multi_processor_count)
+    for config in pa.DECODE_CONFIGS:
+        if time.perf_counter() > deadline:
+            break
+        tile = dict(zip(("block_n", "num_warps", "num_stages"), config, strict=True))
+        try:
+            rate = _median_rate(lambda config=config: pa.decode_attention(
+                q, k_cache, v_cache, bt, context, d**-0.5, splits, *config), kv_bytes, device)
+            emit("decode_kernel", batch=batch, splits=splits, bytes_per_s=rate, **tile)
+        except Exception as e:  # noqa: BLE001
+            emit("decode_kernel", batch=batch, error=f"{type(e).__name__}: {e}"[:300], **tile)
+
+
+def _bench_prefill_and_sampler(device, deadline) -> None:
+    from temper.engine.attention import AttentionMetadata
+    from temper.engine.kernels import paged_attention as pa
+    from temper.engine.kernels.sampling import sample
+    from temper.engine.sampler import Sampler, SamplingTensors
+
+    hq, hkv, d, bs, n, seqs = 16, 8, 128, 16, 512, 16
+    if time.perf_counter() < deadline:
+        blocks = seqs * n // bs
+        k_cache = torch.randn(blocks, bs, hkv, d, device=device, dtype=torch.bfloat16)
+        v_cache = torch.randn_like(k_cache)
+        backend = pa.TritonPagedAttention(hkv, d, 132)
+        meta = AttentionMetadata(
+            is_prefill=True, slot_mapping=torch.arange(seqs * n, device=device),
+            block_tables=torch.arange(blocks, device=device).view(seqs, -1),
+            context_lens=torch.full((seqs,), n, device=device), query_lens=[n] * seqs, cached_lens=[0] * seqs,
+            block_size=bs, backend=backend)
+        backend.prepare(meta)
+        q = torch.randn(seqs * n, hq, d, device=device, dtype=torch.bfloat16)
+        flops = 4 * hq * d * seqs * n * (n + 1) / 2
+        emit("prefill_kernel", tokens=seqs * n, flops_per_s=_median_rate(
+            lambda: pa.prefill_attention(q, k_cache, v_cache, meta.block_tables, meta.backend_data["tiles"],
+                                         meta.backend_data["seq_info"], d**-0.5), flops, device))
+    if time.perf_counter() < deadline:
+        rows, vocab = 256, 151936
+        logits = torch.randn(rows, vocab, device=device, dtype=torch.bfloat16)
+        t = SamplingTensors(torch.full((rows,), 0.6, device=device), torch.full((rows,), vocab, device=device),
+                            torch.ones(rows, device=device), torch.zeros(rows, device=device),
+                            torch.randint(0, 2**32, (rows, 2), device=device), False, False)
+        ref = _median_rate(lambda: Sampler()(logits, t), 1, device)
+        fast = _median_rate(lambda: sample(logits, t.temperatures, t.keys, False), 1, device)
+        emit("sampler_kernel", rows=rows, reference_ms=1e3 / ref, kernel_ms=1e3 / fast)
+
+
+def part_engine(args, device: torch.device, workdir: Path, budget: float, name: str, shape_name: str,
+                grpo: bool = False, check: bool = False, **engine_kwargs) -> None:
+    from temper.engine import EngineArgs, LLMEngine, SamplingParams
+
+    path = workdir / shape_name
+    start = time.perf_counter()
+    engine = LLMEngine(EngineArgs(model=str(path), device=args.device, max_model_len=args.max_model_len, seed=0,
+                                  **engine_kwargs))
+    runner = engine.model_runner
+    emit("engine_setup", name=name, seconds=time.perf_counter() - start, kernels=sorted(runner.kernel_groups),
+         cuda_graphs=runner.graphs is not None, kv_blocks=runner.num_kv_blocks,
+         decode_tile=getattr(runner.attention_backend, "decode_config", None))
+    warm = SamplingParams(temperature=0.6, max_new_tokens=24, ignore_eos=True)
+    engine.generate([[1] * 40, [2] * 70, [3] * 20], warm)  # kernels compiled, graphs captured (if any)
+    prompts, output_lens = make_requests(args, engine.hf_config.vocab_size)
+    params = [SamplingParams(temperature=0.6, max_new_tokens=n, ignore_eos=True) for n in output_lens]
+    run = timed_generate(engine, prompts, params, budget * args.budget_scale)
+    emit("throughput", name=name, shape=shape_name, requested_tokens=sum(output_lens),
+         partial=run["output_tokens"] < sum(output_lens), **run, cuda_graphs=runner.graphs is not None and runner.graphs.captured, kernels=sorted(runner.kernel_groups),
+         overlap=engine._overlap)
+    if grpo:
+        run_grpo(args, engine, BUDGETS["grpo"] * args.budget_scale)
+    if check:
+        samples = check_samples(engine)
+        del engine, runner
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        compare_with_hf(path, device, samples)
+
+
+def timed_generate(engine, prompts, params, budget: float) -> dict:
+    """`engine.generate` with a deadline. Over budget, the rest are aborted and the tokens so far count.
+
+    Returns output_tokens, seconds, finished_requests, steps, and prefill_phase_seconds (until no
+    request waits for admission: with every request fitting at once, the prefill phase).
+    """
+    ids = [engine.add_request(p, sp) for p, sp in zip(prompts, params)]
+    before = engine.stats()["generated_tokens"]
+    sync(engine.model_runner.device)
+    start = time.perf_counter()
+    finished = steps = 0
+    prefill_phase = None
+    while engine.has_unfinished_requests():
+        finished += sum(out.finished for out in engine._step(stream=False))  # generate()'s own loop
+        steps += 1
+        if prefill_phase is None and not engine.scheduler.waiting:
+            prefill_phase = time.perf_counter() - start
+        if time.perf_counter() - start > budget:
+            break
+    sync(engine.model_runner.device)
+    seconds = time.perf_counter() - start
+    done = engine.stats()["generated_tokens"] - before
+    for request_id in ids:
+        engine.abort_request(request_id)
+    while engine.has_unfinished_requests():
+        engine.step()
+    return {"output_tokens": done, "seconds": seconds, "finished_requests": finished, "steps": steps,
+            "prefill_phase_seconds": prefill_phase}
+
+
+def run_grpo(args, engine, budget: float) -> None:
+    """64 prompts x n=8 sharing their prompt; prefill tokens computed vs unique prompt tokens."""
+    from temper.engine import SamplingParams
+
+    engine.flush_cache()
+    prompts, _ = make_requests(args, engine.hf_config.vocab_size, seed=1, count=args.grpo_prompts)
+    params = SamplingParams(temperature=1.0, max_new_tokens=args.grpo_output_len, ignore_eos=True, n=args.grpo_n)
+    before = engine.stats()
+    expanded = [p for p in prompts for _ in range(args.grpo_n)]
+    run = timed_generate(engine, expanded, [dataclasses.replace(params, n=1)] * len(expanded), budget)
+    after = engine.stats()
+    emit("grpo", prompts=len(prompts), n=args.grpo_n, unique_prompt_tokens=sum(map(len, prompts)),
+         prompt_tokens=sum(map(len, expanded)),
+         prefill_tokens_computed=after["prefill_tokens_computed"] - before["prefill_tokens_computed"],
+         cached_tokens=after["cached_tokens"] - before["cached_tokens"], requests=len(expanded),
+         partial=run["finished_requests"] < len(expanded), **run)
+
+
+def check_samples(engine) -> list[tuple[list[int], list[int], list[float], float]]:
+    """A few engine samples to compare with HF: plain prompts, greedy, and samples that share a prompt
+    (so their prefill ran over a cached prefix)."""
+    from temper.engine import SamplingParams
+
+    vocab = min(10000, engine.hf_config.vocab_size)
+    rng = random.Random(7)
+    longest = engine.max_model_len - 64
+    prompts = [[rng.randrange(vocab) for _ in range(min(n, longest))] for n in (100, 333, 600, 47)]
+    out = []
+    for temperature, ps, n in ((0.6, prompts[:3], 1), (0.0, prompts[3:], 1), (1.0, prompts[1:2], 3)):
+        params = SamplingParams(temperature=temperature, max_new_tokens=48, ignore_eos=True, n=n, seed=11)
+        for prompt, res in zip([p for p in ps for _ in range(n)], engine.generate(ps, params)):
+            out.append((prompt, res.output_token_ids, res.output_logprobs, temperature))
+    return out
 
 
 @torch.no_grad()
-def bench_hf(path, args, prompts, output_lens, device: torch.device, dtype: torch.dtype) -> float:
+def compare_with_hf(path: Path, device: torch.device, samples) -> None:
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    diffs, worst = [], 0.0
+    for prompt, output, logprobs, temperature in samples:
+        logits = model(torch.tensor([prompt + output], device=device)).logits[0].float()
+        logits = logits[len(prompt) - 1 : -1] / (temperature or 1.0)
+        ref = torch.log_softmax(logits, -1).gather(1, torch.tensor(output, device=device)[:, None])[:, 0]
+        diff = (ref - torch.tensor(logprobs, device=device)).abs()
+        diffs.append(diff.mean().item())
+        worst = max(worst, diff.max().item())
+    mean = sum(diffs) / len(diffs)
+    emit("check", sequences=len(samples), logprob_mean_abs_diff=mean, logprob_max_abs_diff=worst,
+         per_sequence=[round(x, 5) for x in diffs], passed=mean <= 0.02)
+
+
+@torch.no_grad()
+def part_hf(args, device: torch.device, workdir: Path, budget: float) -> None:
+    """HF generate over the same requests: all in one left-padded batch (halves on out-of-memory),
+    stopped by HF's own max_time at the budget; only requested tokens in finished steps count."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(workdir / "qwen3-0.6b", dtype=dtype).to(device).eval()
+    prompts, output_lens = make_requests(args, model.config.vocab_size)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    batches = [order[i : i + args.hf_batch_size] for i in range(0, len(order), args.hf_batch_size)]
-    _hf_generate(model, [prompts[0][:32]], 8, device)  # warm-up
-    sync(device)
-    start = time.perf_counter()
-    for batch in batches:
-        _hf_generate(model, [prompts[i] for i in batch], max(output_lens[i] for i in batch), device)
-    sync(device)
-    return time.perf_counter() - start
+    _hf_generate(model, [prompts[0][:32]], 8, device, None)  # warm-up
+    batch_size = len(prompts)
+    if device.type == "cuda":  # HF's cache holds every row at the longest prompt + longest output
+        c = model.config
+        token_bytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * dtype.itemsize
+        free = torch.cuda.mem_get_info(device)[0]
+        while batch_size > 1 and 1.15 * batch_size * (args.input_len[1] + args.output_len[1]) * token_bytes > 0.9 * free:
+            batch_size //= 2
+    while True:
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        try:
+            sync(device)
+            start = time.perf_counter()
+            useful = 0
+            for batch in batches:
+                left = budget * args.budget_scale - (time.perf_counter() - start)
+                if left <= 0:
+                    break
+                steps = _hf_generate(model, [prompts[i] for i in batch], max(output_lens[i] for i in batch), device,
+                                     left)
+                useful += sum(min(steps, output_lens[i]) for i in batch)
+            sync(device)
+            seconds = time.perf_counter() - start
+            break
+        except torch.OutOfMemoryError:
+            gc.collect()
+            torch.cuda.empty_cache()
+            if batch_size == 1:
+                raise
+            batch_size //= 2
+            emit("note", part="hf", message=f"out of memory; batch size {batch_size}")
+    emit("throughput", name="hf", shape="qwen3-0.6b", output_tokens=useful, requested_tokens=sum(output_lens),
+         seconds=seconds, partial=useful < sum(output_lens), batch_size=batch_size)
 
 
-def _hf_generate(model, prompts, max_new_tokens, device):
+def _hf_generate(model, prompts, max_new_tokens, device, max_time) -> int:
+    """Sampling steps done (HF stops early at max_time)."""
     width = max(map(len, prompts))
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    return model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=True,
-                          temperature=0.6, top_p=1.0, top_k=0, eos_token_id=None, pad_token_id=0)
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.6,
+                         top_p=1.0, top_k=0, eos_token_id=None, pad_token_id=0, max_time=max_time)
+    return out.shape[1] - width
 
 
+def run_part(args) -> None:
+    device = _device(args)
+    workdir, budget = Path(args.workdir), args.budget
+    part = args.run_part
+    try:
+        if part == "bandwidth":
+            part_bandwidth(args, device, workdir)
+        elif part == "kernels":
+            part_kernels(args, device, workdir, budget)
+        elif part == "engine":
+            part_engine(args, device, workdir, budget, "engine", "qwen3-0.6b", grpo=True, check=True)
+        elif part == "eager":
+            part_engine(args, device, workdir, budget, "eager", "qwen3-0.6b", cuda_graphs=False)
+        elif part == "engine-1.7b":
+            part_engine(args, device, workdir, budget, "engine-1.7b", "qwen3-1.7b")
+        elif part == "no-overlap":
+            part_engine(args, device, workdir, budget, "no-overlap", "qwen3-0.6b", overlap_scheduling=False)
+        elif part == "reference":
+            part_engine(args, device, workdir, budget, "reference", "qwen3-0.6b", kernels="torch")
+        elif part == "hf":
+            part_hf(args, device, workdir, budget)
+    except Exception as e:  # noqa: BLE001 (report, then let the driver go on)
+        traceback.print_exc()
+        emit("error", part=part, error=f"{type(e).__name__}: {e}"[:500])
+        sys.exit(1)
+
+
+def _device(args) -> torch.device:
+    if args.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(args.device)
+
+
+# ---- the driver ---------------------------------------------------------------------------------------
 def main(argv=None) -> None:
     args = parse_args(argv)
-    device = EngineArgs(model="-", device=args.device).torch_device()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    prompts, output_lens = make_requests(args)
-    total = sum(output_lens)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = build_tiny_model(tmp, "qwen3", preset=args.model_shape, dtype=dtype,
-                                max_position_embeddings=max(args.max_model_len, PRESETS[args.model_shape].max_position_embeddings))
-        print(f"model: qwen3 {args.model_shape} ({dtype}, {device}); {len(prompts)} requests, "
-              f"{sum(map(len, prompts))} prompt tokens, {total} output tokens")
-        seconds = bench_engine(path, args, prompts, output_lens)
-        print(f"temper engine: {total} tok in {seconds:.2f}s = {total / seconds:.1f} tok/s")
-        if not args.skip_hf:
-            hf_seconds = bench_hf(path, args, prompts, output_lens, device, dtype)
-            print(f"HF generate (batch {args.hf_batch_size}): {total} tok in {hf_seconds:.2f}s = "
-                  f"{total / hf_seconds:.1f} tok/s")
-            print(f"speed-up: {hf_seconds / seconds:.2f}x")
+    if args.run_part:
+        run_part(args)
+        return
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise SystemExit(f"unknown part(s) {unknown}; expected some of {PARTS}")
+    if "bandwidth" not in parts:
+        parts.insert(0, "bandwidth")  # it writes the checkpoints
+    deadline = time.perf_counter() + args.total_budget * (3 if args.smoke else 1)
+    results: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="temper-bench-") as workdir:
+        for part in parts:
+            if part == "reference" and "reference" not in args.parts:
+                continue
+            left = deadline - time.perf_counter()
+            budget = min(BUDGETS[part] * args.budget_scale, max(5.0, left - SETUP_ALLOWANCE[part]))
+            if left < 15:
+                results.append({"kind": "skip", "part": part, "reason": "total budget spent"})
+                continue
+            extra = BUDGETS["grpo"] * args.budget_scale if part == "engine" else 0
+            results += run_subprocess(args, part, workdir, budget,
+                                      timeout=min(budget + SETUP_ALLOWANCE[part] + extra, left))
+            if part == "engine" and not any(r.get("name") == "engine" and r["kind"] == "throughput" for r in results):
+                left = deadline - time.perf_counter()  # the fast path failed: measure the reference instead
+                if left > 30:
+                    budget = min(BUDGETS["reference"], max(5.0, left - SETUP_ALLOWANCE["reference"]))
+                    results += run_subprocess(args, "reference", workdir, budget,
+                                              timeout=min(budget + SETUP_ALLOWANCE["reference"], left))
+    report(args, results)
+
+
+def run_subprocess(args, part: str, workdir: str, budget: float, timeout: float) -> list[dict]:
+    cmd = [sys.executable, os.path.abspath(__file__), "--run-part", part, "--workdir", workdir, "--budget",
+           str(budget), "--device", args.device, "--num-requests", str(args.num_requests),
+           "--input-len", *map(str, args.input_len), "--output-len", *map(str, args.output_len),
+           "--max-model-len", str(args.max_model_len), "--grpo-prompts", str(args.grpo_prompts),
+           "--grpo-n", str(args.grpo_n), "--grpo-output-len", str(args.grpo_output_len),
+           "--budget-scale", str(args.budget_scale)] + (["--smoke"] if args.smoke else [])
+    print(f"== {part} (budget {budget:.0f}s, timeout {timeout:.0f}s)", flush=True)
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        out, code = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        out += (e.stderr or b"").decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        code = "timeout"
+    found = []
+    for line in out.splitlines():
+        if line.startswith(RESULT):
+            found.append(json.loads(line[len(RESULT) :]))
+            print("  " + line[len(RESULT) :], flush=True)
+    if code != 0:
+        tail = [ln for ln in out.splitlines() if ln.strip() and not ln.startswith(RESULT)][-15:]
+        print(f"  part {part} exited {code} after {time.perf_counter() - start:.0f}s; last lines:", flush=True)
+        for line in tail:
+            print("    " + line[:300], flush=True)
+        found.append({"kind": "failed", "part": part, "exit": code})
+    return found
+
+
+def report(args, results: list[dict]) -> None:
+    by_kind: dict[str, list[dict]] = {}
+    for r in results:
+        by_kind.setdefault(r["kind"], []).append(r)
+    bw = by_kind.get("bandwidth", [{}])[0].get("bytes_per_s")
+    mm = by_kind.get("matmul", [{}])[0].get("flops_per_s")
+    info = by_kind.get("info", [{}])[0]
+    lines = [f"device: {info.get('device')}  torch {info.get('torch')}  triton {info.get('triton')}"]
+    if bw:
+        lines.append(f"measured copy bandwidth {bw / 1e12:.2f} TB/s (read + write), bf16 matmul "
+                     f"{(mm or 0) / 1e12:.0f} TFLOP/s")
+    hf = next((r for r in by_kind.get("throughput", []) if r["name"] == "hf"), None)
+    hf_rate = hf["output_tokens"] / hf["seconds"] if hf and hf["seconds"] else None
+    lines.append(f"{'run':<14}{'shape':<12}{'tok/s':>10}{'seconds':>9}{'tokens':>10}  {'roofline':>9}"
+                 f"{'of roof':>8}{'x HF':>7}  notes")
+    for r in by_kind.get("throughput", []):
+        rate = r["output_tokens"] / r["seconds"] if r["seconds"] else 0.0
+        roof = None
+        if bw and mm:
+            prompts, outputs = make_requests(args, 151936 if not args.smoke else 1024)
+            roof = roofline(shapes(args.smoke)[r["shape"]], prompts, outputs, bw, mm)["tok_per_s"]
+        notes = []
+        if r.get("partial"):
+            notes.append(f"partial: budget hit ({r['output_tokens']}/{r['requested_tokens']} tokens)")
+        if "kernels" in r:
+            notes.append(f"kernels={','.join(r['kernels']) or 'torch'} graphs={'on' if r.get('cuda_graphs') else 'off'}"
+                         f" overlap={'on' if r.get('overlap') else 'off'}")
+        if "batch_size" in r:
+            notes.append(f"batch {r['batch_size']}")
+        if r.get("steps"):
+            notes.append(f"{r['steps']} steps, {1e3 * r['seconds'] / r['steps']:.2f} ms/step, prefill phase "
+                         f"{r['prefill_phase_seconds'] or 0:.2f}s")
+        lines.append(f"{r['name']:<14}{r['shape']:<12}{rate:>10.0f}{r['seconds']:>9.1f}{r['output_tokens']:>10}  "
+                     f"{(f'{roof:.0f}' if roof else '-'):>9}{(f'{rate / roof:.2f}' if roof else '-'):>8}"
+                     f"{(f'{rate / hf_rate:.2f}' if hf_rate and r['name'] != 'hf' else '-'):>7}  {'; '.join(notes)}")
+    for g in by_kind.get("grpo", []):
+        lines.append(f"GRPO {g['prompts']}x{g['n']}: prefill computed {g['prefill_tokens_computed']} tokens for "
+                     f"{g['unique_prompt_tokens']} unique prompt tokens ({g['prompt_tokens']} with repeats; "
+                     f"{g['cached_tokens']} from the prefix cache); {g['output_tokens']} output tokens in "
+                     f"{g['seconds']:.1f}s = {g['output_tokens'] / max(g['seconds'], 1e-9):.0f} tok/s"
+                     + (" (partial)" if g.get("partial") else ""))
+    for c in by_kind.get("check", []):
+        lines.append(f"log-probs vs HF forward ({c['sequences']} sequences): mean |diff| "
+                     f"{c['logprob_mean_abs_diff']:.4f}, max {c['logprob_max_abs_diff']:.3f} -> "
+                     f"{'PASS' if c['passed'] else 'FAIL'} (<= 0.02)")
+    for k in by_kind.get("decode_kernel", []):
+        if "error" in k:
+            lines.append(f"decode kernel B={k['batch']} tile {k['block_n']}/{k['num_warps']}/{k['num_stages']}: "
+                         f"{k['error']}")
+        else:
+            lines.append(f"decode kernel B={k['batch']} splits={k['splits']} tile (BLOCK_N/warps/stages) "
+                         f"{k['block_n']}/{k['num_warps']}/{k['num_stages']}: {k['bytes_per_s'] / 1e12:.2f} TB/s of K/V"
+                         + (f" ({k['bytes_per_s'] / (bw / 2):.0%} of copy read rate)" if bw else ""))
+    for k in by_kind.get("prefill_kernel", []):
+        lines.append(f"prefill kernel ({k['tokens']} tokens): {k['flops_per_s'] / 1e12:.0f} TFLOP/s")
+    for k in by_kind.get("sampler_kernel", []):
+        lines.append(f"sampler B={k['rows']}: kernel {k['kernel_ms']:.3f} ms vs reference {k['reference_ms']:.3f} ms")
+    for k in by_kind.get("engine_setup", []):
+        lines.append(f"{k['name']} set-up {k['seconds']:.0f}s: kernels {k['kernels'] or 'torch'}, "
+                     f"graphs {'on' if k['cuda_graphs'] else 'off'}, {k['kv_blocks']} KV blocks, decode tile "
+                     f"{k.get('decode_tile')}")
+    for k in by_kind.get("failed", []) + by_kind.get("error", []) + by_kind.get("skip", []) + by_kind.get("note", []):
+        lines.append(f"{k['kind']}: {json.dumps({x: y for x, y in k.items() if x != 'kind'})}")
+    print("\n===== engine throughput summary =====")
+    print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":

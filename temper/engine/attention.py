@@ -10,8 +10,9 @@ layer (the block manager relies on this; a replacement backend must keep "write 
 ``scaled_dot_product_attention``. Prefill attends per sequence; a sequence with no cached prefix uses
 the new K/V directly (causal), one with a cached prefix gathers its context from the cache through its
 block table, with the causal diagonal offset by the prefix length. Decode gathers each sequence's
-context into a padded batch and makes one masked call. A faster backend (e.g. flash-attn varlen with
-block tables) implements the same `prepare` / `forward` pair from the same metadata.
+context into a padded batch and makes one masked call. The CUDA backend,
+`kernels.paged_attention.TritonPagedAttention`, implements the same `prepare` / `forward` pair from
+the same metadata with Triton kernels that read the blocks in place.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class AttentionMetadata:
         sequence in the cache after this step (prefix + new).
     query_lens, cached_lens: per sequence (Python ints): new tokens, and tokens already cached.
     backend: the attention implementation for this forward pass; `prepare(meta)` has been called.
+    q/k/v reach the backend as [T, H, D] views whose rows may be strided (slices of the fused qkv
+    projection's output).
     """
 
     is_prefill: bool
@@ -42,7 +45,7 @@ class AttentionMetadata:
     query_lens: list[int]
     cached_lens: list[int]
     block_size: int
-    backend: TorchPagedAttention
+    backend: TorchPagedAttention  # or kernels.paged_attention.TritonPagedAttention (same two methods)
     backend_data: dict = field(default_factory=dict)  # what the backend derives once per step
 
 

@@ -6,9 +6,16 @@ tokenizers which strip leading spaces, and multi-token UTF-8 characters, come ou
 that ends in U+FFFD (an incomplete UTF-8 character) is held back until more tokens arrive; `flush()`
 emits whatever is held back when the sequence finishes. The result equals
 ``tokenizer.decode(output_ids, skip_special_tokens=...)`` for byte-level BPE tokenizers.
+
+`append_many` advances many sequences with one batched decode: when decoding through the tokenizer's
+Rust backend (``backend_tokenizer.decode_batch``) gives what ``tokenizer.decode`` gives (checked on
+sample ids at construction: no clean-up pass, no overridden decode), the Python overhead of HF's
+``decode`` (about 10 us a call) is paid once per step instead of twice per sequence.
 """
 
 from __future__ import annotations
+
+import random
 
 from transformers import PreTrainedTokenizerBase
 
@@ -20,20 +27,29 @@ _INCOMPLETE = "\ufffd"
 class Detokenizer:
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
         self.tokenizer = tokenizer
+        self._backend = _equivalent_backend(tokenizer)
 
     def _decode(self, ids: list[int], skip_special_tokens: bool) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
+    def _decode_many(self, windows: list[list[int]], skip_special_tokens: bool) -> list[str]:
+        if self._backend is not None:
+            return self._backend.decode_batch(windows, skip_special_tokens=skip_special_tokens)
+        return [self._decode(w, skip_special_tokens) for w in windows]
+
     def append(self, state: DetokenizerState, ids: list[int], skip_special_tokens: bool) -> str:
         """Advance `state` over the output ids `ids` (all of them, not just new ones); return new text."""
-        prefix_text = self._decode(ids[state.prefix_offset : state.read_offset], skip_special_tokens)
-        new_text = self._decode(ids[state.prefix_offset :], skip_special_tokens)
-        if len(new_text) <= len(prefix_text) or new_text.endswith(_INCOMPLETE):
-            return ""
-        delta = new_text[len(prefix_text) :]
-        state.text += delta
-        state.prefix_offset, state.read_offset = state.read_offset, len(ids)
-        return delta
+        return self.append_many([state], [ids], skip_special_tokens)[0]
+
+    def append_many(self, states: list[DetokenizerState], id_lists: list[list[int]], skip_special_tokens: bool) -> list[str]:
+        """`append` for many sequences, with one batched decode."""
+        windows = []
+        for state, ids in zip(states, id_lists):
+            windows.append(ids[state.prefix_offset : state.read_offset])
+            windows.append(ids[state.prefix_offset :])
+        texts = self._decode_many(windows, skip_special_tokens)
+        return [_advance(state, len(ids), texts[2 * i], texts[2 * i + 1])
+                for i, (state, ids) in enumerate(zip(states, id_lists))]
 
     def flush(self, state: DetokenizerState, ids: list[int], skip_special_tokens: bool) -> str:
         """Emit text held back for incomplete characters (they stay as U+FFFD)."""
@@ -44,3 +60,31 @@ class Detokenizer:
         state.text += delta
         state.prefix_offset = state.read_offset = len(ids)
         return delta
+
+
+def _advance(state: DetokenizerState, num_ids: int, prefix_text: str, new_text: str) -> str:
+    if len(new_text) <= len(prefix_text) or new_text.endswith(_INCOMPLETE):
+        return ""
+    delta = new_text[len(prefix_text) :]
+    state.text += delta
+    state.prefix_offset, state.read_offset = state.read_offset, num_ids
+    return delta
+
+
+def _equivalent_backend(tokenizer: PreTrainedTokenizerBase):
+    """The tokenizer's Rust backend if its batched decode equals ``tokenizer.decode`` here, else None."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return None
+    rng = random.Random(0)
+    size = len(tokenizer)
+    samples = [[rng.randrange(size) for _ in range(rng.randint(1, 6))] for _ in range(32)]
+    try:
+        for skip in (True, False):
+            if backend.decode_batch(samples, skip_special_tokens=skip) != [
+                tokenizer.decode(ids, skip_special_tokens=skip) for ids in samples
+            ]:
+                return None
+    except Exception:  # noqa: BLE001 (any backend trouble: use HF's decode)
+        return None
+    return backend

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+KERNEL_MODES = ("auto", "torch", "triton")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -24,6 +25,12 @@ class EngineArgs:
     max_num_seqs: most sequences running at once. max_num_batched_tokens: tokens per prefill step.
     enable_prefix_caching: share the K/V of equal prompt prefixes (full blocks) across requests.
     seed: seeds the generator that gives each request without its own seed a sampling seed.
+    kernels: "auto" (Triton kernels on CUDA where they pass a self-check at start, else PyTorch) |
+        "torch" (the PyTorch reference everywhere) | "triton" (all Triton kernels, unchecked; on CPU
+        only under TRITON_INTERPRET=1, for tests). The choice is process-wide (see `kernels`).
+    cuda_graphs: replay decode steps from CUDA graphs (CUDA with Triton attention only).
+    overlap_scheduling: launch each step before reading back the previous one's tokens (see
+        `llm_engine.py`); None: on for CUDA, off for CPU.
     """
 
     model: str
@@ -37,6 +44,9 @@ class EngineArgs:
     max_num_batched_tokens: int = 8192
     enable_prefix_caching: bool = True
     seed: int = 0
+    kernels: str = "auto"
+    cuda_graphs: bool = True
+    overlap_scheduling: bool | None = None
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in DTYPES:
@@ -50,6 +60,8 @@ class EngineArgs:
             _positive("num_kv_blocks", self.num_kv_blocks)
         if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 2):
             raise ValueError(f"EngineArgs.max_model_len must be None or an integer >= 2, got {self.max_model_len!r}")
+        if self.kernels not in KERNEL_MODES:
+            raise ValueError(f"EngineArgs.kernels must be one of {KERNEL_MODES}, got {self.kernels!r}")
         if not 0 < self.mem_fraction_static <= 1:
             raise ValueError(f"EngineArgs.mem_fraction_static must be in (0, 1], got {self.mem_fraction_static!r}")
 

@@ -3,6 +3,14 @@
 Requests go in with `add_request`; each `step()` runs one scheduler step (a prefill or a decode
 batch) and reports every request that got a token or finished. Token ids are the truth; text is
 detokenized incrementally for stop strings and for the caller.
+
+Overlapped scheduling (`EngineArgs.overlap_scheduling`, on by default on CUDA): a step schedules
+and launches the next batch before it waits for the tokens of the batch already on the device, so
+the host's bookkeeping (stop checks, scheduling, input preparation) runs while the GPU computes
+instead of between its steps. A step then reports the tokens of the batch launched by the step
+before; sequences run one step behind their sampled token (see `scheduler.py`). Operations that
+need the device idle (weight loads, memory release, cache flush) first wait for the batch in flight
+and hold its outputs for the next `step()`.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 from temper.engine.block_manager import BlockManager
 from temper.engine.detokenizer import Detokenizer
 from temper.engine.engine_args import EngineArgs
-from temper.engine.model_runner import ModelRunner
+from temper.engine.model_runner import LaunchedStep, ModelRunner
 from temper.engine.sampling_params import SamplingParams
 from temper.engine.scheduler import Scheduler
 from temper.engine.sequence import RequestOutput, Sequence
@@ -52,6 +60,10 @@ class LLMEngine:
         self.scheduler = Scheduler(args.max_num_seqs, args.max_num_batched_tokens, self.block_manager, stop_checker)
         self._rng = random.Random(args.seed)
         self._released: set[str] = set()
+        device = self.model_runner.device
+        self._overlap = args.overlap_scheduling if args.overlap_scheduling is not None else device.type == "cuda"
+        self._in_flight: LaunchedStep | None = None
+        self._held: list[RequestOutput] = []  # outputs of a step resolved outside `step()`
 
     # ---- requests ---------------------------------------------------------------------------
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None) -> str:
@@ -90,19 +102,42 @@ class LLMEngine:
         self.scheduler.abort(request_id)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self._in_flight is not None or bool(self._held)
 
     def step(self) -> list[RequestOutput]:
         """One scheduler step; an output for every request that got a token or finished."""
+        return self._step(stream=True)
+
+    def _step(self, stream: bool) -> list[RequestOutput]:
+        """stream=False (offline `generate`): outputs only for finished requests, whose text is then
+        decoded once instead of per token (see `StopChecker.check_many`)."""
+        outputs, self._held = self._held, []
         if self.scheduler.num_unfinished():
             self._check_resident()
-        outputs = [seq.to_output(self.weight_version, []) for seq in self.scheduler.pop_finished_early()]
+        outputs += [seq.to_output(self.weight_version, []) for seq in self.scheduler.pop_finished_early()]
         batch = self.scheduler.schedule()
+        previous, self._in_flight = self._in_flight, None
         if batch is not None:
-            token_ids, logprobs = self.model_runner.run(batch)
-            seqs = self.scheduler.postprocess(batch, token_ids, logprobs)
-            outputs += [seq.to_output(self.weight_version, [seq.last_token_id]) for seq in seqs]
+            launched = self.model_runner.launch(batch, previous)
+            self.scheduler.launched(batch)
+            if self._overlap:
+                self._in_flight = launched
+            else:
+                outputs += self._resolve(launched, stream)
+        if previous is not None:
+            outputs += self._resolve(previous, stream)
         return outputs
+
+    def _resolve(self, launched: LaunchedStep, stream: bool) -> list[RequestOutput]:
+        token_ids, logprobs = launched.result()
+        seqs = self.scheduler.resolve(launched.batch, token_ids, logprobs, text=stream)
+        return [seq.to_output(self.weight_version, [seq.last_token_id]) for seq in seqs if stream or seq.finished]
+
+    def _finish_in_flight(self) -> None:
+        """Wait for the batch on the device (if any); its outputs go out with the next `step()`."""
+        if self._in_flight is not None:
+            launched, self._in_flight = self._in_flight, None
+            self._held += self._resolve(launched, stream=True)
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[RequestOutput]:
         """Run prompts to completion; final outputs in prompt order (n > 1: n consecutive outputs per
@@ -120,12 +155,13 @@ class LLMEngine:
         ids = [self.add_request(prompt, p) for prompt, p in requests]
         final: dict[str, RequestOutput] = {}
         while self.has_unfinished_requests():
-            final.update((out.request_id, out) for out in self.step() if out.finished)
+            final.update((out.request_id, out) for out in self._step(stream=False) if out.finished)
         return [final[i] for i in ids]
 
     # ---- weights ----------------------------------------------------------------------------
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy (HF name, tensor) pairs into the model, then drop the prefix cache (its K/V are stale)."""
+        self._finish_in_flight()
         self.model_runner.load_weights(named_tensors)
         self.block_manager.flush()
 
@@ -138,6 +174,7 @@ class LLMEngine:
     # ---- cache and memory -------------------------------------------------------------------
     def flush_cache(self) -> bool:
         """Drop the prefix cache; False (and nothing done) while requests are running or waiting."""
+        self._finish_in_flight()
         if self.scheduler.num_unfinished():
             return False
         self.block_manager.flush()
@@ -149,6 +186,7 @@ class LLMEngine:
         Only while no request is running or waiting (the prefix cache is dropped with the KV cache).
         """
         tags = self._check_tags(tags)
+        self._finish_in_flight()
         if self.scheduler.num_unfinished():
             raise RuntimeError(
                 f"release_memory: {self.scheduler.num_unfinished()} requests are unfinished; abort or finish them first"

@@ -1,41 +1,67 @@
 """The only part of the engine that touches tensors and devices.
 
 Builds the model on the device, loads its weights, owns the KV cache, turns a `ScheduledBatch` into
-batch tensors (once per step), runs the forward pass, computes logits only at the last position of
-each sequence that samples, and calls the sampler.
+batch tensors (`StepInputs`: numpy on the host, one asynchronous copy), runs the forward pass,
+computes logits only at the last position of each sequence that samples, and calls the sampler.
+
+On CUDA the fast path is chosen at start (`kernels.enable`): Triton kernels for the layer ops, the
+paged attention and the sampler, each group kept only if it passes a self-check against the PyTorch
+reference, and decode steps replayed from CUDA graphs (`cuda_graph.py`). On CPU, or with
+``EngineArgs.kernels="torch"``, everything runs the PyTorch reference. The only host synchronisation
+per step is reading the sampled tokens and log-probs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 
-from temper.engine.attention import AttentionMetadata, TorchPagedAttention
+from temper.engine import kernels
+from temper.engine.attention import TorchPagedAttention
+from temper.engine.cuda_graph import DecodeGraphs
 from temper.engine.engine_args import EngineArgs
 from temper.engine.models import model_class
 from temper.engine.models.decoder import head_dim_of
-from temper.engine.sampler import Sampler, SamplingTensors, noise_keys
+from temper.engine.sampler import Sampler
 from temper.engine.sampling_params import SamplingParams
 from temper.engine.scheduler import ScheduledBatch
 from temper.engine.sequence import Sequence
+from temper.engine.step_inputs import StepInputs
 from temper.engine.weights import WeightMap, iter_safetensors
+
+logger = logging.getLogger(__name__)
+
+@dataclass
+class LaunchedStep:
+    """A step whose forward pass and sampling are queued on the device.
+
+    tokens/logprobs: [S] device tensors of the sampling sequences (None if none samples); rows: each
+    sampling sequence's index in them. `result()` waits for the one device-to-host copy.
+    """
+
+    batch: ScheduledBatch
+    tokens: torch.Tensor | None
+    rows: dict[Sequence, int]
+    host: torch.Tensor | None
+    copied: torch.cuda.Event | None
+
+    def result(self) -> tuple[list[int], list[float]]:
+        if self.host is None:
+            return [], []
+        if self.copied is not None:
+            self.copied.synchronize()
+        tokens, logprobs = self.host.tolist()
+        return [int(t) for t in tokens], logprobs
+
 
 CPU_KV_TOKENS_PER_SEQ = 512
 CPU_KV_MAX_BYTES = 4 << 30
-
-
-@dataclass
-class ModelInputs:
-    """input_ids, positions: [T] int64. logits_indices: [S] rows of the hidden states to sample from."""
-
-    input_ids: torch.Tensor
-    positions: torch.Tensor
-    meta: AttentionMetadata
-    logits_indices: torch.Tensor
-    sample_seqs: list[Sequence]
+GRAPH_RESERVE_BYTES = 256 << 20  # graph-private activations besides the logits buffer
 
 
 @contextlib.contextmanager
@@ -62,25 +88,45 @@ class ModelRunner:
             self.model = model_class(hf_config)(hf_config, max_model_len).eval()
         self.weight_map = WeightMap(self.model)
         self._load_all(iter_safetensors(args.model), args.model)
-        self.attention_backend = TorchPagedAttention()
-        self.sampler = Sampler()
         self.kv_shape = (hf_config.num_hidden_layers, hf_config.num_key_value_heads, head_dim_of(hf_config))
         self.num_heads = hf_config.num_attention_heads
+        self.kernel_groups = kernels.enable(args.kernels, self.device, self.dtype, self._shape(hf_config))
+        self.reference_backend = TorchPagedAttention()
+        self.attention_backend = self._attention_backend()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # the self-check's and tuning's buffers: free memory sizes the KV cache
+        self.sampler = Sampler()
+        self.inputs = StepInputs(self.device, self.block_size, max_model_len, args.max_num_seqs,
+                                 args.max_num_batched_tokens, self.vocab_size)
+        self.graphs = (DecodeGraphs(self, args.max_num_seqs)
+                       if self.device.type == "cuda" and args.cuda_graphs and "attention" in self.kernel_groups
+                       else None)
+        self.kv_cache: torch.Tensor | None = None
+        self.weights_on_device = True
         self.num_kv_blocks = args.num_kv_blocks or self._auto_num_kv_blocks()
         if self.num_kv_blocks < self.min_kv_blocks():
             raise ValueError(
                 f"EngineArgs.num_kv_blocks={self.num_kv_blocks} cannot hold one sequence of max_model_len="
                 f"{max_model_len} tokens; use at least {self.min_kv_blocks()} blocks or a smaller max_model_len"
             )
-        self.kv_cache: torch.Tensor | None = None
-        self.weights_on_device = True
         self.allocate_kv_cache()
+        logger.info("engine kernels: %s; decode CUDA graphs: %s", sorted(self.kernel_groups) or "PyTorch reference",
+                    "on" if self.graphs else "off")
 
-    def _ints(self, data) -> torch.Tensor:
-        return torch.tensor(data, dtype=torch.int64, device=self.device)
+    def _shape(self, hf_config) -> SimpleNamespace:
+        _num_layers, num_kv_heads, head_dim = self.kv_shape
+        return SimpleNamespace(num_heads=self.num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                               hidden_size=hf_config.hidden_size, intermediate_size=hf_config.intermediate_size,
+                               block_size=self.block_size, vocab_size=self.vocab_size,
+                               qk_norm=getattr(self.model.model.layers[0].self_attn, "qk_norm", False))
 
-    def _floats(self, data) -> torch.Tensor:
-        return torch.tensor(data, dtype=torch.float32, device=self.device)
+    def _attention_backend(self):
+        if "attention" not in self.kernel_groups:
+            return self.reference_backend
+        from temper.engine.kernels.paged_attention import TritonPagedAttention
+
+        return TritonPagedAttention.for_device(self.num_heads, self.kv_shape[1], self.kv_shape[2], self.block_size,
+                                               self.dtype, self.device, self.args.max_num_seqs, self.max_model_len)
 
     # ---- weights ----------------------------------------------------------------------------
     def _load_all(self, named_tensors: Iterable[tuple[str, torch.Tensor]], source: str) -> None:
@@ -90,6 +136,7 @@ class ModelRunner:
             raise ValueError(f"checkpoint {source} lacks {len(missing)} weight(s) the model needs, e.g. {missing[:5]}")
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copies into the parameters in place: their storages, and so the CUDA graphs, stay valid."""
         self.weight_map.load(named_tensors)
 
     def get_weight(self, hf_name: str) -> torch.Tensor:
@@ -98,12 +145,14 @@ class ModelRunner:
     def offload_weights(self) -> None:
         """Move the weights to CPU (no-op on CPU) to free device memory."""
         if self.device.type == "cuda" and self.weights_on_device:
+            self._reset_graphs()
             self.model.to("cpu")
             torch.cuda.empty_cache()
         self.weights_on_device = False
 
     def reload_weights(self) -> None:
         if self.device.type == "cuda" and not self.weights_on_device:
+            self._reset_graphs()  # new parameter storages
             self.model.to(self.device)
         self.weights_on_device = True
 
@@ -124,10 +173,7 @@ class ModelRunner:
         self._warmup()
         stats = torch.cuda.memory_stats(self.device)
         activations = stats["allocated_bytes.all.peak"] - stats["allocated_bytes.all.current"]
-        # The warm-up has no KV cache, so it cannot measure attention's gathers; reserve their bound.
-        _num_layers, num_kv_heads, head_dim = self.kv_shape
-        workspace = self.attention_backend.workspace_bytes(self.num_heads, num_kv_heads, head_dim, self.dtype.itemsize)
-        budget = total * self.args.mem_fraction_static - (total - free) - activations - workspace
+        budget = total * self.args.mem_fraction_static - (total - free) - activations - self._workspace_bytes()
         blocks = int(budget // self.block_bytes())
         if blocks < self.min_kv_blocks():
             raise ValueError(
@@ -137,10 +183,21 @@ class ModelRunner:
             )
         return blocks
 
+    def _workspace_bytes(self) -> int:
+        """Transient memory the warm-up cannot measure: attention's workspace, and the CUDA graphs'."""
+        _num_layers, num_kv_heads, head_dim = self.kv_shape
+        if self.attention_backend is self.reference_backend:
+            return self.reference_backend.workspace_bytes(self.num_heads, num_kv_heads, head_dim, self.dtype.itemsize)
+        workspace = self.attention_backend.workspace_bytes(self.num_heads, head_dim, self.args.max_num_seqs)
+        if self.graphs is not None:
+            workspace += self.args.max_num_seqs * self.vocab_size * self.dtype.itemsize + GRAPH_RESERVE_BYTES
+        return workspace
+
     def _warmup(self) -> None:
         """A prefill of max_num_batched_tokens tokens with sampling, to measure peak activation memory.
 
-        Runs before the KV cache exists: attention then skips the cache write (see `attention.py`).
+        Runs before the KV cache exists: attention then uses the reference backend, which skips the
+        cache write (see `attention.py`).
         """
         num_tokens = min(self.args.max_num_batched_tokens, self.args.max_num_seqs * self.max_model_len)
         num_seqs = min(self.args.max_num_seqs, num_tokens)
@@ -152,6 +209,7 @@ class ModelRunner:
         torch.cuda.synchronize(self.device)
 
     def allocate_kv_cache(self) -> None:
+        self._reset_graphs()
         num_layers, num_kv_heads, head_dim = self.kv_shape
         # Zeros, not empty: padded decode slots are masked, but NaN garbage would still leak through.
         self.kv_cache = torch.zeros(2, num_layers, self.num_kv_blocks, self.block_size, num_kv_heads, head_dim,
@@ -160,61 +218,60 @@ class ModelRunner:
             layer.self_attn.attn.k_cache, layer.self_attn.attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
 
     def free_kv_cache(self) -> None:
+        self._reset_graphs()
         for layer in self.model.model.layers:
             layer.self_attn.attn.k_cache = layer.self_attn.attn.v_cache = None
         self.kv_cache = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def _reset_graphs(self) -> None:
+        if self.graphs is not None:
+            self.graphs.reset()
+
     # ---- one step ---------------------------------------------------------------------------
-    @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> tuple[list[int], list[float]]:
         """Run `batch`; returns (token id, log-prob) for each sampling sequence, in batch order."""
-        inputs = self._prepare(batch)
-        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
-        if not inputs.sample_seqs:
-            return [], []
-        logits = self.model.compute_logits(hidden[inputs.logits_indices])
-        tokens, logprobs = self.sampler(logits, self._sampling_tensors(inputs.sample_seqs))
-        return tokens.tolist(), logprobs.tolist()
+        return self.launch(batch).result()
 
-    def _prepare(self, batch: ScheduledBatch) -> ModelInputs:
-        input_ids: list[int] = []
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            input_ids.extend(seq.token_ids[seq.num_computed_tokens : seq.num_computed_tokens + n])
-        cached_lens = [seq.num_computed_tokens for seq in batch.seqs]
-        max_blocks = max(len(seq.block_table) for seq in batch.seqs)
-        block_tables = self._ints([seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq in batch.seqs])
-        query_lens_t, cached_t = self._ints(batch.num_new_tokens), self._ints(cached_lens)
-        # Per-token positions and cache slots, derived on the device from per-sequence data.
-        seq_index = torch.repeat_interleave(torch.arange(len(batch.seqs), device=self.device), query_lens_t,
-                                            output_size=len(input_ids))
-        starts = torch.cumsum(query_lens_t, 0) - query_lens_t
-        positions = cached_t[seq_index] + torch.arange(len(input_ids), device=self.device) - starts[seq_index]
-        slots = block_tables[seq_index, positions // self.block_size] * self.block_size + positions % self.block_size
-        meta = AttentionMetadata(
-            is_prefill=batch.is_prefill, slot_mapping=slots, block_tables=block_tables,
-            context_lens=cached_t + query_lens_t, query_lens=list(batch.num_new_tokens), cached_lens=cached_lens,
-            block_size=self.block_size, backend=self.attention_backend,
-        )
-        meta.backend.prepare(meta)
-        sampling = [i for i, sample in enumerate(batch.sample) if sample]
-        logits_indices = (starts + query_lens_t - 1)[self._ints(sampling)]
-        return ModelInputs(self._ints(input_ids), positions, meta, logits_indices, [batch.seqs[i] for i in sampling])
+    @torch.inference_mode()
+    def launch(self, batch: ScheduledBatch, previous: LaunchedStep | None = None) -> LaunchedStep:
+        """Queue `batch`'s forward pass, sampling and the copy of the sampled tokens to the host;
+        returns without waiting. `previous`: the step in flight whose tokens are pending inputs here."""
+        rows = self._graph_rows(batch)
+        backend = self.attention_backend if self.kv_cache is not None else self.reference_backend
+        inputs = self.inputs.build(batch, rows or len(batch.seqs), backend, previous)
+        if rows:
+            logits = self.graphs.replay(rows, len(batch.seqs))
+        else:
+            hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
+            if not inputs.sample_seqs:
+                return LaunchedStep(batch, None, {}, None, None)
+            if inputs.logits_indices is not None:
+                hidden = hidden[inputs.logits_indices]
+            logits = self.model.compute_logits(hidden[: len(inputs.sample_seqs)])
+        tokens, logprobs = self.sampler(logits, inputs.sampling)
+        both = torch.stack([tokens.to(torch.float64), logprobs.to(torch.float64)])  # token ids are exact
+        cuda = self.device.type == "cuda"
+        host = torch.empty(both.shape, dtype=torch.float64, pin_memory=cuda)
+        host.copy_(both, non_blocking=cuda)
+        copied = None
+        if cuda:
+            copied = torch.cuda.Event()
+            copied.record()
+        rows_of = {seq: i for i, seq in enumerate(inputs.sample_seqs)}
+        return LaunchedStep(batch, tokens, rows_of, host, copied)
 
-    def _sampling_tensors(self, seqs: list[Sequence]) -> SamplingTensors:
-        params = [seq.params for seq in seqs]
-        temperatures = [0.0 if p.greedy else p.temperature for p in params]
-        top_k = [p.top_k if 0 < p.top_k < self.vocab_size else self.vocab_size for p in params]
-        filtered = any(
-            not p.greedy and (k < self.vocab_size or p.top_p < 1 or p.min_p > 0) for p, k in zip(params, top_k)
-        )
-        return SamplingTensors(
-            temperatures=self._floats(temperatures),
-            top_k=self._ints(top_k),
-            top_p=self._floats([p.top_p for p in params]),
-            min_p=self._floats([p.min_p for p in params]),
-            keys=self._ints([noise_keys(s.seed, s.num_output_tokens) for s in seqs]),
-            all_greedy=all(t == 0 for t in temperatures),
-            needs_filter=filtered,
-        )
+    def _graph_rows(self, batch: ScheduledBatch) -> int:
+        """The CUDA-graph bucket for a decode batch (capturing the graphs if needed), else 0 (eager)."""
+        if self.graphs is None or batch.is_prefill or self.kv_cache is None:
+            return 0
+        if not self.graphs.captured:
+            try:
+                self.graphs.capture()
+            except Exception:
+                logger.exception("CUDA graph capture failed; decode runs eagerly from now on")
+                self.graphs.reset()
+                self.graphs = None
+                return 0
+        return self.graphs.bucket(len(batch.seqs))

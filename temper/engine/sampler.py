@@ -14,15 +14,21 @@ temperature 0 takes the argmax of the raw logits (first index on ties, as torch/
 Randomness: the draw is a Gumbel-max race, argmax(log p + g), with noise g that is a pure function of
 (request seed, output position, token id), built by a counter-based integer hash. So a request's
 tokens do not depend on what else is in the batch, on preemption, or on the device; requests without
-a seed get one from the engine's seeded generator when they are added. A fused GPU kernel can compute
-the same hash bit for bit.
+a seed get one from the engine's seeded generator when they are added.
+
+On CUDA the unfiltered path (no top-k / top-p / min-p in the batch) runs as Triton kernels
+(`kernels/sampling.py`): the same hash bit for bit and the same formulas, without [B, V]
+temporaries; only the float log's last bits may differ between devices.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+from temper.engine import kernels
 
 _M32 = 0xFFFFFFFF
 _M64 = 0xFFFFFFFFFFFFFFFF
@@ -47,8 +53,20 @@ class SamplingTensors:
 
 def noise_keys(seed: int, position: int) -> tuple[int, int]:
     """Two 32-bit keys for the noise of output token `position` of a request seeded with `seed`."""
-    key = _splitmix64(_splitmix64(seed & _M64) ^ position)
+    key = _splitmix64(seed_hash(seed) ^ position)
     return key & _M32, key >> 32
+
+
+def seed_hash(seed: int) -> int:
+    """The per-request half of `noise_keys` (computed once per request)."""
+    return _splitmix64(seed & _M64)
+
+
+def noise_keys_array(seed_hashes: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """`noise_keys` for many rows at once: uint64 `seed_hash` values and output positions -> [n, 2] int64."""
+    with np.errstate(over="ignore"):
+        key = _splitmix64_array(seed_hashes.astype(np.uint64) ^ positions.astype(np.uint64))
+    return np.stack([key & np.uint64(_M32), key >> np.uint64(32)], axis=1).astype(np.int64)
 
 
 def _splitmix64(x: int) -> int:
@@ -56,6 +74,14 @@ def _splitmix64(x: int) -> int:
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
     return x ^ (x >> 31)
+
+
+def _splitmix64_array(x: np.ndarray) -> np.ndarray:
+    # uint64 arithmetic wraps modulo 2**64, as the masks above do.
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
@@ -89,6 +115,10 @@ def candidate_mask(logprobs: torch.Tensor, t: SamplingTensors) -> torch.Tensor:
 class Sampler:
     def __call__(self, logits: torch.Tensor, t: SamplingTensors) -> tuple[torch.Tensor, torch.Tensor]:
         """logits [B, V] (any float dtype) -> (token ids [B] int64, log-probs [B] float32)."""
+        if not t.needs_filter and kernels.enabled("sampler", logits):
+            from temper.engine.kernels.sampling import sample
+
+            return sample(logits, t.temperatures, t.keys, t.all_greedy)
         logits = logits.float()
         greedy = t.temperatures == 0
         temperatures = torch.where(greedy, torch.ones_like(t.temperatures), t.temperatures)

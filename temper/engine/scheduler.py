@@ -9,6 +9,13 @@ Preemption by recompute: when a decode step needs a KV block and none is free, t
 sequence is freed and put back at the head of the waiting queue. It keeps its generated tokens; on
 re-admission they are recomputed as part of its prompt (often from the prefix cache, since its freed
 blocks keep their hashes), so the result equals an unpreempted run.
+
+A step is `launched` (its tokens' K/V are being computed, its sampling sequences each owe one token)
+and later `resolve`d with the sampled tokens; `postprocess` does both. With overlapped scheduling the
+engine schedules and launches step k+1 before it resolves step k: a sequence then runs with its
+pending token (`Sequence.num_pending`), whose id only the device knows yet. A sequence whose pending
+token certainly ends it (max_new_tokens, max_model_len) is not scheduled again; one that a stop token
+ends was scheduled once more in vain, and that step's token for it is dropped.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ class ScheduledBatch:
 
     @classmethod
     def of(cls, seqs: list[Sequence], num_new_tokens: list[int], is_prefill: bool) -> ScheduledBatch:
-        sample = [s.num_computed_tokens + n == len(s) for s, n in zip(seqs, num_new_tokens)]
+        sample = [s.num_computed_tokens + n == len(s) + s.num_pending for s, n in zip(seqs, num_new_tokens)]
         return cls(seqs, num_new_tokens, is_prefill, sample)
 
 
@@ -103,6 +110,8 @@ class Scheduler:
         # and pushes to the head) never runs while one exists, since it can always continue.
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
+            if seq.num_pending:  # preempted with a token in flight: admit once it is known
+                break
             if not seq.block_table and not self._admit(seq):
                 break
             n = min(len(seq) - seq.num_computed_tokens, budget)
@@ -128,20 +137,38 @@ class Scheduler:
         return True
 
     def _schedule_decode(self) -> ScheduledBatch | None:
-        scheduled = []
+        scheduled, kept = [], []  # kept: scheduled, plus those whose in-flight token ends them
+        manager = self.block_manager
+        block_size = manager.block_size
         while self.running:
             seq = self.running.pop(0)
-            while not self.block_manager.can_grow(seq, len(seq)):
+            if seq.num_pending and self._ends_with_pending_token(seq):
+                kept.append(seq)
+                continue
+            total = len(seq) + seq.num_pending  # tokens that need a slot after this step
+            if total <= len(seq.block_table) * block_size and (
+                not manager.enable_prefix_caching or seq.num_hashed_blocks >= len(seq) // block_size
+            ):
+                scheduled.append(seq)  # room in its blocks and nothing to register: grow and commit are no-ops
+                kept.append(seq)
+                continue
+            while not manager.can_grow(seq, total):
                 victim = self.running.pop() if self.running else seq
                 self._preempt(victim)
                 if victim is seq:
                     break
             else:
-                self.block_manager.grow(seq, len(seq))
-                self.block_manager.commit(seq, len(seq))
+                manager.grow(seq, total)
+                manager.commit(seq, len(seq))  # only blocks of known tokens
                 scheduled.append(seq)
-        self.running = scheduled
+                kept.append(seq)
+        self.running = kept
         return ScheduledBatch.of(scheduled, [1] * len(scheduled), is_prefill=False) if scheduled else None
+
+    def _ends_with_pending_token(self, seq: Sequence) -> bool:
+        outputs, length = seq.num_output_tokens + seq.num_pending, len(seq) + seq.num_pending
+        limit = seq.params.max_new_tokens
+        return (limit is not None and outputs >= limit) or length >= self.stop_checker.max_model_len
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free_seq(seq)
@@ -152,23 +179,45 @@ class Scheduler:
         self.waiting.appendleft(seq)
 
     # ---- after the forward pass ----------------------------------------------------------------
-    def postprocess(self, batch: ScheduledBatch, token_ids: list[int], logprobs: list[float]) -> list[Sequence]:
-        """Append sampled tokens, apply stop conditions, free finished sequences.
+    def postprocess(self, batch: ScheduledBatch, token_ids: list[int], logprobs: list[float],
+                    text: bool = True) -> list[Sequence]:
+        """`launched` then `resolve`: the step ran and these are its tokens."""
+        self.launched(batch)
+        return self.resolve(batch, token_ids, logprobs, text)
 
-        token_ids/logprobs hold one entry per sampling sequence of `batch`, in batch order. Returns
-        the sequences that got a token.
-        """
-        sampled = [seq for seq, sample in zip(batch.seqs, batch.sample) if sample]
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+    def launched(self, batch: ScheduledBatch) -> None:
+        """The step's K/V are being computed; each sampling sequence owes one token."""
+        for seq, n, sample in zip(batch.seqs, batch.num_new_tokens, batch.sample):
             seq.num_computed_tokens += n
+            seq.num_pending += sample
         if batch.is_prefill:
             self.stats.prefill_tokens_computed += sum(batch.num_new_tokens)
+
+    def resolve(self, batch: ScheduledBatch, token_ids: list[int], logprobs: list[float],
+                text: bool = True) -> list[Sequence]:
+        """Append a launched step's sampled tokens, apply stop conditions, free finished sequences.
+
+        token_ids/logprobs hold one entry per sampling sequence of `batch`, in batch order. A sequence
+        that finished (or was aborted) since the launch drops its token. Returns the sequences that
+        got a token. text=False: detokenize only where stop strings need it (see
+        `StopChecker.check_many`).
+        """
+        sampled = [seq for seq, sample in zip(batch.seqs, batch.sample) if sample]
+        live = []
         for seq, token_id, logprob in zip(sampled, token_ids, logprobs, strict=True):
-            seq.append_token(token_id, logprob)
-            self.stop_checker.check(seq)
+            seq.num_pending -= 1
+            if not seq.finished:
+                seq.append_token(token_id, logprob)
+                live.append(seq)
+        waiting = [seq for seq in live if seq.status is SequenceStatus.WAITING]  # preempted meanwhile
+        self.stop_checker.check_many(live, text)
+        for seq in live:
             if seq.finished:
                 self.block_manager.free_seq(seq)
                 del self.unfinished[seq.request_id]
-        self.stats.generated_tokens += len(sampled)
+        for seq in waiting:
+            if seq.finished:
+                self.waiting.remove(seq)
+        self.stats.generated_tokens += len(live)
         self.running = [seq for seq in self.running if not seq.finished]
-        return sampled
+        return live

@@ -53,8 +53,10 @@ class Sequence:
 
     token_ids holds prompt and output together, so a preempted sequence is recomputed from it as if
     its output were part of the prompt. num_computed_tokens counts tokens whose K/V are in the cache
-    (prefix-cache hits included). num_preemptions counts how often it was preempted (SGLang's
-    num_retractions).
+    or being computed by a launched step (prefix-cache hits included). num_pending counts tokens
+    sampled by a launched step but not yet read back (0 or 1; only with overlapped scheduling, see
+    `llm_engine.py`): they follow token_ids. num_preemptions counts how often it was preempted
+    (SGLang's num_retractions).
     """
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, seed: int):
@@ -70,6 +72,7 @@ class Sequence:
         self.block_hashes: list[int] = []  # chained hashes of full blocks, filled by the block manager
         self.num_hashed_blocks = 0  # leading blocks of block_table registered in the prefix cache
         self.num_computed_tokens = 0
+        self.num_pending = 0
         self.cached_tokens: int | None = None  # set at first admission
         self.num_preemptions = 0
         self.detok = DetokenizerState()

@@ -8,6 +8,10 @@ Checked after every new token, in SGLang's order:
    unless no_stop_trim;
 4. the sequence fills the model's context (max_model_len tokens) -> "length".
 Token ids are never trimmed. Unlike SGLang v0.5.23, ignore_eos does not disable stop_token_ids.
+
+`check_many` checks a step's sequences together (one batched detokenization). With ``text=False``
+(offline `LLMEngine.generate`, which reports only finished requests) a sequence without stop strings
+is not detokenized per step: its text is decoded once, when it finishes.
 """
 
 from __future__ import annotations
@@ -26,21 +30,36 @@ class StopChecker:
 
     def check(self, seq: Sequence) -> None:
         """Update seq's text with its last token and finish it if a stop condition holds."""
-        params, token = seq.params, seq.last_token_id
-        if params.max_new_tokens is not None and seq.num_output_tokens >= params.max_new_tokens:
-            self.finish(seq, "length")
-        elif (token in self.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids:
-            self.finish(seq, "stop", token)
-        else:
-            num_new_chars = len(self._detokenize(seq))
-            stop = self._find_stop_string(seq, num_new_chars) if num_new_chars and params.stop else None
-            if stop is not None:
-                index, string = stop
-                if not params.no_stop_trim:
-                    seq.detok.text = seq.detok.text[:index]
-                seq.finish("stop", string)
+        self.check_many([seq])
+
+    def check_many(self, seqs: list[Sequence], text: bool = True) -> None:
+        """`check` for each of `seqs` (each got one new token); `text=False`: see the module docstring."""
+        pending: dict[bool, list[Sequence]] = {}
+        for seq in seqs:
+            params, token = seq.params, seq.last_token_id
+            if params.max_new_tokens is not None and seq.num_output_tokens >= params.max_new_tokens:
+                self.finish(seq, "length")
+            elif (token in self.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids:
+                self.finish(seq, "stop", token)
+            elif text or params.stop:
+                pending.setdefault(params.skip_special_tokens, []).append(seq)
             elif len(seq) >= self.max_model_len:
                 self.finish(seq, "length")
+        for skip, group in pending.items():
+            new_texts = self.detokenizer.append_many([s.detok for s in group], [s.output_token_ids for s in group], skip)
+            for seq, new_text in zip(group, new_texts):
+                self._check_text(seq, len(new_text))
+
+    def _check_text(self, seq: Sequence, num_new_chars: int) -> None:
+        params = seq.params
+        stop = self._find_stop_string(seq, num_new_chars) if num_new_chars and params.stop else None
+        if stop is not None:
+            index, string = stop
+            if not params.no_stop_trim:
+                seq.detok.text = seq.detok.text[:index]
+            seq.finish("stop", string)
+        elif len(seq) >= self.max_model_len:
+            self.finish(seq, "length")
 
     def finish(self, seq: Sequence, reason: str, matched_token: int | None = None) -> None:
         """Finish seq for a token-level reason (length, abort, stop token) and complete its text.

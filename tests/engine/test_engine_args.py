@@ -18,6 +18,7 @@ from temper.engine import EngineArgs
         ({"max_model_len": 1}, r"EngineArgs.max_model_len must be None or an integer >= 2"),
         ({"mem_fraction_static": 0}, r"EngineArgs.mem_fraction_static must be in \(0, 1\]"),
         ({"max_num_seqs": 0}, r"EngineArgs.max_num_seqs"),
+        ({"kernels": "cuda"}, r"EngineArgs.kernels must be one of"),
     ],
 )
 def test_bad_args_name_the_field(kwargs, message):

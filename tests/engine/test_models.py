@@ -29,7 +29,7 @@ def engine_logits(engine: LLMEngine, tokens: list[int]) -> torch.Tensor:
     )
     meta.backend.prepare(meta)
     hidden = runner.model(torch.tensor(tokens), torch.arange(n), meta)
-    return runner.model.compute_logits(hidden)
+    return runner.model.compute_logits(hidden).float()
 
 
 def assert_matches_hf(path, num_tokens=150):

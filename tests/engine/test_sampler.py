@@ -130,3 +130,14 @@ def test_noise_rows_are_uncorrelated_across_seeds_and_positions():
     corr = torch.corrcoef(u)
     off_diagonal = corr - torch.eye(len(keys), dtype=torch.float64)
     assert off_diagonal.abs().max() < 0.04
+
+
+def test_vectorized_noise_keys_equal_the_scalar_ones():
+    import numpy as np
+
+    from temper.engine.sampler import noise_keys_array, seed_hash
+
+    seeds = [0, 1, 7, 2**63 - 1, 12345678901234, -5]
+    positions = [0, 1, 1000, 3, 2**20, 9]
+    keys = noise_keys_array(np.array([seed_hash(s) for s in seeds], dtype=np.uint64), np.array(positions))
+    assert keys.tolist() == [list(noise_keys(s, p)) for s, p in zip(seeds, positions)]

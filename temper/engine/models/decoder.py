@@ -3,8 +3,10 @@
 Per layer: x += o_proj(attention(rope(q, k), v)) on RMSNorm(x); x += down(silu(gate) * up) on
 RMSNorm(x); then a final RMSNorm and the LM head (tied to the embedding when the config says so).
 q/k/v and gate/up are fused projections internally; `packed_modules` maps HF names onto them (the one
-place that knows about the fusion besides `MergedLinear`). The model sees packed tokens [T] with their
-positions and an `AttentionMetadata`; it knows nothing of scheduling or devices.
+place that knows about the fusion besides `MergedLinear`). Each residual add is done by the next
+RMSNorm (`RMSNorm(x, residual)`), which is the same arithmetic as HF's order and one kernel on the
+fast path; q/k norm and RoPE are one in-place kernel there too. The model sees packed tokens [T] with
+their positions and an `AttentionMetadata`; it knows nothing of scheduling or devices.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from temper.engine import kernels
 from temper.engine.attention import AttentionMetadata, PagedAttention
 from temper.engine.models.layers import (
     Embedding,
@@ -61,13 +64,22 @@ class DecoderAttention(nn.Module):
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        q, k, v = self.qkv_proj.split(self.qkv_proj(x))
+        qkv = self.qkv_proj(x)
+        fused = kernels.enabled("layers", qkv)
+        if fused:  # q/k norm and RoPE in place on the q and k columns
+            kernels.module("elementwise").qk_norm_rope_(
+                qkv, positions, self.q_norm.weight if self.qk_norm else None,
+                self.k_norm.weight if self.qk_norm else None, self.q_norm.eps if self.qk_norm else 0.0,
+                self.rotary.cos, self.rotary.sin, self.num_heads, self.num_kv_heads, self.head_dim,
+            )
+        q, k, v = self.qkv_proj.split(qkv)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
+        if not fused:
+            if self.qk_norm:
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self.rotary(positions, q, k)
         out = self.attn(q, k, v, meta)
         return self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
 
@@ -91,9 +103,17 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        x = x + self.self_attn(positions, self.input_layernorm(x), meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
+                meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, residual) -> (mlp output, residual stream before it); their sum is HF's layer output.
+        The first layer gets the embeddings and residual None."""
+        if residual is None:
+            x, residual = self.input_layernorm(x), x
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(positions, x, meta)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
 
 
 class DecoderModel(nn.Module):
@@ -108,10 +128,10 @@ class DecoderModel(nn.Module):
         self.rotary = rotary
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)
+        x, residual = self.embed_tokens(input_ids), None
         for layer in self.layers:
-            x = layer(positions, x, meta)
-        return self.norm(x)
+            x, residual = layer(positions, x, residual, meta)
+        return self.norm(x, residual)[0]
 
 
 class DecoderForCausalLM(nn.Module):
@@ -145,6 +165,9 @@ class DecoderForCausalLM(nn.Module):
         """Packed tokens [T] -> final hidden states [T, hidden]."""
         return self.model(input_ids, positions, meta)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[N, hidden] -> [N, vocab] float32 (the matmul runs in the model dtype, as in HF)."""
-        return torch.nn.functional.linear(hidden, self.lm_head_weight).float()
+    def compute_logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, hidden] -> [N, vocab] in the model dtype (as HF computes them; the sampler upcasts),
+        written into `out` when given (a CUDA graph's static buffer)."""
+        if out is None:
+            return torch.nn.functional.linear(hidden, self.lm_head_weight)
+        return torch.matmul(hidden, self.lm_head_weight.t(), out=out)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from temper.engine import kernels
+
 
 def copy_checked(dst: torch.Tensor, src: torch.Tensor) -> None:
     """dst.copy_(src) (any dtype/device), or ValueError if the shapes differ."""
@@ -86,14 +88,26 @@ class Embedding(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """HF's RMSNorm: normalise in float32, cast back, then scale (the order matters in bf16)."""
+    """HF's RMSNorm: normalise in float32, cast back, then scale (the order matters in bf16).
+
+    forward(x) -> norm(x); forward(x, residual) -> (norm(x + residual), x + residual): the decoder
+    layer's residual add, fused into the same kernel on the fast path.
+    """
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.weight = engine_param(dim, fill=1.0)
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        if x.dim() == 2 and kernels.enabled("layers", x):
+            return kernels.module("elementwise").add_rms_norm(x, residual, self.weight, self.eps)
+        if residual is not None:
+            x = x + residual
+            return self._norm(x), x
+        return self._norm(x)
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -101,5 +115,7 @@ class RMSNorm(nn.Module):
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    if gate_up.dim() == 2 and kernels.enabled("layers", gate_up):
+        return kernels.module("elementwise").silu_and_mul(gate_up)
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up

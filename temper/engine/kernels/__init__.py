@@ -1,0 +1,89 @@
+"""Triton kernels of the engine's CUDA fast path, and the switch that turns them on.
+
+The engine computes every function twice over: the PyTorch reference (CPU and CUDA; what the CPU
+tests compare with Hugging Face) and these kernels (CUDA; on CPU too under ``TRITON_INTERPRET=1``,
+which is how the tests run them without a GPU). Three groups, enabled separately:
+
+- "layers" (`elementwise.py`): residual add + RMSNorm, q/k RMSNorm + RoPE, SiLU-and-multiply, one
+  kernel each, rounding to the activation dtype exactly where the PyTorch modules round;
+- "attention" (`paged_attention.py`): KV-cache write, split-K decode attention and varlen causal
+  prefill attention, both reading K/V straight from the block-paged cache;
+- "sampler" (`sampling.py`): log-softmax + Gumbel-max draw over the vocabulary in two passes,
+  without [B, V] intermediates.
+
+`ModelRunner` calls `enable` once per engine: on CUDA it imports triton, runs every group on small
+random inputs against the reference (`self_check.py`) and keeps the groups that pass; a group that
+fails to compile or disagrees is logged and left to the reference. Model code asks `enabled(group, x)`
+before each op, so a tensor on a device without kernels always takes the reference path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+GROUPS = ("layers", "attention", "sampler")
+_enabled: set[str] = set()
+
+
+def interpreting() -> bool:
+    """Whether triton runs kernels on CPU tensors (TRITON_INTERPRET=1, read when kernels are defined)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_importable() -> bool:
+    try:
+        importlib.import_module("triton")
+    except Exception:  # noqa: BLE001 (a broken install is as good as none)
+        return False
+    return True
+
+
+def module(name: str):
+    """A kernel module, imported on first use (importing one defines its triton kernels)."""
+    return importlib.import_module(f"temper.engine.kernels.{name}")
+
+
+def enabled(group: str, x: torch.Tensor) -> bool:
+    """Whether kernel `group` runs for tensor `x` (its device must be CUDA, or CPU while interpreting)."""
+    return group in _enabled and (x.is_cuda or (x.device.type == "cpu" and interpreting()))
+
+
+def enabled_groups() -> set[str]:
+    return set(_enabled)
+
+
+def set_enabled(groups) -> None:
+    """Turn exactly `groups` on (tests and `enable` use this; unknown names are an error)."""
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        raise ValueError(f"unknown kernel group(s) {sorted(unknown)}; expected some of {GROUPS}")
+    _enabled.clear()
+    _enabled.update(groups)
+
+
+def enable(mode: str, device: torch.device, dtype: torch.dtype, shape) -> set[str]:
+    """Pick the kernel groups for an engine and turn them on; returns them.
+
+    mode: "torch" (none), "triton" (all, unchecked: tests under TRITON_INTERPRET=1), "auto" (on CUDA,
+    the groups that pass `self_check` for this dtype and model `shape`; on CPU none).
+    """
+    _enabled.clear()  # the self-check compares with the reference, which must not dispatch to kernels
+    if mode == "torch" or (mode == "auto" and device.type != "cuda"):
+        groups: set[str] = set()
+    elif not triton_importable():
+        logger.warning("triton is not importable; the engine uses its PyTorch kernels")
+        groups = set()
+    elif mode == "triton":
+        groups = set(GROUPS)
+    else:
+        from temper.engine.kernels.self_check import passing_groups
+
+        groups = passing_groups(device, dtype, shape)
+    set_enabled(groups)
+    return groups

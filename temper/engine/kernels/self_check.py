@@ -1,0 +1,159 @@
+"""Start-up check of the Triton kernels on the engine's device, dtype and model shape.
+
+Each group runs once on small random inputs and is compared with the PyTorch reference; a group that
+fails to compile, raises, returns non-finite values or disagrees beyond rounding is reported and left
+off, so an engine on an unfamiliar GPU or triton version degrades to the reference instead of failing.
+The inputs use the model's head counts, head size and block size, so the kernels compiled here are
+the ones the engine runs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from temper.engine import kernels
+from temper.engine.attention import AttentionMetadata, TorchPagedAttention
+
+logger = logging.getLogger(__name__)
+
+
+def passing_groups(device: torch.device, dtype: torch.dtype, shape) -> set[str]:
+    """The kernel groups that agree with the reference for this device, dtype and model shape."""
+    checks = {"layers": _check_layers, "attention": _check_attention, "sampler": _check_sampler}
+    passed = set()
+    for group, check in checks.items():
+        try:
+            with torch.inference_mode():
+                error = check(device, dtype, shape)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        except Exception as e:  # noqa: BLE001 (compile errors come in many types)
+            logger.warning("triton kernel group %r failed its self-check (%s: %s); using PyTorch for it",
+                           group, type(e).__name__, e)
+            continue
+        if error is not None:
+            logger.warning("triton kernel group %r disagrees with the reference (%s); using PyTorch for it",
+                           group, error)
+            continue
+        passed.add(group)
+    return passed
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    return 1e-4 if dtype == torch.float32 else 3e-2
+
+
+def _compare(name: str, out: torch.Tensor, ref: torch.Tensor, tol: float) -> str | None:
+    out, ref = out.double(), ref.double()
+    if not torch.isfinite(out).all():
+        return f"{name}: non-finite output"
+    err = ((out - ref).norm() / ref.norm().clamp_min(1e-12)).item()
+    return f"{name}: relative error {err:.2e} > {tol:.0e}" if err > tol else None
+
+
+def _rand(*shape, device, dtype, scale=1.0):
+    return (scale * torch.randn(*shape, device=device, dtype=torch.float32)).to(dtype)
+
+
+def _check_layers(device, dtype, shape) -> str | None:
+    from temper.engine.kernels import elementwise
+    from temper.engine.models.layers import RMSNorm, silu_and_mul
+    from temper.engine.models.rotary import RotaryEmbedding, inverse_frequencies
+
+    tol = _tolerance(dtype) / 3
+    x, res = _rand(5, shape.hidden_size, device=device, dtype=dtype), _rand(5, shape.hidden_size, device=device, dtype=dtype)
+    norm = RMSNorm(shape.hidden_size, 1e-6).to(device=device, dtype=dtype)
+    out, new_res = elementwise.add_rms_norm(x, res, norm.weight, 1e-6)
+    errors = [_compare("add_rms_norm", out, norm(x + res), tol), _compare("residual", new_res, x + res, tol)]
+    gate_up = _rand(5, 2 * shape.intermediate_size, device=device, dtype=dtype)
+    errors.append(_compare("silu_and_mul", elementwise.silu_and_mul(gate_up), silu_and_mul(gate_up), tol))
+    hq, hkv, d = shape.num_heads, shape.num_kv_heads, shape.head_dim
+    inv_freq = inverse_frequencies({"rope_type": "default", "rope_theta": 1e6}, d, 4096).to(device)
+    rotary = RotaryEmbedding(d, 64, inv_freq)
+    qkv = _rand(5, (hq + 2 * hkv) * d, device=device, dtype=dtype)
+    positions = torch.tensor([0, 3, 17, 40, 63], device=device)
+    q, k, _v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
+    q, k = q.reshape(5, hq, d), k.reshape(5, hkv, d)
+    w = torch.ones(d, device=device, dtype=dtype)
+    if shape.qk_norm:
+        q_norm = RMSNorm(d, 1e-6).to(device=device, dtype=dtype)
+        q, k = q_norm(q), q_norm(k)
+    q_ref, k_ref = rotary(positions, q, k)
+    fused = qkv.clone()
+    elementwise.qk_norm_rope_(fused, positions, w if shape.qk_norm else None, w if shape.qk_norm else None, 1e-6,
+                              rotary.cos, rotary.sin, hq, hkv, d)
+    errors.append(_compare("qk_norm_rope q", fused[:, : hq * d], q_ref.reshape(5, -1), tol))
+    errors.append(_compare("qk_norm_rope k", fused[:, hq * d : (hq + hkv) * d], k_ref.reshape(5, -1), tol))
+    return next((e for e in errors if e), None)
+
+
+def _check_attention(device, dtype, shape) -> str | None:
+    from temper.engine.kernels.paged_attention import (
+        TritonPagedAttention,
+        decode_num_splits,
+    )
+
+    hq, hkv, d, bs = shape.num_heads, shape.num_kv_heads, shape.head_dim, shape.block_size
+    lengths, cached = [3 * bs + 5, 7, 2 * bs + 1], [bs, 0, 2 * bs]  # a cached prefix, a short prompt
+    num_blocks = sum(-(-(n + 1) // bs) for n in lengths) + 2
+    perm = torch.randperm(num_blocks).tolist()
+    tables, start = [], 0
+    for n in lengths:
+        nb = -(-(n + 1) // bs)
+        tables.append(perm[start : start + nb])
+        start += nb
+    width = max(map(len, tables))
+    block_tables = torch.tensor([t + [0] * (width - len(t)) for t in tables], device=device)
+    k0, v0 = (_rand(num_blocks, bs, hkv, d, device=device, dtype=dtype) for _ in range(2))
+    caches = {name: (k0.clone(), v0.clone()) for name in ("ref", "triton")}
+    backends = {"ref": TorchPagedAttention(), "triton": TritonPagedAttention(hkv, d, num_sms=4)}
+    scale = d**-0.5
+
+    def step(query_lens, cached_lens, is_prefill, num_splits=None):
+        total = sum(query_lens)
+        qkv = _rand(total, (hq + 2 * hkv) * d, device=device, dtype=dtype)
+        q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
+        q, k, v = q.view(total, hq, d), k.view(total, hkv, d), v.view(total, hkv, d)
+        slots = [tables[i][p // bs] * bs + p % bs for i, (c, m) in enumerate(zip(cached_lens, query_lens))
+                 for p in range(c, c + m)]
+        outs = {}
+        for name, backend in backends.items():
+            meta = AttentionMetadata(
+                is_prefill=is_prefill, slot_mapping=torch.tensor(slots, device=device), block_tables=block_tables,
+                context_lens=torch.tensor([c + m for c, m in zip(cached_lens, query_lens)], device=device),
+                query_lens=query_lens, cached_lens=cached_lens, block_size=bs, backend=backend,
+            )
+            backend.prepare(meta)
+            if num_splits is not None and name == "triton":
+                meta.backend_data["num_splits"] = num_splits
+            outs[name] = backend.forward(q, k, v, *caches[name], meta, scale)
+        return _compare(f"{'prefill' if is_prefill else 'decode'} attention", outs["triton"], outs["ref"],
+                        _tolerance(dtype))
+
+    errors = [step([n - c for n, c in zip(lengths, cached)], cached, True)]
+    errors.append(step([1] * 3, lengths, False, num_splits=1))
+    errors.append(step([1] * 3, [n + 1 for n in lengths], False, num_splits=decode_num_splits(1, hkv, 132)))
+    return next((e for e in errors if e), None)
+
+
+def _check_sampler(device, dtype, shape) -> str | None:
+    from temper.engine.kernels.sampling import sample
+    from temper.engine.sampler import Sampler, SamplingTensors, noise_keys
+
+    rows = 4
+    logits = _rand(rows, shape.vocab_size, device=device, dtype=dtype, scale=3.0)
+    t = SamplingTensors(
+        temperatures=torch.tensor([0.6, 1.0, 0.0, 1.3], device=device),
+        top_k=torch.full((rows,), shape.vocab_size, device=device), top_p=torch.ones(rows, device=device),
+        min_p=torch.zeros(rows, device=device),
+        keys=torch.tensor([noise_keys(7, p) for p in range(rows)], dtype=torch.int64, device=device),
+        all_greedy=False, needs_filter=False,
+    )
+    assert not kernels.enabled("sampler", logits), "the reference must run with the sampler kernel off"
+    ref_tokens, ref_logprobs = Sampler()(logits, t)
+    tokens, logprobs = sample(logits, t.temperatures, t.keys, t.all_greedy)
+    if tokens.tolist() != ref_tokens.tolist():
+        return f"sampled tokens {tokens.tolist()} != reference {ref_tokens.tolist()}"
+    return _compare("sampler log-probs", logprobs, ref_logprobs, 1e-4)
