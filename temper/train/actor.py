@@ -28,7 +28,6 @@ from temper.train.env import TrainEnv
 from temper.train.hf_export import checkpoint_dtype, export_hf
 from temper.train.hf_model import load_causal_lm, policy_log_probs
 from temper.train.packing import MicroBatch
-from temper.train.parallelize import parallelize
 from temper.train.reference import ReferenceModel
 from temper.train.train_data import TrainData, compute_advantages, pad, pad_flat
 from temper.train.trainable import StepTotals, TrainableModel, mean_over_steps, weigh
@@ -54,15 +53,8 @@ class Actor:
         self.env = TrainEnv.current()
         torch.manual_seed(cfg.seed)
         model = load_causal_lm(cfg.hf_checkpoint, torch.float32, attn_implementation)
-        self.model = parallelize(
-            model,  # fully_shard moves each layer to the mesh's device as it shards it
-            self.env.mesh,
-            mixed_precision=self.env.is_cuda or cfg.bf16,
-            activation_checkpointing=cfg.recompute_activations,
-        )
-        if total_steps is None and cfg.num_rollout is not None:
-            total_steps = cfg.num_rollout * (cfg.num_steps_per_rollout or 1)
-        self.trainable = TrainableModel(self.model, cfg, self.env, total_steps=total_steps)
+        self.trainable = TrainableModel.shard(model, cfg, self.env, total_steps=total_steps)
+        self.model = self.trainable.model
         self.batcher = Batcher(cfg, self.env)
         self.reference = None
         if _needs_reference(cfg):

@@ -20,7 +20,6 @@ from temper.train.batcher import Batcher
 from temper.train.checkpoint import Resumed, iteration_dir, resolve_checkpoint
 from temper.train.env import TrainEnv
 from temper.train.packing import MicroBatch
-from temper.train.parallelize import parallelize
 from temper.train.train_data import TrainData, pad, pad_flat
 from temper.train.trainable import StepTotals, TrainableModel, mean_over_steps, weigh
 from temper.train.value_model import ValueModel
@@ -42,15 +41,8 @@ class Critic:
         self.env = TrainEnv.current()
         torch.manual_seed(cfg.seed)
         model = ValueModel.from_pretrained(cfg.hf_checkpoint, torch.float32, attn_implementation)
-        self.model = parallelize(
-            model,  # fully_shard moves each layer to the mesh's device as it shards it
-            self.env.mesh,
-            mixed_precision=self.env.is_cuda or cfg.bf16,
-            activation_checkpointing=cfg.recompute_activations,
-        )
-        if total_steps is None and cfg.num_rollout is not None:
-            total_steps = cfg.num_rollout * (cfg.num_steps_per_rollout or 1)
-        self.trainable = TrainableModel(self.model, cfg, self.env, lr=lr, total_steps=total_steps)
+        self.trainable = TrainableModel.shard(model, cfg, self.env, lr=lr, total_steps=total_steps)
+        self.model = self.trainable.model
         self.batcher = Batcher(cfg, self.env)
         self.step_metrics: list[dict[str, float]] = []
 

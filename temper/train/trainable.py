@@ -24,6 +24,7 @@ from temper.train.checkpoint import load_checkpoint, save_checkpoint
 from temper.train.env import TrainEnv
 from temper.train.lr_schedule import LRSchedule, LRScheduler
 from temper.train.packing import MicroBatch
+from temper.train.parallelize import parallelize
 from temper.types import RolloutBatch
 
 logger = logging.getLogger("temper.train")
@@ -79,6 +80,24 @@ def mean_over_steps(steps: list[dict[str, float]]) -> dict[str, float]:
 
 class TrainableModel:
     """`model` (already parallelized), AdamW over its sharded parameters, an LR scheduler, counters."""
+
+    @classmethod
+    def shard(
+        cls, model: nn.Module, cfg, env: TrainEnv, *, lr: float | None = None, total_steps: int | None = None
+    ) -> TrainableModel:
+        """Parallelize an unsharded `model` for training (the one way every role does it) and wrap it.
+
+        `total_steps` (for the LR schedule) defaults to every optimizer step of the run.
+        """
+        sharded = parallelize(
+            model,  # fully_shard moves each layer to the mesh's device as it shards it
+            env.mesh,
+            mixed_precision=env.is_cuda or cfg.bf16,
+            activation_checkpointing=cfg.recompute_activations,
+        )
+        if total_steps is None and cfg.num_rollout is not None:
+            total_steps = cfg.num_rollout * (cfg.num_steps_per_rollout or 1)
+        return cls(sharded, cfg, env, lr=lr, total_steps=total_steps)
 
     def __init__(
         self, model: nn.Module, cfg, env: TrainEnv, *, lr: float | None = None, total_steps: int | None = None
