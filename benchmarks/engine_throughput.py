@@ -48,12 +48,12 @@ from pathlib import Path
 
 import torch
 
-PARTS = ("bandwidth", "kernels", "engine", "eager", "engine-1.7b", "hf", "no-overlap", "reference")
+PARTS = ("bandwidth", "kernels", "profile", "engine", "eager", "engine-1.7b", "hf", "no-overlap", "reference")
 DEFAULT_PARTS = ("bandwidth", "kernels", "engine", "hf", "engine-1.7b", "eager")  # most needed first
 # Per-part budgets in seconds (work inside the part; process start and engine set-up come on top).
-BUDGETS = {"bandwidth": 20, "kernels": 20, "engine": 45, "grpo": 25, "eager": 25, "engine-1.7b": 35, "hf": 40,
+BUDGETS = {"bandwidth": 20, "kernels": 20, "profile": 20, "engine": 45, "grpo": 25, "eager": 25, "engine-1.7b": 35, "hf": 40,
            "no-overlap": 25, "reference": 30}
-SETUP_ALLOWANCE = {"bandwidth": 60, "kernels": 60, "engine": 120, "eager": 40, "engine-1.7b": 45, "hf": 40,
+SETUP_ALLOWANCE = {"bandwidth": 60, "kernels": 60, "profile": 60, "engine": 120, "eager": 40, "engine-1.7b": 45, "hf": 40,
                    "no-overlap": 40, "reference": 40}
 RESULT = "RESULT "
 
@@ -229,34 +229,46 @@ def part_kernels(args, device: torch.device, workdir: Path, budget: float) -> No
     _bench_prefill_and_sampler(device, deadline)
 
 
+# Tiles the decode sweep times besides the engine's own candidates (`DECODE_CONFIGS`).
+SWEEP_CONFIGS = ((64, 4, 1), (64, 4, 3), (64, 4, 4), (128, 4, 2), (128, 8, 3), (32, 4, 4), (32, 2, 3), (16, 4, 4))
+
+
 def _bench_decode(pa, contexts: list[int], device: torch.device, deadline: float) -> None:
-    hq, hkv, d, bs = 16, 8, 128, 16
-    g = torch.Generator().manual_seed(0)
-    batch, blocks = len(contexts), sum(-(-c // bs) for c in contexts)
-    perm = torch.randperm(blocks, generator=g)
-    tables, start = [], 0
-    for c in contexts:
-        nb = -(-c // bs)
-        tables.append(perm[start : start + nb].tolist())
-        start += nb
-    width = max(map(len, tables))
-    bt = torch.tensor([t + [0] * (width - len(t)) for t in tables], device=device)
-    k_cache = torch.randn(blocks, bs, hkv, d, device=device, dtype=torch.bfloat16)
-    v_cache = torch.randn_like(k_cache)
+    """Decode attention alone over `contexts`: every tile of the engine's candidates and the sweep, in the
+    token- and head-major cache layouts, at the engine's split count and at twice as many splits."""
+    hq, hkv, d = 16, 8, 128
+    batch = len(contexts)
     q = torch.randn(batch, hq, d, device=device, dtype=torch.bfloat16)
     context = torch.tensor(contexts, device=device)
     kv_bytes = 2 * sum(contexts) * hkv * d * 2
-    splits = pa.decode_num_splits(batch, hkv, torch.cuda.get_device_properties(device).multi_processor_count)
-    for config in pa.DECODE_CONFIGS:
-        if time.perf_counter() > deadline:
-            break
-        tile = dict(zip(("block_n", "num_warps", "num_stages"), config, strict=True))
-        try:
-            rate = _median_rate(lambda config=config: pa.decode_attention(
-                q, k_cache, v_cache, bt, context, d**-0.5, splits, *config), kv_bytes, device)
-            emit("decode_kernel", batch=batch, splits=splits, bytes_per_s=rate, **tile)
-        except Exception as e:  # noqa: BLE001
-            emit("decode_kernel", batch=batch, error=f"{type(e).__name__}: {e}"[:300], **tile)
+    base = pa.decode_num_splits(batch, hkv, torch.cuda.get_device_properties(device).multi_processor_count)
+    for bs, layout in ((16, "token"), (16, "head"), (64, "head")):
+        g = torch.Generator().manual_seed(0)
+        blocks = sum(-(-c // bs) for c in contexts)
+        perm = torch.randperm(blocks, generator=g)
+        tables, start = [], 0
+        for c in contexts:
+            nb = -(-c // bs)
+            tables.append(perm[start : start + nb].tolist())
+            start += nb
+        width = max(map(len, tables))
+        bt = torch.tensor([t + [0] * (width - len(t)) for t in tables], device=device)
+        k_cache = pa.new_cache((blocks, bs, hkv, d), layout, device=device, dtype=torch.bfloat16).normal_()
+        v_cache = pa.new_cache((blocks, bs, hkv, d), layout, device=device, dtype=torch.bfloat16).normal_()
+        configs = pa.DECODE_CONFIGS + SWEEP_CONFIGS if bs == 16 else pa.DECODE_CONFIGS[:2]
+        for splits in (base, 2 * base):
+            for config in configs:
+                if time.perf_counter() > deadline:
+                    return
+                tile = dict(zip(("block_n", "num_warps", "num_stages"), config, strict=True))
+                try:
+                    rate = _median_rate(lambda config=config, splits=splits: pa.decode_attention(
+                        q, k_cache, v_cache, bt, context, d**-0.5, splits, *config), kv_bytes, device)
+                    emit("decode_kernel", batch=batch, splits=splits, layout=layout, page=bs, bytes_per_s=rate, **tile)
+                except Exception as e:  # noqa: BLE001
+                    emit("decode_kernel", batch=batch, splits=splits, layout=layout, page=bs,
+                         error=f"{type(e).__name__}: {e}"[:300], **tile)
+        del k_cache, v_cache
 
 
 def _bench_prefill_and_sampler(device, deadline) -> None:
@@ -305,14 +317,19 @@ def part_engine(args, device: torch.device, workdir: Path, budget: float, name: 
     emit("engine_setup", name=name, seconds=time.perf_counter() - start, kernels=sorted(runner.kernel_groups),
          cuda_graphs=runner.graphs is not None, kv_blocks=runner.num_kv_blocks,
          decode_tile=getattr(runner.attention_backend, "decode_config", None))
+    compiled_at_setup = jit_variants()
     warm = SamplingParams(temperature=0.6, max_new_tokens=24, ignore_eos=True)
-    engine.generate([[1] * 40, [2] * 70, [3] * 20], warm)  # kernels compiled, graphs captured (if any)
+    engine.generate([[1] * 40, [2] * 70, [3] * 20], warm)  # graphs captured (if any)
+    compiled_before = jit_variants()
     prompts, output_lens = make_requests(args, engine.hf_config.vocab_size)
     params = [SamplingParams(temperature=0.6, max_new_tokens=n, ignore_eos=True) for n in output_lens]
     run = timed_generate(engine, prompts, params, budget * args.budget_scale)
+    compiled_after = jit_variants()
     emit("throughput", name=name, shape=shape_name, requested_tokens=sum(output_lens),
-         partial=run["output_tokens"] < sum(output_lens), **run, cuda_graphs=runner.graphs is not None and runner.graphs.captured, kernels=sorted(runner.kernel_groups),
-         overlap=engine._overlap)
+         partial=run["output_tokens"] < sum(output_lens), **run,
+         cuda_graphs=runner.graphs is not None and runner.graphs.captured, kernels=sorted(runner.kernel_groups),
+         overlap=engine._overlap, compiles_in_warmup=_new(compiled_at_setup, compiled_before),
+         compiles_in_run=_new(compiled_before, compiled_after))
     if grpo:
         run_grpo(args, engine, BUDGETS["grpo"] * args.budget_scale)
     if check:
@@ -322,6 +339,74 @@ def part_engine(args, device: torch.device, workdir: Path, budget: float, name: 
         if device.type == "cuda":
             torch.cuda.empty_cache()
         compare_with_hf(path, device, samples)
+
+
+def jit_variants() -> dict[str, int] | None:
+    """Compiled variants of each of the engine's Triton kernels in this process (None if this Triton
+    keeps its caches elsewhere): a count that grows inside a timed run means a compile was timed."""
+    try:
+        from triton.runtime.jit import JITFunction
+
+        from temper.engine.kernels import elementwise, paged_attention, sampling
+    except ImportError:
+        return None
+    counts = {}
+    for module in (elementwise, paged_attention, sampling):
+        for name, fn in vars(module).items():
+            if isinstance(fn, JITFunction):
+                caches = getattr(fn, "device_caches", None)
+                if caches is None:
+                    return None
+                counts[name] = sum(len(entry[0]) for entry in caches.values())
+    return counts
+
+
+def _new(before: dict | None, after: dict | None) -> dict | None:
+    if before is None or after is None:
+        return None
+    return {name: after[name] - before.get(name, 0) for name in after if after[name] > before.get(name, 0)}
+
+
+def part_profile(args, device: torch.device, workdir: Path, budget: float) -> None:
+    """Where a decode step's GPU time goes: the 0.6B workload run eagerly (no CUDA graphs, so the profiler
+    sees every kernel) until every request decodes, then 10 steps under torch.profiler: the kernels by
+    total GPU time, and the step's wall time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from temper.engine import EngineArgs, LLMEngine, SamplingParams
+
+    if device.type != "cuda":
+        emit("skip", part="profile", reason="GPU only")
+        return
+    engine = LLMEngine(EngineArgs(model=str(workdir / "qwen3-0.6b"), device=args.device,
+                                  max_model_len=args.max_model_len, seed=0, cuda_graphs=False))
+    prompts, output_lens = make_requests(args, engine.hf_config.vocab_size)
+    for p, n in zip(prompts, output_lens):
+        engine.add_request(p, SamplingParams(temperature=0.6, max_new_tokens=n, ignore_eos=True))
+    deadline = time.perf_counter() + budget
+    while engine.scheduler.waiting and time.perf_counter() < deadline:
+        engine.step()
+    for _ in range(20):
+        engine.step()
+    steps = 10
+    batch = len(engine.scheduler.running)
+    sync(device)
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            engine.step()
+        sync(device)
+    wall = (time.perf_counter() - start) / steps
+    rows = []
+    for evt in prof.key_averages():
+        t = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
+        if t:
+            rows.append((t / steps / 1e3, evt.key[:90], evt.count // steps))
+    rows.sort(reverse=True)
+    total = sum(r[0] for r in rows)
+    emit("profile", batch=batch, step_wall_ms=wall * 1e3, gpu_ms_per_step=total,
+         top=[{"ms": round(ms, 3), "share": round(ms / total, 3), "calls": calls, "kernel": key}
+              for ms, key, calls in rows[:18]])
 
 
 def timed_generate(engine, prompts, params, budget: float) -> dict:
@@ -472,6 +557,8 @@ def run_part(args) -> None:
             part_bandwidth(args, device, workdir)
         elif part == "kernels":
             part_kernels(args, device, workdir, budget)
+        elif part == "profile":
+            part_profile(args, device, workdir, budget)
         elif part == "engine":
             part_engine(args, device, workdir, budget, "engine", "qwen3-0.6b", grpo=True, check=True)
         elif part == "eager":
@@ -607,13 +694,23 @@ def report(args, results: list[dict]) -> None:
                      f"{c['logprob_mean_abs_diff']:.4f}, max {c['logprob_max_abs_diff']:.3f} -> "
                      f"{'PASS' if c['passed'] else 'FAIL'} (<= 0.02)")
     for k in by_kind.get("decode_kernel", []):
+        where = f"{k.get('layout', 'token')}-major page {k.get('page', 16)}"
         if "error" in k:
-            lines.append(f"decode kernel B={k['batch']} tile {k['block_n']}/{k['num_warps']}/{k['num_stages']}: "
-                         f"{k['error']}")
+            lines.append(f"decode kernel B={k['batch']} {where} tile {k['block_n']}/{k['num_warps']}/"
+                         f"{k['num_stages']}: {k['error']}")
         else:
-            lines.append(f"decode kernel B={k['batch']} splits={k['splits']} tile (BLOCK_N/warps/stages) "
+            lines.append(f"decode kernel B={k['batch']} {where} splits={k['splits']} tile (BLOCK_N/warps/stages) "
                          f"{k['block_n']}/{k['num_warps']}/{k['num_stages']}: {k['bytes_per_s'] / 1e12:.2f} TB/s of K/V"
                          + (f" ({k['bytes_per_s'] / (bw / 2):.0%} of copy read rate)" if bw else ""))
+    for k in by_kind.get("profile", []):
+        lines.append(f"profile, eager decode at batch {k['batch']}: {k['step_wall_ms']:.2f} ms wall, "
+                     f"{k['gpu_ms_per_step']:.2f} ms of kernels per step")
+        for row in k["top"]:
+            lines.append(f"  {row['ms']:7.3f} ms {row['share']:6.1%} x{row['calls']:<4} {row['kernel']}")
+    for r in by_kind.get("throughput", []):
+        if r.get("compiles_in_run") or r.get("compiles_in_warmup"):
+            lines.append(f"{r['name']}: Triton compiles in warm-up {r.get('compiles_in_warmup')}, in the timed run "
+                         f"{r.get('compiles_in_run')}")
     for k in by_kind.get("prefill_kernel", []):
         lines.append(f"prefill kernel ({k['tokens']} tokens): {k['flops_per_s'] / 1e12:.0f} TFLOP/s")
     for k in by_kind.get("sampler_kernel", []):

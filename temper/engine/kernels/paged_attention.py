@@ -1,8 +1,12 @@
 """Paged attention in Triton: KV-cache write, split-K decode, varlen causal prefill.
 
-All three address the cache the way `attention.py` describes (``[num_blocks, block_size, Hkv, D]``,
-token slot s at ``cache.view(-1, Hkv, D)[s]``) and read K/V straight from the blocks through the
-block table: no gathers into padded copies, no per-sequence launches.
+All three address a cache of logical shape ``[num_blocks, block_size, Hkv, D]`` (token slot s is block
+s // block_size, row s % block_size) through its strides, so the memory may be token-major (the
+contiguous layout `attention.py` uses) or head-major (``[num_blocks, Hkv, block_size, D]`` permuted:
+each block holds one head's tokens contiguously; see `new_cache`). They read K/V straight from the
+blocks through the block table: no gathers into padded copies, no per-sequence launches. Integer
+arguments that change from step to step (block-table width, split count) are not specialised on, so
+a new batch shape never triggers a compile in the middle of serving.
 
 - `store_kv`: one program per new token writes its K and V rows to the token's slot (slot < 0 skips:
   padding rows of a CUDA-graph batch).
@@ -42,18 +46,38 @@ DECODE_CONFIGS = ((64, 4, 2), (128, 8, 2), (64, 8, 3), (32, 4, 3))
 
 @triton.jit
 def _store_kv_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, stride_kt, stride_kh, stride_vt, stride_vh,
-                     H: tl.constexpr, HP: tl.constexpr, D: tl.constexpr):
+                     H: tl.constexpr, HP: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
+                     BLOCK_STRIDE: tl.constexpr, TOKEN_STRIDE: tl.constexpr, HEAD_STRIDE: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + t).to(tl.int64)
     if slot >= 0:
         h = tl.arange(0, HP)
         d = tl.arange(0, D)
         mask = (h < H)[:, None]
-        dst = slot * (H * D) + h[:, None] * D + d[None, :]
+        dst = (slot // PAGE) * BLOCK_STRIDE + (slot % PAGE) * TOKEN_STRIDE + h[:, None] * HEAD_STRIDE + d[None, :]
         k = tl.load(k_ptr + t * stride_kt + h[:, None] * stride_kh + d[None, :], mask=mask)
         tl.store(kc_ptr + dst, k, mask=mask)
         v = tl.load(v_ptr + t * stride_vt + h[:, None] * stride_vh + d[None, :], mask=mask)
         tl.store(vc_ptr + dst, v, mask=mask)
+
+
+def cache_strides(k_cache: torch.Tensor, v_cache: torch.Tensor) -> dict[str, int]:
+    """Element strides of block, token and head of a cache viewed as [num_blocks, block_size, Hkv, D] (the
+    kernels' BLOCK_/TOKEN_/HEAD_STRIDE); K and V must share them, and D must be contiguous."""
+    if k_cache.stride() != v_cache.stride() or k_cache.stride(3) != 1:
+        raise ValueError(f"K and V caches need equal strides and a contiguous head dim; got {k_cache.stride()} "
+                         f"and {v_cache.stride()}")
+    return {"BLOCK_STRIDE": k_cache.stride(0), "TOKEN_STRIDE": k_cache.stride(1), "HEAD_STRIDE": k_cache.stride(2)}
+
+
+def new_cache(shape: tuple[int, ...], layout: str, **tensor_kwargs) -> torch.Tensor:
+    """Zeros of logical shape [..., num_blocks, block_size, Hkv, D] in `layout`: "token" (contiguous) or
+    "head" (memory [..., num_blocks, Hkv, block_size, D], seen through a transpose)."""
+    if layout == "token":
+        return torch.zeros(shape, **tensor_kwargs)
+    if layout == "head":
+        return torch.zeros(*shape[:-3], shape[-2], shape[-3], shape[-1], **tensor_kwargs).transpose(-3, -2)
+    raise ValueError(f"KV-cache layout must be 'token' or 'head', got {layout!r}")
 
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -62,14 +86,16 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     tokens, heads, dim = k.shape
     if tokens:
         _store_kv_kernel[(tokens,)](k, v, k_cache, v_cache, slot_mapping, k.stride(0), k.stride(1), v.stride(0),
-                                    v.stride(1), H=heads, HP=next_pow2(heads), D=dim, num_warps=4)
+                                    v.stride(1), H=heads, HP=next_pow2(heads), D=dim, PAGE=k_cache.shape[1],
+                                    **cache_strides(k_cache, v_cache), num_warps=4)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt", "num_splits"])
 def _decode_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, part_o_ptr, part_lse_ptr,
                    stride_qb, stride_qh, stride_ob, stride_oh, stride_bt, num_splits, qk_scale,
-                   HQ: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-                   PAGE: tl.constexpr, BLOCK_N: tl.constexpr, DIRECT: tl.constexpr, IEEE: tl.constexpr):
+                   HQ: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
+                   BLOCK_STRIDE: tl.constexpr, TOKEN_STRIDE: tl.constexpr, HEAD_STRIDE: tl.constexpr,
+                   BLOCK_N: tl.constexpr, DIRECT: tl.constexpr, IEEE: tl.constexpr):
     kvh = tl.program_id(0)  # fastest: the kv heads of one sequence run side by side (same token rows)
     b = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2)
@@ -90,7 +116,7 @@ def _decode_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, part_o_ptr, 
             n = n0 + tl.arange(0, BLOCK_N)
             nmask = n < end
             page = tl.load(bt_ptr + b * stride_bt + n // PAGE, mask=nmask, other=0).to(tl.int64)
-            rows = (page * PAGE + n % PAGE) * (HKV * D) + kvh * D
+            rows = page * BLOCK_STRIDE + (n % PAGE) * TOKEN_STRIDE + kvh * HEAD_STRIDE
             k = tl.load(kc_ptr + rows[:, None] + d[None, :], mask=nmask[:, None], other=0.0)
             s = mma(q, tl.trans(k), IEEE) * qk_scale
             s = tl.where(nmask[None, :], s, float("-inf"))
@@ -114,7 +140,7 @@ def _decode_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, part_o_ptr, 
                  tl.zeros([GP, D], tl.float32).to(out_ptr.dtype.element_ty), mask=gmask[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_merge_kernel(part_o_ptr, part_lse_ptr, ctx_ptr, out_ptr, stride_ob, stride_oh, num_splits,
                          HQ: tl.constexpr, D: tl.constexpr, SP: tl.constexpr, BLOCK_N: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
@@ -157,8 +183,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     _decode_kernel[(num_kv_heads, batch, num_splits)](
         q, k_cache, v_cache, block_tables, context_lens, out, part_o, part_lse, q.stride(0), q.stride(1),
         out.stride(0), out.stride(1), block_tables.stride(0), num_splits, scale * LOG2E,
-        HQ=num_heads, HKV=num_kv_heads, G=group, GP=max(16, next_pow2(group)), D=dim, PAGE=page, BLOCK_N=block_n,
-        DIRECT=direct, IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
+        HQ=num_heads, G=group, GP=max(16, next_pow2(group)), D=dim, PAGE=page, **cache_strides(k_cache, v_cache),
+        BLOCK_N=block_n, DIRECT=direct, IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
     )
     if not direct:
         _decode_merge_kernel[(batch, num_heads)](
@@ -168,10 +194,11 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     return out
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt"])
 def _prefill_kernel(q_ptr, kc_ptr, vc_ptr, out_ptr, bt_ptr, tile_seq_ptr, tile_start_ptr, q_start_ptr,
                     q_len_ptr, cached_ptr, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, qk_scale,
-                    HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
+                    G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
+                    BLOCK_STRIDE: tl.constexpr, TOKEN_STRIDE: tl.constexpr, HEAD_STRIDE: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
     h = tl.program_id(0)  # fastest: the q heads of one kv head run side by side (shared K/V tiles)
     tile = tl.program_id(1)
@@ -195,7 +222,7 @@ def _prefill_kernel(q_ptr, kc_ptr, vc_ptr, out_ptr, bt_ptr, tile_seq_ptr, tile_s
         n = n0 + tl.arange(0, BLOCK_N)
         nmask = n < kv_end
         page = tl.load(bt_ptr + seq * stride_bt + n // PAGE, mask=nmask, other=0).to(tl.int64)
-        rows = (page * PAGE + n % PAGE) * (HKV * D) + kvh * D
+        rows = page * BLOCK_STRIDE + (n % PAGE) * TOKEN_STRIDE + kvh * HEAD_STRIDE
         k = tl.load(kc_ptr + rows[:, None] + d[None, :], mask=nmask[:, None], other=0.0)
         s = mma(q, tl.trans(k), IEEE) * qk_scale
         s = tl.where((n[None, :] <= q_pos[:, None]) & nmask[None, :], s, float("-inf"))
@@ -212,14 +239,16 @@ def _prefill_kernel(q_ptr, kc_ptr, vc_ptr, out_ptr, bt_ptr, tile_seq_ptr, tile_s
 
 
 def tune_decode(num_heads: int, num_kv_heads: int, head_dim: int, page: int, dtype: torch.dtype,
-                device: torch.device, batch: int, context: int, repeats: int = 5) -> tuple[int, int, int]:
+                device: torch.device, batch: int, context: int, repeats: int = 5,
+                layout: str = "token") -> tuple[int, int, int]:
     """The fastest of `DECODE_CONFIGS` for a full batch of `context`-token sequences on this device
     (decode attention is most of a decode step, and the best tile differs between GPUs). A tile that
     fails to compile or disagrees with the default one (which the self-check compared with the
     reference) is skipped."""
     blocks_per_seq = -(-context // page)
-    k_cache = torch.randn(batch * blocks_per_seq, page, num_kv_heads, head_dim, device=device, dtype=dtype)
-    v_cache = torch.randn_like(k_cache)
+    shape = (batch * blocks_per_seq, page, num_kv_heads, head_dim)
+    k_cache = new_cache(shape, layout, device=device, dtype=dtype).normal_()
+    v_cache = new_cache(shape, layout, device=device, dtype=dtype).normal_()
     tables = torch.randperm(batch * blocks_per_seq, device=device).view(batch, blocks_per_seq)
     q = torch.randn(batch, num_heads, head_dim, device=device, dtype=dtype)
     context_lens = torch.full((batch,), context, device=device)
@@ -249,6 +278,31 @@ def tune_decode(num_heads: int, num_kv_heads: int, head_dim: int, page: int, dty
             times.append(start.elapsed_time(end))
         timings[config] = sorted(times)[repeats // 2]
     return min(timings, key=timings.get) if timings else DECODE_CONFIGS[0]
+
+
+def compile_kernels(num_heads: int, num_kv_heads: int, head_dim: int, page: int, dtype: torch.dtype,
+                    device: torch.device, layout: str, decode_config: tuple[int, int, int]) -> None:
+    """Compile every variant the engine launches (KV write, prefill, decode with one split and with
+    several, and their merge) on scratch tensors shaped like the model's, so that no request waits
+    for a compile. q/k/v are views of one fused qkv buffer, as the model passes them (Triton
+    specialises on the divisibility of their strides)."""
+    tokens, blocks = 2 * page + 3, 4
+    qkv = torch.randn(tokens, (num_heads + 2 * num_kv_heads) * head_dim, device=device, dtype=dtype)
+    q, k, v = qkv.split([num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1)
+    q, k, v = (x.view(tokens, -1, head_dim) for x in (q, k, v))
+    k_cache = new_cache((blocks, page, num_kv_heads, head_dim), layout, device=device, dtype=dtype)
+    v_cache = new_cache((blocks, page, num_kv_heads, head_dim), layout, device=device, dtype=dtype)
+    store_kv(k, v, k_cache, v_cache, torch.arange(tokens, device=device))
+    tables = torch.arange(blocks, device=device).view(1, blocks)
+    seqs, firsts = prefill_tiles([tokens], [0], prefill_block_m(head_dim))
+    tiles = torch.tensor(np.stack([seqs, firsts]), dtype=torch.int32, device=device)
+    seq_info = torch.tensor([[0], [tokens], [0]], dtype=torch.int32, device=device)
+    prefill_attention(q, k_cache, v_cache, tables, tiles, seq_info, head_dim**-0.5)
+    for splits in (1, 2):
+        decode_attention(q[:1], k_cache, v_cache, tables, torch.tensor([tokens], device=device), head_dim**-0.5,
+                         splits, *decode_config)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def prefill_block_m(head_dim: int) -> int:
@@ -282,7 +336,8 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     _prefill_kernel[(num_heads, num_tiles)](
         q, k_cache, v_cache, out, block_tables, tiles[0], tiles[1], seq_info[0], seq_info[1], seq_info[2],
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0), scale * LOG2E,
-        HKV=num_kv_heads, G=num_heads // num_kv_heads, D=dim, PAGE=page, BLOCK_M=prefill_block_m(dim), BLOCK_N=64,
+        G=num_heads // num_kv_heads, D=dim, PAGE=page, **cache_strides(k_cache, v_cache),
+        BLOCK_M=prefill_block_m(dim), BLOCK_N=64,
         IEEE=q.dtype == torch.float32, num_warps=4, num_stages=2,
     )
     return out
@@ -297,20 +352,30 @@ class TritonPagedAttention:
     per-sequence offsets, in one host-to-device copy.
     """
 
-    def __init__(self, num_kv_heads: int, head_dim: int, num_sms: int, decode_config=DECODE_CONFIGS[0]):
+    def __init__(self, num_kv_heads: int, head_dim: int, num_sms: int, decode_config=DECODE_CONFIGS[0],
+                 layout: str = "token"):
         self.num_kv_heads, self.head_dim, self.num_sms = num_kv_heads, head_dim, num_sms
         self.decode_config = decode_config  # (BLOCK_N, num_warps, num_stages), see `tune_decode`
+        self.layout = layout  # of the KV cache this backend allocates (`new_cache`)
 
     @classmethod
     def for_device(cls, num_heads: int, num_kv_heads: int, head_dim: int, page: int, dtype: torch.dtype,
-                   device: torch.device, max_batch: int, max_len: int) -> TritonPagedAttention:
-        """The backend for an engine on `device`; on CUDA with the decode tile timed there."""
+                   device: torch.device, max_batch: int, max_len: int,
+                   layout: str = "token") -> TritonPagedAttention:
+        """The backend for an engine on `device`; on CUDA with the decode tile timed there and every
+        kernel variant compiled."""
         if device.type != "cuda":
-            return cls(num_kv_heads, head_dim, num_sms=4)
+            return cls(num_kv_heads, head_dim, num_sms=4, layout=layout)
         config = tune_decode(num_heads, num_kv_heads, head_dim, page, dtype, device, min(256, max_batch),
-                             min(1024, max_len))
+                             min(1024, max_len), layout=layout)
         logger.info("decode attention tile (BLOCK_N, warps, stages): %s", config)
-        return cls(num_kv_heads, head_dim, torch.cuda.get_device_properties(device).multi_processor_count, config)
+        compile_kernels(num_heads, num_kv_heads, head_dim, page, dtype, device, layout, config)
+        return cls(num_kv_heads, head_dim, torch.cuda.get_device_properties(device).multi_processor_count, config,
+                   layout)
+
+    def new_cache(self, shape: tuple[int, ...], **tensor_kwargs) -> torch.Tensor:
+        """The zeroed K or V cache(s) [..., num_blocks, block_size, Hkv, D] in this backend's layout."""
+        return new_cache(shape, self.layout, **tensor_kwargs)
 
     @staticmethod
     def workspace_bytes(num_heads: int, head_dim: int, max_num_seqs: int) -> int:

@@ -32,7 +32,7 @@ def reference(q, k, v, scale):
 class Batch:
     """Sequences with random K/V in a paged cache; `lengths` tokens each, the first `cached` in the cache."""
 
-    def __init__(self, lengths, hq, hkv, d, dtype, device, seed=0):
+    def __init__(self, lengths, hq, hkv, d, dtype, device, seed=0, layout="token"):
         g = torch.Generator().manual_seed(seed)
         self.hq, self.hkv, self.d, self.dtype, self.device = hq, hkv, d, dtype, device
         perm = torch.randperm(NUM_BLOCKS, generator=g).tolist()
@@ -43,8 +43,8 @@ class Batch:
             start += nb
         assert start <= NUM_BLOCKS
         # Poison the cache: attention must never read a slot it was not given.
-        self.k_cache = torch.full((NUM_BLOCKS, BS, hkv, d), float("nan"), dtype=dtype, device=device)
-        self.v_cache = torch.full_like(self.k_cache, float("nan"))
+        self.k_cache = pa.new_cache((NUM_BLOCKS, BS, hkv, d), layout, dtype=dtype, device=device).fill_(float("nan"))
+        self.v_cache = pa.new_cache((NUM_BLOCKS, BS, hkv, d), layout, dtype=dtype, device=device).fill_(float("nan"))
         self.qkv = [torch.randn(n + 1, (hq + 2 * hkv) * d, generator=g).to(dtype).to(device) for n in lengths]
         self.lengths = lengths
 
@@ -58,8 +58,9 @@ class Batch:
     def write(self, i, positions):
         _, k, v = self.split(self.qkv[i])
         for p in positions:
-            self.k_cache.view(-1, self.hkv, self.d)[self.slot(i, p)] = k[p]
-            self.v_cache.view(-1, self.hkv, self.d)[self.slot(i, p)] = v[p]
+            block, row = self.tables[i][p // BS], p % BS
+            self.k_cache[block, row] = k[p]
+            self.v_cache[block, row] = v[p]
 
     def block_tables(self, rows=None):
         tables = self.tables + [[0]] * ((rows or len(self.tables)) - len(self.tables))
@@ -82,9 +83,10 @@ CONFIGS = [(4, 2, 32, torch.float32), (4, 1, 32, torch.float32), (8, 2, 64, torc
 
 
 @pytest.mark.parametrize("hq, hkv, d, dtype", CONFIGS)
-def test_prefill_with_cached_prefixes(hq, hkv, d, dtype, device):
+@pytest.mark.parametrize("layout", ["token", "head"])
+def test_prefill_with_cached_prefixes(hq, hkv, d, dtype, layout, device):
     lengths, cached = [5, 150, 64, 1, 97], [0, 64, 48, 0, 16]  # prefixes block aligned, as cache hits are
-    batch = Batch(lengths, hq, hkv, d, dtype, device)
+    batch = Batch(lengths, hq, hkv, d, dtype, device, layout=layout)
     for i, c in enumerate(cached):
         batch.write(i, range(c))
     # The packed new tokens are views of one wide qkv buffer (strided rows).
@@ -104,9 +106,10 @@ def test_prefill_with_cached_prefixes(hq, hkv, d, dtype, device):
 
 @pytest.mark.parametrize("hq, hkv, d, dtype", CONFIGS)
 @pytest.mark.parametrize("num_splits", [1, 3, 16])
-def test_decode_with_splits_and_padding_rows(hq, hkv, d, dtype, num_splits, device):
+@pytest.mark.parametrize("layout", ["token", "head"])
+def test_decode_with_splits_and_padding_rows(hq, hkv, d, dtype, num_splits, layout, device):
     lengths = [1, 17, 150, 64, 33]
-    batch = Batch(lengths, hq, hkv, d, dtype, device, seed=1)
+    batch = Batch(lengths, hq, hkv, d, dtype, device, seed=1, layout=layout)
     for i, n in enumerate(lengths):
         batch.write(i, range(n))
     rows = len(lengths) + 2  # two padding rows, as in a CUDA-graph bucket
@@ -117,7 +120,7 @@ def test_decode_with_splits_and_padding_rows(hq, hkv, d, dtype, num_splits, devi
     pa.store_kv(k, v, batch.k_cache, batch.v_cache, torch.tensor(slots, device=device))
     written = torch.zeros(NUM_BLOCKS * BS, dtype=torch.bool)
     written[slots[: len(lengths)]] = True
-    flat_before, flat_after = before.view(NUM_BLOCKS * BS, -1), batch.k_cache.view(NUM_BLOCKS * BS, -1)
+    flat_before, flat_after = before.reshape(NUM_BLOCKS * BS, -1), batch.k_cache.reshape(NUM_BLOCKS * BS, -1)
     assert torch.equal(flat_after[slots[: len(lengths)]], k[: len(lengths)].reshape(len(lengths), -1))
     torch.testing.assert_close(flat_after[~written.to(device)], flat_before[~written.to(device)], rtol=0, atol=0,
                                equal_nan=True)  # nothing else written (padding rows skipped)
