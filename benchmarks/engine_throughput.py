@@ -224,51 +224,47 @@ def part_kernels(args, device: torch.device, workdir: Path, budget: float) -> No
     deadline = time.perf_counter() + budget
     prompts, outputs = make_requests(args, 151936)
     contexts = [len(p) + o // 2 for p, o in zip(prompts, outputs)]  # the average context of each request
-    for batch in (256, 32):
+    for batch in (256, 128, 64, 32):
         _bench_decode(pa, contexts[:batch], device, deadline)
     _bench_prefill_and_sampler(device, deadline)
 
 
-# Tiles the decode sweep times besides the engine's own candidates (`DECODE_CONFIGS`).
-SWEEP_CONFIGS = ((64, 4, 1), (64, 4, 3), (64, 4, 4), (128, 4, 2), (128, 8, 3), (32, 4, 4), (32, 2, 3), (16, 4, 4))
-
-
 def _bench_decode(pa, contexts: list[int], device: torch.device, deadline: float) -> None:
-    """Decode attention alone over `contexts`: every tile of the engine's candidates and the sweep, in the
-    token- and head-major cache layouts, at the engine's split count and at twice as many splits."""
-    hq, hkv, d = 16, 8, 128
+    """Decode attention alone over `contexts`: each of the engine's tiles, with the rows in the given
+    order and longest first (as the scheduler orders a decode batch), at the engine's split count and
+    at two and four times as many."""
+    hq, hkv, d, bs = 16, 8, 128, 16
     batch = len(contexts)
     q = torch.randn(batch, hq, d, device=device, dtype=torch.bfloat16)
-    context = torch.tensor(contexts, device=device)
     kv_bytes = 2 * sum(contexts) * hkv * d * 2
     base = pa.decode_num_splits(batch, hkv, torch.cuda.get_device_properties(device).multi_processor_count)
-    for bs, layout in ((16, "token"), (16, "head"), (64, "head")):
-        g = torch.Generator().manual_seed(0)
-        blocks = sum(-(-c // bs) for c in contexts)
-        perm = torch.randperm(blocks, generator=g)
-        tables, start = [], 0
-        for c in contexts:
-            nb = -(-c // bs)
-            tables.append(perm[start : start + nb].tolist())
-            start += nb
-        width = max(map(len, tables))
-        bt = torch.tensor([t + [0] * (width - len(t)) for t in tables], device=device)
-        k_cache = pa.new_cache((blocks, bs, hkv, d), layout, device=device, dtype=torch.bfloat16).normal_()
-        v_cache = pa.new_cache((blocks, bs, hkv, d), layout, device=device, dtype=torch.bfloat16).normal_()
-        configs = pa.DECODE_CONFIGS + SWEEP_CONFIGS if bs == 16 else pa.DECODE_CONFIGS[:2]
-        for splits in (base, 2 * base):
-            for config in configs:
+    g = torch.Generator().manual_seed(0)
+    blocks = sum(-(-c // bs) for c in contexts)
+    perm = torch.randperm(blocks, generator=g)
+    tables, start = [], 0
+    for c in contexts:
+        nb = -(-c // bs)
+        tables.append(perm[start : start + nb].tolist())
+        start += nb
+    k_cache = torch.randn(blocks, bs, hkv, d, device=device, dtype=torch.bfloat16)
+    v_cache = torch.randn_like(k_cache)
+    width = max(map(len, tables))
+    for order in ("given", "longest-first"):
+        rows = sorted(range(batch), key=lambda i: -contexts[i]) if order != "given" else list(range(batch))
+        bt = torch.tensor([tables[i] + [0] * (width - len(tables[i])) for i in rows], device=device)
+        context = torch.tensor([contexts[i] for i in rows], device=device)
+        for splits in (base, 2 * base, 4 * base):
+            for config in pa.DECODE_CONFIGS:
                 if time.perf_counter() > deadline:
                     return
                 tile = dict(zip(("block_n", "num_warps", "num_stages"), config, strict=True))
                 try:
-                    rate = _median_rate(lambda config=config, splits=splits: pa.decode_attention(
+                    rate = _median_rate(lambda config=config, splits=splits, bt=bt, context=context: pa.decode_attention(
                         q, k_cache, v_cache, bt, context, d**-0.5, splits, *config), kv_bytes, device)
-                    emit("decode_kernel", batch=batch, splits=splits, layout=layout, page=bs, bytes_per_s=rate, **tile)
+                    emit("decode_kernel", batch=batch, splits=splits, order=order, bytes_per_s=rate, **tile)
                 except Exception as e:  # noqa: BLE001
-                    emit("decode_kernel", batch=batch, splits=splits, layout=layout, page=bs,
+                    emit("decode_kernel", batch=batch, splits=splits, order=order,
                          error=f"{type(e).__name__}: {e}"[:300], **tile)
-        del k_cache, v_cache
 
 
 def _bench_prefill_and_sampler(device, deadline) -> None:
@@ -694,7 +690,7 @@ def report(args, results: list[dict]) -> None:
                      f"{c['logprob_mean_abs_diff']:.4f}, max {c['logprob_max_abs_diff']:.3f} -> "
                      f"{'PASS' if c['passed'] else 'FAIL'} (<= 0.02)")
     for k in by_kind.get("decode_kernel", []):
-        where = f"{k.get('layout', 'token')}-major page {k.get('page', 16)}"
+        where = f"{k.get('order', 'given')} order"
         if "error" in k:
             lines.append(f"decode kernel B={k['batch']} {where} tile {k['block_n']}/{k['num_warps']}/"
                          f"{k['num_stages']}: {k['error']}")

@@ -163,6 +163,9 @@ class Scheduler:
                 scheduled.append(seq)
                 kept.append(seq)
         self.running = kept
+        # Longest context first: a decode attention kernel starts its programs in row order, so the
+        # longest ones start first and the step does not wait on a long one started last.
+        scheduled.sort(key=len, reverse=True)
         return ScheduledBatch.of(scheduled, [1] * len(scheduled), is_prefill=False) if scheduled else None
 
     def _ends_with_pending_token(self, seq: Sequence) -> bool:

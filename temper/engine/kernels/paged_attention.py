@@ -294,11 +294,9 @@ def compile_kernels(num_heads: int, num_kv_heads: int, head_dim: int, page: int,
     v_cache = new_cache((blocks, page, num_kv_heads, head_dim), layout, device=device, dtype=dtype)
     store_kv(k, v, k_cache, v_cache, torch.arange(tokens, device=device))
     tables = torch.arange(blocks, device=device).view(1, blocks)
-    seqs, firsts = prefill_tiles([tokens], [0], prefill_block_m(head_dim))
-    tiles = torch.tensor(np.stack([seqs, firsts]), dtype=torch.int32, device=device)
-    seq_info = torch.tensor([[0], [tokens], [0]], dtype=torch.int32, device=device)
+    tiles, seq_info = prefill_arguments([tokens], [0], head_dim, device)
     prefill_attention(q, k_cache, v_cache, tables, tiles, seq_info, head_dim**-0.5)
-    for splits in (1, 2):
+    for splits in (1, 2, 4, 8, MAX_DECODE_SPLITS):  # one merge variant per power of two
         decode_attention(q[:1], k_cache, v_cache, tables, torch.tensor([tokens], device=device), head_dim**-0.5,
                          splits, *decode_config)
     if device.type == "cuda":
@@ -318,6 +316,23 @@ def prefill_tiles(query_lens: list[int], cached_lens: list[int], block_m: int) -
     firsts = (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)) * block_m
     order = np.argsort(-(np.asarray(cached_lens, dtype=np.int64)[seqs] + firsts), kind="stable")
     return seqs[order], firsts[order]
+
+
+def prefill_arguments(query_lens: list[int], cached_lens: list[int], head_dim: int,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tiles, seq_info) of `prefill_attention` for a batch, in one host-to-device copy. Each row starts
+    16-byte aligned (rows padded to 4 int32s), as Triton assumes of pointer arguments when it compiles:
+    a misaligned row would compile another variant in the middle of serving."""
+    seqs, firsts = prefill_tiles(query_lens, cached_lens, prefill_block_m(head_dim))
+    starts = np.cumsum([0] + list(query_lens[:-1]))
+    nt, b = -(-len(seqs) // 4) * 4, -(-len(query_lens) // 4) * 4
+    host = np.zeros(2 * nt + 3 * b, dtype=np.int32)
+    for i, row in enumerate((seqs, firsts)):
+        host[i * nt : i * nt + len(row)] = row
+    for i, row in enumerate((starts, query_lens, cached_lens)):
+        host[2 * nt + i * b : 2 * nt + i * b + len(row)] = row
+    dev = _to_device(host, device)
+    return dev[: 2 * nt].view(2, nt)[:, : len(seqs)], dev[2 * nt :].view(3, b)
 
 
 def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
@@ -384,13 +399,8 @@ class TritonPagedAttention:
 
     def prepare(self, meta) -> None:
         if meta.is_prefill:
-            seqs, firsts = prefill_tiles(meta.query_lens, meta.cached_lens, prefill_block_m(self.head_dim))
-            starts = np.cumsum([0] + list(meta.query_lens[:-1]))
-            host = np.concatenate([seqs, firsts, starts, meta.query_lens, meta.cached_lens]).astype(np.int32)
-            dev = _to_device(host, meta.slot_mapping.device)
-            nt, b = len(seqs), len(meta.query_lens)
-            meta.backend_data["tiles"] = dev[: 2 * nt].view(2, nt)
-            meta.backend_data["seq_info"] = dev[2 * nt :].view(3, b)
+            meta.backend_data["tiles"], meta.backend_data["seq_info"] = prefill_arguments(
+                meta.query_lens, meta.cached_lens, self.head_dim, meta.slot_mapping.device)
         else:
             meta.backend_data["num_splits"] = decode_num_splits(len(meta.query_lens), self.num_kv_heads, self.num_sms)
 
