@@ -48,12 +48,13 @@ from pathlib import Path
 
 import torch
 
-PARTS = ("bandwidth", "kernels", "profile", "engine", "eager", "engine-1.7b", "hf", "no-overlap", "reference")
+PARTS = ("bandwidth", "kernels", "profile", "engine", "eager", "engine-1.7b", "hf", "no-overlap", "reference",
+         "tp1-4b", "tp2-4b")
 DEFAULT_PARTS = ("bandwidth", "kernels", "engine", "hf", "engine-1.7b", "eager")  # most needed first
 # Per-part budgets in seconds (work inside the part; process start and engine set-up come on top).
-BUDGETS = {"bandwidth": 20, "kernels": 100, "profile": 20, "engine": 45, "grpo": 25, "eager": 25, "engine-1.7b": 35, "hf": 40,
+BUDGETS = {"bandwidth": 20, "kernels": 30, "profile": 20, "tp1-4b": 45, "tp2-4b": 45, "engine": 45, "grpo": 25, "eager": 25, "engine-1.7b": 35, "hf": 40,
            "no-overlap": 25, "reference": 30}
-SETUP_ALLOWANCE = {"bandwidth": 60, "kernels": 60, "profile": 60, "engine": 120, "eager": 40, "engine-1.7b": 45, "hf": 40,
+SETUP_ALLOWANCE = {"bandwidth": 90, "kernels": 60, "profile": 60, "tp1-4b": 60, "tp2-4b": 90, "engine": 120, "eager": 40, "engine-1.7b": 45, "hf": 40,
                    "no-overlap": 40, "reference": 40}
 RESULT = "RESULT "
 
@@ -90,10 +91,19 @@ def shapes(smoke: bool) -> dict:
     base = PRESETS["qwen3-0.6b"]
     big = dataclasses.replace(base, hidden_size=2048, intermediate_size=6144, num_layers=28, num_heads=16,
                               num_kv_heads=8, head_dim=128)  # Qwen3-1.7B (vocab 151936, tied embeddings)
+    four = dataclasses.replace(base, hidden_size=2560, intermediate_size=9728, num_layers=36, num_heads=32,
+                               num_kv_heads=8, head_dim=128)  # Qwen3-4B (vocab 151936, tied embeddings)
     if smoke:
         tiny = PRESETS["tiny"]
-        return {"qwen3-0.6b": tiny, "qwen3-1.7b": dataclasses.replace(tiny, hidden_size=96, num_layers=3)}
-    return {"qwen3-0.6b": base, "qwen3-1.7b": big}
+        return {"qwen3-0.6b": tiny, "qwen3-1.7b": dataclasses.replace(tiny, hidden_size=96, num_layers=3),
+                "qwen3-4b": dataclasses.replace(tiny, hidden_size=128, num_layers=2)}
+    return {"qwen3-0.6b": base, "qwen3-1.7b": big, "qwen3-4b": four}
+
+
+def needed_shapes(parts: list[str]) -> list[str]:
+    """The checkpoints the parts use (the 4B one only for the tensor-parallel parts: 8 GB to write)."""
+    names = ["qwen3-0.6b", "qwen3-1.7b"]
+    return names + ["qwen3-4b"] if any(p.startswith("tp") for p in parts) else names
 
 
 def make_requests(args, vocab: int, seed: int = 0, count: int | None = None) -> tuple[list[list[int]], list[int]]:
@@ -157,7 +167,8 @@ def part_bandwidth(args, device: torch.device, workdir: Path) -> None:
     emit("info", **info)
     emit("bandwidth", bytes_per_s=_copy_rate(device))
     emit("matmul", flops_per_s=_matmul_rate(device))
-    for name, shape in shapes(args.smoke).items():
+    for name in needed_shapes(args.parts.split(",")):
+        shape = shapes(args.smoke)[name]
         start = time.perf_counter()
         build_checkpoint(workdir / name, shape, device, max(args.max_model_len, shape.max_position_embeddings))
         emit("checkpoint", name=name, seconds=time.perf_counter() - start)
@@ -324,17 +335,20 @@ def part_engine(args, device: torch.device, workdir: Path, budget: float, name: 
     emit("throughput", name=name, shape=shape_name, requested_tokens=sum(output_lens),
          partial=run["output_tokens"] < sum(output_lens), **run,
          cuda_graphs=runner.graphs is not None and runner.graphs.captured, kernels=sorted(runner.kernel_groups),
-         overlap=engine._overlap, compiles_in_warmup=_new(compiled_at_setup, compiled_before),
-         compiles_in_run=_new(compiled_before, compiled_after))
+         overlap=engine._overlap, tp=engine.args.tensor_parallel_size,
+         compiles_in_warmup=_new(compiled_at_setup, compiled_before), compiles_in_run=_new(compiled_before, compiled_after))
     if grpo:
         run_grpo(args, engine, BUDGETS["grpo"] * args.budget_scale)
     if check:
         samples = check_samples(engine)
+        engine.close()
         del engine, runner
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
         compare_with_hf(path, device, samples)
+    else:
+        engine.close()
 
 
 def jit_variants() -> dict[str, int] | None:
@@ -567,6 +581,12 @@ def run_part(args) -> None:
             part_engine(args, device, workdir, budget, "reference", "qwen3-0.6b", kernels="torch")
         elif part == "hf":
             part_hf(args, device, workdir, budget)
+        elif part in ("tp1-4b", "tp2-4b"):
+            tp = int(part[2])
+            if device.type == "cuda" and torch.cuda.device_count() < tp:
+                emit("skip", part=part, reason=f"needs {tp} GPUs, {torch.cuda.device_count()} here")
+                return
+            part_engine(args, device, workdir, budget, part, "qwen3-4b", tensor_parallel_size=tp)
     except Exception as e:  # noqa: BLE001 (report, then let the driver go on)
         traceback.print_exc()
         emit("error", part=part, error=f"{type(e).__name__}: {e}"[:500])
@@ -620,7 +640,7 @@ def run_subprocess(args, part: str, workdir: str, budget: float, timeout: float)
            "--input-len", *map(str, args.input_len), "--output-len", *map(str, args.output_len),
            "--max-model-len", str(args.max_model_len), "--grpo-prompts", str(args.grpo_prompts),
            "--grpo-n", str(args.grpo_n), "--grpo-output-len", str(args.grpo_output_len),
-           "--budget-scale", str(args.budget_scale)] + (["--smoke"] if args.smoke else [])
+           "--budget-scale", str(args.budget_scale), "--parts", args.parts] + (["--smoke"] if args.smoke else [])
     print(f"== {part} (budget {budget:.0f}s, timeout {timeout:.0f}s)", flush=True)
     start = time.perf_counter()
     try:
@@ -662,15 +682,18 @@ def report(args, results: list[dict]) -> None:
     for r in by_kind.get("throughput", []):
         rate = r["output_tokens"] / r["seconds"] if r["seconds"] else 0.0
         roof = None
-        if bw and mm:
+        if bw and mm:  # tensor parallel: the bandwidth and matmul rate of all its GPUs
             prompts, outputs = make_requests(args, 151936 if not args.smoke else 1024)
-            roof = roofline(shapes(args.smoke)[r["shape"]], prompts, outputs, bw, mm)["tok_per_s"]
+            tp = r.get("tp", 1)
+            roof = roofline(shapes(args.smoke)[r["shape"]], prompts, outputs, tp * bw, tp * mm)["tok_per_s"]
         notes = []
         if r.get("partial"):
             notes.append(f"partial: budget hit ({r['output_tokens']}/{r['requested_tokens']} tokens)")
         if "kernels" in r:
             notes.append(f"kernels={','.join(r['kernels']) or 'torch'} graphs={'on' if r.get('cuda_graphs') else 'off'}"
                          f" overlap={'on' if r.get('overlap') else 'off'}")
+        if r.get("tp", 1) > 1:
+            notes.append(f"tensor parallel {r['tp']} (roofline: {r['tp']} GPUs' bandwidth)")
         if "batch_size" in r:
             notes.append(f"batch {r['batch_size']}")
         if r.get("steps"):

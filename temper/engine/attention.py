@@ -73,12 +73,6 @@ class TorchPagedAttention:
             ]
 
     @staticmethod
-    def new_cache(shape: tuple[int, ...], **tensor_kwargs) -> torch.Tensor:
-        """The zeroed K or V cache(s) [..., num_blocks, block_size, Hkv, D]: contiguous (token slot s is
-        ``cache.view(-1, Hkv, D)[s]``, which this backend relies on)."""
-        return torch.zeros(shape, **tensor_kwargs)
-
-    @staticmethod
     def workspace_bytes(num_heads: int, num_kv_heads: int, head_dim: int, itemsize: int) -> int:
         """Upper bound on the transient memory of one attention call (gathered and GQA-expanded K/V,
         float32 scores of the math fallback)."""

@@ -1,12 +1,13 @@
 """Paged attention in Triton: KV-cache write, split-K decode, varlen causal prefill.
 
 All three address a cache of logical shape ``[num_blocks, block_size, Hkv, D]`` (token slot s is block
-s // block_size, row s % block_size) through its strides, so the memory may be token-major (the
-contiguous layout `attention.py` uses) or head-major (``[num_blocks, Hkv, block_size, D]`` permuted:
-each block holds one head's tokens contiguously; see `new_cache`). They read K/V straight from the
-blocks through the block table: no gathers into padded copies, no per-sequence launches. Integer
-arguments that change from step to step (block-table width, split count) are not specialised on, so
-a new batch shape never triggers a compile in the middle of serving.
+s // block_size, row s % block_size) through its strides: token-major memory (contiguous, the layout
+`attention.py` uses and the engine allocates) or head-major (``new_cache(..., "head")``: a block holds
+each head's tokens contiguously; measured no faster on an H100, see benchmarks/RESULTS.md). They read
+K/V straight from the blocks through the block table: no gathers into padded copies, no per-sequence
+launches. Integer arguments that change from step to step (block-table width, split count) are not
+specialised on, and the pointer arguments the engine passes are 16-byte aligned, so a new batch shape
+never triggers a compile in the middle of serving.
 
 - `store_kv`: one program per new token writes its K and V rows to the token's slot (slot < 0 skips:
   padding rows of a CUDA-graph batch).
@@ -239,16 +240,15 @@ def _prefill_kernel(q_ptr, kc_ptr, vc_ptr, out_ptr, bt_ptr, tile_seq_ptr, tile_s
 
 
 def tune_decode(num_heads: int, num_kv_heads: int, head_dim: int, page: int, dtype: torch.dtype,
-                device: torch.device, batch: int, context: int, repeats: int = 5,
-                layout: str = "token") -> tuple[int, int, int]:
+                device: torch.device, batch: int, context: int, repeats: int = 5) -> tuple[int, int, int]:
     """The fastest of `DECODE_CONFIGS` for a full batch of `context`-token sequences on this device
     (decode attention is most of a decode step, and the best tile differs between GPUs). A tile that
     fails to compile or disagrees with the default one (which the self-check compared with the
     reference) is skipped."""
     blocks_per_seq = -(-context // page)
     shape = (batch * blocks_per_seq, page, num_kv_heads, head_dim)
-    k_cache = new_cache(shape, layout, device=device, dtype=dtype).normal_()
-    v_cache = new_cache(shape, layout, device=device, dtype=dtype).normal_()
+    k_cache = torch.randn(shape, device=device, dtype=dtype)
+    v_cache = torch.randn(shape, device=device, dtype=dtype)
     tables = torch.randperm(batch * blocks_per_seq, device=device).view(batch, blocks_per_seq)
     q = torch.randn(batch, num_heads, head_dim, device=device, dtype=dtype)
     context_lens = torch.full((batch,), context, device=device)
@@ -281,7 +281,7 @@ def tune_decode(num_heads: int, num_kv_heads: int, head_dim: int, page: int, dty
 
 
 def compile_kernels(num_heads: int, num_kv_heads: int, head_dim: int, page: int, dtype: torch.dtype,
-                    device: torch.device, layout: str, decode_config: tuple[int, int, int]) -> None:
+                    device: torch.device, decode_config: tuple[int, int, int]) -> None:
     """Compile every variant the engine launches (KV write, prefill, decode with one split and with
     several, and their merge) on scratch tensors shaped like the model's, so that no request waits
     for a compile. q/k/v are views of one fused qkv buffer, as the model passes them (Triton
@@ -290,8 +290,8 @@ def compile_kernels(num_heads: int, num_kv_heads: int, head_dim: int, page: int,
     qkv = torch.randn(tokens, (num_heads + 2 * num_kv_heads) * head_dim, device=device, dtype=dtype)
     q, k, v = qkv.split([num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1)
     q, k, v = (x.view(tokens, -1, head_dim) for x in (q, k, v))
-    k_cache = new_cache((blocks, page, num_kv_heads, head_dim), layout, device=device, dtype=dtype)
-    v_cache = new_cache((blocks, page, num_kv_heads, head_dim), layout, device=device, dtype=dtype)
+    k_cache = torch.zeros((blocks, page, num_kv_heads, head_dim), device=device, dtype=dtype)
+    v_cache = torch.zeros_like(k_cache)
     store_kv(k, v, k_cache, v_cache, torch.arange(tokens, device=device))
     tables = torch.arange(blocks, device=device).view(1, blocks)
     tiles, seq_info = prefill_arguments([tokens], [0], head_dim, device)
@@ -367,30 +367,22 @@ class TritonPagedAttention:
     per-sequence offsets, in one host-to-device copy.
     """
 
-    def __init__(self, num_kv_heads: int, head_dim: int, num_sms: int, decode_config=DECODE_CONFIGS[0],
-                 layout: str = "token"):
+    def __init__(self, num_kv_heads: int, head_dim: int, num_sms: int, decode_config=DECODE_CONFIGS[0]):
         self.num_kv_heads, self.head_dim, self.num_sms = num_kv_heads, head_dim, num_sms
         self.decode_config = decode_config  # (BLOCK_N, num_warps, num_stages), see `tune_decode`
-        self.layout = layout  # of the KV cache this backend allocates (`new_cache`)
 
     @classmethod
     def for_device(cls, num_heads: int, num_kv_heads: int, head_dim: int, page: int, dtype: torch.dtype,
-                   device: torch.device, max_batch: int, max_len: int,
-                   layout: str = "token") -> TritonPagedAttention:
+                   device: torch.device, max_batch: int, max_len: int) -> TritonPagedAttention:
         """The backend for an engine on `device`; on CUDA with the decode tile timed there and every
         kernel variant compiled."""
         if device.type != "cuda":
-            return cls(num_kv_heads, head_dim, num_sms=4, layout=layout)
+            return cls(num_kv_heads, head_dim, num_sms=4)
         config = tune_decode(num_heads, num_kv_heads, head_dim, page, dtype, device, min(256, max_batch),
-                             min(1024, max_len), layout=layout)
+                             min(1024, max_len))
         logger.info("decode attention tile (BLOCK_N, warps, stages): %s", config)
-        compile_kernels(num_heads, num_kv_heads, head_dim, page, dtype, device, layout, config)
-        return cls(num_kv_heads, head_dim, torch.cuda.get_device_properties(device).multi_processor_count, config,
-                   layout)
-
-    def new_cache(self, shape: tuple[int, ...], **tensor_kwargs) -> torch.Tensor:
-        """The zeroed K or V cache(s) [..., num_blocks, block_size, Hkv, D] in this backend's layout."""
-        return new_cache(shape, self.layout, **tensor_kwargs)
+        compile_kernels(num_heads, num_kv_heads, head_dim, page, dtype, device, config)
+        return cls(num_kv_heads, head_dim, torch.cuda.get_device_properties(device).multi_processor_count, config)
 
     @staticmethod
     def workspace_bytes(num_heads: int, head_dim: int, max_num_seqs: int) -> int:
