@@ -71,9 +71,12 @@ def engine_dtype(cfg, device: str) -> str:
 class EngineWorker:
     """One rollout engine. `start()` launches the server and returns its URL; `stop()` ends it.
 
-    host: the address to bind and to advertise. threads: torch threads (CPU runs). gpu_ids: the
-    physical GPUs of the engine's bundles (SGLang tensor parallelism); the built-in engine uses the
-    one GPU Ray made visible.
+    host: the address to bind and to advertise. threads: torch threads (CPU runs; the built-in
+    engine's tensor-parallel worker processes get as many). gpu_ids: the GPUs of the engine's bundles,
+    as Ray numbers them. With one GPU the built-in engine uses the one Ray made visible; with N, it
+    is tensor-parallel (`--rollout-num-gpus-per-engine`): this process, rank 0, sees exactly the
+    engine's GPUs (set here, before CUDA starts) and rank r runs on the r-th of them. SGLang gets the
+    same GPUs for its own tensor parallelism.
     """
 
     def __init__(self, cfg, host: str, device: str, threads: int, gpu_ids: list[int] | None = None):
@@ -83,6 +86,11 @@ class EngineWorker:
         self.cfg, self.host, self.device, self.gpu_ids = cfg, host, device, gpu_ids or []
         self.server: Any = None
         self.process: subprocess.Popen | None = None
+        if cfg.rollout_backend == "builtin" and len(self.gpu_ids) > 1:
+            if torch.cuda.is_initialized():
+                raise RuntimeError("EngineWorker: CUDA started before the engine's GPUs were made visible")
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, self.gpu_ids))
+            self.device = "cuda:0"
 
     def start(self) -> str:
         if self.cfg.rollout_backend == "sglang":
@@ -90,7 +98,8 @@ class EngineWorker:
         from temper.engine.server import ServerArgs, ServerThread
 
         settings, _ = builtin_server_settings(self.cfg)
-        args = ServerArgs(model=self.cfg.hf_checkpoint, host=self.host, port=0, device=self.device, **settings)
+        args = ServerArgs(model=self.cfg.hf_checkpoint, host=self.host, port=0, device=self.device,
+                          tp_size=self.cfg.rollout_num_gpus_per_engine, **settings)
         self.server = ServerThread(args, startup_timeout=START_TIMEOUT_S).start()
         return f"http://{self.host}:{self.server.port}"
 

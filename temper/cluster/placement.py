@@ -5,7 +5,9 @@ One placement group holds one bundle per GPU that the run asks for: the actor's
 rank i shares bundle i with actor rank i), then `--rollout-num-gpus` bundles for the engines
 (`--rollout-num-gpus-per-engine` consecutive bundles per engine). With `--colocate` the engines sit
 on the actor's bundles instead. Bundles are ordered by (node, GPU id), so rank r always gets the
-r-th GPU and an engine's GPUs are neighbours.
+r-th GPU and an engine's GPUs are neighbours. An engine of N > 1 GPUs is tensor-parallel: its actor
+(tensor-parallel rank 0) sits on its first bundle and starts ranks 1..N-1 as its own processes on the
+GPUs of the others, which the placement group keeps for it (`EngineWorker`).
 
 GPU machines: a bundle is `{"GPU": 1, "CPU": 1}`; the workers sharing a bundle split its GPU
 (fractional `num_gpus`), so Ray sets each one's `CUDA_VISIBLE_DEVICES` to that bundle's GPU. Asking
@@ -43,8 +45,9 @@ class ResourcePlan:
 
     device: "cuda" or "cpu" (every worker of the run uses it). train_ranks: actor ranks (each one
     bundle). critic: whether each train bundle also holds a critic rank (PPO). num_engines: engines
-    temper starts (0 with --rollout-external-engine-addrs or --debug-train-only). engine_bundles:
-    bundle indices of each engine. threads: torch threads per worker process on CPU.
+    temper starts (0 with --rollout-external-engine-addrs or --debug-train-only). gpus_per_engine:
+    each engine's GPUs, i.e. its tensor-parallel ranks (each a process). engine_bundles: bundle
+    indices of each engine. threads: torch threads per worker process on CPU.
     """
 
     device: str
@@ -63,7 +66,8 @@ class ResourcePlan:
 
     @property
     def num_processes(self) -> int:
-        return self.train_ranks * (2 if self.critic else 1) + self.num_engines
+        """Worker processes of the run: train ranks, and every engine's tensor-parallel ranks."""
+        return self.train_ranks * (2 if self.critic else 1) + self.num_engines * self.gpus_per_engine
 
     def workers_in_bundle(self, bundle: int) -> int:
         """How many worker processes share `bundle` (they split its GPU)."""
@@ -132,11 +136,6 @@ def _engine_count(cfg, gpus: int) -> tuple[int, int]:
     per_engine = cfg.rollout_num_gpus_per_engine
     if cfg.debug_train_only or cfg.rollout_external_engine_addrs:
         return 0, per_engine
-    if per_engine > 1 and cfg.rollout_backend == "builtin":
-        raise ConfigError(
-            f"--rollout-num-gpus-per-engine {per_engine}: the built-in engine runs on one GPU; use 1 (more engines "
-            f"instead) or --rollout-backend sglang for tensor-parallel engines"
-        )
     if per_engine > cfg.num_gpus_per_node:
         raise ConfigError(
             f"--rollout-num-gpus-per-engine {per_engine} exceeds --num-gpus-per-node {cfg.num_gpus_per_node}: "

@@ -31,6 +31,9 @@ class EngineArgs:
     cuda_graphs: replay decode steps from CUDA graphs (CUDA with Triton attention only).
     overlap_scheduling: launch each step before reading back the previous one's tokens (see
         `llm_engine.py`); None: on for CUDA, off for CPU.
+    tensor_parallel_size: ranks the model is split over (Megatron-style, see `model_runner.py`): rank 0
+        in this process, ranks 1..N-1 in worker processes; on CUDA rank r uses GPU device.index + r.
+        The model's attention heads, KV heads and intermediate size must divide by it (`check_model`).
     """
 
     model: str
@@ -47,6 +50,7 @@ class EngineArgs:
     kernels: str = "auto"
     cuda_graphs: bool = True
     overlap_scheduling: bool | None = None
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in DTYPES:
@@ -56,6 +60,7 @@ class EngineArgs:
         _positive("block_size", self.block_size)
         _positive("max_num_seqs", self.max_num_seqs)
         _positive("max_num_batched_tokens", self.max_num_batched_tokens)
+        _positive("tensor_parallel_size", self.tensor_parallel_size)
         if self.num_kv_blocks is not None:
             _positive("num_kv_blocks", self.num_kv_blocks)
         if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 2):
@@ -73,6 +78,17 @@ class EngineArgs:
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         return device
+
+    def check_model(self, hf_config) -> None:
+        """ValueError (one line) when the model cannot be split over `tensor_parallel_size` ranks."""
+        tp = self.tensor_parallel_size
+        for field in ("num_attention_heads", "num_key_value_heads", "intermediate_size"):
+            value = getattr(hf_config, field)
+            if value % tp:
+                raise ValueError(
+                    f"EngineArgs.tensor_parallel_size={tp} does not divide the model's {field}={value} "
+                    f"({self.model}/config.json); use a tensor_parallel_size that divides it"
+                )
 
     def torch_dtype(self, device: torch.device) -> torch.dtype:
         if self.dtype == "auto":

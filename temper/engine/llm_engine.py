@@ -31,14 +31,14 @@ from temper.engine.sampling_params import SamplingParams
 from temper.engine.scheduler import Scheduler
 from temper.engine.sequence import RequestOutput, Sequence
 from temper.engine.stop_checker import StopChecker
-from temper.engine.weights import iter_safetensors
 
 DEFAULT_MAX_MODEL_LEN = 4096
 MEMORY_TAGS = ("weights", "kv_cache")
 
 
 class LLMEngine:
-    """Continuous-batching engine over one model on one device.
+    """Continuous-batching engine over one model on one device, or split over
+    ``args.tensor_parallel_size`` devices (worker processes that `close()` stops).
 
     Attributes: args, hf_config, tokenizer (``AutoTokenizer`` of the checkpoint), weight_version (set
     by the caller after a weight update; copied into every output), max_model_len, eos_token_ids.
@@ -166,7 +166,10 @@ class LLMEngine:
         self.block_manager.flush()
 
     def load_weights_from_disk(self, path: str) -> None:
-        self.load_weights(iter_safetensors(path))
+        """`load_weights` from a Hugging Face checkpoint folder (every tensor-parallel rank reads it)."""
+        self._finish_in_flight()
+        self.model_runner.load_weights_from_disk(path)
+        self.block_manager.flush()
 
     def get_weights_by_name(self, name: str) -> torch.Tensor:
         return self.model_runner.get_weight(name)
@@ -218,6 +221,12 @@ class LLMEngine:
             raise RuntimeError(
                 f"engine memory is released ({sorted(self._released)}); call resume_memory before generating"
             )
+
+    def close(self) -> None:
+        """Stop the tensor-parallel worker processes (if any; they also stop when the engine is
+        garbage-collected or the process exits). The engine is unusable afterwards."""
+        self._in_flight = None
+        self.model_runner.close()
 
     def stats(self) -> dict:
         """Queue sizes, KV blocks, and cumulative token counters (prefill_tokens_computed counts

@@ -9,6 +9,16 @@ paged attention and the sampler, each group kept only if it passes a self-check 
 reference, and decode steps replayed from CUDA graphs (`cuda_graph.py`). On CPU, or with
 ``EngineArgs.kernels="torch"``, everything runs the PyTorch reference. The only host synchronisation
 per step is reading the sampled tokens and log-probs.
+
+Tensor parallelism (``EngineArgs.tensor_parallel_size`` N > 1): the engine's runner is rank 0; it
+starts ranks 1..N-1 as worker processes (`tp_worker.TPWorkers`), each a `ModelRunner` of its own
+shard. Every operation of rank 0 that touches the model or the group's collectives is mirrored on
+the workers, in the same order (`_mirrored`): launching a step (the workers get its `StepPlan`, and
+each keeps the sampled tokens of its own last step for the next one's pending inputs), capturing
+the CUDA graphs, loading and reading weights, moving weights and the KV cache. Construction is
+symmetric: each rank loads its shard from the checkpoint, and the kernel choice and the KV-cache size
+(the minimum over the ranks) are agreed through the group. Every rank samples from the same gathered
+logits with the same per-request seeds, so all ranks draw the same tokens; rank 0's are reported.
 """
 
 from __future__ import annotations
@@ -31,17 +41,20 @@ from temper.engine.sampler import Sampler
 from temper.engine.sampling_params import SamplingParams
 from temper.engine.scheduler import ScheduledBatch
 from temper.engine.sequence import Sequence
-from temper.engine.step_inputs import StepInputs
-from temper.engine.weights import WeightMap, iter_safetensors
+from temper.engine.step_inputs import StepInputs, StepPlan
+from temper.engine.tp_group import TPGroup
+from temper.engine.weights import IGNORED_SUFFIXES, WeightMap, iter_safetensors
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass
 class LaunchedStep:
     """A step whose forward pass and sampling are queued on the device.
 
     tokens/logprobs: [S] device tensors of the sampling sequences (None if none samples); rows: each
-    sampling sequence's index in them. `result()` waits for the one device-to-host copy.
+    sampling sequence's index in them. `result()` waits for the one device-to-host copy (watching the
+    tensor-parallel workers meanwhile, see `TPGroup.wait`).
     """
 
     batch: ScheduledBatch
@@ -49,12 +62,13 @@ class LaunchedStep:
     rows: dict[Sequence, int]
     host: torch.Tensor | None
     copied: torch.cuda.Event | None
+    tp: TPGroup | None = None
 
     def result(self) -> tuple[list[int], list[float]]:
         if self.host is None:
             return [], []
         if self.copied is not None:
-            self.copied.synchronize()
+            self.tp.wait(self.copied)
         tokens, logprobs = self.host.tolist()
         return [int(t) for t in tokens], logprobs
 
@@ -75,9 +89,40 @@ def _default_dtype(dtype: torch.dtype):
 
 
 class ModelRunner:
-    def __init__(self, args: EngineArgs, hf_config, max_model_len: int):
+    """One rank of the engine's model (the only one without tensor parallelism).
+
+    `group`: None for the engine's own runner (rank 0, which starts the workers when
+    ``args.tensor_parallel_size`` > 1); a worker passes the `TPGroup` it joined.
+    """
+
+    def __init__(self, args: EngineArgs, hf_config, max_model_len: int, group: TPGroup | None = None):
+        workers = None
+        if group is None:
+            args.check_model(hf_config)
+        if group is None and args.tensor_parallel_size > 1:
+            from temper.engine.tp_worker import TPWorkers
+
+            workers = TPWorkers(args, hf_config, max_model_len)
+            group = workers.group
+        self.workers = None  # set once every rank is built: construction is symmetric, never mirrored
+        self.tp = group or TPGroup(args.torch_device())
+        try:
+            self._build(args, hf_config, max_model_len)
+        except (ValueError, OSError):  # a bad checkpoint or setting: every rank fails alike
+            if workers is not None:
+                workers.close()
+            raise
+        except BaseException as e:
+            if workers is None:
+                raise
+            error = workers.broken(e)
+            workers.close()
+            raise error from e
+        self.workers = workers
+
+    def _build(self, args: EngineArgs, hf_config, max_model_len: int) -> None:
         self.args = args
-        self.device = args.torch_device()
+        self.device = self.tp.device
         self.dtype = args.torch_dtype(self.device)
         self.block_size = args.block_size
         self.max_model_len = max_model_len
@@ -85,12 +130,13 @@ class ModelRunner:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         with torch.device(self.device), _default_dtype(self.dtype):
-            self.model = model_class(hf_config)(hf_config, max_model_len).eval()
+            self.model = model_class(hf_config)(hf_config, max_model_len, self.tp).eval()
         self.weight_map = WeightMap(self.model)
         self._load_all(iter_safetensors(args.model), args.model)
-        self.kv_shape = (hf_config.num_hidden_layers, hf_config.num_key_value_heads, head_dim_of(hf_config))
-        self.num_heads = hf_config.num_attention_heads
-        self.kernel_groups = kernels.enable(args.kernels, self.device, self.dtype, self._shape(hf_config))
+        tp = self.tp.size
+        self.kv_shape = (hf_config.num_hidden_layers, hf_config.num_key_value_heads // tp, head_dim_of(hf_config))
+        self.num_heads = hf_config.num_attention_heads // tp
+        self.kernel_groups = self._enable_kernels(hf_config)
         self.reference_backend = TorchPagedAttention()
         self.attention_backend = self._attention_backend()
         if self.device.type == "cuda":
@@ -103,20 +149,30 @@ class ModelRunner:
                        else None)
         self.kv_cache: torch.Tensor | None = None
         self.weights_on_device = True
-        self.num_kv_blocks = args.num_kv_blocks or self._auto_num_kv_blocks()
+        self.num_kv_blocks = self.tp.agree_min("num_kv_blocks", [args.num_kv_blocks or self._auto_num_kv_blocks()])[0]
         if self.num_kv_blocks < self.min_kv_blocks():
             raise ValueError(
                 f"EngineArgs.num_kv_blocks={self.num_kv_blocks} cannot hold one sequence of max_model_len="
                 f"{max_model_len} tokens; use at least {self.min_kv_blocks()} blocks or a smaller max_model_len"
             )
-        self.allocate_kv_cache()
-        logger.info("engine kernels: %s; decode CUDA graphs: %s", sorted(self.kernel_groups) or "PyTorch reference",
-                    "on" if self.graphs else "off")
+        self._allocate_kv_cache()
+        if self.tp.rank == 0:
+            logger.info("engine kernels: %s; decode CUDA graphs: %s; tensor parallel: %d",
+                        sorted(self.kernel_groups) or "PyTorch reference", "on" if self.graphs else "off", tp)
+
+    def _enable_kernels(self, hf_config) -> set[str]:
+        """The kernel groups that pass on this rank, narrowed to those that pass on every rank."""
+        groups = kernels.enable(self.args.kernels, self.device, self.dtype, self._shape(hf_config))
+        agreed = self.tp.agree_min("kernels", [int(g in groups) for g in kernels.GROUPS])
+        groups = {g for g, ok in zip(kernels.GROUPS, agreed) if ok}
+        kernels.set_enabled(groups)
+        return groups
 
     def _shape(self, hf_config) -> SimpleNamespace:
         _num_layers, num_kv_heads, head_dim = self.kv_shape
         return SimpleNamespace(num_heads=self.num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
-                               hidden_size=hf_config.hidden_size, intermediate_size=hf_config.intermediate_size,
+                               hidden_size=hf_config.hidden_size,
+                               intermediate_size=hf_config.intermediate_size // self.tp.size,
                                block_size=self.block_size, vocab_size=self.vocab_size,
                                qk_norm=getattr(self.model.model.layers[0].self_attn, "qk_norm", False))
 
@@ -128,6 +184,34 @@ class ModelRunner:
         return TritonPagedAttention.for_device(self.num_heads, self.kv_shape[1], self.kv_shape[2], self.block_size,
                                                self.dtype, self.device, self.args.max_num_seqs, self.max_model_len)
 
+    # ---- tensor-parallel mirroring ----------------------------------------------------------
+    @contextlib.contextmanager
+    def _mirrored(self, method: str, *args, reply: bool = False):
+        """Run the body here while the workers run ``ModelRunner.<method>(*args)`` (see
+        `tp_worker.Command`); `reply`: wait for every worker to finish it. A ValueError or OSError of
+        the body (a bad request: every rank fails alike) is raised as is; any other error leaves the
+        ranks out of step and stops the engine (`TPWorkers.broken`)."""
+        workers = self.workers
+        if workers is None:
+            yield
+            return
+        workers.send(method, args, reply)
+        try:
+            yield
+        except (ValueError, OSError):
+            if reply:
+                workers.wait_replies(quiet=True)
+            raise
+        except BaseException as e:
+            raise workers.broken(e) from e
+        if reply:
+            workers.wait_replies()
+
+    def close(self) -> None:
+        """Stop the tensor-parallel workers (no-op without); the runner is unusable afterwards."""
+        if self.workers is not None:
+            self.workers.close()
+
     # ---- weights ----------------------------------------------------------------------------
     def _load_all(self, named_tensors: Iterable[tuple[str, torch.Tensor]], source: str) -> None:
         loaded = self.weight_map.load(named_tensors)
@@ -136,25 +220,62 @@ class ModelRunner:
             raise ValueError(f"checkpoint {source} lacks {len(missing)} weight(s) the model needs, e.g. {missing[:5]}")
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copies into the parameters in place: their storages, and so the CUDA graphs, stay valid."""
-        self.weight_map.load(named_tensors)
+        """Copies into the parameters in place: their storages, and so the CUDA graphs, stay valid.
+        With workers, each full tensor is broadcast to them and every rank keeps its shard."""
+        if self.workers is None:
+            self.weight_map.load(named_tensors)
+            return
+        with self._mirrored("receive_weights", reply=True):
+            try:
+                for name, tensor in named_tensors:
+                    if name.endswith(IGNORED_SUFFIXES):
+                        continue
+                    self.weight_map.resolve(name)  # an unknown name stops the load before it is sent
+                    self.workers.send_weight_header(name, tuple(tensor.shape))
+                    full = self.tp.broadcast(tensor.to(self.device, self.dtype).contiguous())
+                    self.weight_map.load([(name, full)])
+            finally:
+                self.workers.send_weight_header(None, ())
+
+    def receive_weights(self, headers) -> None:
+        """A worker's half of `load_weights`: (name, shape) headers until a None name, each followed by
+        the tensor's broadcast. A bad tensor is reported after the last one (every broadcast is taken)."""
+        error = None
+        for name, shape in headers:
+            full = self.tp.broadcast(torch.empty(shape, dtype=self.dtype, device=self.device))
+            try:
+                self.weight_map.load([(name, full)])
+            except ValueError as e:
+                error = error or e
+        if error is not None:
+            raise error
+
+    def load_weights_from_disk(self, path: str) -> None:
+        """Every rank reads the checkpoint folder itself."""
+        with self._mirrored("load_weights_from_disk", path, reply=True):
+            self.weight_map.load(iter_safetensors(path))
 
     def get_weight(self, hf_name: str) -> torch.Tensor:
-        return self.weight_map.get(hf_name)
+        """The full (un-sharded) weight."""
+        self.weight_map.resolve(hf_name)  # an unknown name is an error before the workers hear of it
+        with self._mirrored("get_weight", hf_name):
+            return self.weight_map.get(hf_name)
 
     def offload_weights(self) -> None:
         """Move the weights to CPU (no-op on CPU) to free device memory."""
-        if self.device.type == "cuda" and self.weights_on_device:
-            self._reset_graphs()
-            self.model.to("cpu")
-            torch.cuda.empty_cache()
-        self.weights_on_device = False
+        with self._mirrored("offload_weights", reply=True):
+            if self.device.type == "cuda" and self.weights_on_device:
+                self._reset_graphs()
+                self.model.to("cpu")
+                torch.cuda.empty_cache()
+            self.weights_on_device = False
 
     def reload_weights(self) -> None:
-        if self.device.type == "cuda" and not self.weights_on_device:
-            self._reset_graphs()  # new parameter storages
-            self.model.to(self.device)
-        self.weights_on_device = True
+        with self._mirrored("reload_weights", reply=True):
+            if self.device.type == "cuda" and not self.weights_on_device:
+                self._reset_graphs()  # new parameter storages
+                self.model.to(self.device)
+            self.weights_on_device = True
 
     # ---- KV cache ---------------------------------------------------------------------------
     def block_bytes(self) -> int:
@@ -190,14 +311,16 @@ class ModelRunner:
             return self.reference_backend.workspace_bytes(self.num_heads, num_kv_heads, head_dim, self.dtype.itemsize)
         workspace = self.attention_backend.workspace_bytes(self.num_heads, head_dim, self.args.max_num_seqs)
         if self.graphs is not None:
-            workspace += self.args.max_num_seqs * self.vocab_size * self.dtype.itemsize + GRAPH_RESERVE_BYTES
+            # the logits buffer, and under tensor parallelism the gather's buffer and local logits
+            copies = 1 if self.tp.size == 1 else 3
+            workspace += copies * self.args.max_num_seqs * self.vocab_size * self.dtype.itemsize + GRAPH_RESERVE_BYTES
         return workspace
 
     def _warmup(self) -> None:
         """A prefill of max_num_batched_tokens tokens with sampling, to measure peak activation memory.
 
         Runs before the KV cache exists: attention then uses the reference backend, which skips the
-        cache write (see `attention.py`).
+        cache write (see `attention.py`). Every rank runs it in its own construction.
         """
         num_tokens = min(self.args.max_num_batched_tokens, self.args.max_num_seqs * self.max_model_len)
         num_seqs = min(self.args.max_num_seqs, num_tokens)
@@ -205,10 +328,15 @@ class ModelRunner:
                 for i in range(num_seqs)]
         for seq in seqs:
             seq.block_table = [0] * -(-len(seq) // self.block_size)
-        self.run(ScheduledBatch.of(seqs, [len(seq) for seq in seqs], is_prefill=True))
-        torch.cuda.synchronize(self.device)
+        batch = ScheduledBatch.of(seqs, [len(seq) for seq in seqs], is_prefill=True)
+        self.execute(self.inputs.plan(batch, len(seqs)))
+        self.tp.synchronize()
 
     def allocate_kv_cache(self) -> None:
+        with self._mirrored("allocate_kv_cache", reply=True):
+            self._allocate_kv_cache()
+
+    def _allocate_kv_cache(self) -> None:
         self._reset_graphs()
         num_layers, num_kv_heads, head_dim = self.kv_shape
         # Zeros, not empty: padded decode slots are masked, but NaN garbage would still leak through.
@@ -218,12 +346,13 @@ class ModelRunner:
             layer.self_attn.attn.k_cache, layer.self_attn.attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
 
     def free_kv_cache(self) -> None:
-        self._reset_graphs()
-        for layer in self.model.model.layers:
-            layer.self_attn.attn.k_cache = layer.self_attn.attn.v_cache = None
-        self.kv_cache = None
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        with self._mirrored("free_kv_cache", reply=True):
+            self._reset_graphs()
+            for layer in self.model.model.layers:
+                layer.self_attn.attn.k_cache = layer.self_attn.attn.v_cache = None
+            self.kv_cache = None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def _reset_graphs(self) -> None:
         if self.graphs is not None:
@@ -238,19 +367,15 @@ class ModelRunner:
     def launch(self, batch: ScheduledBatch, previous: LaunchedStep | None = None) -> LaunchedStep:
         """Queue `batch`'s forward pass, sampling and the copy of the sampled tokens to the host;
         returns without waiting. `previous`: the step in flight whose tokens are pending inputs here."""
-        rows = self._graph_rows(batch)
-        backend = self.attention_backend if self.kv_cache is not None else self.reference_backend
-        inputs = self.inputs.build(batch, rows or len(batch.seqs), backend, previous)
-        if rows:
-            logits = self.graphs.replay(rows, len(batch.seqs))
-        else:
-            hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
-            if not inputs.sample_seqs:
-                return LaunchedStep(batch, None, {}, None, None)
-            if inputs.logits_indices is not None:
-                hidden = hidden[inputs.logits_indices]
-            logits = self.model.compute_logits(hidden[: len(inputs.sample_seqs)])
-        tokens, logprobs = self.sampler(logits, inputs.sampling)
+        if self._needs_capture(batch):
+            self.capture_graphs()
+        graph_rows = self._graph_rows(batch)
+        plan = self.inputs.plan(batch, graph_rows or len(batch.seqs), previous.rows if previous else None,
+                                graph=graph_rows > 0)
+        with self._mirrored("execute", plan):
+            tokens, logprobs = self.execute(plan, previous.tokens if previous is not None else None)
+        if tokens is None:
+            return LaunchedStep(batch, None, {}, None, None)
         both = torch.stack([tokens.to(torch.float64), logprobs.to(torch.float64)])  # token ids are exact
         cuda = self.device.type == "cuda"
         host = torch.empty(both.shape, dtype=torch.float64, pin_memory=cuda)
@@ -259,19 +384,46 @@ class ModelRunner:
         if cuda:
             copied = torch.cuda.Event()
             copied.record()
-        rows_of = {seq: i for i, seq in enumerate(inputs.sample_seqs)}
-        return LaunchedStep(batch, tokens, rows_of, host, copied)
+        sample_seqs = [seq for seq, sample in zip(batch.seqs, batch.sample) if sample]
+        return LaunchedStep(batch, tokens, {seq: i for i, seq in enumerate(sample_seqs)}, host, copied, self.tp)
+
+    @torch.inference_mode()
+    def execute(self, plan: StepPlan, previous_tokens: torch.Tensor | None = None):
+        """Queue the forward pass and sampling of `plan` (every rank runs this); returns the sampled
+        (tokens [S], log-probs [S]) device tensors, (None, None) when nothing samples."""
+        backend = self.attention_backend if self.kv_cache is not None else self.reference_backend
+        inputs = self.inputs.load(plan, backend, previous_tokens)
+        if plan.graph:
+            logits = self.graphs.replay(plan.rows, plan.num_seqs)
+        else:
+            hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
+            if not inputs.num_samples:
+                return None, None
+            if inputs.logits_indices is not None:
+                hidden = hidden[inputs.logits_indices]
+            logits = self.model.compute_logits(hidden[: inputs.num_samples])
+        return self.sampler(logits, inputs.sampling)
+
+    def _needs_capture(self, batch: ScheduledBatch) -> bool:
+        return (self.graphs is not None and not batch.is_prefill and self.kv_cache is not None
+                and not self.graphs.captured)
 
     def _graph_rows(self, batch: ScheduledBatch) -> int:
-        """The CUDA-graph bucket for a decode batch (capturing the graphs if needed), else 0 (eager)."""
-        if self.graphs is None or batch.is_prefill or self.kv_cache is None:
+        """The CUDA-graph bucket for a decode batch, else 0 (eager)."""
+        if self.graphs is None or batch.is_prefill or self.kv_cache is None or not self.graphs.captured:
             return 0
-        if not self.graphs.captured:
+        return self.graphs.bucket(len(batch.seqs))
+
+    @torch.inference_mode()
+    def capture_graphs(self) -> None:
+        """Capture the decode graphs (on every rank: they capture the collectives too). Alone, a
+        failed capture leaves decode eager; under tensor parallelism it stops the engine."""
+        with self._mirrored("capture_graphs"):
             try:
                 self.graphs.capture()
             except Exception:
+                if self.tp.size > 1:
+                    raise
                 logger.exception("CUDA graph capture failed; decode runs eagerly from now on")
                 self.graphs.reset()
                 self.graphs = None
-                return 0
-        return self.graphs.bucket(len(batch.seqs))

@@ -17,6 +17,12 @@ Per sequence, the builder keeps a record: its row in a persistent host copy of t
 (updated only with blocks appended since the last step; rewritten when the block manager gave the
 sequence a new table, after preemption) and its sampling settings. A batch's block table is then
 one numpy gather instead of a Python loop over every block of every sequence.
+
+Building is two halves: `plan` (host: fills the host buffers from the batch's sequences, returns a
+`StepPlan`) and `load` (device: the copies and the step's tensor views). Tensor-parallel workers have
+no sequences: they `receive` rank 0's `StepPlan` (the host buffers without the block tables, plus the
+table rows written since the last step, so a decode step costs a few bytes per sequence) into their
+own buffers, then `load` it the same way.
 """
 
 from __future__ import annotations
@@ -37,14 +43,52 @@ from temper.engine.sequence import Sequence
 class ModelInputs:
     """input_ids, positions: [rows] int64 (rows = new tokens, or the padded decode batch).
     logits_indices: [S] rows of the hidden states to sample from, None when every row of a decode
-    batch samples (rows beyond the batch are padding). sampling: settings of the S sampling rows."""
+    batch samples (rows beyond the batch are padding). num_samples: S. sampling: settings of the S
+    sampling rows."""
 
     input_ids: torch.Tensor
     positions: torch.Tensor
     meta: AttentionMetadata
     logits_indices: torch.Tensor | None
-    sample_seqs: list[Sequence]
+    num_samples: int
     sampling: SamplingTensors | None
+
+
+@dataclass
+class StepPlan:
+    """One step as laid out on the host: what `load` needs, and what tensor-parallel workers receive.
+
+    Layout sizes: tokens (new tokens, or padded decode rows), rows (sequences, padded), width (block
+    table columns), samples (logits rows), pending (rows whose input id is the previous step's token).
+    query_lens, cached_lens: [num_seqs] per sequence. graph: replay the decode CUDA graph of `rows`.
+    head, tail: the int buffer before and after the block tables; floats: the float buffer (on the
+    builder, views of its host buffers). table_rows: [num_seqs] rows of the persistent block tables;
+    table_writes: (row, first column, block ids) written into them since the previous plan.
+    """
+
+    is_prefill: bool
+    num_seqs: int
+    tokens: int
+    rows: int
+    width: int
+    samples: int
+    pending: int
+    query_lens: list[int]
+    cached_lens: list[int]
+    has_logits_rows: bool
+    num_samples: int
+    all_greedy: bool
+    needs_filter: bool
+    head: np.ndarray
+    tail: np.ndarray
+    floats: np.ndarray
+    table_rows: np.ndarray
+    table_writes: list[tuple[int, int, list[int]]]
+    graph: bool = False
+
+
+# The segments of the step's int64 buffer, in order (see `StepInputs._layout`).
+LAYOUT = ("input_ids", "positions", "slots", "context", "tables", "logits", "keys", "top_k", "pending")
 
 
 @dataclass
@@ -62,8 +106,8 @@ class StepInputs:
         self.device, self.block_size, self.vocab_size = device, block_size, vocab_size
         self.width = -(-max_model_len // block_size)  # decode block-table width (fixed for CUDA graphs)
         max_rows = max(max_num_seqs, 1)
-        # Prefill: 3 per token + (width + 5) per sequence; decode: (width + 10) per row.
-        capacity = 3 * max(max_num_tokens, max_rows) + max_rows * (self.width + 10)
+        # Prefill: 3 per token + (width + 5) per sequence; decode: (width + 10) per row; alignment padding.
+        capacity = 3 * max(max_num_tokens, max_rows) + max_rows * (self.width + 10) + 2 * len(LAYOUT)
         pinned = device.type == "cuda"
         self.host_i = torch.zeros(capacity, dtype=torch.int64, pin_memory=pinned)
         self.host_f = torch.zeros(3 * max_rows, dtype=torch.float32, pin_memory=pinned)
@@ -73,15 +117,18 @@ class StepInputs:
         self.copied = torch.cuda.Event() if pinned else None  # the last copy out of the host buffers
         self.tables = np.zeros((2 * max_rows, self.width), dtype=np.int64)
         self.records: dict[Sequence, _Record] = {}
+        self.table_writes: list[tuple[int, int, list[int]]] = []  # since the last plan (see `StepPlan`)
         self.free_rows = list(range(2 * max_rows - 1, -1, -1))
 
     # ---- layout ---------------------------------------------------------------------------
     def _layout(self, tokens: int, rows: int, width: int, samples: int, pending: int = 0) -> dict[str, slice]:
-        sizes = [("input_ids", tokens), ("positions", tokens), ("slots", tokens), ("context", rows),
-                 ("tables", rows * width), ("logits", samples), ("keys", 2 * samples), ("top_k", samples),
-                 ("pending", 2 * pending)]
+        """Each segment starts 16-byte aligned: kernels get device views of them as pointer arguments,
+        and Triton compiles a separate variant for a misaligned pointer."""
+        sizes = dict(zip(LAYOUT, (tokens, tokens, tokens, rows, rows * width, samples, 2 * samples, samples,
+                                  2 * pending), strict=True))
         out, offset = {}, 0
-        for name, size in sizes:
+        for name, size in sizes.items():
+            offset += offset % 2
             out[name] = slice(offset, offset + size)
             offset += size
         if offset > len(self.np_i):
@@ -106,9 +153,15 @@ class StepInputs:
 
     # ---- one step -------------------------------------------------------------------------
     def build(self, batch: ScheduledBatch, rows: int, backend, previous=None) -> ModelInputs:
-        """The inputs of `batch`; a decode batch is padded to `rows` rows (>= its size). `previous`: the
-        launched step whose sampled tokens (`tokens` [S] on the device, `rows` {seq: index}) are the
-        pending input ids of this one."""
+        """The inputs of `batch` (`plan` then `load`); see `plan` for `rows` and `previous`."""
+        plan = self.plan(batch, rows, previous.rows if previous is not None else None)
+        return self.load(plan, backend, previous.tokens if previous is not None else None)
+
+    def plan(self, batch: ScheduledBatch, rows: int, previous_rows: dict[Sequence, int] | None = None,
+             graph: bool = False) -> StepPlan:
+        """Fill the host buffers for `batch`; a decode batch is padded to `rows` rows (>= its size).
+        `previous_rows`: {seq: index} of the sampled tokens of the step in flight, whose tokens are
+        the pending input ids of this one."""
         self._wait()
         seqs, counts = batch.seqs, batch.num_new_tokens
         num_seqs = len(seqs)
@@ -129,11 +182,12 @@ class StepInputs:
             n = np.ones(num_seqs, dtype=np.int64)
             seq_index, positions = np.arange(num_seqs), cached
             tokens, width, logits_rows = rows, self.width, None
-        pending = [(i, previous.rows[s]) for i, s in enumerate(seqs) if s.num_pending]
-        lay = self._layout(tokens, rows, width, len(sampling) if batch.is_prefill else num_seqs, len(pending))
+        pending = [(i, previous_rows[s]) for i, s in enumerate(seqs) if s.num_pending]
+        samples = len(sampling) if batch.is_prefill else num_seqs
+        lay = self._layout(tokens, rows, width, samples, len(pending))
         a = self.np_i
-        table = a[lay["tables"]].reshape(rows, width)
-        table[:num_seqs] = self.tables[[r.row for r in records], :width]
+        table_rows = np.fromiter((r.row for r in records), np.int64, num_seqs)
+        table = self._gather_tables(lay, rows, width, table_rows)
         slots = table[seq_index, positions // self.block_size] * self.block_size + positions % self.block_size
         _fill(a[lay["input_ids"]], ids, 0)
         _fill(a[lay["positions"]], positions, 0)
@@ -143,24 +197,56 @@ class StepInputs:
             a[lay["logits"]] = logits_rows
         if pending:
             a[lay["pending"]] = np.asarray(pending, dtype=np.int64).T.reshape(-1)
-        sample_seqs = [seqs[i] for i in sampling]
-        floats = self._sampling(sample_seqs, [records[i] for i in sampling], lay)
-        self._copy(lay["pending"].stop, floats)
+        sample_records = [records[i] for i in sampling]
+        num_floats = self._sampling([seqs[i] for i in sampling], sample_records, lay)
+        settings = [r.sampling for r in sample_records]
+        writes, self.table_writes = self.table_writes, []
+        return StepPlan(
+            is_prefill=batch.is_prefill, num_seqs=num_seqs, tokens=tokens, rows=rows, width=width, samples=samples,
+            pending=len(pending), query_lens=list(counts), cached_lens=cached.tolist(),
+            has_logits_rows=logits_rows is not None, num_samples=len(sampling),
+            all_greedy=all(s[0] == 0 for s in settings), needs_filter=any(s[4] for s in settings),
+            head=a[: lay["tables"].start], tail=a[lay["tables"].stop : lay["pending"].stop],
+            floats=self.np_f[:num_floats], table_rows=table_rows, table_writes=writes, graph=graph,
+        )
 
+    def receive(self, plan: StepPlan) -> None:
+        """A tensor-parallel worker: fill the host buffers with rank 0's `plan` (then `load` it)."""
+        self._wait()
+        for row, start, blocks in plan.table_writes:
+            self.tables[row, start : start + len(blocks)] = blocks
+        lay = self._layout(plan.tokens, plan.rows, plan.width, plan.samples, plan.pending)
+        self.np_i[: lay["tables"].start] = plan.head
+        self._gather_tables(lay, plan.rows, plan.width, plan.table_rows)
+        self.np_i[lay["tables"].stop : lay["pending"].stop] = plan.tail
+        self.np_f[: len(plan.floats)] = plan.floats
+
+    def _gather_tables(self, lay: dict[str, slice], rows: int, width: int, table_rows: np.ndarray) -> np.ndarray:
+        table = self.np_i[lay["tables"]].reshape(rows, width)
+        table[: len(table_rows)] = self.tables[table_rows, :width]
+        table[len(table_rows) :] = 0
+        return table
+
+    def load(self, plan: StepPlan, backend, previous_tokens: torch.Tensor | None = None) -> ModelInputs:
+        """The device tensors of `plan` (one copy of the host buffers); `previous_tokens`: the sampled
+        tokens [S] of the step in flight, for the pending rows."""
+        lay = self._layout(plan.tokens, plan.rows, plan.width, plan.samples, plan.pending)
+        self._copy(lay["pending"].stop, len(plan.floats))
         d = self.dev_i
-        if pending:  # the in-flight step's sampled tokens become these rows' input ids
+        if plan.pending:  # the in-flight step's sampled tokens become these rows' input ids
             dst, src = d[lay["pending"]].view(2, -1)
-            d[lay["input_ids"]].index_copy_(0, dst, previous.tokens.index_select(0, src))
-        query_lens = list(counts) + [1] * (rows - num_seqs)
+            d[lay["input_ids"]].index_copy_(0, dst, previous_tokens.index_select(0, src))
+        rows, num_seqs = plan.rows, plan.num_seqs
         meta = AttentionMetadata(
-            is_prefill=batch.is_prefill, slot_mapping=d[lay["slots"]], block_tables=d[lay["tables"]].view(rows, width),
-            context_lens=d[lay["context"]], query_lens=query_lens,
-            cached_lens=cached.tolist() + [0] * (rows - num_seqs), block_size=self.block_size, backend=backend,
+            is_prefill=plan.is_prefill, slot_mapping=d[lay["slots"]],
+            block_tables=d[lay["tables"]].view(rows, plan.width), context_lens=d[lay["context"]],
+            query_lens=plan.query_lens + [1] * (rows - num_seqs), cached_lens=plan.cached_lens + [0] * (rows - num_seqs),
+            block_size=self.block_size, backend=backend,
         )
         backend.prepare(meta)
         return ModelInputs(d[lay["input_ids"]], d[lay["positions"]], meta,
-                           d[lay["logits"]] if logits_rows is not None else None, sample_seqs,
-                           self._sampling_tensors(sample_seqs, records, sampling, lay))
+                           d[lay["logits"]] if plan.has_logits_rows else None, plan.num_samples,
+                           self._sampling_tensors(plan, lay))
 
     def _sampling(self, seqs: list[Sequence], records: list[_Record], lay: dict[str, slice]) -> int:
         """Writes the sampling rows (keys, top_k; temperatures, top_p, min_p); returns floats written."""
@@ -177,16 +263,15 @@ class StepInputs:
         self.np_f[2 * count : 3 * count] = settings[:, 3]
         return 3 * count
 
-    def _sampling_tensors(self, seqs, records, sampling, lay) -> SamplingTensors | None:
-        count = len(seqs)
+    def _sampling_tensors(self, plan: StepPlan, lay: dict[str, slice]) -> SamplingTensors | None:
+        count = plan.num_samples
         if not count:
             return None
-        settings = [records[i].sampling for i in sampling]
         f = self.dev_f
         return SamplingTensors(
             temperatures=f[:count], top_k=self.dev_i[lay["top_k"]], top_p=f[count : 2 * count],
             min_p=f[2 * count : 3 * count], keys=self.dev_i[lay["keys"]].view(count, 2),
-            all_greedy=all(s[0] == 0 for s in settings), needs_filter=any(s[4] for s in settings),
+            all_greedy=plan.all_greedy, needs_filter=plan.needs_filter,
         )
 
     # ---- per-sequence records ---------------------------------------------------------------
@@ -200,7 +285,9 @@ class StepInputs:
             if rec.table is not table:  # a new table (first use, or after preemption)
                 rec.table, rec.synced = table, 0
             if rec.synced < len(table):
-                self.tables[rec.row, rec.synced : len(table)] = table[rec.synced :]
+                blocks = table[rec.synced :]
+                self.tables[rec.row, rec.synced : len(table)] = blocks
+                self.table_writes.append((rec.row, rec.synced, blocks))
                 rec.synced = len(table)
             out.append(rec)
         return out

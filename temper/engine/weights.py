@@ -4,7 +4,9 @@ engine's (partly fused) parameters.
 `WeightMap` is the single translation from HF names to engine parameters: a fused projection's HF name
 (``...self_attn.q_proj.weight``) maps to the engine parameter (``...self_attn.qkv_proj.weight``) and a
 shard id; the parameter's own ``weight_loader`` / ``shard_view`` (see `models/layers.py`) does the rest.
-With tied embeddings ``lm_head.weight`` is the embedding matrix.
+With tied embeddings ``lm_head.weight`` is the embedding matrix. Under tensor parallelism every rank
+loads the full HF tensors (its parameters keep their slices) and `get` gathers the full tensor back
+(a collective: every rank calls it).
 """
 
 from __future__ import annotations
@@ -89,6 +91,11 @@ class WeightMap:
         return loaded
 
     def get(self, hf_name: str) -> torch.Tensor:
-        """A copy of the weight named `hf_name` (un-fused), on the model's device and dtype."""
+        """A copy of the full weight named `hf_name` (un-fused, un-sharded), on the model's device and dtype."""
         param, shard_id = self.resolve(hf_name)
-        return param.shard_view(param, shard_id).detach().clone()
+        view = param.shard_view(param, shard_id).detach()
+        tp = self.model.tp
+        if param.tp_dim is None or tp.size == 1:
+            return view.clone()
+        full = getattr(param, "tp_full", None) or view.shape[param.tp_dim] * tp.size
+        return tp.all_gather(view, param.tp_dim, full).contiguous()

@@ -1,6 +1,8 @@
 """The resource plan: bundles for train ranks and engines, the CPU-slot rule, GPU-count errors, and the
 engine's --sglang-* settings. No Ray: `plan_resources` runs before Ray starts."""
 
+import os
+
 import pytest
 import torch
 
@@ -62,19 +64,30 @@ def test_more_gpus_than_this_machine_has_is_an_error(monkeypatch):
         plan_resources(cfg, cuda_available=True, cluster_gpus=None, cores=16)
 
 
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--actor-num-gpus-per-node", "1"], "no rollout engines"),
-        (
-            ["--actor-num-gpus-per-node", "1", "--rollout-num-gpus", "2", "--rollout-num-gpus-per-engine", "2"],
-            "the built-in engine runs on one GPU",
-        ),
-    ],
-)
-def test_engine_layout_errors(flags, message):
-    with pytest.raises(ConfigError, match=message):
-        plan_cpu(*flags)
+def test_engine_layout_errors():
+    with pytest.raises(ConfigError, match="no rollout engines"):
+        plan_cpu("--actor-num-gpus-per-node", "1")
+
+
+def test_builtin_engines_of_two_gpus_are_tensor_parallel():
+    plan = plan_cpu("--actor-num-gpus-per-node", "1", "--rollout-num-gpus", "4", "--rollout-num-gpus-per-engine", "2")
+    assert plan.num_engines == 2 and plan.gpus_per_engine == 2 and plan.engine_bundles == [[1, 2], [3, 4]]
+    assert plan.num_processes == 5 and [plan.workers_in_bundle(b) for b in range(5)] == [1] * 5  # a rank per GPU
+    colocated = plan_cpu("--actor-num-gpus-per-node", "4", "--colocate", "--rollout-num-gpus-per-engine", "2", cores=4)
+    assert colocated.engine_bundles == [[0, 1], [2, 3]] and colocated.num_processes == 8 and colocated.threads == 1
+    on_gpus = plan_resources(cfg_of("--actor-num-gpus-per-node", "2", "--rollout-num-gpus", "2",
+                                    "--rollout-num-gpus-per-engine", "2"),
+                             cuda_available=False, cluster_gpus=4, cores=2)
+    assert on_gpus.device == "cuda" and on_gpus.num_bundles == 4 and on_gpus.engine_bundles == [[2, 3]]
+
+
+def test_tensor_parallel_engine_worker_sees_only_its_gpus(monkeypatch):
+    from temper.cluster.engine_group import EngineWorker
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")  # Ray's choice: the actor's own bundle
+    cfg = cfg_of("--actor-num-gpus-per-node", "1", "--rollout-num-gpus", "2", "--rollout-num-gpus-per-engine", "2")
+    worker = EngineWorker(cfg, "127.0.0.1", "cuda", threads=torch.get_num_threads(), gpu_ids=[5, 6])
+    assert worker.device == "cuda:0" and os.environ["CUDA_VISIBLE_DEVICES"] == "5,6"
 
 
 def test_external_engines_and_debug_modes_start_no_engines():

@@ -46,7 +46,7 @@ def test_prefill_layout_with_cached_prefix_and_chunk():
     assert x.meta.block_tables.tolist() == [[7, 3, 9], [1, 2, 0]]
     assert x.meta.context_lens.tolist() == [9, 3]
     assert x.meta.query_lens == [5, 3] and x.meta.cached_lens == [4, 0]
-    assert x.logits_indices.tolist() == [4] and x.sample_seqs == [a]
+    assert x.logits_indices.tolist() == [4] and x.num_samples == 1
     assert x.sampling.temperatures.tolist() == [0.5] and x.sampling.keys.tolist() == [list(noise_keys(a.seed, 0))]
     assert not x.sampling.all_greedy and not x.sampling.needs_filter
 
@@ -60,7 +60,7 @@ def test_decode_padding_rows_and_block_table_updates():
     assert x.meta.slot_mapping.tolist() == [slot([5, 6], 5), slot([8], 2), -1, -1]
     assert x.meta.context_lens.tolist() == [6, 3, 0, 0]
     assert x.meta.block_tables.shape == (4, 16) and x.meta.block_tables[:2, :2].tolist() == [[5, 6], [8, 0]]
-    assert x.logits_indices is None and x.sample_seqs == [a, b]
+    assert x.logits_indices is None and x.num_samples == 2
     assert x.sampling.needs_filter and not x.sampling.all_greedy
     assert x.sampling.top_p.tolist() == [torch.tensor(0.9).item(), 1.0]
     assert x.sampling.keys.tolist() == [list(noise_keys(a.seed, a.num_output_tokens)),

@@ -7,6 +7,12 @@ place that knows about the fusion besides `MergedLinear`). Each residual add is 
 RMSNorm (`RMSNorm(x, residual)`), which is the same arithmetic as HF's order and one kernel on the
 fast path; q/k norm and RoPE are one in-place kernel there too. The model sees packed tokens [T] with
 their positions and an `AttentionMetadata`; it knows nothing of scheduling or devices.
+
+Tensor parallelism (`tp`, a `TPGroup`; see `layers.py`): each rank builds the model with its share of
+the attention heads (q/k/v column-parallel, o_proj row-parallel) and of the MLP (gate/up
+column-parallel, down row-parallel); norms and the embedding are replicated; the LM head holds the
+rank's rows of the vocabulary (tied: a view of those rows of the embedding) and `compute_logits`
+all-gathers them, so every rank ends with the same full logits.
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ from temper.engine import kernels
 from temper.engine.attention import AttentionMetadata, PagedAttention
 from temper.engine.models.layers import (
     Embedding,
-    Linear,
+    LMHead,
     MergedLinear,
     RMSNorm,
+    RowParallelLinear,
     silu_and_mul,
 )
 from temper.engine.models.rotary import (
@@ -31,6 +38,7 @@ from temper.engine.models.rotary import (
     inverse_frequencies,
     rope_parameters,
 )
+from temper.engine.tp_group import TPGroup
 
 
 @dataclass(frozen=True)
@@ -48,14 +56,16 @@ def head_dim_of(hf_config) -> int:
 
 
 class DecoderAttention(nn.Module):
-    def __init__(self, hf_config, spec: DecoderSpec, rotary: RotaryEmbedding):
+    def __init__(self, hf_config, spec: DecoderSpec, rotary: RotaryEmbedding, tp: TPGroup):
         super().__init__()
-        self.num_heads = hf_config.num_attention_heads
-        self.num_kv_heads = hf_config.num_key_value_heads
+        self.num_heads = hf_config.num_attention_heads // tp.size  # this rank's heads
+        self.num_kv_heads = hf_config.num_key_value_heads // tp.size
         self.head_dim = head_dim_of(hf_config)
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.qkv_proj = MergedLinear(hf_config.hidden_size, {"q": q_size, "k": kv_size, "v": kv_size}, spec.qkv_bias)
-        self.o_proj = Linear(q_size, hf_config.hidden_size, spec.o_bias)
+        q_size = hf_config.num_attention_heads * self.head_dim
+        kv_size = hf_config.num_key_value_heads * self.head_dim
+        self.qkv_proj = MergedLinear(hf_config.hidden_size, {"q": q_size, "k": kv_size, "v": kv_size}, spec.qkv_bias,
+                                     tp)
+        self.o_proj = RowParallelLinear(q_size, hf_config.hidden_size, spec.o_bias, tp)
         if spec.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, hf_config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, hf_config.rms_norm_eps)
@@ -85,21 +95,21 @@ class DecoderAttention(nn.Module):
 
 
 class DecoderMLP(nn.Module):
-    def __init__(self, hf_config, spec: DecoderSpec):
+    def __init__(self, hf_config, spec: DecoderSpec, tp: TPGroup):
         super().__init__()
         size = hf_config.intermediate_size
-        self.gate_up_proj = MergedLinear(hf_config.hidden_size, {"gate": size, "up": size}, spec.mlp_bias)
-        self.down_proj = Linear(size, hf_config.hidden_size, spec.mlp_bias)
+        self.gate_up_proj = MergedLinear(hf_config.hidden_size, {"gate": size, "up": size}, spec.mlp_bias, tp)
+        self.down_proj = RowParallelLinear(size, hf_config.hidden_size, spec.mlp_bias, tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, hf_config, spec: DecoderSpec, rotary: RotaryEmbedding):
+    def __init__(self, hf_config, spec: DecoderSpec, rotary: RotaryEmbedding, tp: TPGroup):
         super().__init__()
-        self.self_attn = DecoderAttention(hf_config, spec, rotary)
-        self.mlp = DecoderMLP(hf_config, spec)
+        self.self_attn = DecoderAttention(hf_config, spec, rotary, tp)
+        self.mlp = DecoderMLP(hf_config, spec, tp)
         self.input_layernorm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
 
@@ -117,13 +127,13 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    def __init__(self, hf_config, spec: DecoderSpec, max_len: int):
+    def __init__(self, hf_config, spec: DecoderSpec, max_len: int, tp: TPGroup):
         super().__init__()
         inv_freq = inverse_frequencies(rope_parameters(hf_config), head_dim_of(hf_config),
                                        hf_config.max_position_embeddings)
         rotary = RotaryEmbedding(head_dim_of(hf_config), max_len, inv_freq)
         self.embed_tokens = Embedding(hf_config.vocab_size, hf_config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(hf_config, spec, rotary) for _ in range(hf_config.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(hf_config, spec, rotary, tp) for _ in range(hf_config.num_hidden_layers))
         self.norm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
         self.rotary = rotary
 
@@ -150,16 +160,23 @@ class DecoderForCausalLM(nn.Module):
     def spec(hf_config) -> DecoderSpec:
         raise NotImplementedError
 
-    def __init__(self, hf_config, max_len: int):
+    def __init__(self, hf_config, max_len: int, tp: TPGroup | None = None):
         super().__init__()
-        self.model = DecoderModel(hf_config, self.spec(hf_config), max_len)
+        self.tp = tp or TPGroup()
+        self.model = DecoderModel(hf_config, self.spec(hf_config), max_len, self.tp)
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
+        self.vocab_size = hf_config.vocab_size
+        self.vocab_rows = self.tp.shard_range(self.vocab_size)  # (start, count) of this rank's LM-head rows
         if not self.tie_word_embeddings:
-            self.lm_head = Linear(hf_config.hidden_size, hf_config.vocab_size)
+            self.lm_head = LMHead(hf_config.hidden_size, self.vocab_size, self.tp)
 
     @property
-    def lm_head_weight(self) -> nn.Parameter:
-        return self.model.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight
+    def lm_head_weight(self) -> torch.Tensor:
+        """This rank's rows of the LM head [rows, hidden] (tied: a view of the embedding, no copy)."""
+        if not self.tie_word_embeddings:
+            return self.lm_head.weight
+        weight = self.model.embed_tokens.weight
+        return weight if self.tp.size == 1 else weight.narrow(0, *self.vocab_rows)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Packed tokens [T] -> final hidden states [T, hidden]."""
@@ -168,6 +185,9 @@ class DecoderForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """[N, hidden] -> [N, vocab] in the model dtype (as HF computes them; the sampler upcasts),
         written into `out` when given (a CUDA graph's static buffer)."""
+        if self.tp.size > 1:
+            logits = self.tp.all_gather(torch.nn.functional.linear(hidden, self.lm_head_weight), -1, self.vocab_size)
+            return logits.contiguous() if out is None else out.copy_(logits)
         if out is None:
             return torch.nn.functional.linear(hidden, self.lm_head_weight)
         return torch.matmul(hidden, self.lm_head_weight.t(), out=out)

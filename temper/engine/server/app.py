@@ -70,6 +70,7 @@ def create_app(state: ServerState) -> FastAPI:
         finally:
             state.ready = False
             state.engine.stop()
+            state.engine.close()
             for group in state.groups.values():
                 group.close()
 
@@ -225,7 +226,8 @@ async def get_server_info(request: Request) -> Response:
     core = core_load(stats, state.block_size, state.max_running_requests, state.metrics)
     info = {k: v for k, v in vars(args).items() if k != "api_key"}
     info.update(
-        model_path=args.model, served_model_name=args.model_name, tokenizer_path=args.model, tp_size=1, dp_size=1,
+        model_path=args.model, served_model_name=args.model_name, tokenizer_path=args.model, tp_size=state.tp_size,
+        dp_size=1,
         context_length=state.context_len, max_req_input_len=state.context_len - 1,
         max_total_num_tokens=core["max_total_num_tokens"], max_total_tokens=core["max_total_num_tokens"],
         max_running_requests=state.max_running_requests, max_prefill_tokens=getattr(state.engine.engine.args, "max_num_batched_tokens", None),
@@ -261,7 +263,7 @@ async def v1_loads(request: Request, include: str | None = None, format: str = "
         return PlainTextResponse(loads_prometheus(core))
     loads = [] if dp_rank not in (None, 0) else [load_entry(core, state.engine.stats, sections)]
     return json_response({"timestamp": core["timestamp"], "version": temper.__version__, "accelerator": _accelerator(),
-                          "num_accelerators": 1, "loads": loads})
+                          "num_accelerators": state.tp_size, "loads": loads})
 
 
 @router.get("/get_load")

@@ -109,6 +109,15 @@ class AsyncEngine:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def close(self) -> None:
+        """Close the engine (its tensor-parallel workers) once the loop thread has stopped."""
+        if self._thread is not None and self._thread.is_alive():
+            logger.warning("the engine loop did not stop; leaving the engine open")
+            return
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
+
     # ---- commands --------------------------------------------------------------------------
     def submit(self, fn: Callable[[], Any]) -> asyncio.Future:
         """Run `fn()` on the loop thread between steps; the returned future gets its result."""

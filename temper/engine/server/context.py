@@ -47,6 +47,10 @@ class ServerState:
         return int(getattr(self.engine.engine.args, "max_num_seqs", 0))
 
     @property
+    def tp_size(self) -> int:
+        return int(getattr(self.engine.engine.args, "tensor_parallel_size", 1))
+
+    @property
     def prefix_caching(self) -> bool:
         return bool(getattr(self.engine.engine.args, "enable_prefix_caching", True))
 

@@ -30,6 +30,7 @@ class ServerArgs:
     chunked_prefill_size: int | None = None
     disable_radix_cache: bool = False
     random_seed: int | None = None
+    tp_size: int = 1  # tensor-parallel ranks (SGLang's --tp-size)
     log_level: str = "info"
     skip_server_warmup: bool = False
     health_check_timeout: float = 20.0  # seconds a /health probe may wait for engine output
@@ -40,6 +41,8 @@ class ServerArgs:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
+        if isinstance(self.tp_size, bool) or not isinstance(self.tp_size, int) or self.tp_size < 1:
+            raise ValueError(f"tp_size must be a positive integer, got {self.tp_size!r}")
         if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static <= 1:
             raise ValueError(f"mem_fraction_static must be in (0, 1], got {self.mem_fraction_static}")
 
@@ -55,7 +58,7 @@ class ServerArgs:
             "dtype": self.dtype, "device": self.device, "max_model_len": self.max_model_len,
             "num_kv_blocks": self.num_kv_blocks, "mem_fraction_static": self.mem_fraction_static,
             "max_num_seqs": self.max_running_requests, "max_num_batched_tokens": self.chunked_prefill_size,
-            "seed": self.random_seed,
+            "seed": self.random_seed, "tensor_parallel_size": self.tp_size,
         }
         kwargs = {k: v for k, v in mapped.items() if v is not None}
         return EngineArgs(model=self.model, enable_prefix_caching=not self.disable_radix_cache, **kwargs)
@@ -77,6 +80,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     a("--chunked-prefill-size", type=int, default=None, help="most tokens per engine step")
     a("--disable-radix-cache", action="store_true", help="turn the prefix cache off")
     a("--random-seed", type=int, default=None, help="engine sampling seed")
+    a("--tp-size", "--tensor-parallel-size", dest="tp_size", type=int, default=1,
+      help="split the model over this many GPUs (CPU: worker processes); rank r uses --device's index + r")
     a("--log-level", default="info", choices=LOG_LEVELS)
     a("--skip-server-warmup", action="store_true", help="mark the server ready without a warmup generation")
     a("--api-key", default=None, help="require 'Authorization: Bearer KEY' (health and metrics stay open)")

@@ -1,0 +1,147 @@
+"""`TPGroup`: one rank's view of the engine's tensor-parallel group, and the collectives the model uses.
+
+Rank 0 is the engine's own process; ranks 1..N-1 are its worker processes (`tp_worker.py`), all on
+one machine. The group is built without the default process group, as the weight-update group is
+(`server/weight_update.py`): a `TCPStore` that rank 0 hosts on a free loopback port, and a
+`ProcessGroupGloo` (CPU) or `ProcessGroupNCCL` (CUDA; rank r on GPU base + r) over it.
+
+Collectives on tensors (`all_reduce`, `all_gather`, `broadcast`) go through the process group and
+may run inside CUDA graphs. Decisions taken once at start (which kernels to use, the KV-cache size)
+are agreed on the host through the store (`agree_min`), where rank 0 can keep watching its workers:
+`watch` (rank 0 only) raises when a worker died or failed, so that no wait on the group hangs.
+A group of size 1 has no store and no process group; its collectives are identities.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import time
+from collections.abc import Callable
+
+import torch
+from torch.distributed import BroadcastOptions, PrefixStore, ProcessGroupGloo, TCPStore
+
+logger = logging.getLogger(__name__)
+
+TIMEOUT_S = 300.0  # a collective or an agreement that waits longer than this is an error
+POLL_S = 1e-4  # rank 0's wait for the device between looks at its workers
+
+
+class TPGroup:
+    """rank, size, device (this rank's); `pg` and `store` are None for a group of one (`TPGroup()`)."""
+
+    def __init__(self, device: torch.device | None = None, rank: int = 0, size: int = 1, pg=None,
+                 store: TCPStore | None = None, watch: Callable[[], None] | None = None):
+        device = device or torch.device("cpu")
+        self.device, self.rank, self.size = device, rank, size
+        self.pg, self.store, self.watch = pg, store, watch
+
+    @staticmethod
+    def host_store(size: int) -> TCPStore:
+        """Rank 0's store on a free loopback port (`store.port`), created before the workers start."""
+        return TCPStore("127.0.0.1", 0, size, is_master=True, wait_for_workers=False,
+                        timeout=datetime.timedelta(seconds=TIMEOUT_S))
+
+    @classmethod
+    def join(cls, port: int, rank: int, size: int, device: torch.device, store: TCPStore | None = None,
+             watch: Callable[[], None] | None = None) -> TPGroup:
+        """Join the group of `size` ranks whose store listens on `port` (rank 0 passes its `store`);
+        returns once every rank has joined."""
+        timeout = datetime.timedelta(seconds=TIMEOUT_S)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        if store is None:
+            store = TCPStore("127.0.0.1", port, size, is_master=False, timeout=timeout)
+        group = cls(device, rank, size, None, store, watch)
+        group.agree_min("joined", [0])  # every rank is alive before anyone blocks in the process group
+        prefixed = PrefixStore("tp/", store)
+        if device.type == "cuda":
+            from torch.distributed import ProcessGroupNCCL
+
+            group.pg = ProcessGroupNCCL(prefixed, rank, size, ProcessGroupNCCL.Options())
+        else:
+            group.pg = ProcessGroupGloo(prefixed, rank, size, timeout)
+        return group
+
+    def shard_range(self, full: int) -> tuple[int, int]:
+        """(start, length) of this rank's part of `full` rows split over the ranks (the last part may
+        be shorter when `full` does not divide)."""
+        per = -(-full // self.size)
+        start = min(self.rank * per, full)
+        return start, min(per, full - start)
+
+    # ---- collectives on tensors -------------------------------------------------------------
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum `x` over the ranks, in place (every rank gets the same bits)."""
+        if self.size > 1:
+            self.pg.allreduce([x]).wait()
+        return x
+
+    def all_gather(self, x: torch.Tensor, dim: int, full: int) -> torch.Tensor:
+        """Concatenate every rank's `x` along `dim` (each rank holding its `shard_range(full)`): the
+        `full`-long tensor, the same on every rank."""
+        if self.size == 1:
+            return x
+        part = x.movedim(dim, 0)
+        per = -(-full // self.size)
+        if part.shape[0] < per:  # the short last part of an uneven split
+            part = torch.cat([part, part.new_zeros((per - part.shape[0], *part.shape[1:]))])
+        out = part.new_empty((self.size * per, *part.shape[1:]))
+        self.pg._allgather_base(out, part.contiguous()).wait()
+        return out[:full].movedim(0, dim)
+
+    def broadcast(self, x: torch.Tensor, src: int = 0) -> torch.Tensor:
+        if self.size > 1:
+            opts = BroadcastOptions()
+            opts.rootRank = src
+            self.pg.broadcast([x], opts).wait()
+        return x
+
+    # ---- host agreement and waits ----------------------------------------------------------
+    def agree_min(self, key: str, values: list[int]) -> list[int]:
+        """The element-wise minimum of every rank's `values` (through the store; each key once)."""
+        if self.size == 1:
+            return list(values)
+        self.store.set(f"agree/{key}/{self.rank}", json.dumps(list(values)))
+        keys = [f"agree/{key}/{r}" for r in range(self.size)]
+        deadline = time.monotonic() + TIMEOUT_S
+        while not self.store.check(keys):
+            if self.watch is not None:
+                self.watch()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"tensor-parallel rank {self.rank}: the other ranks did not reach {key!r} "
+                                   f"within {TIMEOUT_S:.0f}s")
+            time.sleep(0.01)
+        return [min(column) for column in zip(*(json.loads(self.store.get(k)) for k in keys))]
+
+    def wait(self, event: torch.cuda.Event) -> None:
+        """Wait for `event`; rank 0 keeps watching its workers meanwhile (a dead rank would leave
+        NCCL, and so this wait, blocked forever)."""
+        if self.watch is None:
+            event.synchronize()
+            return
+        next_look = time.monotonic()
+        while not event.query():
+            if time.monotonic() >= next_look:
+                self.watch()
+                next_look = time.monotonic() + 0.1
+            time.sleep(POLL_S)
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+            self.wait(event)
+
+    def close(self) -> None:
+        """Leave the group. NCCL's communicators are aborted, not finalized: a finalize may wait on
+        peers that are gone already (workers exit without closing, see `tp_worker`)."""
+        abort = getattr(self.pg, "abort", None) if self.device.type == "cuda" else None
+        if abort is not None:
+            try:
+                abort()
+            except RuntimeError as e:
+                logger.warning("tensor-parallel rank %d: aborting the NCCL group failed: %s", self.rank, e)
+        self.pg = self.store = None
