@@ -34,6 +34,8 @@ class EngineArgs:
     tensor_parallel_size: ranks the model is split over (Megatron-style, see `model_runner.py`): rank 0
         in this process, ranks 1..N-1 in worker processes; on CUDA rank r uses GPU device.index + r.
         The model's attention heads, KV heads and intermediate size must divide by it (`check_model`).
+        The workers are spawned, so a script that builds such an engine must do it under
+        ``if __name__ == "__main__":`` (a spawned process imports the main module again).
     """
 
     model: str

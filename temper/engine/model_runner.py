@@ -208,8 +208,13 @@ class ModelRunner:
             workers.wait_replies()
 
     def close(self) -> None:
-        """Stop the tensor-parallel workers (no-op without); the runner is unusable afterwards."""
+        """Stop the tensor-parallel workers (no-op without); the runner is unusable afterwards. The
+        decode graphs go first: they hold kernels of the group's NCCL communicator."""
         if self.workers is not None:
+            if self.workers.error is None:
+                with contextlib.suppress(RuntimeError):  # a worker that died meanwhile: close anyway
+                    self.tp.synchronize()
+            self._reset_graphs()
             self.workers.close()
 
     # ---- weights ----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 TIMEOUT_S = 300.0  # a collective or an agreement that waits longer than this is an error
 POLL_S = 1e-4  # rank 0's wait for the device between looks at its workers
+ABORT_TIMEOUT_S = 10.0  # see `TPGroup.close`
+_abandoned: list = []  # process groups whose abort did not return (see `TPGroup.close`)
 
 
 class TPGroup:
@@ -137,11 +140,24 @@ class TPGroup:
 
     def close(self) -> None:
         """Leave the group. NCCL's communicators are aborted, not finalized: a finalize may wait on
-        peers that are gone already (workers exit without closing, see `tp_worker`)."""
+        peers that are gone already (workers exit without closing, see `tp_worker`). The abort runs in
+        a daemon thread given ABORT_TIMEOUT_S: on an H100 pair (torch 2.11) it was seen never to return
+        after the group had run inside CUDA graphs, and a stuck abort must not hold up the caller; the
+        group is then left to the process's exit (`_abandoned` keeps it from a destructor here)."""
         abort = getattr(self.pg, "abort", None) if self.device.type == "cuda" else None
         if abort is not None:
-            try:
-                abort()
-            except RuntimeError as e:
-                logger.warning("tensor-parallel rank %d: aborting the NCCL group failed: %s", self.rank, e)
+            thread = threading.Thread(target=_abort, args=(abort, self.rank), name="temper-tp-abort", daemon=True)
+            thread.start()
+            thread.join(ABORT_TIMEOUT_S)
+            if thread.is_alive():
+                logger.warning("tensor-parallel rank %d: the NCCL group did not abort within %.0f s; left to the "
+                               "process's exit", self.rank, ABORT_TIMEOUT_S)
+                _abandoned.append(self.pg)
         self.pg = self.store = None
+
+
+def _abort(abort: Callable[[], None], rank: int) -> None:
+    try:
+        abort()
+    except RuntimeError as e:
+        logger.warning("tensor-parallel rank %d: aborting the NCCL group failed: %s", rank, e)

@@ -1,12 +1,13 @@
-"""Tensor parallelism on two GPUs (NCCL, CUDA graphs), on a random model of Qwen3-4B's shape in bf16.
+"""Tensor parallelism on two GPUs (NCCL, CUDA graphs), on a random model of Qwen3-4B's shape.
 
-The criteria are test_gpu_parity.py's bfloat16 ones, for the same reasons (a random model's flat
-next-token distribution makes bf16 ties common, and TP's split GEMMs round differently again):
-1. sampled sequences: the engine's log-probs of its own tokens are within 0.02 of a Hugging Face
-   forward over the same tokens, on average;
-2. greedy: every engine token is HF's argmax up to `BF16_ARGMAX_SLACK`, teacher-forced over the
-   engine's continuation (a wrong shard, a missing all-reduce or a bad gather picks tokens whole
-   logits below HF's top one).
+1. float32: TP=2 is the same model as Hugging Face's, up to float32 rounding: greedy tokens are HF's
+   argmax (teacher-forced over the engine's continuation) and the log-probs of sampled tokens agree to
+   1e-4 on average (measured on an H100 pair: 5.6e-6, every greedy token HF's argmax). A wrong shard, a
+   missing all-reduce or a bad gather fails this at once.
+2. bfloat16: TP=2 is no further from HF than TP=1 is, on the same prompts: mean |log-prob diff| within
+   0.01 of TP=1's. (Both sit near 0.03 on this shape, above test_gpu_parity.py's 0.02 for the 0.6B
+   shape: 36 layers of a 2560-wide random model, same engine; measured 0.0308 for TP=2, 0.0292 for
+   TP=1.) Greedy tokens stay within `BF16_ARGMAX_SLACK` of HF's top logit, as in test_gpu_parity.py.
 """
 
 from __future__ import annotations
@@ -46,37 +47,50 @@ def random_prompts(n: int, seed: int = 0) -> list[list[int]]:
 @torch.no_grad()
 def hf_scores(hf, prompt: list[int], output: list[int], temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(log_softmax(logits / T) of `output`'s tokens, HF's top logit minus the chosen token's) per token."""
-    logits = hf(torch.tensor([prompt + output], device="cuda:0")).logits[0].float()[len(prompt) - 1 : -1]
-    chosen = torch.tensor(output, device="cuda:0")[:, None]
+    logits = hf(torch.tensor([prompt + output], device="cuda:1")).logits[0].float()[len(prompt) - 1 : -1]
+    chosen = torch.tensor(output, device="cuda:1")[:, None]
     gaps = logits.max(-1).values - logits.gather(1, chosen)[:, 0]
     logprobs = torch.log_softmax(logits / (temperature or 1.0), -1).gather(1, chosen)[:, 0]
     return logprobs, gaps
 
 
-@torch.no_grad()
-def test_tp2_bf16_matches_hf_on_two_gpus(qwen3_4b):
-    hf = AutoModelForCausalLM.from_pretrained(qwen3_4b, dtype=torch.bfloat16).to("cuda:0").eval()
-    engine = LLMEngine(EngineArgs(model=str(qwen3_4b), device="cuda:0", dtype="bfloat16", tensor_parallel_size=2,
-                                  mem_fraction_static=0.6, max_model_len=1024))
+def engine_scores(model, hf, prompts, dtype: str, tp: int) -> tuple[float, float]:
+    """(mean |log-prob diff| of sampled tokens vs `hf`, worst greedy gap to HF's top logit) of an engine."""
+    engine = LLMEngine(EngineArgs(model=str(model), device="cuda:0", dtype=dtype, tensor_parallel_size=tp,
+                                  num_kv_blocks=2048, max_model_len=1024))
     try:
-        prompts = random_prompts(NUM_PROMPTS)
+        assert engine.model_runner.graphs is not None  # decode replays graphs that hold the all-reduces
         sampled = SamplingParams(temperature=1.0, max_new_tokens=NEW_TOKENS, ignore_eos=True, seed=7)
         diffs = []
         for prompt, out in zip(prompts, engine.generate(prompts, sampled)):
             logprobs, _ = hf_scores(hf, prompt, out.output_token_ids, 1.0)
-            engine_logprobs = torch.tensor(out.output_logprobs, device="cuda:0")
-            diffs.append((logprobs - engine_logprobs).abs().mean().item())
-        gaps = []
+            diffs.append((logprobs - torch.tensor(out.output_logprobs, device="cuda:1")).abs().mean().item())
         greedy = SamplingParams(temperature=0, max_new_tokens=NEW_TOKENS, ignore_eos=True)
-        for prompt, out in zip(prompts, engine.generate(prompts, greedy)):
-            gaps.append(hf_scores(hf, prompt, out.output_token_ids, 0.0)[1].max().item())
-        report = {"logprob_mean_abs_diff": sum(diffs) / len(diffs), "worst_argmax_gap": max(gaps),
-                  "graphs": engine.model_runner.graphs is not None and engine.model_runner.graphs.captured}
-        print(report)
-        assert report["logprob_mean_abs_diff"] <= 0.02, report
-        assert report["worst_argmax_gap"] <= BF16_ARGMAX_SLACK, report
+        gaps = [hf_scores(hf, prompt, out.output_token_ids, 0.0)[1].max().item()
+                for prompt, out in zip(prompts, engine.generate(prompts, greedy))]
+        return sum(diffs) / len(diffs), max(gaps)
     finally:
         engine.close()
-        del engine, hf
+        del engine
         gc.collect()
         torch.cuda.empty_cache()
+
+
+@torch.no_grad()
+def test_tp2_float32_is_exact(qwen3_4b):
+    hf = AutoModelForCausalLM.from_pretrained(qwen3_4b, dtype=torch.float32).to("cuda:1").eval()
+    diff, gap = engine_scores(qwen3_4b, hf, random_prompts(NUM_PROMPTS), "float32", tp=2)
+    print({"tp2_fp32_logprob_mean_abs_diff": diff, "worst_argmax_gap": gap})
+    assert diff <= 1e-4 and gap <= 1e-3, (diff, gap)
+
+
+@torch.no_grad()
+def test_tp2_bf16_is_no_worse_than_tp1(qwen3_4b):
+    hf = AutoModelForCausalLM.from_pretrained(qwen3_4b, dtype=torch.bfloat16).to("cuda:1").eval()
+    prompts = random_prompts(NUM_PROMPTS)
+    tp2, tp2_gap = engine_scores(qwen3_4b, hf, prompts, "bfloat16", tp=2)
+    tp1, tp1_gap = engine_scores(qwen3_4b, hf, prompts, "bfloat16", tp=1)
+    report = {"tp2": tp2, "tp1": tp1, "tp2_gap": tp2_gap, "tp1_gap": tp1_gap}
+    print(report)
+    assert tp2 <= tp1 + 0.01, report
+    assert tp2_gap <= BF16_ARGMAX_SLACK, report
