@@ -133,6 +133,15 @@ def test_sync_colocated(task, tmp_path):
     check_run(steps, tmp_path, staleness=0)
 
 
+def test_sync_tensor_parallel_engine(task, tmp_path):
+    """One engine of two tensor-parallel ranks (--rollout-num-gpus-per-engine 2: on CPU two worker
+    processes, gloo), fed by the broadcast weight sync and checked tensor by tensor after each sync
+    (`get_weight` gathers the shards back)."""
+    flags = task_flags(task, tmp_path, "--rollout-num-gpus", "2", "--rollout-num-gpus-per-engine", "2")
+    steps = load_driver("train").main(flags)
+    check_run(steps, tmp_path, staleness=0)
+
+
 def test_async_disaggregated(task, tmp_path):
     """train_async.py: rollout k+1 is generated (by version k) while rollout k trains. The checkpoint of
     rollout 1 holds the data source as it was after rollout 1, not after rollout 2 (generated ahead)."""
