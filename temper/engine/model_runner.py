@@ -217,6 +217,12 @@ class ModelRunner:
             self._reset_graphs()
             self.workers.close()
 
+    def release_group(self) -> None:
+        """A worker's half of `close`: drop the decode graphs (they hold kernels of the group's NCCL
+        communicator), then leave the group."""
+        self._reset_graphs()
+        self.tp.close()
+
     # ---- weights ----------------------------------------------------------------------------
     def _load_all(self, named_tensors: Iterable[tuple[str, torch.Tensor]], source: str) -> None:
         loaded = self.weight_map.load(named_tensors)

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 REPLY_TIMEOUT_S = 600.0  # longest a state-changing command may take on a worker (a large weight load)
 FAILURE_GRACE_S = 5.0  # after rank 0's part failed: how long to wait for the worker failure behind it
-STOP_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 20.0  # a worker's exit after "shutdown" (its group's abort is bounded by tp_group.ABORT_TIMEOUT_S)
 
 
 @dataclass
@@ -183,21 +183,28 @@ class TPWorkers:
         return self.error
 
     def close(self) -> None:
-        """Stop the workers (each gets "shutdown", then is terminated if it lingers) and leave the group."""
+        """Stop the workers and leave the group. Every rank aborts its NCCL communicator at the same
+        time (the workers on "shutdown", rank 0 right after sending it): an abort can wait on its
+        peers' (pytorch/pytorch#119215). Then the workers are joined, and killed if they linger."""
         if self.error is None:
             self.error = RuntimeError("the engine is closed")
-        self._finalizer()
+        _send_shutdown(self.conns)
         if self.group is not None:
             self.group.close()
             self.group = None
+        self._finalizer()
 
 
-def _stop(processes, conns) -> None:
+def _send_shutdown(conns) -> None:
     for conn in conns:
         try:
             conn.send(Command("shutdown"))
-        except OSError:
+        except OSError:  # the worker is gone already
             pass
+
+
+def _stop(processes, conns) -> None:
+    _send_shutdown(conns)
     deadline = time.monotonic() + STOP_TIMEOUT_S
     for process in processes:
         process.join(max(0.0, deadline - time.monotonic()))
@@ -224,6 +231,8 @@ def worker_main(args: EngineArgs, hf_config, max_model_len: int, rank: int, port
         group = TPGroup.join(port, rank, args.tensor_parallel_size, device)
         runner = ModelRunner(args, hf_config, max_model_len, group)
         code = _serve(runner, conn)
+        if code == 0:  # an orderly stop: abort the communicator together with rank 0 (`TPWorkers.close`)
+            runner.release_group()
     except BaseException as e:  # noqa: BLE001 -- reported to rank 0, which raises it
         _report(conn, e, fatal=True)
         code = 1
