@@ -91,6 +91,27 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
                                     **cache_strides(k_cache, v_cache), num_warps=4)
 
 
+@triton.jit
+def _attend_keys(q, kc_ptr, vc_ptr, table_ptr, kvh, n, nmask, smask, d, m, l, acc, qk_scale, PAGE: tl.constexpr,
+                 BLOCK_STRIDE: tl.constexpr, TOKEN_STRIDE: tl.constexpr, HEAD_STRIDE: tl.constexpr,
+                 IEEE: tl.constexpr):
+    """One online-softmax step of rows q over keys n (cache positions of the sequence whose block-table
+    row starts at `table_ptr`; nmask: which exist, smask: [rows, keys] which each row may see) of kv
+    head `kvh`: returns the updated running max m, sum l and unnormalised output acc (float32)."""
+    page = tl.load(table_ptr + n // PAGE, mask=nmask, other=0).to(tl.int64)
+    rows = page * BLOCK_STRIDE + (n % PAGE) * TOKEN_STRIDE + kvh * HEAD_STRIDE
+    k = tl.load(kc_ptr + rows[:, None] + d[None, :], mask=nmask[:, None], other=0.0)
+    s = mma(q, tl.trans(k), IEEE) * qk_scale
+    s = tl.where(smask, s, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, 1))
+    alpha = tl.exp2(m - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l = l * alpha + tl.sum(p, 1)
+    v = tl.load(vc_ptr + rows[:, None] + d[None, :], mask=nmask[:, None], other=0.0)
+    acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, IEEE)
+    return m_new, l, acc
+
+
 @triton.jit(do_not_specialize=["stride_bt", "num_splits"])
 def _decode_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, part_o_ptr, part_lse_ptr,
                    stride_qb, stride_qh, stride_ob, stride_oh, stride_bt, num_splits, qk_scale,
@@ -116,18 +137,8 @@ def _decode_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, part_o_ptr, 
         for n0 in range(start, end, BLOCK_N):
             n = n0 + tl.arange(0, BLOCK_N)
             nmask = n < end
-            page = tl.load(bt_ptr + b * stride_bt + n // PAGE, mask=nmask, other=0).to(tl.int64)
-            rows = page * BLOCK_STRIDE + (n % PAGE) * TOKEN_STRIDE + kvh * HEAD_STRIDE
-            k = tl.load(kc_ptr + rows[:, None] + d[None, :], mask=nmask[:, None], other=0.0)
-            s = mma(q, tl.trans(k), IEEE) * qk_scale
-            s = tl.where(nmask[None, :], s, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, 1))
-            alpha = tl.exp2(m - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l = l * alpha + tl.sum(p, 1)
-            v = tl.load(vc_ptr + rows[:, None] + d[None, :], mask=nmask[:, None], other=0.0)
-            acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, IEEE)
-            m = m_new
+            m, l, acc = _attend_keys(q, kc_ptr, vc_ptr, bt_ptr + b * stride_bt, kvh, n, nmask, nmask[None, :], d,
+                                     m, l, acc, qk_scale, PAGE, BLOCK_STRIDE, TOKEN_STRIDE, HEAD_STRIDE, IEEE)
         out = acc / l[:, None]
         if DIRECT:
             tl.store(out_ptr + b * stride_ob + heads[:, None] * stride_oh + d[None, :],
@@ -222,18 +233,9 @@ def _prefill_kernel(q_ptr, kc_ptr, vc_ptr, out_ptr, bt_ptr, tile_seq_ptr, tile_s
     for n0 in range(0, kv_end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         nmask = n < kv_end
-        page = tl.load(bt_ptr + seq * stride_bt + n // PAGE, mask=nmask, other=0).to(tl.int64)
-        rows = page * BLOCK_STRIDE + (n % PAGE) * TOKEN_STRIDE + kvh * HEAD_STRIDE
-        k = tl.load(kc_ptr + rows[:, None] + d[None, :], mask=nmask[:, None], other=0.0)
-        s = mma(q, tl.trans(k), IEEE) * qk_scale
-        s = tl.where((n[None, :] <= q_pos[:, None]) & nmask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l = l * alpha + tl.sum(p, 1)
-        v = tl.load(vc_ptr + rows[:, None] + d[None, :], mask=nmask[:, None], other=0.0)
-        acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, IEEE)
-        m = m_new
+        causal = (n[None, :] <= q_pos[:, None]) & nmask[None, :]
+        m, l, acc = _attend_keys(q, kc_ptr, vc_ptr, bt_ptr + seq * stride_bt, kvh, n, nmask, causal, d, m, l, acc,
+                                 qk_scale, PAGE, BLOCK_STRIDE, TOKEN_STRIDE, HEAD_STRIDE, IEEE)
     out = acc / l[:, None]
     tl.store(out_ptr + q_rows[:, None] * stride_ot + h * stride_oh + d[None, :], out.to(out_ptr.dtype.element_ty),
              mask=imask[:, None])
