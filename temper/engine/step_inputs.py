@@ -152,11 +152,6 @@ class StepInputs:
                 d[lay["tables"]].view(rows, self.width))
 
     # ---- one step -------------------------------------------------------------------------
-    def build(self, batch: ScheduledBatch, rows: int, backend, previous=None) -> ModelInputs:
-        """The inputs of `batch` (`plan` then `load`); see `plan` for `rows` and `previous`."""
-        plan = self.plan(batch, rows, previous.rows if previous is not None else None)
-        return self.load(plan, backend, previous.tokens if previous is not None else None)
-
     def plan(self, batch: ScheduledBatch, rows: int, previous_rows: dict[Sequence, int] | None = None,
              graph: bool = False) -> StepPlan:
         """Fill the host buffers for `batch`; a decode batch is padded to `rows` rows (>= its size).

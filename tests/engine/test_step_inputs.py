@@ -29,6 +29,11 @@ def slot(table, pos):
     return table[pos // BS] * BS + pos % BS
 
 
+def build(inputs: StepInputs, batch: ScheduledBatch, rows: int, backend):
+    """The step's device inputs, as the model runner gets them: `plan` (host), then `load` (device)."""
+    return inputs.load(inputs.plan(batch, rows), backend)
+
+
 class DummyBackend:
     def prepare(self, meta):
         pass
@@ -39,7 +44,7 @@ def test_prefill_layout_with_cached_prefix_and_chunk():
     a = seq("a", list(range(10, 19)), [7, 3, 9], computed=4, temperature=0.5)  # 4 cached, 5 new
     b = seq("b", list(range(30, 36)), [1, 2], computed=0, temperature=0)  # a chunk of 3: no sampling
     batch = ScheduledBatch.of([a, b], [5, 3], is_prefill=True)
-    x = inputs.build(batch, 2, TorchPagedAttention())
+    x = build(inputs, batch, 2, TorchPagedAttention())
     assert x.input_ids.tolist() == list(range(14, 19)) + [30, 31, 32]
     assert x.positions.tolist() == [4, 5, 6, 7, 8, 0, 1, 2]
     assert x.meta.slot_mapping.tolist() == [slot([7, 3, 9], p) for p in range(4, 9)] + [slot([1, 2], p) for p in range(3)]
@@ -55,7 +60,7 @@ def test_decode_padding_rows_and_block_table_updates():
     inputs = make_inputs()
     a = seq("a", list(range(6)), [5, 6], computed=5, temperature=1.0, top_p=0.9)
     b = seq("b", list(range(3)), [8], computed=2, temperature=0)
-    x = inputs.build(ScheduledBatch.of([a, b], [1, 1], is_prefill=False), 4, DummyBackend())
+    x = build(inputs, ScheduledBatch.of([a, b], [1, 1], is_prefill=False), 4, DummyBackend())
     assert x.input_ids.tolist() == [5, 2, 0, 0] and x.positions.tolist() == [5, 2, 0, 0]
     assert x.meta.slot_mapping.tolist() == [slot([5, 6], 5), slot([8], 2), -1, -1]
     assert x.meta.context_lens.tolist() == [6, 3, 0, 0]
@@ -70,7 +75,7 @@ def test_decode_padding_rows_and_block_table_updates():
     b.num_computed_tokens = 4
     b.block_table.append(11)
     a.block_table = [2, 4]
-    x = inputs.build(ScheduledBatch.of([b, a], [1, 1], is_prefill=False), 2, DummyBackend())
+    x = build(inputs, ScheduledBatch.of([b, a], [1, 1], is_prefill=False), 2, DummyBackend())
     assert x.meta.block_tables[:, :2].tolist() == [[8, 11], [2, 4]]
     assert x.meta.slot_mapping.tolist() == [slot([8, 11], 4), slot([2, 4], 5)]
 
@@ -79,7 +84,7 @@ def test_records_are_recycled_when_rows_run_out():
     inputs = make_inputs(max_num_seqs=2)  # 4 rows of persistent block tables
     for i in range(10):
         s = seq(f"s{i}", [1, 2, 3], [i], computed=2)
-        x = inputs.build(ScheduledBatch.of([s], [1], is_prefill=False), 1, DummyBackend())
+        x = build(inputs, ScheduledBatch.of([s], [1], is_prefill=False), 1, DummyBackend())
         assert x.meta.block_tables[0, 0].item() == i
     assert len(inputs.records) <= 4
 
@@ -89,7 +94,7 @@ def test_decode_views_are_the_views_build_fills():
     ids, positions, slots, context, tables = inputs.decode_views(4)
     assert slots.tolist() == [-1] * 4 and context.tolist() == [0] * 4
     a = seq("a", list(range(6)), [5, 6], computed=5)
-    x = inputs.build(ScheduledBatch.of([a], [1], is_prefill=False), 4, DummyBackend())
+    x = build(inputs, ScheduledBatch.of([a], [1], is_prefill=False), 4, DummyBackend())
     for view, built in [(ids, x.input_ids), (positions, x.positions), (slots, x.meta.slot_mapping),
                         (context, x.meta.context_lens), (tables, x.meta.block_tables)]:
         assert view.data_ptr() == built.data_ptr() and view.shape == built.shape

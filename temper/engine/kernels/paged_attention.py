@@ -2,8 +2,8 @@
 
 All three address a cache of logical shape ``[num_blocks, block_size, Hkv, D]`` (token slot s is block
 s // block_size, row s % block_size) through its strides: token-major memory (contiguous, the layout
-`attention.py` uses and the engine allocates) or head-major (``new_cache(..., "head")``: a block holds
-each head's tokens contiguously; measured no faster on an H100, see benchmarks/RESULTS.md). They read
+`attention.py` uses and the engine allocates) or head-major (a block holds each head's tokens
+contiguously: tested, measured no faster on an H100, see benchmarks/RESULTS.md). They read
 K/V straight from the blocks through the block table: no gathers into padded copies, no per-sequence
 launches. Integer arguments that change from step to step (block-table width, split count) are not
 specialised on, and the pointer arguments the engine passes are 16-byte aligned, so a new batch shape
@@ -69,16 +69,6 @@ def cache_strides(k_cache: torch.Tensor, v_cache: torch.Tensor) -> dict[str, int
         raise ValueError(f"K and V caches need equal strides and a contiguous head dim; got {k_cache.stride()} "
                          f"and {v_cache.stride()}")
     return {"BLOCK_STRIDE": k_cache.stride(0), "TOKEN_STRIDE": k_cache.stride(1), "HEAD_STRIDE": k_cache.stride(2)}
-
-
-def new_cache(shape: tuple[int, ...], layout: str, **tensor_kwargs) -> torch.Tensor:
-    """Zeros of logical shape [..., num_blocks, block_size, Hkv, D] in `layout`: "token" (contiguous) or
-    "head" (memory [..., num_blocks, Hkv, block_size, D], seen through a transpose)."""
-    if layout == "token":
-        return torch.zeros(shape, **tensor_kwargs)
-    if layout == "head":
-        return torch.zeros(*shape[:-3], shape[-2], shape[-3], shape[-1], **tensor_kwargs).transpose(-3, -2)
-    raise ValueError(f"KV-cache layout must be 'token' or 'head', got {layout!r}")
 
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

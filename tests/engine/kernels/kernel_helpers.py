@@ -5,6 +5,15 @@ from __future__ import annotations
 import torch
 
 
+def paged_cache(shape: tuple[int, ...], layout: str, **tensor_kwargs) -> torch.Tensor:
+    """Zeros of logical shape [num_blocks, block_size, Hkv, D] (what the kernels index) in `layout`:
+    "token" (contiguous, the engine's) or "head" (memory [num_blocks, Hkv, block_size, D] seen through
+    a transpose), to check that the kernels address the cache only through its strides."""
+    if layout == "token":
+        return torch.zeros(shape, **tensor_kwargs)
+    return torch.zeros(shape[0], shape[2], shape[1], shape[3], **tensor_kwargs).transpose(1, 2)
+
+
 def ulp_close(actual: torch.Tensor, expected: torch.Tensor, max_ulps: int = 2, frac: float = 0.02,
               atol: float = 0.0) -> None:
     """actual == expected up to `max_ulps` steps of their dtype; in bf16/fp16 (where both round at the

@@ -12,6 +12,8 @@ import torch
 
 pytest.importorskip("triton")
 
+from kernel_helpers import paged_cache
+
 from temper.engine.attention import AttentionMetadata, TorchPagedAttention
 from temper.engine.kernels import paged_attention as pa
 
@@ -43,8 +45,8 @@ class Batch:
             start += nb
         assert start <= NUM_BLOCKS
         # Poison the cache: attention must never read a slot it was not given.
-        self.k_cache = pa.new_cache((NUM_BLOCKS, BS, hkv, d), layout, dtype=dtype, device=device).fill_(float("nan"))
-        self.v_cache = pa.new_cache((NUM_BLOCKS, BS, hkv, d), layout, dtype=dtype, device=device).fill_(float("nan"))
+        self.k_cache = paged_cache((NUM_BLOCKS, BS, hkv, d), layout, dtype=dtype, device=device).fill_(float("nan"))
+        self.v_cache = paged_cache((NUM_BLOCKS, BS, hkv, d), layout, dtype=dtype, device=device).fill_(float("nan"))
         self.qkv = [torch.randn(n + 1, (hq + 2 * hkv) * d, generator=g).to(dtype).to(device) for n in lengths]
         self.lengths = lengths
 
