@@ -22,7 +22,9 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch.distributed import BroadcastOptions, PrefixStore, ProcessGroupGloo, TCPStore
+from torch.distributed import TCPStore
+
+from temper.engine.process_group import broadcast, new_process_group
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +61,7 @@ class TPGroup:
             store = TCPStore("127.0.0.1", port, size, is_master=False, timeout=timeout)
         group = cls(device, rank, size, None, store, watch)
         group.agree_min("joined", [0])  # every rank is alive before anyone blocks in the process group
-        prefixed = PrefixStore("tp/", store)
-        if device.type == "cuda":
-            from torch.distributed import ProcessGroupNCCL
-
-            group.pg = ProcessGroupNCCL(prefixed, rank, size, ProcessGroupNCCL.Options())
-        else:
-            group.pg = ProcessGroupGloo(prefixed, rank, size, timeout)
+        group.pg = new_process_group(store, "tp", rank, size, device.type == "cuda", timeout)
         return group
 
     def shard_range(self, full: int) -> tuple[int, int]:
@@ -96,11 +92,7 @@ class TPGroup:
         return out[:full].movedim(0, dim)
 
     def broadcast(self, x: torch.Tensor, src: int = 0) -> torch.Tensor:
-        if self.size > 1:
-            opts = BroadcastOptions()
-            opts.rootRank = src
-            self.pg.broadcast([x], opts).wait()
-        return x
+        return broadcast(self.pg, x, src) if self.size > 1 else x
 
     # ---- host agreement and waits ----------------------------------------------------------
     def agree_min(self, key: str, values: list[int]) -> list[int]:

@@ -114,9 +114,7 @@ class AsyncEngine:
         if self._thread is not None and self._thread.is_alive():
             logger.warning("the engine loop did not stop; leaving the engine open")
             return
-        close = getattr(self.engine, "close", None)
-        if close is not None:
-            close()
+        self.engine.close()
 
     # ---- commands --------------------------------------------------------------------------
     def submit(self, fn: Callable[[], Any]) -> asyncio.Future:

@@ -22,7 +22,9 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-from torch.distributed import BroadcastOptions, PrefixStore, ProcessGroupGloo, TCPStore
+from torch.distributed import TCPStore
+
+from temper.engine.process_group import broadcast, new_process_group
 
 DEFAULT_GROUP = "weight_update_group"
 DEFAULT_TIMEOUT_S = 300.0
@@ -55,23 +57,16 @@ class BroadcastGroup:
         self.rank, self.world_size, self.backend = rank, world_size, backend
         self.store = TCPStore(master_address, master_port, world_size, is_master=rank == 0, timeout=timeout,
                               wait_for_workers=False)
-        prefixed = PrefixStore(f"{group_name}/", self.store)
+        self.pg = new_process_group(self.store, group_name, rank, world_size, backend == "nccl", timeout)
         if backend == "gloo":
-            self.pg = ProcessGroupGloo(prefixed, rank, world_size, timeout)
             self.device = torch.device("cpu")
         else:
-            from torch.distributed import ProcessGroupNCCL
-
-            self.pg = ProcessGroupNCCL(prefixed, rank, world_size, ProcessGroupNCCL.Options())
             device = torch.device(device or "cuda")
             self.device = device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
 
     def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
         """Broadcast `tensor` in place from rank `src` (it must live on `self.device`)."""
-        opts = BroadcastOptions()
-        opts.rootRank = src
-        self.pg.broadcast([tensor], opts).wait()
-        return tensor
+        return broadcast(self.pg, tensor, src)
 
     def close(self) -> None:
         shutdown = getattr(self.pg, "shutdown", None)
