@@ -8,13 +8,14 @@ the recomputed old log-probs equal the first training forward's bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from temper.train.env import TrainEnv
 from temper.train.packing import MicroBatch, Plan, pack, plan_micro_batches
+from temper.train.trainable import StepTotals
 from temper.types import RolloutBatch
 
 
@@ -35,6 +36,12 @@ class Batcher:
             micro_batch_size=self.micro_batch_size,
             max_tokens=self.max_tokens,
         )
+
+    def steps(self, batch: RolloutBatch, per_token_loss: bool) -> Iterator[tuple[list[MicroBatch], StepTotals]]:
+        """Per optimizer step of `batch`: this rank's micro-batches, and the step's totals over all ranks."""
+        for step_plan in self.plan(batch):
+            positions = [p for rank in step_plan for mb in rank for p in mb]
+            yield self.local(batch, step_plan), StepTotals.of(batch, positions, per_token_loss)
 
     def local(self, batch: RolloutBatch, step_plan: list[list[list[int]]]) -> list[MicroBatch]:
         """This rank's micro-batches of one step, packed and on the device."""

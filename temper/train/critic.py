@@ -58,10 +58,7 @@ class Critic:
         batch = data.batch
         self.trainable.require_onloaded("Critic.update")
         self.step_metrics = []
-        for step_plan in self.batcher.plan(batch):
-            positions = [p for rank in step_plan for mb in rank for p in mb]
-            totals = StepTotals.of(batch, positions, self.cfg.calculate_per_token_loss)
-            micro_batches = self.batcher.local(batch, step_plan)
+        for micro_batches, totals in self.batcher.steps(batch, self.cfg.calculate_per_token_loss):
             metrics = self.trainable.step(micro_batches, functools.partial(self._loss, data=data, totals=totals))
             self.step_metrics.append(metrics)
         return mean_over_steps(self.step_metrics)
