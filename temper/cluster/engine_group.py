@@ -27,6 +27,8 @@ from typing import Any
 
 import httpx
 
+from temper.cluster.placement import stop_workers
+
 logger = logging.getLogger(__name__)
 
 SERVER_ARG_OF = {
@@ -216,15 +218,8 @@ class EngineGroup:
             raise RuntimeError(f"after the weight sync to version {version}, engines serve {wrong}")
 
     def stop(self) -> None:
-        import ray
-
         self._http.close()
-        for worker in self.workers:
-            try:
-                ray.get(worker.stop.remote(), timeout=60)
-            except Exception as e:  # noqa: BLE001 -- a dead engine is already stopped
-                logger.warning("engine stop failed: %s", e)
-            ray.kill(worker)
+        stop_workers(self.workers, "stop")
         self.workers = []
 
 

@@ -252,6 +252,19 @@ def create_placement(plan: ResourcePlan, timeout_s: float = 120.0) -> Placement:
     return Placement(group, order, [where[i][0] for i in order], [where[i][1] for i in order])
 
 
+def stop_workers(workers: list, method: str, level: int = logging.WARNING) -> None:
+    """Call each Ray worker's `method` (its own orderly stop; 60 s each), then kill it. A worker that
+    fails to stop is logged at `level` and killed all the same (a dead one is stopped already)."""
+    import ray
+
+    for worker in workers:
+        try:
+            ray.get(getattr(worker, method).remote(), timeout=60)
+        except Exception as e:  # noqa: BLE001 -- any failure: kill it anyway
+            logger.log(level, "worker %s failed: %s", method, e)
+        ray.kill(worker)
+
+
 def _bundle_locations(group: Any, plan: ResourcePlan) -> list[tuple[str, int | None]]:
     """(node address, GPU id) of each bundle, from one short task per bundle (GPU) or the table (CPU)."""
     import ray

@@ -16,7 +16,7 @@ import datetime
 import logging
 from typing import Any
 
-from temper.cluster.placement import WORKER_ENV, Placement, ResourcePlan
+from temper.cluster.placement import WORKER_ENV, Placement, ResourcePlan, stop_workers
 
 logger = logging.getLogger(__name__)
 
@@ -180,14 +180,7 @@ class TrainGroup:
         self.run("onload")
 
     def stop(self) -> None:
-        import ray
-
-        for worker in self.workers:
-            try:
-                ray.get(worker.shutdown.remote(), timeout=60)
-            except Exception as e:  # noqa: BLE001 -- a dead worker needs no shutdown
-                logger.debug("train worker shutdown failed: %s", e)
-            ray.kill(worker)
+        stop_workers(self.workers, "shutdown", logging.DEBUG)
         self.workers = []
 
 
