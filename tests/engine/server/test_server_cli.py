@@ -36,6 +36,9 @@ def test_serve_flags_map_to_engine_args(tmp_path):
     assert alias.tp_size == 4
     with pytest.raises(ValueError, match="log_level"):
         ServerArgs(model="x", log_level="loud")
+    for bad in (0, -2, True, 1.5):
+        with pytest.raises(ValueError, match=rf"tp_size must be a positive integer, got {bad!r}"):
+            ServerArgs(model="x", tp_size=bad)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve"])  # --model is required
 
