@@ -11,7 +11,8 @@ candidate iff its rank < top_k, the mass of the tokens ranked before it is <= to
 p >= min_p * p_max; the token is drawn from p restricted to the candidates and renormalized.
 temperature 0 takes the argmax of the raw logits (first index on ties, as torch/HF do).
 
-Randomness: the draw is a Gumbel-max race, argmax(log p + g), with noise g that is a pure function of
+Randomness: the draw is a Gumbel-max race, argmax(log p + g) (computed as argmax(logits / T + g): the
+two differ by one constant per row), with noise g that is a pure function of
 (request seed, output position, token id), built by a counter-based integer hash. So a request's
 tokens do not depend on what else is in the batch, on preemption, or on the device; requests without
 a seed get one from the engine's seeded generator when they are added.
@@ -122,12 +123,13 @@ class Sampler:
         logits = logits.float()
         greedy = t.temperatures == 0
         temperatures = torch.where(greedy, torch.ones_like(t.temperatures), t.temperatures)
-        logprobs = torch.log_softmax(logits / temperatures[:, None], dim=-1)
+        scaled = logits / temperatures[:, None]
+        logprobs = torch.log_softmax(scaled, dim=-1)
         tokens = logits.argmax(dim=-1)
         if not t.all_greedy:
-            scores = logprobs
+            scores = scaled  # argmax(log p + g) = argmax(x / T + g): the normaliser is one constant per row
             if t.needs_filter:
-                scores = logprobs.masked_fill(candidate_mask(logprobs, t), float("-inf"))
+                scores = scaled.masked_fill(candidate_mask(logprobs, t), float("-inf"))
             sampled = (scores + gumbel_noise(t.keys, logits.shape[-1])).argmax(dim=-1)
             tokens = torch.where(greedy, tokens, sampled)
         return tokens, logprobs.gather(1, tokens[:, None]).squeeze(1)

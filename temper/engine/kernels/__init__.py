@@ -8,7 +8,7 @@ which is how the tests run them without a GPU). Three groups, enabled separately
   kernel each, rounding to the activation dtype exactly where the PyTorch modules round;
 - "attention" (`paged_attention.py`): KV-cache write, split-K decode attention and varlen causal
   prefill attention, both reading K/V straight from the block-paged cache;
-- "sampler" (`sampling.py`): log-softmax + Gumbel-max draw over the vocabulary in two passes,
+- "sampler" (`sampling.py`): log-softmax + Gumbel-max draw over the vocabulary in one read of the logits,
   without [B, V] intermediates.
 
 `ModelRunner` calls `enable` once per engine: on CUDA it imports triton, runs every group on small
