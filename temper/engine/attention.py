@@ -2,7 +2,8 @@
 
 The cache of one layer is two tensors ``[num_blocks, block_size, num_kv_heads, head_dim]``; token
 slot s is ``cache.view(-1, H, D)[s]``. Every forward first writes the K/V of ALL new tokens of the
-batch into their slots (`AttentionMetadata.slot_mapping`), then each sequence attends. Sequences that
+batch into their slots (`AttentionMetadata.slot_mapping`), then each sequence attends (on the fused
+kernel path the q/k norm + RoPE kernel has written them just before: `kv_stored`). Sequences that
 share prefix blocks therefore may read K/V that another sequence of the same batch wrote in the same
 layer (the block manager relies on this; a replacement backend must keep "write all, then read").
 
@@ -79,9 +80,11 @@ class TorchPagedAttention:
         gathered = DECODE_GATHER_TOKENS * 2 * (num_kv_heads + num_heads) * head_dim * itemsize
         return gathered + 3 * 4 * MASKED_SCORE_ELEMENTS
 
-    def forward(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
-        """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D]."""
-        if k_cache is not None:
+    def forward(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float,
+                kv_stored: bool = False) -> torch.Tensor:
+        """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D]. kv_stored: the caller has already written k/v
+        into their cache slots (the fused RoPE kernel does)."""
+        if k_cache is not None and not kv_stored:
             k_cache.view(-1, *k.shape[1:]).index_copy_(0, meta.slot_mapping, k)
             v_cache.view(-1, *v.shape[1:]).index_copy_(0, meta.slot_mapping, v)
         if meta.is_prefill:
@@ -169,5 +172,7 @@ class PagedAttention(nn.Module):
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        return meta.backend.forward(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata,
+                kv_stored: bool = False) -> torch.Tensor:
+        """kv_stored: k/v are already in their cache slots (written by the fused RoPE kernel)."""
+        return meta.backend.forward(q, k, v, self.k_cache, self.v_cache, meta, self.scale, kv_stored)

@@ -1,4 +1,5 @@
-"""Fused per-token kernels of the decoder layer: residual add + RMSNorm, q/k RMSNorm + RoPE, SiLU-and-mul.
+"""Fused per-token kernels of the decoder layer: residual add + RMSNorm, q/k RMSNorm + RoPE (+ the KV-cache
+write), SiLU-and-mul.
 
 Each kernel replaces a chain of PyTorch ops (RMSNorm alone is six) with one pass over the row, and
 rounds to the activation dtype at the same points as the reference modules in `models/layers.py` and
@@ -53,7 +54,8 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
 @triton.jit
 def _rope_heads(base, w_ptr, c, s, eps, H: tl.constexpr, HP: tl.constexpr, D: tl.constexpr,
                 QK_NORM: tl.constexpr, ROUND: tl.constexpr):
-    """In place on H heads of D values at `base`: optional RMSNorm per head, then rotate-half RoPE."""
+    """In place on H heads of D values at `base`: optional RMSNorm per head, then rotate-half RoPE;
+    returns the two rotated halves [HP, D / 2] (float32, rounded to the activation dtype)."""
     HALF: tl.constexpr = D // 2
     h = tl.arange(0, HP)
     d = tl.arange(0, HALF)
@@ -73,12 +75,15 @@ def _rope_heads(base, w_ptr, c, s, eps, H: tl.constexpr, HP: tl.constexpr, D: tl
     o2 = round_to(round_to(x2 * c, ROUND) + round_to(x1 * s, ROUND), ROUND)
     tl.store(p1, o1.to(base.dtype.element_ty), mask=mask)
     tl.store(p1 + HALF, o2.to(base.dtype.element_ty), mask=mask)
+    return o1, o2
 
 
 @triton.jit
-def _qk_norm_rope_kernel(qkv_ptr, pos_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, stride_t, stride_cos, eps,
-                         HQ: tl.constexpr, HQP: tl.constexpr, HKV: tl.constexpr, HKVP: tl.constexpr,
-                         D: tl.constexpr, QK_NORM: tl.constexpr, ROUND: tl.constexpr):
+def _qk_norm_rope_kernel(qkv_ptr, pos_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, slot_ptr, stride_t,
+                         stride_cos, eps, HQ: tl.constexpr, HQP: tl.constexpr, HKV: tl.constexpr,
+                         HKVP: tl.constexpr, D: tl.constexpr, QK_NORM: tl.constexpr, ROUND: tl.constexpr,
+                         STORE_KV: tl.constexpr, PAGE: tl.constexpr, BLOCK_STRIDE: tl.constexpr,
+                         TOKEN_STRIDE: tl.constexpr, HEAD_STRIDE: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t).to(tl.int64)
     d = tl.arange(0, D // 2)
@@ -86,23 +91,45 @@ def _qk_norm_rope_kernel(qkv_ptr, pos_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, str
     s = round_to(tl.load(sin_ptr + pos * stride_cos + d), ROUND)[None, :]
     base = qkv_ptr + t * stride_t
     _rope_heads(base, qw_ptr, c, s, eps, HQ, HQP, D, QK_NORM, ROUND)
-    _rope_heads(base + HQ * D, kw_ptr, c, s, eps, HKV, HKVP, D, QK_NORM, ROUND)
+    k1, k2 = _rope_heads(base + HQ * D, kw_ptr, c, s, eps, HKV, HKVP, D, QK_NORM, ROUND)
+    if STORE_KV:  # the token's rotated K and its V into its cache slot (slot < 0: a padding row)
+        slot = tl.load(slot_ptr + t).to(tl.int64)
+        if slot >= 0:
+            h = tl.arange(0, HKVP)
+            mask = (h < HKV)[:, None]
+            dst = (slot // PAGE) * BLOCK_STRIDE + (slot % PAGE) * TOKEN_STRIDE + h[:, None] * HEAD_STRIDE + d[None, :]
+            tl.store(kc_ptr + dst, k1.to(kc_ptr.dtype.element_ty), mask=mask)
+            tl.store(kc_ptr + dst + D // 2, k2.to(kc_ptr.dtype.element_ty), mask=mask)
+            src = base + (HQ + HKV) * D + h[:, None] * D + d[None, :]
+            tl.store(vc_ptr + dst, tl.load(src, mask=mask), mask=mask)
+            tl.store(vc_ptr + dst + D // 2, tl.load(src + D // 2, mask=mask), mask=mask)
 
 
 def qk_norm_rope_(qkv: torch.Tensor, positions: torch.Tensor, q_weight: torch.Tensor | None,
                   k_weight: torch.Tensor | None, eps: float, cos: torch.Tensor, sin: torch.Tensor,
-                  num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+                  num_heads: int, num_kv_heads: int, head_dim: int,
+                  kv_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
     """In place on the q and k columns of qkv [T, (Hq + 2 Hkv) * D] (rows may be strided): per-head
     RMSNorm (when the weights are given) then RoPE at `positions` [T], with cos/sin [max_len, D] float32
-    tables whose two halves are equal (rotate-half layout)."""
+    tables whose two halves are equal (rotate-half layout). With `kv_cache` = (k_cache, v_cache,
+    slot_mapping [T]) each token's rotated K and its V are also written to its cache slot (as
+    `paged_attention.store_kv` would, in the same launch)."""
     tokens = qkv.shape[0]
     if not tokens:
         return
     qk_norm = q_weight is not None
+    if kv_cache is not None:
+        from temper.engine.kernels.paged_attention import cache_strides
+
+        k_cache, v_cache, slots = kv_cache
+        cache = dict(STORE_KV=True, PAGE=k_cache.shape[1], **cache_strides(k_cache, v_cache))
+    else:
+        k_cache = v_cache = slots = qkv
+        cache = dict(STORE_KV=False, PAGE=1, BLOCK_STRIDE=0, TOKEN_STRIDE=0, HEAD_STRIDE=0)
     _qk_norm_rope_kernel[(tokens,)](
-        qkv, positions, q_weight if qk_norm else cos, k_weight if qk_norm else cos, cos, sin, qkv.stride(0),
-        cos.stride(0), eps, HQ=num_heads, HQP=next_pow2(num_heads), HKV=num_kv_heads, HKVP=next_pow2(num_kv_heads),
-        D=head_dim, QK_NORM=qk_norm, ROUND=round_code(qkv.dtype), num_warps=4,
+        qkv, positions, q_weight if qk_norm else cos, k_weight if qk_norm else cos, cos, sin, k_cache, v_cache, slots,
+        qkv.stride(0), cos.stride(0), eps, HQ=num_heads, HQP=next_pow2(num_heads), HKV=num_kv_heads,
+        HKVP=next_pow2(num_kv_heads), D=head_dim, QK_NORM=qk_norm, ROUND=round_code(qkv.dtype), **cache, num_warps=4,
     )
 
 

@@ -388,8 +388,9 @@ class TritonPagedAttention:
         else:
             meta.backend_data["num_splits"] = decode_num_splits(len(meta.query_lens), self.num_kv_heads, self.num_sms)
 
-    def forward(self, q, k, v, k_cache, v_cache, meta, scale: float) -> torch.Tensor:
-        store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+    def forward(self, q, k, v, k_cache, v_cache, meta, scale: float, kv_stored: bool = False) -> torch.Tensor:
+        if not kv_stored:
+            store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         if meta.is_prefill:
             return prefill_attention(q, k_cache, v_cache, meta.block_tables, meta.backend_data["tiles"],
                                      meta.backend_data["seq_info"], scale)

@@ -82,10 +82,16 @@ def _check_layers(device, dtype, shape) -> str | None:
         q, k = q_norm(q), q_norm(k)
     q_ref, k_ref = rotary(positions, q, k)
     fused = qkv.clone()
+    caches = torch.zeros(2, 3, shape.block_size, hkv, d, device=device, dtype=dtype)
+    slots = torch.tensor([4, -1, 0, 2 * shape.block_size + 1, 1], device=device)
     elementwise.qk_norm_rope_(fused, positions, w if shape.qk_norm else None, w if shape.qk_norm else None, 1e-6,
-                              rotary.cos, rotary.sin, hq, hkv, d)
+                              rotary.cos, rotary.sin, hq, hkv, d, (caches[0], caches[1], slots))
     errors.append(_compare("qk_norm_rope q", fused[:, : hq * d], q_ref.reshape(5, -1), tol))
     errors.append(_compare("qk_norm_rope k", fused[:, hq * d : (hq + hkv) * d], k_ref.reshape(5, -1), tol))
+    written = slots >= 0
+    cached = caches.view(2, -1, hkv * d)[:, slots[written]]
+    errors.append(_compare("qk_norm_rope k cache", cached[0], fused[written, hq * d : (hq + hkv) * d], 0.0))
+    errors.append(_compare("qk_norm_rope v cache", cached[1], fused[written, (hq + hkv) * d :], 0.0))
     return next((e for e in errors if e), None)
 
 

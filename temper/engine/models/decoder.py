@@ -76,11 +76,14 @@ class DecoderAttention(nn.Module):
     def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         qkv = self.qkv_proj(x)
         fused = kernels.enabled("layers", qkv)
-        if fused:  # q/k norm and RoPE in place on the q and k columns
+        kv_cache = None
+        if fused:  # q/k norm and RoPE in place on the q and k columns, K/V written to the cache
+            if self.attn.k_cache is not None:
+                kv_cache = (self.attn.k_cache, self.attn.v_cache, meta.slot_mapping)
             kernels.module("elementwise").qk_norm_rope_(
                 qkv, positions, self.q_norm.weight if self.qk_norm else None,
                 self.k_norm.weight if self.qk_norm else None, self.q_norm.eps if self.qk_norm else 0.0,
-                self.rotary.cos, self.rotary.sin, self.num_heads, self.num_kv_heads, self.head_dim,
+                self.rotary.cos, self.rotary.sin, self.num_heads, self.num_kv_heads, self.head_dim, kv_cache,
             )
         q, k, v = self.qkv_proj.split(qkv)
         q = q.view(-1, self.num_heads, self.head_dim)
@@ -90,7 +93,7 @@ class DecoderAttention(nn.Module):
             if self.qk_norm:
                 q, k = self.q_norm(q), self.k_norm(k)
             q, k = self.rotary(positions, q, k)
-        out = self.attn(q, k, v, meta)
+        out = self.attn(q, k, v, meta, kv_stored=kv_cache is not None)
         return self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
 
 

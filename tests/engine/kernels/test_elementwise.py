@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from kernel_helpers import ulp_close
+from kernel_helpers import paged_cache, ulp_close
 
 from temper.engine.kernels import elementwise
 from temper.engine.models.layers import RMSNorm, silu_and_mul
@@ -58,6 +58,34 @@ def test_qk_norm_rope_matches_modules(dtype, qk_norm, device):
     ulp_close(view[:, hq * d : (hq + hkv) * d].reshape(t, hkv, d), k_ref, atol=atol)
     assert torch.equal(view[:, (hq + hkv) * d :], v)  # v untouched
     assert torch.equal(wide[:, qkv.shape[1] :], torch.zeros_like(wide[:, qkv.shape[1] :]))
+
+
+@pytest.mark.parametrize("layout", ["token", "head"])
+def test_qk_norm_rope_writes_the_rotated_k_and_v_into_their_cache_slots(layout, device):
+    """With kv_cache the same launch writes each token's K (after norm + RoPE) and V to its slot, as
+    `store_kv` would; a padding row (slot -1) writes nothing, and no other slot changes."""
+    hq, hkv, d, t, page, blocks = 4, 2, 32, 5, 4, 6
+    rotary = RotaryEmbedding(d, 64, inverse_frequencies({"rope_type": "default", "rope_theta": 1e4}, d, 64)).to(device)
+    qkv = randn(t, (hq + 2 * hkv) * d, dtype=torch.bfloat16, device=device)
+    positions = torch.tensor([3, 0, 9, 17, 4], device=device)
+    weight = randn(d, dtype=torch.bfloat16, device=device, seed=4, scale=0.2) + 1
+    slots = torch.tensor([5, 22, -1, 0, 13], device=device)
+    caches = [paged_cache((blocks, page, hkv, d), layout, dtype=torch.bfloat16, device=device).fill_(7.0)
+              for _ in range(2)]
+    expected = qkv.clone()
+    elementwise.qk_norm_rope_(expected, positions, weight, weight, 1e-6, rotary.cos, rotary.sin, hq, hkv, d)
+    elementwise.qk_norm_rope_(qkv, positions, weight, weight, 1e-6, rotary.cos, rotary.sin, hq, hkv, d,
+                              (caches[0], caches[1], slots))
+    assert torch.equal(qkv, expected)  # q and k in place, as without the cache
+    k = expected[:, hq * d : (hq + hkv) * d].reshape(t, hkv, d)
+    v = expected[:, (hq + hkv) * d :].reshape(t, hkv, d)
+    for cache, new in zip(caches, (k, v)):
+        flat = cache.reshape(blocks * page, hkv, d)  # a copy for the head-major layout: read-only use
+        written = slots >= 0
+        assert torch.equal(flat[slots[written]], new[written])
+        untouched = torch.ones(blocks * page, dtype=torch.bool, device=device)
+        untouched[slots[written]] = False
+        assert (flat[untouched] == 7.0).all()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
