@@ -12,13 +12,6 @@ sequence that hits such a block in the same step is in the same forward pass, an
 every new K/V of the batch into the cache before any sequence reads from it (see `attention.py`); it
 is what lets the n samples of one GRPO prompt, admitted together, prefill the prompt once.
 
-Placement: a sequence's blocks are kept next to each other in memory where possible (decode attention
-reads a sequence's K/V block after block; scattered blocks read slower). After a new sequence gets its
-blocks, the free blocks right behind them (as many as its max_new_tokens may need, at most
-`MAX_RESERVED_BLOCKS`) move to the back of the free list, so other sequences take them last, and
-`grow` takes the block after a sequence's last one when it is free. This is a preference only: under
-memory pressure any free block goes to whoever needs it.
-
 Freed blocks (reference count 0) keep their hash and sit in an LRU free list: a later request with the
 same prefix takes them back; they are evicted (hash dropped) only when the free list hands them out
 for new content. `flush()` forgets every hash (after a weight update the cached K/V are stale).
@@ -30,8 +23,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from temper.engine.sequence import Sequence
-
-MAX_RESERVED_BLOCKS = 64  # free blocks kept behind a new sequence for its growth (see "Placement")
 
 
 @dataclass
@@ -85,19 +76,7 @@ class BlockManager:
         seq.num_hashed_blocks = len(hits)
         for _ in range(self.blocks_for(len(seq)) - len(hits)):
             seq.block_table.append(self._take_fresh())
-        self._reserve_behind(seq)
         return len(hits) * self.block_size
-
-    def _reserve_behind(self, seq: Sequence) -> None:
-        """Move the free blocks right after seq's last block to the back of the free list (see "Placement")."""
-        max_new = seq.params.max_new_tokens
-        room = MAX_RESERVED_BLOCKS if max_new is None else min(
-            MAX_RESERVED_BLOCKS, self.blocks_for(len(seq) + max_new) - len(seq.block_table))
-        start = seq.block_table[-1] + 1
-        for block_id in range(start, min(start + room, self.num_blocks)):
-            if block_id not in self.free:
-                break
-            self.free.move_to_end(block_id)
 
     def _match_prefix(self, seq: Sequence) -> list[int]:
         """Ids of the cached blocks that hold seq's leading full blocks.
@@ -130,8 +109,7 @@ class BlockManager:
     def grow(self, seq: Sequence, num_tokens: int) -> None:
         """Make sure seq has slots for its first `num_tokens` tokens."""
         while len(seq.block_table) < self.blocks_for(num_tokens):
-            after = seq.block_table[-1] + 1 if seq.block_table else None
-            seq.block_table.append(self._take_fresh(after if after in self.free else None))
+            seq.block_table.append(self._take_fresh())
 
     def commit(self, seq: Sequence, num_tokens: int) -> None:
         """Register seq's full blocks within its first `num_tokens` tokens (scheduled for compute)."""
@@ -169,13 +147,8 @@ class BlockManager:
             del self.free[block_id]
         block.ref_count += 1
 
-    def _take_fresh(self, block_id: int | None = None) -> int:
-        """A free block for new content (`block_id` if given, else the one freed longest ago); its
-        cached prefix, if any, is evicted."""
-        if block_id is None:
-            block_id, _ = self.free.popitem(last=False)
-        else:
-            del self.free[block_id]
+    def _take_fresh(self) -> int:
+        block_id, _ = self.free.popitem(last=False)
         block = self.blocks[block_id]
         if block.hash is not None and self.hash_to_block.get(block.hash) == block_id:
             del self.hash_to_block[block.hash]

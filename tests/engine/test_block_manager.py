@@ -118,32 +118,3 @@ def test_prefix_caching_disabled():
     bm = BlockManager(8, BS, enable_prefix_caching=False)
     admit(bm, seq(list(range(9))))
     assert admit(bm, seq(list(range(9)))) == 0 and not bm.hash_to_block
-
-
-def test_a_sequence_grows_into_the_blocks_behind_it():
-    """Sequences admitted together and decoded in turns each keep consecutive block ids: the blocks
-    behind a new sequence (its max_new_tokens' worth) are handed to others last."""
-    bm = BlockManager(32, BS)
-    a = Sequence("a", list(range(6)), SamplingParams(max_new_tokens=10), seed=0)  # 2 blocks + room for 2 more
-    b = Sequence("b", list(range(50, 55)), SamplingParams(max_new_tokens=None), seed=0)
-    admit(bm, a)
-    admit(bm, b)
-    for t in range(10):
-        for s in (a, b):
-            s.append_token(100 + t, 0.0)
-            bm.grow(s, len(s))
-    assert a.block_table == list(range(a.block_table[0], a.block_table[0] + 4))
-    assert b.block_table == list(range(b.block_table[0], b.block_table[0] + 4))
-
-
-def test_reserved_blocks_still_go_to_others_under_pressure():
-    bm = BlockManager(4, BS)
-    a = Sequence("a", [1, 2, 3], SamplingParams(max_new_tokens=100), seed=0)  # reserves blocks 1..3
-    admit(bm, a)
-    b = seq(list(range(10, 19)))  # needs 3 blocks: only the reserved ones are free
-    assert bm.can_allocate(b)
-    admit(bm, b)
-    assert sorted(a.block_table + b.block_table) == [0, 1, 2, 3] and bm.num_free_blocks == 0
-    a.append_token(4, 0.0)
-    a.append_token(5, 0.0)
-    assert not bm.can_grow(a, len(a))  # a's room was taken: it must wait (or be preempted) like before
