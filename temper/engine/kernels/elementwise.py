@@ -122,10 +122,10 @@ def qk_norm_rope_(qkv: torch.Tensor, positions: torch.Tensor, q_weight: torch.Te
         from temper.engine.kernels.paged_attention import cache_strides
 
         k_cache, v_cache, slots = kv_cache
-        cache = dict(STORE_KV=True, PAGE=k_cache.shape[1], **cache_strides(k_cache, v_cache))
+        cache = {"STORE_KV": True, "PAGE": k_cache.shape[1], **cache_strides(k_cache, v_cache)}
     else:
         k_cache = v_cache = slots = qkv
-        cache = dict(STORE_KV=False, PAGE=1, BLOCK_STRIDE=0, TOKEN_STRIDE=0, HEAD_STRIDE=0)
+        cache = {"STORE_KV": False, "PAGE": 1, "BLOCK_STRIDE": 0, "TOKEN_STRIDE": 0, "HEAD_STRIDE": 0}
     _qk_norm_rope_kernel[(tokens,)](
         qkv, positions, q_weight if qk_norm else cos, k_weight if qk_norm else cos, cos, sin, k_cache, v_cache, slots,
         qkv.stride(0), cos.stride(0), eps, HQ=num_heads, HQP=next_pow2(num_heads), HKV=num_kv_heads,

@@ -42,7 +42,7 @@ def _chunk_kernel(logits_ptr, temp_ptr, keys_ptr, max_ptr, sum_ptr, best_ptr, bi
     m = tl.max(x, 0)
     s = tl.sum(tl.where(mask, tl.exp(x - m), 0.0), 0)
     score = x
-    if not ALL_GREEDY:
+    if not ALL_GREEDY:  # noqa: SIM102 (a compile-time branch around a run-time one)
         if temp != 0.0:
             k0 = tl.load(keys_ptr + 2 * row).to(tl.uint32)
             k1 = tl.load(keys_ptr + 2 * row + 1).to(tl.uint32)
