@@ -246,17 +246,11 @@ def part_kernels(args, device: torch.device, workdir: Path, budget: float) -> No
 
 def _cuda_ms(fn, device: torch.device, repeats: int = 7) -> float:
     """Median milliseconds of `fn` between CUDA events, after one warm-up call."""
+    from temper.engine.kernels.common import median_cuda_ms
+
     fn()
     sync(device)
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[repeats // 2]
+    return median_cuda_ms(fn, repeats)
 
 
 def _bench_gemms(device: torch.device, deadline: float) -> None:

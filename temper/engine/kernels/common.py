@@ -49,3 +49,16 @@ def mma(a, b, IEEE: tl.constexpr):
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def median_cuda_ms(fn, repeats: int) -> float:
+    """Median milliseconds of `repeats` calls of `fn`, each timed between CUDA events (warm it up first)."""
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[repeats // 2]

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from temper.engine.kernels.common import next_pow2, round_code, round_to
+from temper.engine.kernels.paged_attention import cache_strides
 
 
 @triton.jit
@@ -119,8 +120,6 @@ def qk_norm_rope_(qkv: torch.Tensor, positions: torch.Tensor, q_weight: torch.Te
         return
     qk_norm = q_weight is not None
     if kv_cache is not None:
-        from temper.engine.kernels.paged_attention import cache_strides
-
         k_cache, v_cache, slots = kv_cache
         cache = {"STORE_KV": True, "PAGE": k_cache.shape[1], **cache_strides(k_cache, v_cache)}
     else:

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from temper.engine.kernels.common import mma, next_pow2
+from temper.engine.kernels.common import median_cuda_ms, mma, next_pow2
 
 logger = logging.getLogger(__name__)
 
@@ -260,15 +260,7 @@ def tune_decode(num_heads: int, num_kv_heads: int, head_dim: int, page: int, dty
         elif not ((out - expected).norm() <= 1e-2 * expected.norm()):
             logger.warning("decode tile %s disagrees with the default tile; skipped", config)
             continue
-        times = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            call()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        timings[config] = sorted(times)[repeats // 2]
+        timings[config] = median_cuda_ms(call, repeats)
     return min(timings, key=timings.get) if timings else DECODE_CONFIGS[0]
 
 
