@@ -8,7 +8,8 @@ once. The reference materialises float32 logits, their log-softmax, and int64 ha
 tensors of [B, V] each; at B = 256 and V = 151936 that is about 2 GB of memory traffic per step. Here
 two launches:
 
-1. per (row, chunk): max and sum of exp of x, and the best x + g (x for greedy rows) and its index;
+1. per (row, chunk of `CHUNK` entries, walked in tiles): max and sum of exp of x, and the best x + g (x
+   for greedy rows) and its index;
 2. per row: the log-sum-exp from the chunk statistics, the best chunk, the token and its log-prob.
 
 Chunks are reduced in order with first-index ties, so the result does not depend on the chunking.
@@ -16,11 +17,20 @@ Chunks are reduced in order with first-index ties, so the result does not depend
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.libdevice import fast_logf
 
-CHUNK = 4096
+# Vocabulary entries per program and per loop iteration, and warps per program: the fastest of 30
+# combinations at B = 16-256 on an H100 (benchmarks/RESULTS.md, session 10).
+CHUNK, TILE, NUM_WARPS = 8192, 1024, 4
+# The noise's two logs with lg2.approx (two instructions, not ~20: the kernel is bound by instruction issue,
+# not by reading the logits); Triton's interpreter (the CPU tests) has no libdevice and takes tl.log.
+FAST_LOG = tl.constexpr(os.environ.get("TRITON_INTERPRET") != "1")
+NO_MAX = -3.0e38  # a running maximum's start: finite, so exp(NO_MAX - NO_MAX) = 1 where -inf would give NaN
 
 
 @triton.jit
@@ -31,30 +41,54 @@ def _mix32(x):
 
 
 @triton.jit
+def _log(x):
+    if FAST_LOG:
+        return fast_logf(x)
+    else:
+        return tl.log(x)
+
+
+@triton.jit
 def _chunk_kernel(logits_ptr, temp_ptr, keys_ptr, max_ptr, sum_ptr, best_ptr, bidx_ptr, stride_l, vocab, num_chunks,
-                  CHUNK_SIZE: tl.constexpr, ALL_GREEDY: tl.constexpr):
+                  CHUNK_SIZE: tl.constexpr, TILE_SIZE: tl.constexpr, ALL_GREEDY: tl.constexpr,
+                  NO_MAX: tl.constexpr):
+    """Each lane keeps its own running max, sum of exp (rescaled when its max grows), best score and
+    that score's first index over the chunk's tiles; the lanes are reduced once at the end."""
     row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * CHUNK_SIZE + tl.arange(0, CHUNK_SIZE)
-    mask = cols < vocab
-    raw = tl.load(logits_ptr + row * stride_l + cols, mask=mask, other=float("-inf")).to(tl.float32)
+    first = tl.program_id(1) * CHUNK_SIZE
+    end = tl.minimum(first + CHUNK_SIZE, vocab)
     temp = tl.load(temp_ptr + row)
-    x = raw / tl.where(temp == 0.0, 1.0, temp)
-    m = tl.max(x, 0)
-    s = tl.sum(tl.where(mask, tl.exp(x - m), 0.0), 0)
-    score = x
-    if not ALL_GREEDY:  # noqa: SIM102 (a compile-time branch around a run-time one)
-        if temp != 0.0:
-            k0 = tl.load(keys_ptr + 2 * row).to(tl.uint32)
-            k1 = tl.load(keys_ptr + 2 * row + 1).to(tl.uint32)
-            h = _mix32(_mix32(cols.to(tl.uint32) ^ k0) ^ k1)
-            uniform = ((h >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
-            score = tl.where(mask, x + -tl.log(-tl.log(uniform)), float("-inf"))
-    best = tl.max(score, 0)
+    divisor = tl.where(temp == 0.0, 1.0, temp)
+    k0 = tl.load(keys_ptr + 2 * row).to(tl.uint32)
+    k1 = tl.load(keys_ptr + 2 * row + 1).to(tl.uint32)
+    lanes = tl.arange(0, TILE_SIZE)
+    m = tl.full([TILE_SIZE], NO_MAX, tl.float32)
+    s = tl.zeros([TILE_SIZE], tl.float32)
+    best = tl.full([TILE_SIZE], float("-inf"), tl.float32)
+    bidx = first + lanes  # an all -inf chunk answers its first index
+    for start in range(first, end, TILE_SIZE):
+        cols = start + lanes
+        mask = cols < end
+        x = tl.load(logits_ptr + row * stride_l + cols, mask=mask, other=float("-inf")).to(tl.float32) / divisor
+        m_new = tl.maximum(m, x)
+        s = s * tl.exp(m - m_new) + tl.exp(x - m_new)
+        m = m_new
+        score = x
+        if not ALL_GREEDY:  # noqa: SIM102 (a compile-time branch around a run-time one)
+            if temp != 0.0:
+                h = _mix32(_mix32(cols.to(tl.uint32) ^ k0) ^ k1)
+                uniform = ((h >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+                score = tl.where(mask, x + -_log(-_log(uniform)), float("-inf"))
+        better = score > best  # strictly: a lane keeps the first of its tied columns
+        best = tl.where(better, score, best)
+        bidx = tl.where(better, cols, bidx)
+    top = tl.max(m, 0)
+    chunk_best = tl.max(best, 0)
     out = row * num_chunks + tl.program_id(1)
-    tl.store(max_ptr + out, m)
-    tl.store(sum_ptr + out, s)
-    tl.store(best_ptr + out, best)
-    tl.store(bidx_ptr + out, tl.min(tl.where(score == best, cols, 2147483647), 0))  # first index of the best
+    tl.store(max_ptr + out, top)
+    tl.store(sum_ptr + out, tl.sum(s * tl.exp(m - top), 0))
+    tl.store(best_ptr + out, chunk_best)
+    tl.store(bidx_ptr + out, tl.min(tl.where(best == chunk_best, bidx, 2147483647), 0))  # first index of the best
 
 
 @triton.jit
@@ -77,10 +111,10 @@ def _pick_kernel(logits_ptr, temp_ptr, max_ptr, sum_ptr, best_ptr, bidx_ptr, tok
 
 
 def sample(logits: torch.Tensor, temperatures: torch.Tensor, keys: torch.Tensor, all_greedy: bool,
-           chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+           chunk: int = CHUNK, tile: int = TILE, num_warps: int = NUM_WARPS) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [B, V] (any float dtype, rows may be strided), temperatures [B] float32 (0: greedy),
     keys [B, 2] int64 -> (token ids [B] int64, log-probs [B] float32). `chunk`: vocabulary entries per
-    program (a power of two)."""
+    program, `tile`: per loop iteration (powers of two)."""
     rows, vocab = logits.shape
     device = logits.device
     tokens = torch.empty(rows, dtype=torch.int64, device=device)
@@ -93,7 +127,8 @@ def sample(logits: torch.Tensor, temperatures: torch.Tensor, keys: torch.Tensor,
     temperatures = temperatures.contiguous()
     keys = keys.contiguous()
     _chunk_kernel[(rows, chunks)](logits, temperatures, keys, stats[0], stats[1], stats[2], best_idx, logits.stride(0),
-                                  vocab, chunks, CHUNK_SIZE=chunk, ALL_GREEDY=all_greedy, num_warps=8)
+                                  vocab, chunks, CHUNK_SIZE=chunk, TILE_SIZE=min(tile, chunk), ALL_GREEDY=all_greedy,
+                                  NO_MAX=NO_MAX, num_warps=num_warps)
     _pick_kernel[(rows,)](logits, temperatures, stats[0], stats[1], stats[2], best_idx, tokens, logprobs,
                           logits.stride(0), chunks, NCP=triton.next_power_of_2(chunks), num_warps=1)
     return tokens, logprobs

@@ -23,26 +23,28 @@ def tensors(temperatures, seeds, positions, device) -> SamplingTensors:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("chunk", [64, 4096])
-def test_same_tokens_and_logprobs_as_the_reference(dtype, chunk, device):
+@pytest.mark.parametrize(("chunk", "tile"), [(64, 64), (256, 64), (4096, 2048)])  # one tile, several, ragged
+def test_same_tokens_and_logprobs_as_the_reference(dtype, chunk, tile, device):
     g = torch.Generator().manual_seed(0)
     vocab, rows = 500, 12  # 500 is not a multiple of the chunk: a ragged last chunk
     logits = (3 * torch.randn(rows, vocab + 24, generator=g)).to(dtype).to(device)[:, :vocab]  # strided rows
     t = tensors([0.6, 1.0, 0.0, 2.0] * 3, list(range(rows)), [5 * i for i in range(rows)], device)
     ref_tokens, ref_logprobs = Sampler()(logits.float(), t)
-    tokens, logprobs = sampling.sample(logits, t.temperatures, t.keys, t.all_greedy, chunk=chunk)
+    tokens, logprobs = sampling.sample(logits, t.temperatures, t.keys, t.all_greedy, chunk=chunk, tile=tile)
     assert tokens.tolist() == ref_tokens.tolist()
     torch.testing.assert_close(logprobs, ref_logprobs, rtol=1e-5, atol=1e-5)
 
 
-def test_greedy_takes_the_first_of_tied_maxima(device):
-    logits = torch.zeros(2, 300, device=device)
+@pytest.mark.parametrize(("chunk", "tile"), [(64, 64), (256, 32)])
+def test_greedy_takes_the_first_of_tied_maxima(chunk, tile, device):
+    logits = torch.zeros(3, 300, device=device)
     logits[0, [70, 130, 250]] = 5.0  # ties across chunks of 64
     logits[1, [3, 4]] = 1.0
-    t = tensors([0.0, 0.0], [0, 0], [0, 0], device)
-    tokens, logprobs = sampling.sample(logits, t.temperatures, t.keys, True, chunk=64)
-    assert tokens.tolist() == [70, 3]
-    torch.testing.assert_close(logprobs, torch.log_softmax(logits, -1)[[0, 1], [70, 3]])
+    logits[2, [134, 38, 102]] = 2.0  # one lane of 32 in three tiles: the earliest tile's column wins
+    t = tensors([0.0, 0.0, 0.0], [0, 0, 0], [0, 0, 0], device)
+    tokens, logprobs = sampling.sample(logits, t.temperatures, t.keys, True, chunk=chunk, tile=tile)
+    assert tokens.tolist() == [70, 3, 38]
+    torch.testing.assert_close(logprobs, torch.log_softmax(logits, -1)[[0, 1, 2], [70, 3, 38]])
 
 
 def test_draws_follow_the_softmax(device):
