@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import itertools
 import json
 import os
 import random
@@ -49,13 +50,13 @@ from pathlib import Path
 
 import torch
 
-PARTS = ("bandwidth", "kernels", "profile", "engine", "eager", "engine-1.7b", "hf", "no-overlap", "reference",
-         "tp1-4b", "tp2-4b")
+PARTS = ("bandwidth", "kernels", "profile", "timeline", "engine", "eager", "engine-1.7b", "hf", "no-overlap",
+         "reference", "tp1-4b", "tp2-4b")
 DEFAULT_PARTS = ("bandwidth", "kernels", "engine", "hf", "engine-1.7b", "eager")  # most needed first
 # Per-part budgets in seconds (work inside the part; process start and engine set-up come on top).
-BUDGETS = {"bandwidth": 20, "kernels": 60, "profile": 20, "tp1-4b": 45, "tp2-4b": 45, "engine": 45, "grpo": 25, "eager": 25, "engine-1.7b": 35, "hf": 40,
+BUDGETS = {"bandwidth": 20, "kernels": 60, "profile": 60, "timeline": 20, "tp1-4b": 45, "tp2-4b": 45, "engine": 45, "grpo": 25, "eager": 25, "engine-1.7b": 35, "hf": 40,
            "no-overlap": 25, "reference": 30}
-SETUP_ALLOWANCE = {"bandwidth": 90, "kernels": 60, "profile": 60, "tp1-4b": 60, "tp2-4b": 90, "engine": 120, "eager": 40, "engine-1.7b": 45, "hf": 40,
+SETUP_ALLOWANCE = {"bandwidth": 90, "kernels": 60, "profile": 60, "timeline": 120, "tp1-4b": 60, "tp2-4b": 90, "engine": 120, "eager": 40, "engine-1.7b": 45, "hf": 40,
                    "no-overlap": 40, "reference": 40}
 RESULT = "RESULT "
 
@@ -168,7 +169,7 @@ def part_bandwidth(args, device: torch.device, workdir: Path) -> None:
     except ImportError:
         info["triton"] = None
     emit("info", **info)
-    emit("bandwidth", bytes_per_s=_copy_rate(device))
+    emit("bandwidth", bytes_per_s=_copy_rate(device), read_bytes_per_s=_read_rate(device))
     emit("matmul", flops_per_s=_matmul_rate(device))
     for name in needed_shapes(args.parts.split(",")):
         shape = shapes(args.smoke)[name]
@@ -183,6 +184,13 @@ def _copy_rate(device: torch.device) -> float:
     src = torch.randint(0, 255, (n,), dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     return _median_rate(lambda: dst.copy_(src), 2 * n, device)
+
+
+def _read_rate(device: torch.device) -> float:
+    """Bytes per second read by a sum over a buffer far larger than L2 (what decode attention does)."""
+    n = (1 << 30) if device.type == "cuda" else (1 << 26)
+    src = torch.ones(n, dtype=torch.bfloat16, device=device)
+    return _median_rate(lambda: src.sum(dtype=torch.float32), 2 * n, device)
 
 
 def _matmul_rate(device: torch.device) -> float:
@@ -429,9 +437,10 @@ def _new(before: dict | None, after: dict | None) -> dict | None:
 
 
 def part_profile(args, device: torch.device, workdir: Path, budget: float) -> None:
-    """Where a decode step's GPU time goes: the 0.6B workload run eagerly (no CUDA graphs, so the profiler
-    sees every kernel) until every request decodes, then 10 steps under torch.profiler: the kernels by
-    total GPU time, and the step's wall time."""
+    """Where a decode step's GPU time goes as the batch shrinks: the 0.6B workload run eagerly (no CUDA
+    graphs, so the profiler sees every kernel); once every request decodes, and again each time the
+    batch has fallen to 128, 64, 32 and 16 sequences, 5 steps under torch.profiler: the kernels by GPU
+    time, the K/V bytes those steps' attention reads, and the step's wall time."""
     from torch.profiler import ProfilerActivity, profile
 
     from temper.engine import EngineArgs, LLMEngine, SamplingParams
@@ -441,7 +450,9 @@ def part_profile(args, device: torch.device, workdir: Path, budget: float) -> No
         return
     engine = LLMEngine(EngineArgs(model=str(workdir / "qwen3-0.6b"), device=args.device,
                                   max_model_len=args.max_model_len, seed=0, cuda_graphs=False))
-    prompts, output_lens = make_requests(args, engine.hf_config.vocab_size)
+    cfg = engine.hf_config
+    kv_token_bytes = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 2
+    prompts, output_lens = make_requests(args, cfg.vocab_size)
     for p, n in zip(prompts, output_lens):
         engine.add_request(p, SamplingParams(temperature=0.6, max_new_tokens=n, ignore_eos=True))
     deadline = time.perf_counter() + budget
@@ -449,25 +460,33 @@ def part_profile(args, device: torch.device, workdir: Path, budget: float) -> No
         engine.step()
     for _ in range(20):
         engine.step()
-    steps = 10
-    batch = len(engine.scheduler.running)
-    sync(device)
-    start = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
+    steps = 5
+    for target in (256, 128, 64, 32, 16):
+        while len(engine.scheduler.running) > target and time.perf_counter() < deadline:
             engine.step()
+        if time.perf_counter() > deadline or not engine.scheduler.running:
+            return
+        running = engine.scheduler.running
+        batch, context = len(running), sum(len(seq) for seq in running)
         sync(device)
-    wall = (time.perf_counter() - start) / steps
-    rows = []
-    for evt in prof.key_averages():
-        t = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
-        if t:
-            rows.append((t / steps / 1e3, evt.key[:90], evt.count // steps))
-    rows.sort(reverse=True)
-    total = sum(r[0] for r in rows)
-    emit("profile", batch=batch, step_wall_ms=wall * 1e3, gpu_ms_per_step=total,
-         top=[{"ms": round(ms, 3), "share": round(ms / total, 3), "calls": calls, "kernel": key}
-              for ms, key, calls in rows[:18]])
+        start = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                engine.step()
+            sync(device)
+        wall = (time.perf_counter() - start) / steps
+        rows = []
+        for evt in prof.key_averages():
+            t = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
+            if t:
+                rows.append((t / steps / 1e3, evt.key[:90], evt.count // steps))
+        rows.sort(reverse=True)
+        total = sum(r[0] for r in rows)
+        attention = sum(ms for ms, key, _ in rows if "_decode" in key)
+        emit("profile", batch=batch, step_wall_ms=wall * 1e3, gpu_ms_per_step=total, attention_ms=attention,
+             kv_bytes=int((context + batch * (steps - 1) / 2) * kv_token_bytes),
+             top=[{"ms": round(ms, 3), "share": round(ms / total, 3), "calls": calls, "kernel": key}
+                  for ms, key, calls in rows[:18]])
 
 
 def repeated_runs(engine, prompts, params, budget: float, repeats: int) -> dict:
@@ -491,13 +510,18 @@ def repeated_runs(engine, prompts, params, budget: float, repeats: int) -> dict:
     return {**median, "runs_tok_s": [r["output_tokens"] / r["seconds"] for r in runs]}
 
 
-def timed_generate(engine, prompts, params, budget: float) -> dict:
+def timed_generate(engine, prompts, params, budget: float, timeline: list | None = None) -> dict:
     """`engine.generate` with a deadline. Over budget, the rest are aborted and the tokens so far count.
 
     Returns output_tokens, seconds, finished_requests, steps, and prefill_phase_seconds (until no
-    request waits for admission: with every request fitting at once, the prefill phase).
+    request waits for admission: with every request fitting at once, the prefill phase). `timeline`, if
+    given, gets (seconds since start, launched batch) after every step (see `part_timeline`).
     """
     ids = [engine.add_request(p, sp) for p, sp in zip(prompts, params)]
+    launched = []
+    if timeline is not None:  # record each step's batch as the scheduler hands it to the device
+        record = engine.scheduler.launched
+        engine.scheduler.launched = lambda batch: (launched.append(batch), record(batch))
     before = engine.stats()["generated_tokens"]
     sync(engine.model_runner.device)
     start = time.perf_counter()
@@ -506,6 +530,9 @@ def timed_generate(engine, prompts, params, budget: float) -> dict:
     while engine.has_unfinished_requests():
         finished += sum(out.finished for out in engine._step(stream=False))  # generate()'s own loop
         steps += 1
+        if timeline is not None:
+            timeline.append((time.perf_counter() - start, _batch_shape(launched[-1]) if launched else None))
+            launched.clear()
         if prefill_phase is None and not engine.scheduler.waiting:
             prefill_phase = time.perf_counter() - start
         if time.perf_counter() - start > budget:
@@ -517,8 +544,52 @@ def timed_generate(engine, prompts, params, budget: float) -> dict:
         engine.abort_request(request_id)
     while engine.has_unfinished_requests():
         engine.step()
+    if timeline is not None:
+        del engine.scheduler.launched
     return {"output_tokens": done, "seconds": seconds, "finished_requests": finished, "steps": steps,
             "prefill_phase_seconds": prefill_phase}
+
+
+def _batch_shape(batch) -> tuple[bool, int, int]:
+    """(is prefill, sequences, context tokens attended to after the step)."""
+    return batch.is_prefill, len(batch.seqs), sum(s.num_computed_tokens + n for s, n in zip(batch.seqs, batch.num_new_tokens))
+
+
+def part_timeline(args, device: torch.device, workdir: Path, budget: float) -> None:
+    """Where the 0.6B run's time goes over its steps: the workload once (CUDA graphs, overlap) with each
+    step's batch recorded, the time between step returns charged to the batch launched one step
+    earlier (with overlapped scheduling the host waits for that batch), binned by batch size: steps,
+    seconds, ms a step and the K/V bytes the decode steps read (what a step's attention must move)."""
+    from temper.engine import EngineArgs, LLMEngine, SamplingParams
+
+    engine = LLMEngine(EngineArgs(model=str(workdir / "qwen3-0.6b"), device=args.device,
+                                  max_model_len=args.max_model_len, seed=0))
+    cfg = engine.hf_config
+    kv_token_bytes = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 2
+    engine.generate([[1] * 40, [2] * 70], SamplingParams(temperature=0.6, max_new_tokens=24, ignore_eos=True))
+    prompts, output_lens = make_requests(args, cfg.vocab_size)
+    params = [SamplingParams(temperature=0.6, max_new_tokens=n, ignore_eos=True) for n in output_lens]
+    timeline: list = []
+    run = timed_generate(engine, prompts, params, budget * args.budget_scale, timeline)
+    overlap = engine._overlap
+    engine.close()
+    bins: dict[str, dict] = {}
+    # Overlapped, the wait after step i is for the batch launched at step i; otherwise step i+1 runs its own.
+    for (t0, launched), (t1, own) in itertools.pairwise(timeline):
+        shape = launched if overlap else own
+        if shape is None:
+            continue
+        prefill, seqs, context = shape
+        low, high = (0, 16) if seqs <= 16 else (16, 32) if seqs <= 32 else (32 * ((seqs - 1) // 32), 32 * -(-seqs // 32))
+        key = "prefill" if prefill else f"B {low + 1}-{high}"
+        b = bins.setdefault(key, {"steps": 0, "seconds": 0.0, "kv_bytes": 0, "seqs": 0})
+        b["steps"] += 1
+        b["seconds"] += t1 - t0
+        b["seqs"] += seqs
+        if not prefill:
+            b["kv_bytes"] += context * kv_token_bytes
+    emit("timeline", seconds=run["seconds"], output_tokens=run["output_tokens"], steps=run["steps"],
+         bins=[{"bin": k, **v} for k, v in sorted(bins.items(), key=lambda kv: -kv[1]["seqs"] / kv[1]["steps"])])
 
 
 def run_grpo(args, engine, budget: float) -> None:
@@ -641,6 +712,8 @@ def run_part(args) -> None:
             part_kernels(args, device, workdir, budget)
         elif part == "profile":
             part_profile(args, device, workdir, budget)
+        elif part == "timeline":
+            part_timeline(args, device, workdir, budget)
         elif part == "engine":
             part_engine(args, device, workdir, budget, "engine", "qwen3-0.6b", grpo=True, check=True)
         elif part == "eager":
@@ -745,6 +818,9 @@ def report(args, results: list[dict]) -> None:
     info = by_kind.get("info", [{}])[0]
     lines = [f"device: {info.get('device')}  torch {info.get('torch')}  triton {info.get('triton')}"]
     if bw:
+        read = by_kind["bandwidth"][0].get("read_bytes_per_s")
+        if read:
+            lines.append(f"measured read bandwidth (a sum) {read / 1e12:.2f} TB/s")
         lines.append(f"measured copy bandwidth {bw / 1e12:.2f} TB/s (read + write), bf16 matmul "
                      f"{(mm or 0) / 1e12:.0f} TFLOP/s")
     hf = next((r for r in by_kind.get("throughput", []) if r["name"] == "hf"), None)
@@ -798,13 +874,23 @@ def report(args, results: list[dict]) -> None:
                          + (f" ({k['bytes_per_s'] / (bw / 2):.0%} of copy read rate)" if bw else ""))
     for k in by_kind.get("profile", []):
         lines.append(f"profile, eager decode at batch {k['batch']}: {k['step_wall_ms']:.2f} ms wall, "
-                     f"{k['gpu_ms_per_step']:.2f} ms of kernels per step")
+                     f"{k['gpu_ms_per_step']:.2f} ms of kernels per step, of which decode attention "
+                     f"{k['attention_ms']:.2f} ms for {k['kv_bytes'] / 1e9:.2f} GB of K/V "
+                     f"({k['kv_bytes'] / max(k['attention_ms'], 1e-9) / 1e9:.2f} TB/s), the rest "
+                     f"{k['gpu_ms_per_step'] - k['attention_ms']:.2f} ms")
         for row in k["top"]:
             lines.append(f"  {row['ms']:7.3f} ms {row['share']:6.1%} x{row['calls']:<4} {row['kernel']}")
     for r in by_kind.get("throughput", []):
         if r.get("compiles_in_run") or r.get("compiles_in_warmup"):
             lines.append(f"{r['name']}: Triton compiles in warm-up {r.get('compiles_in_warmup')}, in the timed run "
                          f"{r.get('compiles_in_run')}")
+    for k in by_kind.get("timeline", []):
+        lines.append(f"timeline: {k['output_tokens']} tokens in {k['seconds']:.2f}s, {k['steps']} steps; per batch-size bin:")
+        for b in k["bins"]:
+            rate = f", K/V {b['kv_bytes'] / 1e9 / b['steps']:.2f} GB a step = {b['kv_bytes'] / b['seconds'] / 1e12:.2f} TB/s" \
+                if b["kv_bytes"] else ""
+            lines.append(f"  {b['bin']:<10} {b['steps']:>5} steps {b['seconds']:7.3f}s "
+                         f"{1e3 * b['seconds'] / b['steps']:6.2f} ms/step{rate}")
     for k in by_kind.get("prefill_kernel", []):
         lines.append(f"prefill kernel ({k['tokens']} tokens): {k['flops_per_s'] / 1e12:.0f} TFLOP/s")
     for k in by_kind.get("sampler_kernel", []):
