@@ -122,7 +122,9 @@ def sample(logits: torch.Tensor, temperatures: torch.Tensor, keys: torch.Tensor,
     if not rows:
         return tokens, logprobs
     chunks = triton.cdiv(vocab, chunk)
-    stats = torch.empty((3, rows, chunks), dtype=torch.float32, device=device)
+    # Rows padded to a multiple of 4, so that each statistic starts 16-byte aligned whatever the batch:
+    # Triton specialises pointers on that, and a misaligned one would compile a variant mid-serving.
+    stats = torch.empty((3, -(-rows // 4) * 4, chunks), dtype=torch.float32, device=device)
     best_idx = torch.empty((rows, chunks), dtype=torch.int32, device=device)
     temperatures = temperatures.contiguous()
     keys = keys.contiguous()
