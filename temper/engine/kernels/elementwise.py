@@ -55,8 +55,10 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
 @triton.jit
 def _rope_heads(base, w_ptr, c, s, eps, H: tl.constexpr, HP: tl.constexpr, D: tl.constexpr,
                 QK_NORM: tl.constexpr, ROUND: tl.constexpr):
-    """In place on H heads of D values at `base`: optional RMSNorm per head, then rotate-half RoPE;
-    returns the two rotated halves [HP, D / 2] (float32, rounded to the activation dtype)."""
+    """H heads of D values at `base` after the optional RMSNorm per head and rotate-half RoPE: the two
+    rotated halves [HP, D / 2] (float32, rounded to the activation dtype). Loads only: the caller
+    stores, after every load of the row (the stores could alias them, so the compiler would otherwise
+    wait for each store before the next load)."""
     HALF: tl.constexpr = D // 2
     h = tl.arange(0, HP)
     d = tl.arange(0, HALF)
@@ -74,9 +76,17 @@ def _rope_heads(base, w_ptr, c, s, eps, H: tl.constexpr, HP: tl.constexpr, D: tl
     # q * cos + rotate_half(q) * sin, with rotate_half(q) = cat(-x2, x1), each product rounded.
     o1 = round_to(round_to(x1 * c, ROUND) + round_to(-x2 * s, ROUND), ROUND)
     o2 = round_to(round_to(x2 * c, ROUND) + round_to(x1 * s, ROUND), ROUND)
-    tl.store(p1, o1.to(base.dtype.element_ty), mask=mask)
-    tl.store(p1 + HALF, o2.to(base.dtype.element_ty), mask=mask)
     return o1, o2
+
+
+@triton.jit
+def _store_halves(base, o1, o2, H: tl.constexpr, HP: tl.constexpr, D: tl.constexpr):
+    h = tl.arange(0, HP)
+    d = tl.arange(0, D // 2)
+    mask = (h < H)[:, None]
+    p1 = base + h[:, None] * D + d[None, :]
+    tl.store(p1, o1.to(base.dtype.element_ty), mask=mask)
+    tl.store(p1 + D // 2, o2.to(base.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -91,19 +101,24 @@ def _qk_norm_rope_kernel(qkv_ptr, pos_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, kc_
     c = round_to(tl.load(cos_ptr + pos * stride_cos + d), ROUND)[None, :]
     s = round_to(tl.load(sin_ptr + pos * stride_cos + d), ROUND)[None, :]
     base = qkv_ptr + t * stride_t
-    _rope_heads(base, qw_ptr, c, s, eps, HQ, HQP, D, QK_NORM, ROUND)
+    q1, q2 = _rope_heads(base, qw_ptr, c, s, eps, HQ, HQP, D, QK_NORM, ROUND)
     k1, k2 = _rope_heads(base + HQ * D, kw_ptr, c, s, eps, HKV, HKVP, D, QK_NORM, ROUND)
-    if STORE_KV:  # the token's rotated K and its V into its cache slot (slot < 0: a padding row)
+    h = tl.arange(0, HKVP)
+    kv_mask = (h < HKV)[:, None]
+    if STORE_KV:
         slot = tl.load(slot_ptr + t).to(tl.int64)
+        src = base + (HQ + HKV) * D + h[:, None] * D + d[None, :]
+        v1 = tl.load(src, mask=kv_mask)
+        v2 = tl.load(src + D // 2, mask=kv_mask)
+    _store_halves(base, q1, q2, HQ, HQP, D)
+    _store_halves(base + HQ * D, k1, k2, HKV, HKVP, D)
+    if STORE_KV:  # the token's rotated K and its V into its cache slot (slot < 0: a padding row)
         if slot >= 0:
-            h = tl.arange(0, HKVP)
-            mask = (h < HKV)[:, None]
             dst = (slot // PAGE) * BLOCK_STRIDE + (slot % PAGE) * TOKEN_STRIDE + h[:, None] * HEAD_STRIDE + d[None, :]
-            tl.store(kc_ptr + dst, k1.to(kc_ptr.dtype.element_ty), mask=mask)
-            tl.store(kc_ptr + dst + D // 2, k2.to(kc_ptr.dtype.element_ty), mask=mask)
-            src = base + (HQ + HKV) * D + h[:, None] * D + d[None, :]
-            tl.store(vc_ptr + dst, tl.load(src, mask=mask), mask=mask)
-            tl.store(vc_ptr + dst + D // 2, tl.load(src + D // 2, mask=mask), mask=mask)
+            tl.store(kc_ptr + dst, k1.to(kc_ptr.dtype.element_ty), mask=kv_mask)
+            tl.store(kc_ptr + dst + D // 2, k2.to(kc_ptr.dtype.element_ty), mask=kv_mask)
+            tl.store(vc_ptr + dst, v1, mask=kv_mask)
+            tl.store(vc_ptr + dst + D // 2, v2, mask=kv_mask)
 
 
 def qk_norm_rope_(qkv: torch.Tensor, positions: torch.Tensor, q_weight: torch.Tensor | None,
