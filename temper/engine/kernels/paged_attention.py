@@ -41,8 +41,9 @@ logger = logging.getLogger(__name__)
 
 LOG2E = 1.4426950408889634
 MAX_DECODE_SPLITS = 16
-# Decode tiles (BLOCK_N, num_warps, num_stages) that `tune_decode` times; the first is the default.
-DECODE_CONFIGS = ((64, 4, 2), (128, 8, 2), (64, 8, 3), (32, 4, 3))
+# Decode tiles (BLOCK_N, num_warps, num_stages) that `tune_decode` times; the first is the default. On an
+# H100 at B = 256 they all read K/V at 2.83-2.975 TB/s, the two-warp ones fastest (RESULTS, session 10).
+DECODE_CONFIGS = ((64, 4, 2), (128, 8, 2), (64, 8, 3), (32, 4, 3), (32, 2, 2), (64, 2, 3))
 
 
 @triton.jit
@@ -232,18 +233,24 @@ def _prefill_kernel(q_ptr, kc_ptr, vc_ptr, out_ptr, bt_ptr, tile_seq_ptr, tile_s
 
 
 def tune_decode(num_heads: int, num_kv_heads: int, head_dim: int, page: int, dtype: torch.dtype,
-                device: torch.device, batch: int, context: int, repeats: int = 5) -> tuple[int, int, int]:
-    """The fastest of `DECODE_CONFIGS` for a full batch of `context`-token sequences on this device
-    (decode attention is most of a decode step, and the best tile differs between GPUs). A tile that
-    fails to compile or disagrees with the default one (which the self-check compared with the
-    reference) is skipped."""
-    blocks_per_seq = -(-context // page)
-    shape = (batch * blocks_per_seq, page, num_kv_heads, head_dim)
+                device: torch.device, batch: int, context: int, repeats: int = 7) -> tuple[int, int, int]:
+    """The fastest of `DECODE_CONFIGS` for a full batch of sequences of up to `context` tokens (lengths
+    spread over [context / 4, context], longest first, as the scheduler orders a decode batch) on this
+    device: decode attention is most of a decode step, and the best tile differs between GPUs. Each
+    tile is timed as the engine runs it, 8 calls replayed from a CUDA graph (a call timed alone also
+    times its launch, which made the pick vary between engine starts). A tile that fails to compile or
+    disagrees with the default one (which the self-check compared with the reference) is skipped."""
+    lengths = torch.linspace(context, max(1, context // 4), batch).round().long()
+    widths = (lengths + page - 1) // page
+    shape = (int(widths.sum()), page, num_kv_heads, head_dim)
     k_cache = torch.randn(shape, device=device, dtype=dtype)
     v_cache = torch.randn(shape, device=device, dtype=dtype)
-    tables = torch.randperm(batch * blocks_per_seq, device=device).view(batch, blocks_per_seq)
+    blocks = torch.randperm(shape[0], device=device)
+    tables = torch.zeros(batch, int(widths.max()), dtype=torch.long, device=device)
+    for row, (start, width) in enumerate(zip((torch.cumsum(widths, 0) - widths).tolist(), widths.tolist())):
+        tables[row, :width] = blocks[start : start + width]
     q = torch.randn(batch, num_heads, head_dim, device=device, dtype=dtype)
-    context_lens = torch.full((batch,), context, device=device)
+    context_lens = lengths.to(device)
     splits = decode_num_splits(batch, num_kv_heads, torch.cuda.get_device_properties(device).multi_processor_count)
     timings, expected = {}, None
     for config in DECODE_CONFIGS:
@@ -260,8 +267,22 @@ def tune_decode(num_heads: int, num_kv_heads: int, head_dim: int, page: int, dty
         elif not ((out - expected).norm() <= 1e-2 * expected.norm()):
             logger.warning("decode tile %s disagrees with the default tile; skipped", config)
             continue
-        timings[config] = median_cuda_ms(call, repeats)
+        timings[config] = median_cuda_ms(_graph_of(call, 8, device).replay, repeats)
     return min(timings, key=timings.get) if timings else DECODE_CONFIGS[0]
+
+
+def _graph_of(fn, calls: int, device: torch.device) -> torch.cuda.CUDAGraph:
+    """`calls` calls of `fn` captured in one CUDA graph (on a side stream, as capture requires)."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        graph.capture_begin()
+        for _ in range(calls):
+            fn()
+        graph.capture_end()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    return graph
 
 
 def compile_kernels(num_heads: int, num_kv_heads: int, head_dim: int, page: int, dtype: torch.dtype,

@@ -204,3 +204,14 @@ def test_decode_num_splits_fills_the_gpu():
     assert pa.decode_num_splits(256, 8, 132) == 1
     assert pa.decode_num_splits(1, 8, 132) == pa.MAX_DECODE_SPLITS
     assert 1 < pa.decode_num_splits(16, 8, 132) < pa.MAX_DECODE_SPLITS
+
+
+def test_tune_decode_times_every_tile_and_returns_one(device, monkeypatch):
+    if device == "cpu":
+        pytest.skip("times CUDA graphs")
+    timed = []
+    real = pa.median_cuda_ms
+    monkeypatch.setattr(pa, "median_cuda_ms", lambda fn, repeats: timed.append(fn) or real(fn, repeats))
+    config = pa.tune_decode(4, 2, 64, 16, torch.bfloat16, torch.device(device), batch=8, context=100)
+    assert config in pa.DECODE_CONFIGS
+    assert len(timed) == len(pa.DECODE_CONFIGS)  # every tile compiled, agreed with the default, was timed
