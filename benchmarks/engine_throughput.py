@@ -6,10 +6,14 @@ random bf16 models of Qwen3-0.6B's and Qwen3-1.7B's shapes. One invocation runs 
 its own process (a crash or hang in one, e.g. a kernel that fails on this GPU, costs only that part)
 and each under a time budget; a part that hits its budget reports what it finished, marked partial:
 
-  bandwidth  device-to-device copy (bytes read + written) and a bf16 matmul: the two ceilings; also
-             writes the random checkpoints (on the device, seconds)
+  bandwidth  device-to-device copy (bytes read + written), a sum (bytes read) and a bf16 matmul: the
+             ceilings; also writes the random checkpoints (on the device, seconds)
   kernels    decode attention alone (GB/s of K/V read, a few tile shapes), prefill attention and the
              sampler kernel vs the reference
+  profile    the 0.6B workload run eagerly, 5 steps under torch.profiler at batch 256, 128, 64, 32 and
+             16: GPU time per kernel, decode attention's achieved K/V bandwidth (only when named)
+  timeline   the 0.6B workload once with every step's batch recorded: seconds, ms a step and K/V read
+             per batch-size bin (only when named)
   engine     the workload on the 0.6B shape (default engine: Triton kernels + CUDA graphs; every engine
              part reports the median of --repeats timed runs, prefix cache flushed before each), then the
              GRPO case (64 prompts x n=8 sharing their prompt: prefill tokens computed vs unique
@@ -21,6 +25,7 @@ and each under a time budget; a part that hits its budget reports what it finish
              credited with the requested tokens inside the steps it finished
   no-overlap the workload on the 0.6B shape without overlapped scheduling (only when named)
   reference  the workload with the PyTorch reference kernels (runs only if `engine` failed, or when named)
+  tp1-4b, tp2-4b  the workload on the Qwen3-4B shape on one GPU and tensor-parallel over two (when named)
 
 The last lines are one table: tok/s, seconds, share of the roofline computed from the measured copy
 bandwidth (weights once per decode step + every context token's K/V once per decode step + prefill
