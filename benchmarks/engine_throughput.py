@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import itertools
 import json
 import os
 import random
@@ -53,7 +52,19 @@ import time
 import traceback
 from pathlib import Path
 
+import engine_diagnostics
 import torch
+from engine_workload import (
+    RESULT,
+    emit,
+    make_requests,
+    median_rate,
+    needed_shapes,
+    roofline,
+    shapes,
+    sync,
+    timed_generate,
+)
 
 PARTS = ("bandwidth", "kernels", "profile", "timeline", "engine", "eager", "engine-1.7b", "hf", "no-overlap",
          "reference", "tp1-4b", "tp2-4b")
@@ -63,7 +74,6 @@ BUDGETS = {"bandwidth": 20, "kernels": 60, "profile": 60, "timeline": 20, "tp1-4
            "no-overlap": 25, "reference": 30}
 SETUP_ALLOWANCE = {"bandwidth": 90, "kernels": 60, "profile": 60, "timeline": 120, "tp1-4b": 60, "tp2-4b": 90, "engine": 120, "eager": 40, "engine-1.7b": 45, "hf": 40,
                    "no-overlap": 40, "reference": 40}
-RESULT = "RESULT "
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -93,75 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# ---- the workload and the roofline ----------------------------------------------------------------
-def shapes(smoke: bool) -> dict:
-    from temper.testing.tiny_models import PRESETS
-
-    base = PRESETS["qwen3-0.6b"]
-    big = dataclasses.replace(base, hidden_size=2048, intermediate_size=6144, num_layers=28, num_heads=16,
-                              num_kv_heads=8, head_dim=128)  # Qwen3-1.7B (vocab 151936, tied embeddings)
-    four = dataclasses.replace(base, hidden_size=2560, intermediate_size=9728, num_layers=36, num_heads=32,
-                               num_kv_heads=8, head_dim=128)  # Qwen3-4B (vocab 151936, tied embeddings)
-    if smoke:
-        tiny = PRESETS["tiny"]
-        return {"qwen3-0.6b": tiny, "qwen3-1.7b": dataclasses.replace(tiny, hidden_size=96, num_layers=3),
-                "qwen3-4b": dataclasses.replace(tiny, hidden_size=128, num_layers=2)}
-    return {"qwen3-0.6b": base, "qwen3-1.7b": big, "qwen3-4b": four}
-
-
-def needed_shapes(parts: list[str]) -> list[str]:
-    """The checkpoints the parts use (the 4B one only for the tensor-parallel parts: 8 GB to write)."""
-    names = ["qwen3-0.6b", "qwen3-1.7b"]
-    return names + ["qwen3-4b"] if any(p.startswith("tp") for p in parts) else names
-
-
-def make_requests(args, vocab: int, seed: int = 0, count: int | None = None) -> tuple[list[list[int]], list[int]]:
-    rng = random.Random(seed)
-    top = min(10000, vocab) - 1
-    n = count if count is not None else args.num_requests
-    prompts = [[rng.randint(0, top) for _ in range(rng.randint(*args.input_len))] for _ in range(n)]
-    outputs = [rng.randint(*args.output_len) for _ in range(n)]
-    return prompts, outputs
-
-
-def roofline(shape, prompts, outputs, bandwidth: float, matmul_flops: float, max_tokens_per_step: int = 8192) -> dict:
-    """Fewest bytes and FLOPs of the workload when every request decodes together (they all fit).
-
-    Decode step t serves every request with more than t outputs: it reads all weights once (the LM head
-    included; the embedding rows are negligible) and each served request's K/V for its context. Prefill
-    (first output token included) is counted as matmul FLOPs at the measured rate.
-    """
-    h, layers, v = shape.hidden_size, shape.num_layers, shape.vocab_size
-    q, kv = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
-    layer_params = h * (q + 2 * kv) + q * h + 3 * h * shape.intermediate_size
-    weight_bytes = 2 * (layers * layer_params + v * h)
-    kv_token_bytes = 2 * layers * 2 * kv
-    decode_steps = max(outputs) - 1
-    # Request (p, o) decodes o - 1 times; step t reads p + t tokens of context (t = 1 .. o - 1).
-    kv_reads = sum((o - 1) * p + (o - 1) * o // 2 for p, o in zip(prompts_lens(prompts), outputs))
-    prefill_tokens = sum(prompts_lens(prompts))
-    prefill_flops = 2 * layers * layer_params * prefill_tokens + sum(
-        4 * layers * q * n * (n + 1) / 2 for n in prompts_lens(prompts))
-    prefill_steps = -(-prefill_tokens // max_tokens_per_step)
-    decode_bytes = decode_steps * weight_bytes + kv_reads * kv_token_bytes
-    seconds = decode_bytes / bandwidth + prefill_flops / matmul_flops + prefill_steps * weight_bytes / bandwidth
-    return {"weight_bytes": weight_bytes, "kv_bytes_per_token": kv_token_bytes, "decode_steps": decode_steps,
-            "kv_read_bytes": kv_reads * kv_token_bytes, "decode_bytes": decode_bytes, "prefill_flops": prefill_flops,
-            "seconds": seconds, "tok_per_s": sum(outputs) / seconds}
-
-
-def prompts_lens(prompts) -> list[int]:
-    return [len(p) if isinstance(p, list) else int(p) for p in prompts]
-
-
 # ---- parts (each runs in its own process) ---------------------------------------------------------
-def emit(kind: str, **fields) -> None:
-    print(RESULT + json.dumps({"kind": kind, **fields}), flush=True)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def part_bandwidth(args, device: torch.device, workdir: Path) -> None:
@@ -188,33 +130,21 @@ def _copy_rate(device: torch.device) -> float:
     n = (1 << 30) if device.type == "cuda" else (1 << 26)
     src = torch.randint(0, 255, (n,), dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    return _median_rate(lambda: dst.copy_(src), 2 * n, device)
+    return median_rate(lambda: dst.copy_(src), 2 * n, device)
 
 
 def _read_rate(device: torch.device) -> float:
     """Bytes per second read by a sum over a buffer far larger than L2 (what decode attention does)."""
     n = (1 << 30) if device.type == "cuda" else (1 << 26)
     src = torch.ones(n, dtype=torch.bfloat16, device=device)
-    return _median_rate(lambda: src.sum(dtype=torch.float32), 2 * n, device)
+    return median_rate(lambda: src.sum(dtype=torch.float32), 2 * n, device)
 
 
 def _matmul_rate(device: torch.device) -> float:
     size = 8192 if device.type == "cuda" else 512
     a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
     b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
-    return _median_rate(lambda: a @ b, 2 * size**3, device)
-
-
-def _median_rate(fn, work: float, device: torch.device, repeats: int = 10) -> float:
-    fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return work / sorted(times)[len(times) // 2]
+    return median_rate(lambda: a @ b, 2 * size**3, device)
 
 
 def build_checkpoint(out: Path, shape, device: torch.device, max_len: int) -> None:
@@ -238,142 +168,6 @@ def build_checkpoint(out: Path, shape, device: torch.device, max_len: int) -> No
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def part_kernels(args, device: torch.device, workdir: Path, budget: float) -> None:
-    """Decode attention alone on a workload-like batch: achieved K/V bandwidth per tile shape; prefill
-    attention TFLOP/s; the sampler kernel vs the reference sampler."""
-    if device.type != "cuda":
-        emit("skip", part="kernels", reason="GPU only")
-        return
-    from temper.engine.kernels import paged_attention as pa
-
-    deadline = time.perf_counter() + budget
-    prompts, outputs = make_requests(args, 151936)
-    contexts = [len(p) + o // 2 for p, o in zip(prompts, outputs)]  # the average context of each request
-    _bench_gemms(device, deadline)
-    for batch in (256, 128, 64, 32):
-        _bench_decode(pa, contexts[:batch], device, deadline)
-    _bench_prefill_and_sampler(device, deadline)
-
-
-def _cuda_ms(fn, device: torch.device, repeats: int = 7) -> float:
-    """Median milliseconds of `fn` between CUDA events, after one warm-up call."""
-    from temper.engine.kernels.common import median_cuda_ms
-
-    fn()
-    sync(device)
-    return median_cuda_ms(fn, repeats)
-
-
-def _bench_gemms(device: torch.device, deadline: float) -> None:
-    """The 0.6B shape's decode-step matmuls at several batch sizes: 28 layers x (qkv, o, gate_up, down)
-    replayed from one CUDA graph (as the engine runs them), and the LM head; ms and weight bytes/s."""
-    h, inter, hq, hkv, d, layers, vocab = 1024, 3072, 16, 8, 128, 28, 151936
-    dims = [(h, (hq + 2 * hkv) * d), (hq * d, h), (h, 2 * inter), (inter, h)]  # (in, out)
-    weights = [[torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02 for k, n in dims] for _ in range(layers)]
-    lm_head = torch.randn(vocab, h, device=device, dtype=torch.bfloat16) * 0.02
-    layer_bytes = layers * sum(k * n for k, n in dims) * 2
-    for batch in (256, 192, 128, 64, 32, 16, 8, 1):
-        if time.perf_counter() > deadline:
-            return
-        xs = {k: torch.randn(batch, k, device=device, dtype=torch.bfloat16) for k in {k for k, _ in dims}}
-
-        def step(xs=xs):
-            for layer in weights:
-                for (k, _), w in zip(dims, layer, strict=True):
-                    torch.nn.functional.linear(xs[k], w)
-
-        for library in ("cublas", "cublaslt"):
-            torch.backends.cuda.preferred_blas_library(library)
-            step()
-            sync(device)
-            graph = torch.cuda.CUDAGraph()
-            stream = torch.cuda.Stream(device)
-            stream.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(stream):
-                graph.capture_begin()
-                step()
-                graph.capture_end()
-            torch.cuda.current_stream(device).wait_stream(stream)
-            ms = _cuda_ms(graph.replay, device)
-            head_ms = _cuda_ms(lambda xs=xs: torch.nn.functional.linear(xs[h], lm_head), device)
-            emit("gemm", batch=batch, library=library, layers_ms=ms, layers_bytes_per_s=layer_bytes / ms * 1e3,
-                 lm_head_ms=head_ms, lm_head_bytes_per_s=lm_head.numel() * 2 / head_ms * 1e3)
-            del graph
-    torch.backends.cuda.preferred_blas_library("default")
-
-
-def _bench_decode(pa, contexts: list[int], device: torch.device, deadline: float) -> None:
-    """Decode attention alone over `contexts`: each of the engine's tiles, with the rows in the given
-    order and longest first (as the scheduler orders a decode batch), at the engine's split count and
-    at two and four times as many."""
-    hq, hkv, d, bs = 16, 8, 128, 16
-    batch = len(contexts)
-    q = torch.randn(batch, hq, d, device=device, dtype=torch.bfloat16)
-    kv_bytes = 2 * sum(contexts) * hkv * d * 2
-    base = pa.decode_num_splits(batch, hkv, torch.cuda.get_device_properties(device).multi_processor_count)
-    g = torch.Generator().manual_seed(0)
-    blocks = sum(-(-c // bs) for c in contexts)
-    perm = torch.randperm(blocks, generator=g)
-    tables, start = [], 0
-    for c in contexts:
-        nb = -(-c // bs)
-        tables.append(perm[start : start + nb].tolist())
-        start += nb
-    k_cache = torch.randn(blocks, bs, hkv, d, device=device, dtype=torch.bfloat16)
-    v_cache = torch.randn_like(k_cache)
-    width = max(map(len, tables))
-    for order in ("given", "longest-first"):
-        rows = sorted(range(batch), key=lambda i: -contexts[i]) if order != "given" else list(range(batch))
-        bt = torch.tensor([tables[i] + [0] * (width - len(tables[i])) for i in rows], device=device)
-        context = torch.tensor([contexts[i] for i in rows], device=device)
-        for splits in (base, 2 * base, 4 * base):
-            for config in pa.DECODE_CONFIGS:
-                if time.perf_counter() > deadline:
-                    return
-                tile = dict(zip(("block_n", "num_warps", "num_stages"), config, strict=True))
-                try:
-                    rate = _median_rate(lambda config=config, splits=splits, bt=bt, context=context: pa.decode_attention(
-                        q, k_cache, v_cache, bt, context, d**-0.5, splits, *config), kv_bytes, device)
-                    emit("decode_kernel", batch=batch, splits=splits, order=order, bytes_per_s=rate, **tile)
-                except Exception as e:  # noqa: BLE001
-                    emit("decode_kernel", batch=batch, splits=splits, order=order,
-                         error=f"{type(e).__name__}: {e}"[:300], **tile)
-
-
-def _bench_prefill_and_sampler(device, deadline) -> None:
-    from temper.engine.attention import AttentionMetadata
-    from temper.engine.kernels import paged_attention as pa
-    from temper.engine.kernels.sampling import sample
-    from temper.engine.sampler import Sampler, SamplingTensors
-
-    hq, hkv, d, bs, n, seqs = 16, 8, 128, 16, 512, 16
-    if time.perf_counter() < deadline:
-        blocks = seqs * n // bs
-        k_cache = torch.randn(blocks, bs, hkv, d, device=device, dtype=torch.bfloat16)
-        v_cache = torch.randn_like(k_cache)
-        backend = pa.TritonPagedAttention(hkv, d, 132)
-        meta = AttentionMetadata(
-            is_prefill=True, slot_mapping=torch.arange(seqs * n, device=device),
-            block_tables=torch.arange(blocks, device=device).view(seqs, -1),
-            context_lens=torch.full((seqs,), n, device=device), query_lens=[n] * seqs, cached_lens=[0] * seqs,
-            block_size=bs, backend=backend)
-        backend.prepare(meta)
-        q = torch.randn(seqs * n, hq, d, device=device, dtype=torch.bfloat16)
-        flops = 4 * hq * d * seqs * n * (n + 1) / 2
-        emit("prefill_kernel", tokens=seqs * n, flops_per_s=_median_rate(
-            lambda: pa.prefill_attention(q, k_cache, v_cache, meta.block_tables, meta.backend_data["tiles"],
-                                         meta.backend_data["seq_info"], d**-0.5), flops, device))
-    if time.perf_counter() < deadline:
-        rows, vocab = 256, 151936
-        logits = torch.randn(rows, vocab, device=device, dtype=torch.bfloat16)
-        t = SamplingTensors(torch.full((rows,), 0.6, device=device), torch.full((rows,), vocab, device=device),
-                            torch.ones(rows, device=device), torch.zeros(rows, device=device),
-                            torch.randint(0, 2**32, (rows, 2), device=device), False, False)
-        ref = _median_rate(lambda: Sampler()(logits, t), 1, device)
-        fast = _median_rate(lambda: sample(logits, t.temperatures, t.keys, False), 1, device)
-        emit("sampler_kernel", rows=rows, reference_ms=1e3 / ref, kernel_ms=1e3 / fast)
 
 
 def part_engine(args, device: torch.device, workdir: Path, budget: float, name: str, shape_name: str,
@@ -441,59 +235,6 @@ def _new(before: dict | None, after: dict | None) -> dict | None:
     return {name: after[name] - before.get(name, 0) for name in after if after[name] > before.get(name, 0)}
 
 
-def part_profile(args, device: torch.device, workdir: Path, budget: float) -> None:
-    """Where a decode step's GPU time goes as the batch shrinks: the 0.6B workload run eagerly (no CUDA
-    graphs, so the profiler sees every kernel); once every request decodes, and again each time the
-    batch has fallen to 128, 64, 32 and 16 sequences, 5 steps under torch.profiler: the kernels by GPU
-    time, the K/V bytes those steps' attention reads, and the step's wall time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    from temper.engine import EngineArgs, LLMEngine, SamplingParams
-
-    if device.type != "cuda":
-        emit("skip", part="profile", reason="GPU only")
-        return
-    engine = LLMEngine(EngineArgs(model=str(workdir / "qwen3-0.6b"), device=args.device,
-                                  max_model_len=args.max_model_len, seed=0, cuda_graphs=False))
-    cfg = engine.hf_config
-    kv_token_bytes = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 2
-    prompts, output_lens = make_requests(args, cfg.vocab_size)
-    for p, n in zip(prompts, output_lens):
-        engine.add_request(p, SamplingParams(temperature=0.6, max_new_tokens=n, ignore_eos=True))
-    deadline = time.perf_counter() + budget
-    while engine.scheduler.waiting and time.perf_counter() < deadline:
-        engine.step()
-    for _ in range(20):
-        engine.step()
-    steps = 5
-    for target in (256, 128, 64, 32, 16):
-        while len(engine.scheduler.running) > target and time.perf_counter() < deadline:
-            engine.step()
-        if time.perf_counter() > deadline or not engine.scheduler.running:
-            return
-        running = engine.scheduler.running
-        batch, context = len(running), sum(len(seq) for seq in running)
-        sync(device)
-        start = time.perf_counter()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(steps):
-                engine.step()
-            sync(device)
-        wall = (time.perf_counter() - start) / steps
-        rows = []
-        for evt in prof.key_averages():
-            t = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
-            if t:
-                rows.append((t / steps / 1e3, evt.key[:90], evt.count // steps))
-        rows.sort(reverse=True)
-        total = sum(r[0] for r in rows)
-        attention = sum(ms for ms, key, _ in rows if "_decode" in key)
-        emit("profile", batch=batch, step_wall_ms=wall * 1e3, gpu_ms_per_step=total, attention_ms=attention,
-             kv_bytes=int((context + batch * (steps - 1) / 2) * kv_token_bytes),
-             top=[{"ms": round(ms, 3), "share": round(ms / total, 3), "calls": calls, "kernel": key}
-                  for ms, key, calls in rows[:18]])
-
-
 def repeated_runs(engine, prompts, params, budget: float, repeats: int) -> dict:
     """The workload `repeats` times on the same engine (prefix cache flushed before each, so every run
     prefills), while the budget lasts; the median run by time, with every run's tok/s in `runs_tok_s`.
@@ -513,88 +254,6 @@ def repeated_runs(engine, prompts, params, budget: float, repeats: int) -> dict:
     median = sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
     median = {k: v for k, v in median.items() if k != "partial"}
     return {**median, "runs_tok_s": [r["output_tokens"] / r["seconds"] for r in runs]}
-
-
-def timed_generate(engine, prompts, params, budget: float, timeline: list | None = None) -> dict:
-    """`engine.generate` with a deadline. Over budget, the rest are aborted and the tokens so far count.
-
-    Returns output_tokens, seconds, finished_requests, steps, and prefill_phase_seconds (until no
-    request waits for admission: with every request fitting at once, the prefill phase). `timeline`, if
-    given, gets (seconds since start, launched batch) after every step (see `part_timeline`).
-    """
-    ids = [engine.add_request(p, sp) for p, sp in zip(prompts, params)]
-    launched = []
-    if timeline is not None:  # record each step's batch as the scheduler hands it to the device
-        record = engine.scheduler.launched
-        engine.scheduler.launched = lambda batch: (launched.append(batch), record(batch))
-    before = engine.stats()["generated_tokens"]
-    sync(engine.model_runner.device)
-    start = time.perf_counter()
-    finished = steps = 0
-    prefill_phase = None
-    while engine.has_unfinished_requests():
-        finished += sum(out.finished for out in engine._step(stream=False))  # generate()'s own loop
-        steps += 1
-        if timeline is not None:
-            timeline.append((time.perf_counter() - start, _batch_shape(launched[-1]) if launched else None))
-            launched.clear()
-        if prefill_phase is None and not engine.scheduler.waiting:
-            prefill_phase = time.perf_counter() - start
-        if time.perf_counter() - start > budget:
-            break
-    sync(engine.model_runner.device)
-    seconds = time.perf_counter() - start
-    done = engine.stats()["generated_tokens"] - before
-    for request_id in ids:
-        engine.abort_request(request_id)
-    while engine.has_unfinished_requests():
-        engine.step()
-    if timeline is not None:
-        del engine.scheduler.launched
-    return {"output_tokens": done, "seconds": seconds, "finished_requests": finished, "steps": steps,
-            "prefill_phase_seconds": prefill_phase}
-
-
-def _batch_shape(batch) -> tuple[bool, int, int]:
-    """(is prefill, sequences, context tokens attended to after the step)."""
-    return batch.is_prefill, len(batch.seqs), sum(s.num_computed_tokens + n for s, n in zip(batch.seqs, batch.num_new_tokens))
-
-
-def part_timeline(args, device: torch.device, workdir: Path, budget: float) -> None:
-    """Where the 0.6B run's time goes over its steps: the workload once (CUDA graphs, overlap) with each
-    step's batch recorded, the time between step returns charged to the batch launched one step
-    earlier (with overlapped scheduling the host waits for that batch), binned by batch size: steps,
-    seconds, ms a step and the K/V bytes the decode steps read (what a step's attention must move)."""
-    from temper.engine import EngineArgs, LLMEngine, SamplingParams
-
-    engine = LLMEngine(EngineArgs(model=str(workdir / "qwen3-0.6b"), device=args.device,
-                                  max_model_len=args.max_model_len, seed=0))
-    cfg = engine.hf_config
-    kv_token_bytes = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 2
-    engine.generate([[1] * 40, [2] * 70], SamplingParams(temperature=0.6, max_new_tokens=24, ignore_eos=True))
-    prompts, output_lens = make_requests(args, cfg.vocab_size)
-    params = [SamplingParams(temperature=0.6, max_new_tokens=n, ignore_eos=True) for n in output_lens]
-    timeline: list = []
-    run = timed_generate(engine, prompts, params, budget * args.budget_scale, timeline)
-    overlap = engine._overlap
-    engine.close()
-    bins: dict[str, dict] = {}
-    # Overlapped, the wait after step i is for the batch launched at step i; otherwise step i+1 runs its own.
-    for (t0, launched), (t1, own) in itertools.pairwise(timeline):
-        shape = launched if overlap else own
-        if shape is None:
-            continue
-        prefill, seqs, context = shape
-        low, high = (0, 16) if seqs <= 16 else (16, 32) if seqs <= 32 else (32 * ((seqs - 1) // 32), 32 * -(-seqs // 32))
-        key = "prefill" if prefill else f"B {low + 1}-{high}"
-        b = bins.setdefault(key, {"steps": 0, "seconds": 0.0, "kv_bytes": 0, "seqs": 0})
-        b["steps"] += 1
-        b["seconds"] += t1 - t0
-        b["seqs"] += seqs
-        if not prefill:
-            b["kv_bytes"] += context * kv_token_bytes
-    emit("timeline", seconds=run["seconds"], output_tokens=run["output_tokens"], steps=run["steps"],
-         bins=[{"bin": k, **v} for k, v in sorted(bins.items(), key=lambda kv: -kv[1]["seqs"] / kv[1]["steps"])])
 
 
 def run_grpo(args, engine, budget: float) -> None:
@@ -714,11 +373,11 @@ def run_part(args) -> None:
         if part == "bandwidth":
             part_bandwidth(args, device, workdir)
         elif part == "kernels":
-            part_kernels(args, device, workdir, budget)
+            engine_diagnostics.part_kernels(args, device, workdir, budget)
         elif part == "profile":
-            part_profile(args, device, workdir, budget)
+            engine_diagnostics.part_profile(args, device, workdir, budget)
         elif part == "timeline":
-            part_timeline(args, device, workdir, budget)
+            engine_diagnostics.part_timeline(args, device, workdir, budget)
         elif part == "engine":
             part_engine(args, device, workdir, budget, "engine", "qwen3-0.6b", grpo=True, check=True)
         elif part == "eager":
@@ -868,38 +527,11 @@ def report(args, results: list[dict]) -> None:
         lines.append(f"log-probs vs HF forward ({c['sequences']} sequences): mean |diff| "
                      f"{c['logprob_mean_abs_diff']:.4f}, max {c['logprob_max_abs_diff']:.3f} -> "
                      f"{'PASS' if c['passed'] else 'FAIL'} (<= 0.02)")
-    for k in by_kind.get("decode_kernel", []):
-        where = f"{k.get('order', 'given')} order"
-        if "error" in k:
-            lines.append(f"decode kernel B={k['batch']} {where} tile {k['block_n']}/{k['num_warps']}/"
-                         f"{k['num_stages']}: {k['error']}")
-        else:
-            lines.append(f"decode kernel B={k['batch']} {where} splits={k['splits']} tile (BLOCK_N/warps/stages) "
-                         f"{k['block_n']}/{k['num_warps']}/{k['num_stages']}: {k['bytes_per_s'] / 1e12:.2f} TB/s of K/V"
-                         + (f" ({k['bytes_per_s'] / (bw / 2):.0%} of copy read rate)" if bw else ""))
-    for k in by_kind.get("profile", []):
-        lines.append(f"profile, eager decode at batch {k['batch']}: {k['step_wall_ms']:.2f} ms wall, "
-                     f"{k['gpu_ms_per_step']:.2f} ms of kernels per step, of which decode attention "
-                     f"{k['attention_ms']:.2f} ms for {k['kv_bytes'] / 1e9:.2f} GB of K/V "
-                     f"({k['kv_bytes'] / max(k['attention_ms'], 1e-9) / 1e9:.2f} TB/s), the rest "
-                     f"{k['gpu_ms_per_step'] - k['attention_ms']:.2f} ms")
-        for row in k["top"]:
-            lines.append(f"  {row['ms']:7.3f} ms {row['share']:6.1%} x{row['calls']:<4} {row['kernel']}")
     for r in by_kind.get("throughput", []):
         if r.get("compiles_in_run") or r.get("compiles_in_warmup"):
             lines.append(f"{r['name']}: Triton compiles in warm-up {r.get('compiles_in_warmup')}, in the timed run "
                          f"{r.get('compiles_in_run')}")
-    for k in by_kind.get("timeline", []):
-        lines.append(f"timeline: {k['output_tokens']} tokens in {k['seconds']:.2f}s, {k['steps']} steps; per batch-size bin:")
-        for b in k["bins"]:
-            rate = f", K/V {b['kv_bytes'] / 1e9 / b['steps']:.2f} GB a step = {b['kv_bytes'] / b['seconds'] / 1e12:.2f} TB/s" \
-                if b["kv_bytes"] else ""
-            lines.append(f"  {b['bin']:<10} {b['steps']:>5} steps {b['seconds']:7.3f}s "
-                         f"{1e3 * b['seconds'] / b['steps']:6.2f} ms/step{rate}")
-    for k in by_kind.get("prefill_kernel", []):
-        lines.append(f"prefill kernel ({k['tokens']} tokens): {k['flops_per_s'] / 1e12:.0f} TFLOP/s")
-    for k in by_kind.get("sampler_kernel", []):
-        lines.append(f"sampler B={k['rows']}: kernel {k['kernel_ms']:.3f} ms vs reference {k['reference_ms']:.3f} ms")
+    lines += engine_diagnostics.report_lines(by_kind, bw)
     for k in by_kind.get("engine_setup", []):
         lines.append(f"{k['name']} set-up {k['seconds']:.0f}s: kernels {k['kernels'] or 'torch'}, "
                      f"graphs {'on' if k['cuda_graphs'] else 'off'}, {k['kv_blocks']} KV blocks, decode tile "
