@@ -17,20 +17,18 @@ Chunks are reduced in order with first-index ties, so the result does not depend
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from triton.language.extra.libdevice import fast_logf
 
+from temper.engine.kernels.common import INTERPRET
+
 # Vocabulary entries per program and per loop iteration, and warps per program: the fastest of 30
 # combinations at B = 16-256 on an H100 (benchmarks/RESULTS.md, session 10).
 CHUNK, TILE, NUM_WARPS = 8192, 1024, 4
-# The noise's two logs with lg2.approx (two instructions, not ~20: the kernel is bound by instruction issue,
-# not by reading the logits); Triton's interpreter (the CPU tests) has no libdevice and takes tl.log.
-FAST_LOG = tl.constexpr(os.environ.get("TRITON_INTERPRET") != "1")
-NO_MAX = -3.0e38  # a running maximum's start: finite, so exp(NO_MAX - NO_MAX) = 1 where -inf would give NaN
+# A running maximum's start: finite, so exp(NO_MAX - NO_MAX) = 1 where -inf would give NaN.
+NO_MAX = tl.constexpr(-3.0e38)
 
 
 @triton.jit
@@ -42,16 +40,17 @@ def _mix32(x):
 
 @triton.jit
 def _log(x):
-    if FAST_LOG:
-        return fast_logf(x)
-    else:
+    """The noise's logs with lg2.approx (two instructions, not ~20: the kernel is bound by instruction
+    issue, not by reading the logits); Triton's interpreter (the CPU tests) has no libdevice."""
+    if INTERPRET:
         return tl.log(x)
+    else:
+        return fast_logf(x)
 
 
 @triton.jit
 def _chunk_kernel(logits_ptr, temp_ptr, keys_ptr, max_ptr, sum_ptr, best_ptr, bidx_ptr, stride_l, vocab, num_chunks,
-                  CHUNK_SIZE: tl.constexpr, TILE_SIZE: tl.constexpr, ALL_GREEDY: tl.constexpr,
-                  NO_MAX: tl.constexpr):
+                  CHUNK_SIZE: tl.constexpr, TILE_SIZE: tl.constexpr, ALL_GREEDY: tl.constexpr):
     """Each lane keeps its own running max, sum of exp (rescaled when its max grows), best score and
     that score's first index over the chunk's tiles; the lanes are reduced once at the end."""
     row = tl.program_id(0).to(tl.int64)
@@ -130,7 +129,7 @@ def sample(logits: torch.Tensor, temperatures: torch.Tensor, keys: torch.Tensor,
     keys = keys.contiguous()
     _chunk_kernel[(rows, chunks)](logits, temperatures, keys, stats[0], stats[1], stats[2], best_idx, logits.stride(0),
                                   vocab, chunks, CHUNK_SIZE=chunk, TILE_SIZE=min(tile, chunk), ALL_GREEDY=all_greedy,
-                                  NO_MAX=NO_MAX, num_warps=num_warps)
+                                  num_warps=num_warps)
     _pick_kernel[(rows,)](logits, temperatures, stats[0], stats[1], stats[2], best_idx, tokens, logprobs,
                           logits.stride(0), chunks, NCP=triton.next_power_of_2(chunks), num_warps=1)
     return tokens, logprobs
