@@ -46,6 +46,8 @@ def _cuda_ms(fn, device: torch.device, repeats: int = 7) -> float:
 def _bench_gemms(device: torch.device, deadline: float) -> None:
     """The 0.6B shape's decode-step matmuls at several batch sizes: 28 layers x (qkv, o, gate_up, down)
     replayed from one CUDA graph (as the engine runs them), and the LM head; ms and weight bytes/s."""
+    from temper.engine.kernels.common import cuda_graph_of
+
     h, inter, hq, hkv, d, layers, vocab = 1024, 3072, 16, 8, 128, 28, 151936
     dims = [(h, (hq + 2 * hkv) * d), (hq * d, h), (h, 2 * inter), (inter, h)]  # (in, out)
     weights = [[torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02 for k, n in dims] for _ in range(layers)]
@@ -65,14 +67,7 @@ def _bench_gemms(device: torch.device, deadline: float) -> None:
             torch.backends.cuda.preferred_blas_library(library)
             step()
             sync(device)
-            graph = torch.cuda.CUDAGraph()
-            stream = torch.cuda.Stream(device)
-            stream.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(stream):
-                graph.capture_begin()
-                step()
-                graph.capture_end()
-            torch.cuda.current_stream(device).wait_stream(stream)
+            graph = cuda_graph_of(step, 1, device)
             ms = _cuda_ms(graph.replay, device)
             head_ms = _cuda_ms(lambda xs=xs: torch.nn.functional.linear(xs[h], lm_head), device)
             emit("gemm", batch=batch, library=library, layers_ms=ms, layers_bytes_per_s=layer_bytes / ms * 1e3,

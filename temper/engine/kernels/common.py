@@ -62,3 +62,18 @@ def median_cuda_ms(fn, repeats: int) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return sorted(times)[repeats // 2]
+
+
+def cuda_graph_of(fn, calls: int, device: torch.device) -> torch.cuda.CUDAGraph:
+    """`calls` calls of `fn` captured in one CUDA graph (on a side stream, as capture requires), for
+    timing kernels as a graph replays them: without the host's launch time."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        graph.capture_begin()
+        for _ in range(calls):
+            fn()
+        graph.capture_end()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    return graph

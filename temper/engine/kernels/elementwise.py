@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from temper.engine.kernels.common import next_pow2, round_code, round_to
-from temper.engine.kernels.paged_attention import cache_strides
+from temper.engine.kernels.paged_attention import cache_strides, slot_offsets
 
 
 @triton.jit
@@ -112,9 +112,9 @@ def _qk_norm_rope_kernel(qkv_ptr, pos_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, kc_
         v2 = tl.load(src + D // 2, mask=kv_mask)
     _store_halves(base, q1, q2, HQ, HQP, D)
     _store_halves(base + HQ * D, k1, k2, HKV, HKVP, D)
-    if STORE_KV:  # the token's rotated K and its V into its cache slot (slot < 0: a padding row)
-        if slot >= 0:
-            dst = (slot // PAGE) * BLOCK_STRIDE + (slot % PAGE) * TOKEN_STRIDE + h[:, None] * HEAD_STRIDE + d[None, :]
+    if STORE_KV:  # noqa: SIM102 (a compile-time branch around a run-time one)
+        if slot >= 0:  # the token's rotated K and its V into its cache slot (slot < 0: a padding row)
+            dst = slot_offsets(slot, h, d, PAGE, BLOCK_STRIDE, TOKEN_STRIDE, HEAD_STRIDE)
             tl.store(kc_ptr + dst, k1.to(kc_ptr.dtype.element_ty), mask=kv_mask)
             tl.store(kc_ptr + dst + D // 2, k2.to(kc_ptr.dtype.element_ty), mask=kv_mask)
             tl.store(vc_ptr + dst, v1, mask=kv_mask)

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from temper.engine.kernels.common import median_cuda_ms, mma, next_pow2
+from temper.engine.kernels.common import cuda_graph_of, median_cuda_ms, mma, next_pow2
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,13 @@ MAX_DECODE_SPLITS = 16
 # Decode tiles (BLOCK_N, num_warps, num_stages) that `tune_decode` times; the first is the default. On an
 # H100 at B = 256 they all read K/V at 2.83-2.975 TB/s, the two-warp ones fastest (RESULTS, session 10).
 DECODE_CONFIGS = ((64, 4, 2), (128, 8, 2), (64, 8, 3), (32, 4, 3), (32, 2, 2), (64, 2, 3))
+
+
+@triton.jit
+def slot_offsets(slot, h, d, PAGE: tl.constexpr, BLOCK_STRIDE: tl.constexpr, TOKEN_STRIDE: tl.constexpr,
+                 HEAD_STRIDE: tl.constexpr):
+    """Element offsets [heads, dims] of heads h, dims d of cache slot `slot` (int64)."""
+    return (slot // PAGE) * BLOCK_STRIDE + (slot % PAGE) * TOKEN_STRIDE + h[:, None] * HEAD_STRIDE + d[None, :]
 
 
 @triton.jit
@@ -56,7 +63,7 @@ def _store_kv_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, stride_kt, stride_k
         h = tl.arange(0, HP)
         d = tl.arange(0, D)
         mask = (h < H)[:, None]
-        dst = (slot // PAGE) * BLOCK_STRIDE + (slot % PAGE) * TOKEN_STRIDE + h[:, None] * HEAD_STRIDE + d[None, :]
+        dst = slot_offsets(slot, h, d, PAGE, BLOCK_STRIDE, TOKEN_STRIDE, HEAD_STRIDE)
         k = tl.load(k_ptr + t * stride_kt + h[:, None] * stride_kh + d[None, :], mask=mask)
         tl.store(kc_ptr + dst, k, mask=mask)
         v = tl.load(v_ptr + t * stride_vt + h[:, None] * stride_vh + d[None, :], mask=mask)
@@ -245,10 +252,11 @@ def tune_decode(num_heads: int, num_kv_heads: int, head_dim: int, page: int, dty
     shape = (int(widths.sum()), page, num_kv_heads, head_dim)
     k_cache = torch.randn(shape, device=device, dtype=dtype)
     v_cache = torch.randn(shape, device=device, dtype=dtype)
-    blocks = torch.randperm(shape[0], device=device)
-    tables = torch.zeros(batch, int(widths.max()), dtype=torch.long, device=device)
+    blocks = torch.randperm(shape[0])
+    tables = torch.zeros(batch, int(widths.max()), dtype=torch.long)
     for row, (start, width) in enumerate(zip((torch.cumsum(widths, 0) - widths).tolist(), widths.tolist())):
         tables[row, :width] = blocks[start : start + width]
+    tables = tables.to(device)
     q = torch.randn(batch, num_heads, head_dim, device=device, dtype=dtype)
     context_lens = lengths.to(device)
     splits = decode_num_splits(batch, num_kv_heads, torch.cuda.get_device_properties(device).multi_processor_count)
@@ -267,22 +275,8 @@ def tune_decode(num_heads: int, num_kv_heads: int, head_dim: int, page: int, dty
         elif not ((out - expected).norm() <= 1e-2 * expected.norm()):
             logger.warning("decode tile %s disagrees with the default tile; skipped", config)
             continue
-        timings[config] = median_cuda_ms(_graph_of(call, 8, device).replay, repeats)
+        timings[config] = median_cuda_ms(cuda_graph_of(call, 8, device).replay, repeats)
     return min(timings, key=timings.get) if timings else DECODE_CONFIGS[0]
-
-
-def _graph_of(fn, calls: int, device: torch.device) -> torch.cuda.CUDAGraph:
-    """`calls` calls of `fn` captured in one CUDA graph (on a side stream, as capture requires)."""
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.stream(stream):
-        graph.capture_begin()
-        for _ in range(calls):
-            fn()
-        graph.capture_end()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    return graph
 
 
 def compile_kernels(num_heads: int, num_kv_heads: int, head_dim: int, page: int, dtype: torch.dtype,
