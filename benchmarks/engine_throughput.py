@@ -26,6 +26,7 @@ and each under a time budget; a part that hits its budget reports what it finish
   no-overlap the workload on the 0.6B shape without overlapped scheduling (only when named)
   reference  the workload with the PyTorch reference kernels (runs only if `engine` failed, or when named)
   tp1-4b, tp2-4b  the workload on the Qwen3-4B shape on one GPU and tensor-parallel over two (when named)
+  tp2-4b-nccl  tp2-4b with its all-reduces through NCCL instead of symmetric memory (when named)
 
 The last lines are one table: tok/s, seconds, share of the roofline computed from the measured copy
 bandwidth (weights once per decode step + every context token's K/V once per decode step + prefill
@@ -67,12 +68,12 @@ from engine_workload import (
 )
 
 PARTS = ("bandwidth", "kernels", "profile", "timeline", "engine", "eager", "engine-1.7b", "hf", "no-overlap",
-         "reference", "tp1-4b", "tp2-4b")
+         "reference", "tp1-4b", "tp2-4b", "tp2-4b-nccl")
 DEFAULT_PARTS = ("bandwidth", "kernels", "engine", "hf", "engine-1.7b", "eager")  # most needed first
 # Per-part budgets in seconds (work inside the part; process start and engine set-up come on top).
-BUDGETS = {"bandwidth": 20, "kernels": 60, "profile": 60, "timeline": 20, "tp1-4b": 45, "tp2-4b": 45, "engine": 45, "grpo": 25, "eager": 25, "engine-1.7b": 35, "hf": 40,
+BUDGETS = {"bandwidth": 20, "kernels": 60, "profile": 60, "timeline": 20, "tp1-4b": 45, "tp2-4b": 45, "tp2-4b-nccl": 45, "engine": 45, "grpo": 25, "eager": 25, "engine-1.7b": 35, "hf": 40,
            "no-overlap": 25, "reference": 30}
-SETUP_ALLOWANCE = {"bandwidth": 90, "kernels": 60, "profile": 60, "timeline": 120, "tp1-4b": 60, "tp2-4b": 90, "engine": 120, "eager": 40, "engine-1.7b": 45, "hf": 40,
+SETUP_ALLOWANCE = {"bandwidth": 90, "kernels": 60, "profile": 60, "timeline": 120, "tp1-4b": 60, "tp2-4b": 90, "tp2-4b-nccl": 90, "engine": 120, "eager": 40, "engine-1.7b": 45, "hf": 40,
                    "no-overlap": 40, "reference": 40}
 
 
@@ -181,7 +182,8 @@ def part_engine(args, device: torch.device, workdir: Path, budget: float, name: 
     runner = engine.model_runner
     emit("engine_setup", name=name, seconds=time.perf_counter() - start, kernels=sorted(runner.kernel_groups),
          cuda_graphs=runner.graphs is not None, kv_blocks=runner.num_kv_blocks,
-         decode_tile=getattr(runner.attention_backend, "decode_config", None))
+         decode_tile=getattr(runner.attention_backend, "decode_config", None),
+         symmetric_all_reduce=runner.tp.symmetric is not None)
     compiled_at_setup = jit_variants()
     warm = SamplingParams(temperature=0.6, max_new_tokens=24, ignore_eos=True)
     engine.generate([[1] * 40, [2] * 70, [3] * 20], warm)  # graphs captured (if any)
@@ -390,12 +392,13 @@ def run_part(args) -> None:
             part_engine(args, device, workdir, budget, "reference", "qwen3-0.6b", kernels="torch")
         elif part == "hf":
             part_hf(args, device, workdir, budget)
-        elif part in ("tp1-4b", "tp2-4b"):
+        elif part in ("tp1-4b", "tp2-4b", "tp2-4b-nccl"):
             tp = int(part[2])
             if device.type == "cuda" and torch.cuda.device_count() < tp:
                 emit("skip", part=part, reason=f"needs {tp} GPUs, {torch.cuda.device_count()} here")
                 return
-            part_engine(args, device, workdir, budget, part, "qwen3-4b", tensor_parallel_size=tp)
+            part_engine(args, device, workdir, budget, part, "qwen3-4b", tensor_parallel_size=tp,
+                        symmetric_memory=False if part.endswith("nccl") else None)
     except Exception as e:  # noqa: BLE001 (report, then let the driver go on)
         traceback.print_exc()
         emit("error", part=part, error=f"{type(e).__name__}: {e}"[:500])

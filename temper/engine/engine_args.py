@@ -36,6 +36,11 @@ class EngineArgs:
         The model's attention heads, KV heads and intermediate size must divide by it (`check_model`).
         The workers are spawned, so a script that builds such an engine must do it under
         ``if __name__ == "__main__":`` (a spawned process imports the main module again).
+    symmetric_memory: under tensor parallelism on CUDA, sum the layers' partial outputs with a two-shot
+        all-reduce over symmetric memory (`torch.ops.symm_mem`, the GPUs reading each other's memory over
+        NVLink) instead of NCCL's; the same bits with two ranks, about half the time for decode-sized
+        tensors. None: on where every rank can set it up (else NCCL, logged); True: the same, but an
+        error where it cannot be set up; False: NCCL always.
     """
 
     model: str
@@ -53,6 +58,7 @@ class EngineArgs:
     cuda_graphs: bool = True
     overlap_scheduling: bool | None = None
     tensor_parallel_size: int = 1
+    symmetric_memory: bool | None = None
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in DTYPES:

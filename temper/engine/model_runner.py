@@ -136,6 +136,7 @@ class ModelRunner:
         tp = self.tp.size
         self.kv_shape = (hf_config.num_hidden_layers, hf_config.num_key_value_heads // tp, head_dim_of(hf_config))
         self.num_heads = hf_config.num_attention_heads // tp
+        self._enable_symmetric_memory(hf_config)
         self.kernel_groups = self._enable_kernels(hf_config)
         self.reference_backend = TorchPagedAttention()
         self.attention_backend = self._attention_backend()
@@ -159,6 +160,19 @@ class ModelRunner:
         if self.tp.rank == 0:
             logger.info("engine kernels: %s; decode CUDA graphs: %s; tensor parallel: %d",
                         sorted(self.kernel_groups) or "PyTorch reference", "on" if self.graphs else "off", tp)
+
+    def _enable_symmetric_memory(self, hf_config) -> None:
+        """The all-reduces of the layers' outputs (at most a prefill step's rows) through symmetric memory
+        (`EngineArgs.symmetric_memory`): before the KV cache is sized, which then leaves room for it."""
+        wanted = self.args.symmetric_memory
+        if self.tp.size == 1 or self.device.type != "cuda" or wanted is False:
+            return
+        rows = max(self.args.max_num_batched_tokens, self.args.max_num_seqs)
+        reason = self.tp.enable_symmetric_memory(self.dtype, rows * hf_config.hidden_size)
+        if reason is not None and wanted:
+            raise ValueError(f"EngineArgs.symmetric_memory=True but it cannot be used here: {reason}")
+        if reason is not None and self.tp.rank == 0:
+            logger.warning("tensor parallel: all-reduces through NCCL (symmetric memory unusable: %s)", reason)
 
     def _enable_kernels(self, hf_config) -> set[str]:
         """The kernel groups that pass on this rank, narrowed to those that pass on every rank."""
