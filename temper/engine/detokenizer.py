@@ -7,6 +7,13 @@ that ends in U+FFFD (an incomplete UTF-8 character) is held back until more toke
 emits whatever is held back when the sequence finishes. The result equals
 ``tokenizer.decode(output_ids, skip_special_tokens=...)`` for byte-level BPE tokenizers.
 
+A run of `SILENT_RUN` or more new ids that leaves the window's text exactly as it was (skipped special
+tokens, ids the tokenizer does not know) is dropped from later windows, which keep the left context
+before it: otherwise such a run (a policy stuck emitting special tokens, a random model with a small
+tokenizer) would grow the window by one id a step, and decoding it would cost time quadratic in the
+run's length. Shorter silent runs stay in the window, as a token whose text shows only once the next
+one arrives must.
+
 `append_many` advances many sequences with one batched decode: when decoding through the tokenizer's
 Rust backend (``backend_tokenizer.decode_batch``) gives what ``tokenizer.decode`` gives (checked on
 sample ids at construction: no clean-up pass, no overridden decode), the Python overhead of HF's
@@ -22,6 +29,7 @@ from transformers import PreTrainedTokenizerBase
 from temper.engine.sequence import DetokenizerState
 
 _INCOMPLETE = "\ufffd"
+SILENT_RUN = 8  # new ids that add no text, from which on they leave the window (see the module docstring)
 
 
 class Detokenizer:
@@ -45,8 +53,9 @@ class Detokenizer:
         """`append` for many sequences, with one batched decode."""
         windows = []
         for state, ids in zip(states, id_lists):
-            windows.append(ids[state.prefix_offset : state.read_offset])
-            windows.append(ids[state.prefix_offset :])
+            context = ids[state.prefix_offset : state.context_end]
+            windows.append(context)
+            windows.append(context + ids[state.read_offset :])
         texts = self._decode_many(windows, skip_special_tokens)
         return [_advance(state, len(ids), texts[2 * i], texts[2 * i + 1])
                 for i, (state, ids) in enumerate(zip(states, id_lists))]
@@ -55,19 +64,23 @@ class Detokenizer:
         """Emit text held back for incomplete characters (they stay as U+FFFD)."""
         if state.read_offset >= len(ids):
             return ""
-        prefix_text = self._decode(ids[state.prefix_offset : state.read_offset], skip_special_tokens)
-        delta = self._decode(ids[state.prefix_offset :], skip_special_tokens)[len(prefix_text) :]
+        context = ids[state.prefix_offset : state.context_end]
+        prefix_text = self._decode(context, skip_special_tokens)
+        delta = self._decode(context + ids[state.read_offset :], skip_special_tokens)[len(prefix_text) :]
         state.text += delta
-        state.prefix_offset = state.read_offset = len(ids)
+        state.prefix_offset = state.context_end = state.read_offset = len(ids)
         return delta
 
 
 def _advance(state: DetokenizerState, num_ids: int, prefix_text: str, new_text: str) -> str:
+    if new_text == prefix_text and num_ids - state.read_offset >= SILENT_RUN:
+        state.read_offset = num_ids  # a silent run: out of later windows
+        return ""
     if len(new_text) <= len(prefix_text) or new_text.endswith(_INCOMPLETE):
         return ""
     delta = new_text[len(prefix_text) :]
     state.text += delta
-    state.prefix_offset, state.read_offset = state.read_offset, num_ids
+    state.prefix_offset, state.context_end, state.read_offset = state.read_offset, num_ids, num_ids
     return delta
 
 

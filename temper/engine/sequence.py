@@ -41,10 +41,13 @@ class RequestOutput:
 
 @dataclass
 class DetokenizerState:
-    """Incremental detokenization offsets into `output_token_ids` (see `detokenizer.py`)."""
+    """Incremental detokenization offsets into `output_token_ids` (see `detokenizer.py`): the left context
+    is ids[prefix_offset:context_end], the ids not yet read ids[read_offset:] (ids between context_end
+    and read_offset added no text and are left out of the windows)."""
 
     text: str = ""
     prefix_offset: int = 0
+    context_end: int = 0
     read_offset: int = 0
 
 
