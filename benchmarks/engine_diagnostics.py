@@ -4,7 +4,8 @@ where the time goes rather than how fast the workload runs.
 - kernels: the decode step's GEMMs (cuBLAS and cuBLASLt), decode attention alone per tile and split count,
   prefill attention TFLOP/s, the sampler kernel vs the reference;
 - profile: the workload run eagerly under torch.profiler at five batch sizes;
-- timeline: the workload once, every step's time and K/V reads binned by batch size.
+- timeline: the workload once, every step's time and K/V reads binned by batch size;
+- host: streaming steps (what the server runs) against their decode graph and sampler replayed alone.
 """
 
 from __future__ import annotations
@@ -238,6 +239,56 @@ def part_timeline(args, device: torch.device, workdir: Path, budget: float) -> N
          bins=[{"bin": k, **v} for k, v in sorted(bins.items(), key=lambda kv: -kv[1]["seqs"] / kv[1]["steps"])])
 
 
+def part_host(args, device: torch.device, workdir: Path, budget: float) -> None:
+    """Whether the host keeps the GPU waiting: the 0.6B workload stepped as the server steps it
+    (`engine.step()`: overlapped, every token detokenized), and at batch 256, 224, ... 16 the wall time of
+    20 steps against the same batch's decode graph replayed alone plus the sampler kernel (CUDA events).
+    The difference is time the GPU waits for the host (or for anything outside those kernels)."""
+    from temper.engine import EngineArgs, LLMEngine, SamplingParams
+    from temper.engine.kernels.common import median_cuda_ms
+    from temper.engine.kernels.sampling import sample
+
+    if device.type != "cuda":
+        emit("skip", part="host", reason="GPU only (decode graphs)")
+        return
+    engine = LLMEngine(EngineArgs(model=str(workdir / "qwen3-0.6b"), device=args.device,
+                                  max_model_len=args.max_model_len, seed=0))
+    runner = engine.model_runner
+    warm = SamplingParams(temperature=0.6, max_new_tokens=24, ignore_eos=True)
+    engine.generate([[1] * 40, [2] * 70, [3] * 20], warm)  # graphs captured
+    prompts, output_lens = make_requests(args, engine.hf_config.vocab_size)
+    for p, n in zip(prompts, output_lens):
+        engine.add_request(p, SamplingParams(temperature=0.6, max_new_tokens=n, ignore_eos=True))
+    deadline = time.perf_counter() + budget
+    while engine.scheduler.waiting and time.perf_counter() < deadline:
+        engine.step()
+    steps = 20
+    for target in (256, 224, 192, 160, 128, 96, 64, 32, 16):
+        while len(engine.scheduler.running) > target and time.perf_counter() < deadline:
+            engine.step()
+        if time.perf_counter() > deadline or not engine.scheduler.running:
+            break
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            engine.step()
+        sync(device)
+        wall_ms = (time.perf_counter() - start) / steps * 1e3
+        batch = len(engine.scheduler.running)
+        if not batch:
+            break
+        replay = runner.graphs.graphs[runner.graphs.bucket(batch)]  # the inputs of the last step: same work
+        logits = runner.graphs.logits[:batch]
+        temperatures = torch.full((batch,), 0.6, device=device)
+        keys = torch.randint(0, 2**31, (batch, 2), device=device)
+        replay()
+        graph_ms = median_cuda_ms(replay, 9)
+        sampler_ms = median_cuda_ms(lambda x=logits, t=temperatures, k=keys: sample(x, t, k, False), 9)
+        emit("host", batch=batch, step_wall_ms=wall_ms, graph_ms=graph_ms, sampler_ms=sampler_ms,
+             waiting_ms=wall_ms - graph_ms - sampler_ms)
+    engine.close()
+
+
 def report_lines(by_kind: dict[str, list[dict]], bw: float | None) -> list[str]:
     """The summary's lines for these parts' results (by kind; `bw`: the measured copy rate, bytes/s)."""
     lines = []
@@ -265,6 +316,9 @@ def report_lines(by_kind: dict[str, list[dict]], bw: float | None) -> list[str]:
                 if b["kv_bytes"] else ""
             lines.append(f"  {b['bin']:<10} {b['steps']:>5} steps {b['seconds']:7.3f}s "
                          f"{1e3 * b['seconds'] / b['steps']:6.2f} ms/step{rate}")
+    for k in by_kind.get("host", []):
+        lines.append(f"host, streaming steps at batch {k['batch']}: {k['step_wall_ms']:.2f} ms a step, decode graph "
+                     f"{k['graph_ms']:.2f} + sampler {k['sampler_ms']:.2f} ms alone: GPU waiting {k['waiting_ms']:.2f} ms")
     for k in by_kind.get("prefill_kernel", []):
         lines.append(f"prefill kernel ({k['tokens']} tokens): {k['flops_per_s'] / 1e12:.0f} TFLOP/s")
     for k in by_kind.get("sampler_kernel", []):

@@ -14,6 +14,8 @@ and each under a time budget; a part that hits its budget reports what it finish
              16: GPU time per kernel, decode attention's achieved K/V bandwidth (only when named)
   timeline   the 0.6B workload once with every step's batch recorded: seconds, ms a step and K/V read
              per batch-size bin (only when named)
+  host       streaming steps (engine.step(), as the server runs them) at batch 256 ... 16 against their
+             decode graph and sampler replayed alone: time the GPU waits for the host (only when named)
   engine     the workload on the 0.6B shape (default engine: Triton kernels + CUDA graphs; every engine
              part reports the median of --repeats timed runs, prefix cache flushed before each), then the
              GRPO case (64 prompts x n=8 sharing their prompt: prefill tokens computed vs unique
@@ -67,13 +69,13 @@ from engine_workload import (
     timed_generate,
 )
 
-PARTS = ("bandwidth", "kernels", "profile", "timeline", "engine", "eager", "engine-1.7b", "hf", "no-overlap",
+PARTS = ("bandwidth", "kernels", "profile", "timeline", "host", "engine", "eager", "engine-1.7b", "hf", "no-overlap",
          "reference", "tp1-4b", "tp2-4b", "tp2-4b-nccl")
 DEFAULT_PARTS = ("bandwidth", "kernels", "engine", "hf", "engine-1.7b", "eager")  # most needed first
 # Per-part budgets in seconds (work inside the part; process start and engine set-up come on top).
-BUDGETS = {"bandwidth": 20, "kernels": 60, "profile": 60, "timeline": 20, "tp1-4b": 45, "tp2-4b": 45, "tp2-4b-nccl": 45, "engine": 45, "grpo": 25, "eager": 25, "engine-1.7b": 35, "hf": 40,
+BUDGETS = {"bandwidth": 20, "kernels": 60, "profile": 60, "timeline": 20, "host": 40, "tp1-4b": 45, "tp2-4b": 45, "tp2-4b-nccl": 45, "engine": 45, "grpo": 25, "eager": 25, "engine-1.7b": 35, "hf": 40,
            "no-overlap": 25, "reference": 30}
-SETUP_ALLOWANCE = {"bandwidth": 90, "kernels": 60, "profile": 60, "timeline": 120, "tp1-4b": 60, "tp2-4b": 90, "tp2-4b-nccl": 90, "engine": 120, "eager": 40, "engine-1.7b": 45, "hf": 40,
+SETUP_ALLOWANCE = {"bandwidth": 90, "kernels": 60, "profile": 60, "timeline": 120, "host": 90, "tp1-4b": 60, "tp2-4b": 90, "tp2-4b-nccl": 90, "engine": 120, "eager": 40, "engine-1.7b": 45, "hf": 40,
                    "no-overlap": 40, "reference": 40}
 
 
@@ -380,6 +382,8 @@ def run_part(args) -> None:
             engine_diagnostics.part_profile(args, device, workdir, budget)
         elif part == "timeline":
             engine_diagnostics.part_timeline(args, device, workdir, budget)
+        elif part == "host":
+            engine_diagnostics.part_host(args, device, workdir, budget)
         elif part == "engine":
             part_engine(args, device, workdir, budget, "engine", "qwen3-0.6b", grpo=True, check=True)
         elif part == "eager":
