@@ -8,7 +8,7 @@ mkdir -p /tmp/site && tar xJf .device/pack.tar.xz -C /tmp/site
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-timeout "${TEST_TIMEOUT:-240}" python -m pytest -m gpu -q -rA -s -p no:cacheprovider tests/engine/test_symmetric_memory_gpu.py tests/engine/test_tensor_parallel_gpu.py \
+timeout "${TEST_TIMEOUT:-240}" python -m pytest -m gpu -q -rA -s -p no:cacheprovider tests/engine/test_tp_group_gpu.py tests/engine/test_tensor_parallel_gpu.py \
   tests/engine/test_gpu_parity.py tests/engine/test_cuda_graph.py 2>&1 | tee "$OUT/tp_gpu_tests.log" | tail -n 15
 timeout "${BENCH_TIMEOUT:-330}" python benchmarks/engine_throughput.py --parts bandwidth,tp1-4b,tp2-4b-nccl,tp2-4b \
   --total-budget "${TOTAL_BUDGET:-320}" 2>&1 | tee "$OUT/engine_tp_bench.log" | grep -v '^  {'

@@ -1,4 +1,4 @@
-"""`TPGroup.all_reduce` through symmetric memory (`SymmetricAllReduce`) on two GPUs: NCCL's bits, eagerly
+"""`TPGroup` on two GPUs: `all_reduce` through symmetric memory (`SymmetricAllReduce`) gives NCCL's bits, eagerly
 and replayed from a CUDA graph, the same on both ranks; tensors it does not take still sum, through NCCL.
 (The engine's TP=2 parity tests in test_tensor_parallel_gpu.py run with it on.)"""
 
