@@ -7,8 +7,9 @@ one machine. The group is built without the default process group, as the weight
 
 Collectives on tensors (`all_reduce`, `all_gather`, `broadcast`) go through the process group and
 may run inside CUDA graphs. On CUDA, `enable_symmetric_memory` moves the all-reduces that fit a
-buffer shared by the ranks (`SymmetricAllReduce`) off NCCL. Decisions taken once at start (which kernels to use, the KV-cache size)
-are agreed on the host through the store (`agree_min`), where rank 0 can keep watching its workers:
+buffer shared by the ranks (`SymmetricAllReduce`) off NCCL. Decisions taken once at start (which
+kernels to use, the KV-cache size) are agreed on the host through the store (`agree_min`), where
+rank 0 can keep watching its workers:
 `watch` (rank 0 only) raises when a worker died or failed, so that no wait on the group hangs.
 A group of size 1 has no store and no process group; its collectives are identities.
 """
@@ -181,8 +182,8 @@ class SymmetricAllReduce:
     """A sum over the ranks of a CUDA group through a buffer every rank can read (torch's symmetric
     memory): each rank copies its tensor in, reduces its share of the elements from every rank's copy
     and gathers the others' shares (`torch.ops.symm_mem.two_shot_all_reduce_out`, a kernel that needs
-    no NCCL call and runs inside CUDA graphs). Each element is summed once, in rank order, so every rank
-    gets the same bits; with two ranks they are NCCL's bits too.
+    no NCCL call and runs inside CUDA graphs). Each element is summed once, by one rank, so every rank
+    gets the same bits; with two ranks they are NCCL's bits too (a + b either way).
 
     torch finds a group's ranks and store through the process-group registry, which the engine's
     groups (made without the default group, see `process_group.py`) are not in: the group is
