@@ -41,6 +41,7 @@ SERVER_ARG_OF = {
     "random_seed": "random_seed",
     "dtype": "dtype",
     "skip_server_warmup": "skip_server_warmup",
+    "disable_custom_all_reduce": "disable_custom_all_reduce",
 }
 """--sglang-NAME → the built-in engine's `ServerArgs` field."""
 

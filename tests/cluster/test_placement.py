@@ -107,9 +107,11 @@ def test_sglang_flags_map_to_the_builtin_engine():
     cfg = cfg_of(
         "--actor-num-gpus-per-node", "1", "--sglang-mem-fraction-static", "0.7", "--sglang-context-length", "512",
         "--sglang-enable-metrics", "--sglang-router-ip", "127.0.0.1", "--sglang-router-port", "9",
+        "--sglang-disable-custom-all-reduce",
     )  # fmt: skip
     settings, ignored = builtin_server_settings(cfg)
-    assert settings == {"log_level": "warning", "mem_fraction_static": 0.7, "max_model_len": 512}
+    assert settings == {"log_level": "warning", "mem_fraction_static": 0.7, "max_model_len": 512,
+                        "disable_custom_all_reduce": True}
     assert ignored == ["--sglang-enable-metrics"]
     assert engine_dtype(cfg, "cuda") == "bfloat16" and engine_dtype(cfg, "cpu") == "float32"
 

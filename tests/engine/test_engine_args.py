@@ -19,6 +19,8 @@ from temper.engine import EngineArgs
         ({"mem_fraction_static": 0}, r"EngineArgs.mem_fraction_static must be in \(0, 1\]"),
         ({"max_num_seqs": 0}, r"EngineArgs.max_num_seqs"),
         ({"kernels": "cuda"}, r"EngineArgs.kernels must be one of"),
+        ({"symmetric_memory": "yes"}, r"EngineArgs.symmetric_memory must be None, True or False, got 'yes'"),
+        ({"overlap_scheduling": 1.0}, r"EngineArgs.overlap_scheduling must be None, True or False"),
     ],
 )
 def test_bad_args_name_the_field(kwargs, message):

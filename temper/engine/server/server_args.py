@@ -31,6 +31,7 @@ class ServerArgs:
     disable_radix_cache: bool = False
     random_seed: int | None = None
     tp_size: int = 1  # tensor-parallel ranks (SGLang's --tp-size)
+    disable_custom_all_reduce: bool = False  # tensor-parallel all-reduces through NCCL, not symmetric memory
     log_level: str = "info"
     skip_server_warmup: bool = False
     health_check_timeout: float = 20.0  # seconds a /health probe may wait for engine output
@@ -60,6 +61,8 @@ class ServerArgs:
             "max_num_seqs": self.max_running_requests, "max_num_batched_tokens": self.chunked_prefill_size,
             "seed": self.random_seed, "tensor_parallel_size": self.tp_size,
         }
+        if self.disable_custom_all_reduce:
+            mapped["symmetric_memory"] = False
         kwargs = {k: v for k, v in mapped.items() if v is not None}
         return EngineArgs(model=self.model, enable_prefix_caching=not self.disable_radix_cache, **kwargs)
 
@@ -82,6 +85,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     a("--random-seed", type=int, default=None, help="engine sampling seed")
     a("--tp-size", "--tensor-parallel-size", dest="tp_size", type=int, default=1,
       help="split the model over this many GPUs (CPU: worker processes); rank r uses --device's index + r")
+    a("--disable-custom-all-reduce", action="store_true",
+      help="tensor-parallel all-reduces through NCCL instead of symmetric memory (EngineArgs.symmetric_memory)")
     a("--log-level", default="info", choices=LOG_LEVELS)
     a("--skip-server-warmup", action="store_true", help="mark the server ready without a warmup generation")
     a("--api-key", default=None, help="require 'Authorization: Bearer KEY' (health and metrics stay open)")
