@@ -170,7 +170,8 @@ class ModelRunner:
         rows = max(self.args.max_num_batched_tokens, self.args.max_num_seqs)
         reason = self.tp.enable_symmetric_memory(self.dtype, rows * hf_config.hidden_size)
         if reason is not None and wanted:
-            raise ValueError(f"EngineArgs.symmetric_memory=True but it cannot be used here: {reason}")
+            raise ValueError(f"EngineArgs.symmetric_memory=True but it cannot be used here: {reason}; leave it None "
+                             "(NCCL where it is unusable) or set it False")
         if reason is not None and self.tp.rank == 0:
             logger.warning("tensor parallel: all-reduces through NCCL (symmetric memory unusable: %s)", reason)
 
