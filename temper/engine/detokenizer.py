@@ -56,11 +56,7 @@ class Detokenizer:
 
     def append_many(self, states: list[DetokenizerState], id_lists: list[list[int]], skip_special_tokens: bool) -> list[str]:
         """`append` for many sequences, with one batched decode."""
-        windows = []
-        for state, ids in zip(states, id_lists):
-            context = ids[state.prefix_offset : state.context_end]
-            windows.append(context)
-            windows.append(context + ids[state.read_offset :])
+        windows = [window for state, ids in zip(states, id_lists) for window in _windows(state, ids)]
         texts = self._decode_many(windows, skip_special_tokens)
         return [_advance(state, len(ids), texts[2 * i], texts[2 * i + 1])
                 for i, (state, ids) in enumerate(zip(states, id_lists))]
@@ -69,12 +65,19 @@ class Detokenizer:
         """Emit text held back for incomplete characters (they stay as U+FFFD)."""
         if state.read_offset >= len(ids):
             return ""
-        context = ids[state.prefix_offset : state.context_end]
+        context, window = _windows(state, ids)
         prefix_text = self._decode(context, skip_special_tokens)
-        delta = self._decode(context + ids[state.read_offset :], skip_special_tokens)[len(prefix_text) :]
+        delta = self._decode(window, skip_special_tokens)[len(prefix_text) :]
         state.text += delta
         state.prefix_offset = state.context_end = state.read_offset = len(ids)
         return delta
+
+
+def _windows(state: DetokenizerState, ids: list[int]) -> tuple[list[int], list[int]]:
+    """(the left context, the context followed by the ids not yet read): the text of the second minus
+    the text of the first is what the new ids add."""
+    context = ids[state.prefix_offset : state.context_end]
+    return context, context + ids[state.read_offset :]
 
 
 def _advance(state: DetokenizerState, num_ids: int, prefix_text: str, new_text: str) -> str:
