@@ -245,7 +245,6 @@ def part_host(args, device: torch.device, workdir: Path, budget: float) -> None:
     20 steps against the same batch's decode graph replayed alone plus the sampler kernel (CUDA events).
     The difference is time the GPU waits for the host (or for anything outside those kernels)."""
     from temper.engine import EngineArgs, LLMEngine, SamplingParams
-    from temper.engine.kernels.common import median_cuda_ms
     from temper.engine.kernels.sampling import sample
 
     if device.type != "cuda":
@@ -281,9 +280,8 @@ def part_host(args, device: torch.device, workdir: Path, budget: float) -> None:
         logits = runner.graphs.logits[:batch]
         temperatures = torch.full((batch,), 0.6, device=device)
         keys = torch.randint(0, 2**31, (batch, 2), device=device)
-        replay()
-        graph_ms = median_cuda_ms(replay, 9)
-        sampler_ms = median_cuda_ms(lambda x=logits, t=temperatures, k=keys: sample(x, t, k, False), 9)
+        graph_ms = _cuda_ms(replay, device, 9)
+        sampler_ms = _cuda_ms(lambda x=logits, t=temperatures, k=keys: sample(x, t, k, False), device, 9)
         emit("host", batch=batch, step_wall_ms=wall_ms, graph_ms=graph_ms, sampler_ms=sampler_ms,
              waiting_ms=wall_ms - graph_ms - sampler_ms)
     engine.close()

@@ -75,9 +75,9 @@ class EngineArgs:
             raise ValueError(f"EngineArgs.max_model_len must be None or an integer >= 2, got {self.max_model_len!r}")
         if self.kernels not in KERNEL_MODES:
             raise ValueError(f"EngineArgs.kernels must be one of {KERNEL_MODES}, got {self.kernels!r}")
-        for name in ("overlap_scheduling", "symmetric_memory"):
-            if not (getattr(self, name) is None or isinstance(getattr(self, name), bool)):
-                raise ValueError(f"EngineArgs.{name} must be None, True or False, got {getattr(self, name)!r}")
+        for name, value in (("overlap_scheduling", self.overlap_scheduling), ("symmetric_memory", self.symmetric_memory)):
+            if not (value is None or isinstance(value, bool)):
+                raise ValueError(f"EngineArgs.{name} must be None, True or False, got {value!r}")
         if not 0 < self.mem_fraction_static <= 1:
             raise ValueError(f"EngineArgs.mem_fraction_static must be in (0, 1], got {self.mem_fraction_static!r}")
 
