@@ -1,7 +1,8 @@
 """Loading a Hugging Face causal LM for training, and running it on a packed micro-batch.
 
-The model is used as Hugging Face ships it: the forward gets `input_ids` and per-sequence
-`position_ids` (packed, see packing.py) and computes logits for one position only
+The model is used as Hugging Face ships it, with temper's varlen attention (attention.py) as its
+attention implementation by default: the forward gets `input_ids`, per-sequence `position_ids` and
+the row's sequence bounds (packed, see packing.py) and computes logits for one position only
 (`logits_to_keep=1`); the final hidden states are read with a forward hook on the decoder, and the
 log-probs of the response tokens come from `log_probs.token_log_probs` over the lm-head weight.
 """
@@ -14,10 +15,29 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from temper.train import attention
 from temper.train.log_probs import token_log_probs
 from temper.train.packing import MicroBatch
 
-DEFAULT_ATTENTION = "sdpa"
+DEFAULT_ATTENTION = attention.VARLEN
+
+
+def resolve_attention(attn_implementation: str | None) -> str:
+    """The Hugging Face attention name to load a model with (default: temper's varlen attention)."""
+    name = attn_implementation or DEFAULT_ATTENTION
+    if name == attention.VARLEN:
+        attention.register()
+    return name
+
+
+def packed_forward_kwargs(mb: MicroBatch) -> dict:
+    """Keyword arguments of a Hugging Face forward over the packed row of `mb` (no KV cache)."""
+    return {
+        "input_ids": mb.input_ids,
+        "position_ids": mb.position_ids,
+        "use_cache": False,
+        **attention.varlen_kwargs(mb.cu_seqlens, mb.max_seqlen),
+    }
 
 
 def load_causal_lm(path: str | Path, dtype: torch.dtype, attn_implementation: str | None = None) -> nn.Module:
@@ -25,7 +45,7 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype, attn_implementation: st
     config = AutoConfig.from_pretrained(path)
     _check_supported(config, path)
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, attn_implementation=attn_implementation or DEFAULT_ATTENTION
+        path, dtype=dtype, attn_implementation=resolve_attention(attn_implementation)
     )
     model.config.use_cache = False
     return model
@@ -49,7 +69,7 @@ def final_hidden_states(model: nn.Module, mb: MicroBatch) -> Tensor:
 
     handle = model.get_decoder().register_forward_hook(grab)
     try:
-        model(input_ids=mb.input_ids, position_ids=mb.position_ids, use_cache=False, logits_to_keep=1)
+        model(**packed_forward_kwargs(mb), logits_to_keep=1)
     finally:
         handle.remove()
     return captured[0][0]

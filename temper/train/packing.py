@@ -9,9 +9,10 @@ forwards and backwards — by splitting the fullest micro-batches of ranks that 
 nothing is left to split, by padding micro-batches that carry no sample.
 
 A micro-batch is one row of concatenated sequences (no padding tokens) whose position ids restart
-at 0 for every sequence. Hugging Face models treat such position ids as packed sequences and build a
-block-diagonal causal mask (sdpa/eager/flex) or use varlen kernels (flash attention), so no token
-attends across a sequence boundary.
+at 0 for every sequence, with the row's cumulative sequence starts: the train worker's varlen
+attention (attention.py) attends within each sequence only, and Hugging Face's own implementations
+(given only the position ids) build a block-diagonal causal mask, so no token attends across a
+sequence boundary.
 
 Every function here is a pure function of lengths and settings: each rank computes the whole plan,
 identical everywhere, without communicating.
@@ -138,6 +139,10 @@ class MicroBatch:
     """[Tr] int64: the response tokens."""
     response_lengths: list[int]
     """R_i of each packed sample (sums to Tr)."""
+    cu_seqlens: Tensor
+    """[N+1] int32: 0, then the running sums of the packed sequences' lengths (ends at S)."""
+    max_seqlen: int
+    """Length of the longest packed sequence."""
 
     @property
     def is_padding(self) -> bool:
@@ -155,6 +160,8 @@ class MicroBatch:
             self.response_index.to(device),
             self.targets.to(device),
             self.response_lengths,
+            self.cu_seqlens.to(device),
+            self.max_seqlen,
         )
 
     def split(self, flat: Tensor) -> list[Tensor]:
@@ -189,4 +196,6 @@ def _packed_row(seqs: list[Tensor], resp_lens: list[int], positions: list[int]) 
         response_index=response_index,
         targets=input_ids[response_index + 1],
         response_lengths=list(resp_lens),
+        cu_seqlens=starts.to(torch.int32),
+        max_seqlen=max(len(s) for s in seqs),
     )

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoModel
 
-from temper.train.hf_model import DEFAULT_ATTENTION
+from temper.train.hf_model import packed_forward_kwargs, resolve_attention
 from temper.train.packing import MicroBatch
 
 
@@ -35,16 +35,17 @@ class ValueModel(nn.Module):
         cls, path: str | Path, dtype: torch.dtype, attn_implementation: str | None = None
     ) -> ValueModel:
         backbone = AutoModel.from_pretrained(
-            path, dtype=dtype, attn_implementation=attn_implementation or DEFAULT_ATTENTION
+            path, dtype=dtype, attn_implementation=resolve_attention(attn_implementation)
         )
         backbone.config.use_cache = False
         return cls(backbone)
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, response_index: Tensor) -> Tensor:
-        hidden = self.backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+    def forward(self, response_index: Tensor, **inputs) -> Tensor:
+        """[Tr] values at `response_index` of a packed row; `inputs`: `hf_model.packed_forward_kwargs`."""
+        hidden = self.backbone(**inputs).last_hidden_state
         values = self.value_head(hidden[0].index_select(0, response_index))
         return values[:, 0].float().clone()  # not a view: FSDP hooks the output for backward
 
     def values(self, mb: MicroBatch) -> Tensor:
         """[Tr] fp32 values of `mb`'s response tokens."""
-        return self(mb.input_ids, mb.position_ids, mb.response_index)
+        return self(mb.response_index, **packed_forward_kwargs(mb))

@@ -60,6 +60,7 @@ def test_packed_and_unpacked_rows_give_the_same_log_probs_and_gradients(qwen3_di
     # the packed row really is one row: attention across its boundaries would change these numbers
     leaky = pack(batch.tokens, batch.response_lengths, [0, 1])
     leaky.position_ids = torch.arange(leaky.num_tokens)[None]  # one long sequence: crosses boundaries
+    leaky.cu_seqlens, leaky.max_seqlen = torch.tensor([0, leaky.num_tokens], dtype=torch.int32), leaky.num_tokens
     with torch.no_grad():
         crossed = leaky.split(policy_log_probs(model, leaky, temperature=0.9)[0])[1]
     assert (crossed - packed_lp[1]).abs().max() > 1e-3

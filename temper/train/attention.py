@@ -1,0 +1,123 @@
+"""Varlen attention for packed rows: each sequence attends causally to itself only, at a cost
+proportional to Σ L_i² rather than (Σ L_i)².
+
+The train worker packs several sequences into one row (packing.py). Hugging Face's ``sdpa`` path
+turns such a row into a dense [S, S] block-diagonal mask, so a 16k-token micro-batch pays for
+16k² scores. This module registers an attention function with Hugging Face's `AttentionInterface`
+under the name `VARLEN` ("temper_varlen"); a model loaded with ``attn_implementation=VARLEN`` calls
+it in every layer with the row's cumulative sequence starts, which the train worker passes to the
+model's forward (`varlen_kwargs`). Hugging Face builds no mask for an attention name it has no
+mask function for.
+
+- CUDA, bf16/fp16: ``torch.nn.attention.varlen.varlen_attn`` (Flash Attention over the packed row).
+- Anything else (CPU, fp32): `scaled_dot_product_attention` with ``is_causal`` per sequence — exact
+  in fp32, and the reference the fast path is tested against.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+VARLEN = "temper_varlen"
+FLASH_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def varlen_kwargs(cu_seqlens: Tensor, max_seqlen: int) -> dict:
+    """The forward kwargs that carry a packed row's sequence bounds down to `varlen_attention`.
+
+    cu_seqlens: [N+1] int32 on the model's device, 0 then the running sums of the sequence lengths.
+    The names are Hugging Face's flash-attention kwargs, which its models pass through to attention.
+    """
+    return {
+        "cu_seq_lens_q": cu_seqlens,
+        "cu_seq_lens_k": cu_seqlens,
+        "max_length_q": max_seqlen,
+        "max_length_k": max_seqlen,
+    }
+
+
+def varlen_attention(
+    module: torch.nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[Tensor, None]:
+    """Hugging Face attention-interface function: query [1, Hq, S, D], key/value [1, Hkv, S, D] of one
+    packed row; returns ([1, S, Hq, D], None). Needs `varlen_kwargs` in the model's forward kwargs."""
+    cu_seqlens, max_seqlen = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
+    if cu_seqlens is None or max_seqlen is None:
+        raise ValueError(
+            f"attention {VARLEN!r} needs the packed row's sequence bounds: call the model with "
+            "**temper.train.attention.varlen_kwargs(cu_seqlens, max_seqlen)"
+        )
+    if query.shape[0] != 1 or attention_mask is not None or dropout:
+        raise ValueError(
+            f"attention {VARLEN!r} takes one packed row without a mask or dropout; got batch {query.shape[0]}, "
+            f"mask {attention_mask is not None}, dropout {dropout}"
+        )
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [S, H, D]
+    if q.is_cuda and q.dtype in FLASH_DTYPES:
+        out = _flash_varlen(q, k, v, cu_seqlens, int(max_seqlen), scaling)
+    else:
+        out = _sdpa_per_sequence(q, k, v, cu_seqlens, scaling)
+    return out[None], None
+
+
+def _sdpa_per_sequence(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, scaling: float | None) -> Tensor:
+    """Causal attention of each sequence on its own; [S, Hq, D] in, [S, Hq, D] out."""
+    bounds = cu_seqlens.tolist()
+    out = torch.empty_like(q)
+    gqa = q.shape[1] != k.shape[1]
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end == start:
+            continue
+        rows = slice(start, end)
+        out[rows] = F.scaled_dot_product_attention(
+            q[rows].transpose(0, 1), k[rows].transpose(0, 1), v[rows].transpose(0, 1),
+            is_causal=True, scale=scaling, enable_gqa=gqa,
+        ).transpose(0, 1)  # fmt: skip
+    return out
+
+
+def _flash_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scaling: float | None) -> Tensor:
+    from torch.nn.attention.varlen import varlen_attn
+
+    extra = _varlen_causal_kwargs()
+    if "enable_gqa" in _varlen_parameters() and q.shape[1] != k.shape[1]:
+        extra["enable_gqa"] = True
+    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scaling, **extra)
+
+
+@functools.cache
+def _varlen_parameters() -> frozenset[str]:
+    from torch.nn.attention.varlen import varlen_attn
+
+    return frozenset(inspect.signature(varlen_attn).parameters)
+
+
+def _varlen_causal_kwargs() -> dict:
+    """torch 2.11 and 2.13 spell "causal" differently: ``is_causal=True`` or ``window_size=(-1, 0)``."""
+    params = _varlen_parameters()
+    if "window_size" in params:
+        return {"window_size": (-1, 0)}
+    if "is_causal" in params:
+        return {"is_causal": True}
+    raise RuntimeError("torch.nn.attention.varlen.varlen_attn takes neither window_size nor is_causal")
+
+
+@functools.cache
+def register() -> str:
+    """Register `varlen_attention` with Hugging Face as `VARLEN` (once); returns the name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(VARLEN, varlen_attention)
+    return VARLEN
