@@ -6,13 +6,19 @@ module); the two-rank tests spawn their own processes (test_distributed.py).
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
 
 from temper.testing import tiny_model_dir
+
+# The Triton kernel tests run in triton's interpreter without a GPU; triton reads this on import.
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 
 @pytest.fixture(scope="module", autouse=True)
