@@ -4,17 +4,22 @@ Workload: a random model of Qwen3-0.6B's shape (bf16 on disk); each rollout has 
 (groups of 8) of random tokens, prompt length uniform in --prompt-len, response length uniform in
 --response-len, random rewards (group-normalized). temper trains GRPO's policy loss, one optimizer
 step per rollout (--steps-per-rollout), micro-batches packed to --max-tokens-per-gpu without padding,
-activation checkpointing, bf16 compute with fp32 master weights and fp32 gradient reduction, AdamW.
+varlen attention (--attn), no activation checkpointing unless --recompute, bf16 compute with fp32
+master weights and fp32 gradient reduction, fused AdamW. Each measured rollout also times the
+forward-only log-probs of the same batch (what old/ref log-probs cost).
 The naive baseline is the loop people write first: `AutoModelForCausalLM` (fp32 weights, bf16
-autocast, HF gradient checkpointing), the same samples sorted by length in right-padded micro-batches
-under the same token budget (padding included), HF's own loss over full-vocabulary logits, AdamW.
-It runs only in a single-process run, after temper's, in the same process.
+autocast, HF gradient checkpointing unless --naive-no-recompute, sdpa attention), the same samples
+sorted by length in right-padded micro-batches under the same token budget (padding included), HF's
+own loss over full-vocabulary logits, AdamW. It runs only in a single-process run, after temper's,
+in the same process.
 
 Reported: tokens/s (prompt + response tokens, padding excluded; per GPU and in all), MFU (model
 FLOPs — 3x the forward: linear layers, causal attention, lm head on response tokens only for temper
-and on every position for HF, which is what each computes — over --peak-tflops per GPU), and peak
-GPU memory. Losses, entropy and gradient norms of every rollout are printed (and written with --out)
-so that a 2-GPU run can be checked against a 1-GPU run (--compare-to).
+and on every position for HF, which is what each computes — over --peak-tflops per GPU), the
+log-prob forward's tokens/s and its ratio to training, and peak GPU memory. Losses, entropy and
+gradient norms of every rollout are printed (and written with --out) so that a 2-GPU run can be
+checked against a 1-GPU run (--compare-to). --profile DIR writes a torch.profiler table of one more
+rollout (CUDA time by kernel).
 
     python benchmarks/train_throughput.py --out 1gpu.json                  # 1 GPU, with the baseline
     torchrun --nproc-per-node 2 benchmarks/train_throughput.py --compare-to 1gpu.json
@@ -54,8 +59,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-tokens-per-gpu", type=int, default=16384)
     p.add_argument("--steps-per-rollout", type=int, default=1)
     p.add_argument("--rollouts", type=int, default=4, help="measured rollouts (after one warm-up rollout)")
-    p.add_argument("--attn", default="sdpa", help="HF attn_implementation for both (sdpa, flash_attention_2, ...)")
-    p.add_argument("--no-recompute", action="store_true", help="no activation checkpointing (either side)")
+    p.add_argument("--attn", default=None, help="temper's HF attn_implementation (default: temper_varlen; sdpa, ...)")
+    p.add_argument("--naive-attn", default="sdpa", help="the naive loop's HF attn_implementation")
+    p.add_argument("--recompute", action="store_true", help="activation checkpointing in temper (--recompute-activations)")
+    p.add_argument("--naive-no-recompute", action="store_true", help="no HF gradient checkpointing in the naive loop")
+    p.add_argument("--profile", help="write a torch.profiler table of one extra rollout into this folder")
     p.add_argument("--skip-hf", action="store_true", help="skip the naive HF baseline")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak per GPU (H100/H200 SXM)")
     p.add_argument("--out", help="write the results as JSON here (rank 0)")
@@ -170,28 +178,58 @@ def bench_temper(args, path: Path, device: torch.device, hf_config) -> dict:
         "--num-gpus-per-node",
         str(max(world, 8)),
     ]
-    if not args.no_recompute:
+    if args.recompute:
         flags.append("--recompute-activations")
     cfg = parse_config(flags, check_shape=False)
     actor = Actor(cfg, attn_implementation=args.attn)
-    actor.train(0, make_batch(args, 0, hf_config.vocab_size))  # warm-up
+    log(f"temper: attention {actor.model.config._attn_implementation}, recompute {args.recompute}")
+    warm_up = make_batch(args, 0, hf_config.vocab_size)
+    actor.compute_log_probs(warm_up)
+    actor.train(0, warm_up)
     reset_peak(device)
-    per_rollout, seconds, tokens, flops = [], 0.0, 0, 0.0
+    per_rollout, seconds, tokens, flops, forward_seconds = [], 0.0, 0, 0.0, 0.0
     for rollout_id in range(1, args.rollouts + 1):
         batch = make_batch(args, rollout_id, hf_config.vocab_size)
-        sync(device)
-        start = time.perf_counter()
-        metrics = actor.train(rollout_id, batch)
-        sync(device)
-        seconds += time.perf_counter() - start
+        forward_seconds += timed(device, lambda: actor.compute_log_probs(batch))[1]
+        metrics, elapsed = timed(device, lambda: actor.train(rollout_id, batch))
+        seconds += elapsed
         tokens += sum(batch.total_lengths)
         flops += 3 * forward_flops(hf_config, batch, lm_head_on_prompt=False)
         per_rollout.append({name: metrics[name] for name in COMPARED_METRICS})
         log(f"temper rollout {rollout_id}: " + "  ".join(f"{k}={v:.6g}" for k, v in per_rollout[-1].items()))
     result = summarize("temper", tokens, seconds, flops, world, args.peak_tflops, peak_gib(device))
     result["per_rollout"] = per_rollout
+    result["log_prob_tokens_per_s"] = tokens / forward_seconds
+    if args.profile:
+        profile(actor, make_batch(args, args.rollouts + 1, hf_config.vocab_size), args.rollouts + 1, args.profile)
     del actor
     return result
+
+
+def timed(device: torch.device, fn):
+    """(fn(), seconds), with the device synchronized before and after."""
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - start
+
+
+def profile(actor, batch: RolloutBatch, rollout_id: int, folder: str) -> None:
+    """One rollout's training under torch.profiler: the kernels by total device time, into `folder`."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch_profile(activities=activities) as prof:
+        actor.train(rollout_id, batch)
+        sync(actor.env.device)
+    key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=80)
+    if dist.get_rank() == 0:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "train_profile.txt").write_text(table)
+        log(table)
 
 
 # -- naive HF loop -----------------------------------------------------------------------------------
@@ -231,9 +269,10 @@ def naive_step(model, optimizer, batch: RolloutBatch, max_tokens: int, device: t
 
 
 def bench_naive(args, path: Path, device: torch.device, hf_config) -> dict:
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=args.attn).to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=args.naive_attn)
+    model = model.to(device)
     model.config.use_cache = False
-    if not args.no_recompute:
+    if not args.naive_no_recompute:
         enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x
         if enable is not None:
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -286,6 +325,11 @@ def report(results: list[dict], device: torch.device) -> None:
             f"{r['name']:10} {r['tokens_per_s']:12.0f} {r['tokens_per_s_per_gpu']:13.0f} "
             f"{100 * r['mfu']:6.1f}% {r['peak_memory_gib']:9.2f}"
         )
+    temper = results[0]
+    log(f"temper log-prob forward: {temper['log_prob_tokens_per_s']:.0f} tokens/s "
+        f"({temper['log_prob_tokens_per_s'] / temper['tokens_per_s']:.2f}x training)")  # fmt: skip
+    if len(results) > 1:
+        log(f"temper / naive HF: {temper['tokens_per_s'] / results[1]['tokens_per_s']:.2f}x")
 
 
 def compare(this: dict, other_file: str, rtol: float) -> bool:

@@ -116,6 +116,7 @@ class TrainableModel:
             lr=cfg.lr if lr is None else lr,
             betas=(cfg.adam_beta1, cfg.adam_beta2),
             eps=cfg.adam_eps,
+            fused=env.is_cuda or None,  # one kernel for every parameter's update on GPU
         )
         schedule = LRSchedule(
             max_lr=cfg.lr if lr is None else lr,
