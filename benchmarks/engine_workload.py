@@ -20,8 +20,7 @@ def shapes(smoke: bool) -> dict:
     base = PRESETS["qwen3-0.6b"]
     big = dataclasses.replace(base, hidden_size=2048, intermediate_size=6144, num_layers=28, num_heads=16,
                               num_kv_heads=8, head_dim=128)  # Qwen3-1.7B (vocab 151936, tied embeddings)
-    four = dataclasses.replace(base, hidden_size=2560, intermediate_size=9728, num_layers=36, num_heads=32,
-                               num_kv_heads=8, head_dim=128)  # Qwen3-4B (vocab 151936, tied embeddings)
+    four = PRESETS["qwen3-4b"]
     if smoke:
         tiny = PRESETS["tiny"]
         return {"qwen3-0.6b": tiny, "qwen3-1.7b": dataclasses.replace(tiny, hidden_size=96, num_layers=3),

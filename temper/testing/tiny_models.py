@@ -6,8 +6,8 @@ loads through ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pr
 network. Weights are random (``from_config``) and seeded: the same arguments give byte-identical files.
 
 Shapes are `ModelShape` values, named in `PRESETS`: "tiny" (the default, ~0.5M parameters, builds in
-well under a second) and "qwen3-0.6b" (Qwen3-0.6B's exact shape with random weights, for GPU
-benchmarks). Any field can be overridden by keyword.
+well under a second), "qwen3-0.6b" and "qwen3-4b" (Qwen3-0.6B's and Qwen3-4B's exact shapes with
+random weights, for GPU benchmarks). Any field can be overridden by keyword.
 
 Command line: ``python -m temper.testing.tiny_models OUT_DIR [--arch qwen3] [--preset tiny] [--seed 0]``.
 """
@@ -82,6 +82,18 @@ PRESETS: dict[str, ModelShape] = {
         intermediate_size=3072,
         num_layers=28,
         num_heads=16,
+        num_kv_heads=8,
+        head_dim=128,
+        max_position_embeddings=40960,
+        rope_theta=1_000_000.0,
+        tie_word_embeddings=True,
+    ),
+    "qwen3-4b": ModelShape(
+        vocab_size=151936,
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_layers=36,
+        num_heads=32,
         num_kv_heads=8,
         head_dim=128,
         max_position_embeddings=40960,

@@ -134,19 +134,22 @@ def test_overrides_reach_the_checkpoint(tmp_path):
     assert weights["model.layers.2.self_attn.q_proj.weight"].shape == (4 * 64, 96)
 
 
-def test_qwen3_0_6b_preset_shape_without_weights():
-    shape = PRESETS["qwen3-0.6b"]
-    config = make_config("qwen3", shape)
-    assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size) == (28, 1024, 3072)
-    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (16, 8, 128)
+@pytest.mark.parametrize(
+    ("preset", "layers", "h", "heads", "i", "published"),
+    [("qwen3-0.6b", 28, 1024, 16, 3072, (0.59e9, 0.60e9)), ("qwen3-4b", 36, 2560, 32, 9728, (4.0e9, 4.05e9))],
+)
+def test_qwen3_preset_shapes_without_weights(preset, layers, h, heads, i, published):
+    config = make_config("qwen3", PRESETS[preset])
+    assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size) == (layers, h, i)
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (heads, 8, 128)
     assert config.vocab_size == 151936 and config.tie_word_embeddings
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    h, q, kv, i = 1024, 16 * 128, 8 * 128, 3072
+    q, kv = heads * 128, 8 * 128
     per_layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * 128 + 2 * h
-    expected = 151936 * h + 28 * per_layer + h
+    expected = 151936 * h + layers * per_layer + h
     assert sum(p.numel() for p in model.parameters()) == expected
-    assert 0.59e9 < expected < 0.60e9  # Qwen3-0.6B's published size
+    assert published[0] < expected < published[1]  # the published size (Qwen3-0.6B, Qwen3-4B)
 
 
 @pytest.mark.parametrize(
