@@ -12,6 +12,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from temper.engine.server.async_engine import AsyncEngine
+from temper.engine.server.cuda_ipc import MappedBuffers
 from temper.engine.server.generation import TokenTexts
 from temper.engine.server.metrics import ServerMetrics
 from temper.engine.server.protocol import RequestError
@@ -27,6 +28,7 @@ class ServerState:
     context_len: int  # max prompt + output tokens of one request
     metrics: ServerMetrics = dataclasses.field(default_factory=ServerMetrics)
     groups: dict[str, Any] = dataclasses.field(default_factory=dict)  # weight_update.BroadcastGroup by name
+    ipc_buffers: MappedBuffers = dataclasses.field(default_factory=MappedBuffers)  # trainers' CUDA IPC buffers
     ready: bool = False  # /health answers 503 until the warmup generation finished
     started_at: float = dataclasses.field(default_factory=time.time)
     token_texts: TokenTexts | None = None

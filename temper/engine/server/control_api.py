@@ -10,12 +10,14 @@ request's ``weight_version``, or to the next value of a counter ("1", "2", ...).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 
+from temper.engine.server import cuda_ipc
 from temper.engine.server import weight_update as wu
 from temper.engine.server.context import (
     ServerState,
@@ -230,20 +232,35 @@ async def destroy_weights_update_group(request: Request) -> Response:
 
 @router.post("/update_weights_from_tensor")
 async def update_weights_from_tensor(request: Request) -> Response:
-    """Load tensors sent in the request (base64 safetensors, see `weight_update.decode_tensor_payload`)
-    or read from a local safetensors file (``safetensors_path``)."""
+    """Load tensors sent in the request (base64 safetensors, see `weight_update.decode_tensor_payload`),
+    read from a local safetensors file (``safetensors_path``), or views of a trainer's CUDA buffer on
+    this engine's GPU (``load_format: "cuda_ipc"`` with ``cuda_ipc``, see `cuda_ipc`)."""
+    state = state_of(request)
+    engine = state.engine.engine
     try:
         body = await _body(request, UpdateWeightsFromTensorReq)
-        tensors = await asyncio.to_thread(_read_tensors, body)
+        if body.load_format == "cuda_ipc":
+            load = _ipc_load(state, body)
+        else:
+            tensors = await asyncio.to_thread(_read_tensors, body)
+            load = functools.partial(engine.load_weights, tensors.items())
     except ValueError as e:
         return _result(False, str(e))
-    engine = state_of(request).engine.engine
-    return await _load(state_of(request), body, lambda: engine.load_weights(tensors.items()), "Success.")
+    return await _load(state, body, load, "Success.")
+
+
+def _ipc_load(state: ServerState, body: UpdateWeightsFromTensorReq):
+    if body.cuda_ipc is None or body.serialized_named_tensors is not None or body.safetensors_path is not None:
+        raise RequestError("load_format 'cuda_ipc' takes the cuda_ipc field and neither serialized_named_tensors "
+                           "nor safetensors_path")
+    return cuda_ipc.make_load(body.cuda_ipc, _engine_device(state), state.ipc_buffers, state.engine.engine.load_weights)
 
 
 def _read_tensors(body: UpdateWeightsFromTensorReq) -> dict:
     if body.load_format not in (None, "direct"):
-        raise RequestError(f"load_format: temper accepts null or 'direct' here, got {body.load_format!r}")
+        raise RequestError(f"load_format: temper accepts null, 'direct' or 'cuda_ipc' here, got {body.load_format!r}")
+    if body.cuda_ipc is not None:
+        raise RequestError("cuda_ipc: set load_format to 'cuda_ipc' to load a CUDA IPC bucket")
     if (body.serialized_named_tensors is None) == (body.safetensors_path is None):
         raise RequestError("give exactly one of serialized_named_tensors and safetensors_path")
     if body.safetensors_path is not None:

@@ -186,11 +186,48 @@ class DestroyWeightsUpdateGroupReq(Body):
     group_name: str = "weight_update_group"
 
 
+class CudaIpcBuffer(BaseModel):
+    """A trainer's flat CUDA buffer, as torch's ``UntypedStorage._share_cuda_()`` describes it (see
+    `temper.engine.server.cuda_ipc`). Byte strings travel as standard base64."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    gpu_uuid: str  # the trainer GPU's UUID (torch.cuda.get_device_properties(d).uuid)
+    handle: str  # base64 of the allocation's IPC handle
+    size_bytes: int  # bytes of the buffer's storage
+    offset_bytes: int  # where the storage starts in the allocation
+    ref_counter_handle: str  # torch's shared-memory ref-counter file, "/torch_<pid>_<n>_<n>"
+    ref_counter_offset: int
+    event_handle: str  # base64 of a CUDA IPC event handle
+    event_sync_required: bool
+
+
+class CudaIpcTensor(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: str  # Hugging Face parameter name
+    dtype: str  # float32, bfloat16 or float16
+    shape: list[int]
+    offset: int  # bytes from the start of the buffer's storage
+
+
+class CudaIpcBucket(BaseModel):
+    """One refill of the buffer: where it is, and the tensors in it."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    buffer: CudaIpcBuffer
+    tensors: list[CudaIpcTensor]
+
+
 class UpdateWeightsFromTensorReq(_WeightUpdate):
-    """See `temper.engine.server.weight_update.decode_tensor_payload` for the wire format."""
+    """See `temper.engine.server.weight_update.decode_tensor_payload` for the wire format of
+    ``serialized_named_tensors`` and `temper.engine.server.cuda_ipc` for ``cuda_ipc`` (with
+    ``load_format: "cuda_ipc"``)."""
 
     serialized_named_tensors: list[str] | None = None
     safetensors_path: str | None = None
+    cuda_ipc: CudaIpcBucket | None = None
 
 
 class MemoryReq(Body):

@@ -137,3 +137,23 @@ def test_init_group_failure_is_reported(http):
     assert r.status_code == 400 and r.json()["message"].startswith("Failed to initialize custom process group")
     r = http.post("/init_weights_update_group", json={**body, "rank_offset": 2})
     assert r.status_code == 400 and "outside a group" in r.json()["message"]
+
+
+def test_cuda_ipc_update_is_refused_clearly_on_a_cpu_engine(http):
+    before = http.get("/get_weight_version").json()
+    tensor = {"name": "model.norm.weight", "dtype": "float32", "shape": [64], "offset": 0}
+    buffer = {"gpu_uuid": "GPU-0", "handle": "AAAA", "size_bytes": 256, "offset_bytes": 0,
+              "ref_counter_handle": "/torch_1_2_3", "ref_counter_offset": 0, "event_handle": "",
+              "event_sync_required": False}  # fmt: skip
+    body = {"load_format": "cuda_ipc", "cuda_ipc": {"buffer": buffer, "tensors": [tensor]}, "weight_version": "ipc"}
+    r = http.post("/update_weights_from_tensor", json=body)
+    assert r.status_code == 400 and r.json()["success"] is False
+    assert "cuda_ipc needs an engine on the same CUDA GPU as the trainer; this engine runs on cpu" in r.json()["message"]
+    no_offset = {k: v for k, v in tensor.items() if k != "offset"}
+    r = http.post("/update_weights_from_tensor", json={**body, "cuda_ipc": {"buffer": buffer, "tensors": [no_offset]}})
+    assert r.status_code == 400 and "cuda_ipc.tensors.0.offset: Field required" in r.json()["message"]
+    r = http.post("/update_weights_from_tensor", json={**body, "load_format": None})
+    assert r.status_code == 400 and "set load_format to 'cuda_ipc'" in r.json()["message"]
+    r = http.post("/update_weights_from_tensor", json={**body, "safetensors_path": "/x.safetensors"})
+    assert r.status_code == 400 and "takes the cuda_ipc field and neither" in r.json()["message"]
+    assert http.get("/get_weight_version").json() == before
