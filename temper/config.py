@@ -140,8 +140,10 @@ class RolloutConfig:
     update_weight_buffer_size: int = opt(512 * 1024**2, "bytes per weight-sync bucket")
     update_weight_transport: str | None = opt(
         None,
-        "how weights reach the engines (default: tensor with --colocate, else broadcast; nccl is slime's name for broadcast)",
-        choices=["broadcast", "tensor", "disk", "nccl"],
+        "how weights reach the engines: broadcast (NCCL/gloo group), ipc (CUDA IPC on the same GPU), tensor "
+        "(same-host shared memory) or disk (default: ipc with --colocate on CUDA, tensor with --colocate on CPU, "
+        "else broadcast; nccl is slime's name for broadcast)",
+        choices=["broadcast", "ipc", "tensor", "disk", "nccl"],
     )
     update_weight_disk_dir: str | None = opt(None, "folder for --update-weight-transport disk (shared by all nodes)")
     check_weight_update_equal: bool = opt(False, "verify engine weights equal the trainer's after a sync")

@@ -1,6 +1,6 @@
-"""Weight sync against a real engine server (tiny Qwen3, in this process): each transport moves every
-tensor and the version; --check-weight-update-equal catches a tensor that differs; the transport
-rules of `plan_sync`."""
+"""Weight sync against a real engine server (tiny Qwen3, in this process): each CPU transport moves
+every tensor and the version; --check-weight-update-equal catches a tensor that differs; the transport
+rules of `plan_sync`. The ipc transport needs CUDA: test_weight_sync_gpu.py."""
 
 import httpx
 import pytest
@@ -69,7 +69,8 @@ def test_a_rank_without_engines_only_drains_its_buckets(engine_url):
             pulled.append(i)
             yield [(f"w{i}", torch.zeros(2))]
 
-    assert sender.send(buckets(), "9") == {"sync/bytes": 0.0, "sync/tensors": 0.0} and pulled == [0, 1, 2]
+    assert sender.send(buckets(), "9") == {"sync/bytes": 0.0, "sync/tensors": 0.0, "sync/buckets": 0.0}
+    assert pulled == [0, 1, 2]
 
 
 def sync_of(*flags, device="cpu", single_node=True, engines=2, bundles=None, ranks=2):
@@ -87,6 +88,9 @@ def test_default_transports_and_senders():
     assert sync_of("--rollout-num-gpus", "2", device="cuda").backend == "nccl"
     colocated = sync_of("--colocate")
     assert colocated.transport == "tensor" and colocated.senders == {0: [0], 1: [1]}  # each rank feeds its own engine
+    on_gpus = sync_of("--colocate", device="cuda")
+    assert on_gpus.transport == "ipc" and on_gpus.senders == {0: [0], 1: [1]}  # CUDA IPC on each rank's own GPU
+    assert sync_of("--colocate", "--update-weight-transport", "tensor", device="cuda").transport == "tensor"
     assert sync_of("--rollout-num-gpus", "2", "--update-weight-transport", "nccl").transport == "broadcast"
 
 
@@ -95,6 +99,8 @@ def test_default_transports_and_senders():
     [
         (["--colocate", "--update-weight-transport", "broadcast"], {"device": "cuda"}, "NCCL needs distinct devices"),
         (["--rollout-num-gpus", "2", "--update-weight-transport", "tensor"], {"single_node": False}, "on one host"),
+        (["--colocate", "--update-weight-transport", "ipc"], {"device": "cpu"}, "with --colocate on CUDA .*colocated on cpu"),
+        (["--rollout-num-gpus", "2", "--update-weight-transport", "ipc"], {"device": "cuda"}, "disaggregated on cuda"),
         (
             ["--rollout-num-gpus", "2", "--update-weight-transport", "disk"],
             {"single_node": False},
