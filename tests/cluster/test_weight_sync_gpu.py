@@ -24,7 +24,7 @@ BUFFER_BYTES = 64 << 10  # smaller than the embedding (512 KiB): the buffer grow
 def engine(tmp_path_factory):
     path = build_tiny_model(tmp_path_factory.mktemp("qwen3"), "qwen3")  # float32
     flags = ("--device", "cuda:0", "--dtype", "float32", "--num-kv-blocks", "64", "--max-model-len", "256",
-             "--log-level", "warning")  # fmt: skip
+             "--max-running-requests", "16", "--log-level", "warning")  # fmt: skip
     with engine_server_process(path, *flags, timeout_s=300) as url:
         with httpx.Client(base_url=url, timeout=120, trust_env=False) as http:
             yield http, path

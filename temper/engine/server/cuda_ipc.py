@@ -46,7 +46,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 """The dtypes a bucket may carry."""
 MAX_MAPPED = 4
 """Mapped buffers an engine keeps (a trainer normally has one; a grown buffer replaces it)."""
-MAX_HANDLE_BYTES = 128  # a cudaIpcMemHandle is 64 bytes; newer torch prefixes a type byte
+MAX_HANDLE_BYTES = 1 << 16  # cudaMalloc: 64 bytes (newer torch adds a header); expandable segments: more
+MAX_EVENT_HANDLE_BYTES = 128  # a cudaIpcEventHandle is 64 bytes
 REF_COUNTER_SLOTS = 10000  # torch's CUDA_IPC_REF_COUNTER_FILE_SIZE
 _REF_COUNTER = re.compile(r"/torch_\d+_\d+_\d+")
 FIELD = "cuda_ipc"
@@ -85,8 +86,8 @@ def _check_buffer(buffer: CudaIpcBuffer) -> None:
                            f"got {buffer.ref_counter_handle[:80]!r}")
     if not 0 < len(decode_bytes(buffer.handle, f"{where}.handle")) <= MAX_HANDLE_BYTES:
         raise RequestError(f"{where}.handle: expected 1 to {MAX_HANDLE_BYTES} bytes")
-    if len(decode_bytes(buffer.event_handle, f"{where}.event_handle")) > MAX_HANDLE_BYTES:
-        raise RequestError(f"{where}.event_handle: expected at most {MAX_HANDLE_BYTES} bytes")
+    if len(decode_bytes(buffer.event_handle, f"{where}.event_handle")) > MAX_EVENT_HANDLE_BYTES:
+        raise RequestError(f"{where}.event_handle: expected at most {MAX_EVENT_HANDLE_BYTES} bytes")
 
 
 def _check_tensor(i: int, tensor: CudaIpcTensor, size_bytes: int) -> Slice:
