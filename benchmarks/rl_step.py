@@ -1,19 +1,30 @@
-"""One RL step end to end, split into rollout / train / weight sync, for a disaggregated and a colocated run.
+"""One RL step end to end, split into rollout / train / weight sync: disaggregated and colocated on two
+GPUs, and colocated on one GPU (the GRPO workload that `trl_grpo.py` runs through TRL).
 
-Both runs are train.py's loop (Ray, engine servers, FSDP train ranks, weight sync) on a Qwen3-0.6B-shaped
-random model (bf16 on disk; the flags of scripts/models/qwen3-0.6B.sh, checked against it), GRPO on
-the quickstart's prompts ("answer in digits"), --rollout-batch-size prompts x --n-samples samples of
-up to --response-len tokens per rollout:
+Every run is train.py's loop (Ray, engine servers, FSDP train ranks, weight sync) on a random model
+(bf16 on disk; the flags of scripts/models/<shape>.sh, checked against it), GRPO without KL, reward
+= share of digits in the response (temper.quickstart.reward), --rollout-batch-size prompts x
+--n-samples samples of up to --response-len tokens per rollout, temperature 1.0, one optimizer step
+per rollout (--global-batch-size = all samples):
 
 - disaggregated: the trainer on GPU 0, one engine on GPU 1, weights by NCCL broadcast;
 - colocated: two train ranks (FSDP over both GPUs), each sharing its GPU with an engine; engine memory
-  is released and the trainer onloaded around training, weights go by same-host tensor handoff.
+  is released around training, weights go by same-host tensor handoff;
+- colocated-1gpu: one train rank and one engine sharing one GPU, as colocated.
 
-Every sync is verified (--check-weight-update-equal); the check's seconds are reported apart and
-left out of "sync". The first rollout is a warm-up and is excluded from the means. Writes
-OUT/rl_step.md (the table), OUT/rl_step.json, and each run's metrics (OUT/<run>.jsonl).
+Prompts: the quickstart's short ones, or with --prompt-len N distinct prompts of exactly N tokens after
+the chat template (rl_workload.py, checked by tokenizing). Every sync is verified
+(--check-weight-update-equal); the check's seconds are reported apart and left out of "sync" and
+"step". The first rollout is a warm-up and is left out of the measured figures. Response tok/s/GPU
+= response tokens of the measured rollouts / (their summed time/step - check seconds) / GPUs, where
+time/step runs from the end of one rollout's step to the end of the next (generate, train, sync, and
+the loop's own time). Writes OUT/rl_step.md (the tables), OUT/rl_step.json, and each run's folder
+(OUT/<run>/metrics.jsonl, written as the run goes, and report.md).
 
-    bash benchmarks/device/rl_step.sh              # nvidia-h100-x2, carry .device (the pack: ray, fastapi, ...)
+    bash benchmarks/device/rl_step.sh              # 2 GPUs (nvidia-h100-x2), carry .device
+    bash benchmarks/device/rl_step_1gpu.sh         # 1 GPU: this, then TRL on the same workload
+    python benchmarks/rl_step.py --model qwen3-0.6b --runs colocated-1gpu --steps 6 --prompt-len 512 \\
+        --response-len 512 --offload-train off      # the one-GPU GRPO workload
     python benchmarks/rl_step.py --out /tmp/rl --model tiny --response-len 16   # CPU smoke run (about 1 min)
 """
 
@@ -28,29 +39,40 @@ import time
 from pathlib import Path
 
 import torch
+from rl_workload import prepare
 
 from temper.cluster.placement import CPU_OVERSUBSCRIPTION, local_resources
-from temper.quickstart import load_driver, write_prompts
-from temper.testing import build_tiny_model
+from temper.quickstart import load_driver
 
 ROOT = Path(__file__).resolve().parents[1]
 
 RUNS = {
     "disaggregated": ["--actor-num-gpus-per-node", "1", "--rollout-num-gpus", "1"],
     "colocated": ["--actor-num-gpus-per-node", "2", "--colocate", "--sglang-mem-fraction-static", "0.4"],
+    "colocated-1gpu": ["--actor-num-gpus-per-node", "1", "--colocate", "--sglang-mem-fraction-static", "0.3"],
 }
-SHAPE_SCRIPTS = {"qwen3-0.6b": "qwen3-0.6B.sh", "tiny": "qwen3-tiny.sh"}
+GPUS = {"disaggregated": 2, "colocated": 2, "colocated-1gpu": 1}
+SHAPE_SCRIPTS = {"qwen3-0.6b": "qwen3-0.6B.sh", "qwen3-4b": "qwen3-4B.sh", "tiny": "qwen3-tiny.sh"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("rl_step_out"))
     p.add_argument("--model", default="qwen3-0.6b", choices=sorted(SHAPE_SCRIPTS))
-    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    p.add_argument("--runs", nargs="+", default=["disaggregated", "colocated"], choices=list(RUNS))
     p.add_argument("--steps", type=int, default=4, help="rollouts per run (the first is a warm-up)")
     p.add_argument("--rollout-batch-size", type=int, default=8)
     p.add_argument("--n-samples", type=int, default=8)
     p.add_argument("--response-len", type=int, default=128)
+    p.add_argument("--prompt-len", type=int, default=0, help="tokens per prompt (0: the quickstart's prompts)")
+    p.add_argument("--num-prompts", type=int, default=64)
+    p.add_argument("--max-tokens-per-gpu", type=int, default=16384, help="token budget per train micro-batch")
+    p.add_argument("--offload-train", choices=["default", "on", "off"], default="default",
+                   help="colocated runs: move the trainer to CPU during rollouts (default: temper's, on)")
+    p.add_argument("--recompute", action="store_true", help="activation checkpointing (--recompute-activations)")
+    p.add_argument("--mem-fraction", type=float, help="--sglang-mem-fraction-static instead of the run's own")
+    p.add_argument("--workdir", type=Path, help="where the model and prompts go (and are reused from); "
+                   "default: a temporary folder, removed at the end")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -59,52 +81,123 @@ def model_args(script: str) -> list[str]:
     return subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=True).stdout.splitlines()
 
 
-def run_flags(args, model: Path, prompts: Path, run: str, work: Path) -> list[str]:
-    return [
+def run_flags(args, model: Path, prompts: Path, run: str) -> list[str]:
+    samples = args.rollout_batch_size * args.n_samples
+    flags = [
         *model_args(SHAPE_SCRIPTS[args.model]), "--hf-checkpoint", str(model), "--prompt-data", str(prompts),
         "--input-key", "prompt", "--label-key", "label", "--apply-chat-template", "--rollout-shuffle",
         "--custom-rm-path", "temper.quickstart.reward", "--advantage-estimator", "grpo", "--lr", "1e-6",
         "--rollout-batch-size", str(args.rollout_batch_size), "--n-samples-per-prompt", str(args.n_samples),
+        "--global-batch-size", str(samples), "--rollout-temperature", "1.0",
         "--rollout-max-response-len", str(args.response_len), "--num-rollout", str(args.steps),
-        "--use-dynamic-batch-size", "--max-tokens-per-gpu", "16384", "--check-weight-update-equal",
-        "--run-dir", str(work / run), *RUNS[run],
+        "--use-dynamic-batch-size", "--max-tokens-per-gpu", str(args.max_tokens_per_gpu),
+        "--check-weight-update-equal", "--run-dir", str(args.out / run), *RUNS[run],
     ]  # fmt: skip
+    if args.offload_train != "default":
+        flags.append("--offload-train" if args.offload_train == "on" else "--no-offload-train")
+    if args.recompute:
+        flags.append("--recompute-activations")
+    if args.mem_fraction is not None:
+        flags += ["--sglang-mem-fraction-static", str(args.mem_fraction)]  # the last one wins
+    return flags
 
 
-def measure(steps: list[dict]) -> dict[str, float]:
-    """Means over the measured steps (all but the first)."""
-    measured = steps[1:] or steps
+MAIN_PHASES = ("rollout", "train", "sync")
 
-    def mean(key: str) -> float:
-        return sum(s.get(key, 0.0) for s in measured) / len(measured)
 
-    check = mean("sync/check_s")
+def step_figures(s: dict) -> dict[str, float]:
+    """One rollout's figures from its metrics.jsonl record (the check's seconds out of sync and step).
+    memory_s: the driver's other phases (colocated memory moves: time/release_engine, onload_train,
+    offload_train, resume_engine)."""
+    check = s.get("sync/check_s", 0.0)
+    tokens = s.get("rollout/num_samples", 0.0) * s.get("rollout/response_len_mean", 0.0)
+    sync = s.get("time/sync", 0.0) - check
+    other = [k for k in s if k.startswith("time/") and k[5:] not in (*MAIN_PHASES, "step", "elapsed")]
     return {
-        "rollout_s": mean("time/rollout"),
-        "train_s": mean("time/train"),
-        "sync_s": mean("time/sync") - check,
+        "rollout_s": s.get("time/rollout", 0.0),
+        "generation_s": s.get("rollout/generation_time", 0.0),
+        "train_s": s.get("time/train", 0.0),
+        "sync_s": sync,
+        "memory_s": sum(s[k] for k in other),
         "check_s": check,
-        "step_s": mean("time/step") - check,
-        "samples": mean("rollout/num_samples"),
-        "response_len": mean("rollout/response_len_mean"),
-        "sync_mb": mean("sync/bytes") / 2**20,
-        "logprob_abs_diff": mean("train/train_rollout_logprob_abs_diff"),
-        "measured_steps": len(measured),
+        "step_s": s.get("time/step", 0.0) - check,
+        "response_tokens": round(tokens),
+        "samples": s.get("rollout/num_samples", 0.0),
+        "response_len": s.get("rollout/response_len_mean", 0.0),
+        "sync_bytes": s.get("sync/bytes", 0.0),
+        "sync_gb_s": s.get("sync/bytes", 0.0) / sync / 1e9 if sync > 0 else 0.0,
+        "logprob_abs_diff": s.get("train/train_rollout_logprob_abs_diff", float("nan")),
+        "ppo_kl": s.get("train/ppo_kl", float("nan")),
+        "pg_clipfrac": s.get("train/pg_clipfrac", float("nan")),
     }
 
 
+def phases(s: dict) -> dict[str, float]:
+    """Every time/<phase> of the record, as the driver logged it (the check inside sync)."""
+    return {k[5:]: v for k, v in s.items() if k.startswith("time/") and k != "time/elapsed"}
+
+
+def measure(steps: list[dict], gpus: int) -> dict:
+    """Per-rollout figures, and over the measured rollouts (all but the first): means, totals and rates."""
+    per_step = [{"step": s["step"], **step_figures(s), "phases": phases(s)} for s in steps]
+    measured = per_step[1:] or per_step
+    means = {k: sum(s[k] for s in measured) / len(measured) for k in measured[0] if k not in ("step", "phases")}
+    tokens, seconds = sum(s["response_tokens"] for s in measured), sum(s["step_s"] for s in measured)
+    return {
+        **means,
+        "measured_steps": len(measured),
+        "gpus": gpus,
+        "measured_response_tokens": tokens,
+        "measured_step_s": seconds,
+        "response_tok_s_per_gpu": tokens / seconds / gpus if seconds else 0.0,
+        "rollout_tok_s": tokens / sum(s["rollout_s"] for s in measured),
+        "generation_tok_s": tokens / max(sum(s["generation_s"] for s in measured), 1e-9),
+        "max_abs_ppo_kl": max(abs(s["ppo_kl"]) for s in per_step),
+        "max_pg_clipfrac": max(s["pg_clipfrac"] for s in per_step),
+        "max_logprob_abs_diff": max(s["logprob_abs_diff"] for s in per_step),
+        "steps": per_step,
+    }
+
+
+RUN_COLUMNS = [
+    ("GPUs", "gpus", "{:.0f}"), ("rollout s", "rollout_s", "{:.2f}"), ("train s", "train_s", "{:.2f}"),
+    ("sync s", "sync_s", "{:.2f}"), ("memory s", "memory_s", "{:.2f}"), ("step s", "step_s", "{:.2f}"),
+    ("response tokens", "response_tokens", "{:.0f}"),
+    ("response tok/s/GPU", "response_tok_s_per_gpu", "**{:,.0f}**"), ("rollout tok/s", "rollout_tok_s", "{:,.0f}"),
+    ("sync GB/s", "sync_gb_s", "{:.2f}"), ("check s", "check_s", "{:.2f}"),
+    ("log-prob gap", "logprob_abs_diff", "{:.2e}"), ("max abs ppo_kl", "max_abs_ppo_kl", "{:.1e}"),
+    ("max clipfrac", "max_pg_clipfrac", "{:.1e}"),
+]  # fmt: skip
+"""(header, key, format) of the table of runs (means over the measured rollouts)."""
+STEP_COLUMNS = [
+    ("rollout s", "rollout_s", "{:.2f}"), ("generation s", "generation_s", "{:.2f}"),
+    ("train s", "train_s", "{:.2f}"), ("sync s", "sync_s", "{:.2f}"), ("memory s", "memory_s", "{:.2f}"),
+    ("check s", "check_s", "{:.2f}"), ("step s", "step_s", "{:.2f}"), ("response tokens", "response_tokens", "{:.0f}"),
+    ("sync GB/s", "sync_gb_s", "{:.2f}"), ("log-prob gap", "logprob_abs_diff", "{:.2e}"),
+    ("ppo_kl", "ppo_kl", "{:.1e}"), ("clipfrac", "pg_clipfrac", "{:.1e}"),
+]  # fmt: skip
+"""(header, key, format) of each run's table of rollouts."""
+
+
+def markdown(first: str, columns: list, rows: list[tuple[str, dict]]) -> list[str]:
+    lines = ["| " + " | ".join([first] + [c[0] for c in columns]) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, r in rows:
+        lines.append("| " + " | ".join([name] + [fmt.format(r[key]) for _, key, fmt in columns]) + " |")
+    return lines
+
+
 def table(results: dict[str, dict], device: str) -> str:
+    first = next(iter(results.values()))
     lines = [
-        f"Device: {device}. Means over {next(iter(results.values()))['measured_steps']} rollouts after one warm-up.",
+        f"Device: {device}. Means over {first['measured_steps']} rollouts after one warm-up; sync and step "
+        "exclude the weight check (check s); memory s: colocated memory moves (engine release/resume, trainer "
+        "onload/offload).",
         "",
-        "| run | rollout s | train s | sync s | step s | samples | mean response len | synced MiB | check s | trainer-engine log-prob gap |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *markdown("run", RUN_COLUMNS, list(results.items())),
     ]
     for run, r in results.items():
-        lines.append(
-            f"| {run} | {r['rollout_s']:.2f} | {r['train_s']:.2f} | {r['sync_s']:.2f} | {r['step_s']:.2f} | "
-            f"{r['samples']:.0f} | {r['response_len']:.1f} | {r['sync_mb']:.0f} | {r['check_s']:.2f} | {r['logprob_abs_diff']:.2e} |"
-        )
+        lines += ["", f"{run}, each rollout (step 0 is the warm-up):", ""]
+        lines += markdown("step", STEP_COLUMNS, [(str(s["step"]), s) for s in r["steps"]])
     return "\n".join(lines) + "\n"
 
 
@@ -113,31 +206,35 @@ def main(argv=None) -> dict:
 
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="temper-rl-step-"))
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="temper-rl-step-"))
+    work.mkdir(parents=True, exist_ok=True)
     cuda, cores = local_resources()
     device = torch.cuda.get_device_name(0) + f" x{torch.cuda.device_count()}" if cuda else f"CPU ({cores} cores)"
     started = time.monotonic()
     dtype = torch.bfloat16 if cuda else torch.float32
-    model = build_tiny_model(work / "model", "qwen3", preset=args.model, dtype=dtype)
-    prompts = write_prompts(work / "prompts.jsonl")
-    print(f"model built in {time.monotonic() - started:.0f}s", flush=True)
+    model, prompts = prepare(work, args.model, args.prompt_len, args.num_prompts, dtype)
+    print(f"model and prompts ready in {time.monotonic() - started:.0f}s: {model}, {prompts}", flush=True)
     ray.init(num_cpus=cores * CPU_OVERSUBSCRIPTION, include_dashboard=False, configure_logging=False)
     results = {}
     try:
         for run in args.runs:
             print(f"== {run}", flush=True)
-            steps = load_driver("train").main(run_flags(args, model, prompts, run, work))
-            results[run] = measure(steps)
-            shutil.copy(work / run / "metrics.jsonl", args.out / f"{run}.jsonl")
+            shutil.rmtree(args.out / run, ignore_errors=True)  # its metrics.jsonl is appended to
+            steps = load_driver("train").main(run_flags(args, model, prompts, run))
+            results[run] = measure(steps, GPUS[run] if cuda else 1)
     finally:
         ray.shutdown()
     text = table(results, device)
     print(text, flush=True)
+    for run, r in results.items():
+        print(f"temper {run} response tok/s/GPU: {r['response_tok_s_per_gpu']:.0f}", flush=True)
     (args.out / "rl_step.md").write_text(text)
-    (args.out / "rl_step.json").write_text(json.dumps({"device": device, "args": vars(args) | {"out": str(args.out)},
-                                                       "results": results}, indent=2) + "\n")  # fmt: skip
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    record = {"device": device, "model": str(model), "prompts": str(prompts), "args": settings, "results": results}
+    (args.out / "rl_step.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"total {time.monotonic() - started:.0f}s", flush=True)
-    shutil.rmtree(work, ignore_errors=True)
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
     return results
 
 
