@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -13,38 +15,37 @@ from temper.train.checkpoint import load_checkpoint, resolve_checkpoint, save_ch
 from temper.train.env import TrainEnv
 from temper.train.hf_model import load_causal_lm, policy_log_probs
 from temper.train.parallelize import hf_name, parallelize
+from temper.train.trainable import HostCopy, reshard
 from temper.types import RolloutBatch
 
 
 class ReferenceModel:
     """A sharded, gradient-free copy of the initial policy (or of --ref-load).
 
-    On GPU its weights are bf16 and, with `offload=True`, live on CPU between passes. --ref-load may be
-    a Hugging Face folder or a temper checkpoint (its actor weights).
+    On GPU its weights are bf16 and, with `offload=True`, live in pinned CPU memory between uses
+    (`HostCopy`). --ref-load may be a Hugging Face folder or a temper checkpoint (its actor weights).
     """
 
     def __init__(self, cfg, env: TrainEnv, *, attn_implementation: str | None = None, offload: bool = False):
         self.cfg = cfg
         self.env = env
-        self.offload = offload and env.is_cuda
+        self.host = HostCopy() if offload and env.is_cuda else None
         dtype = torch.bfloat16 if env.is_cuda else torch.float32
         source = cfg.ref_load if cfg.ref_load and (Path(cfg.ref_load) / "config.json").exists() else cfg.hf_checkpoint
         self.model = load_causal_lm(source, dtype, attn_implementation)
         self.model.requires_grad_(False)
         parallelize(self.model, env.mesh)
+        if env.is_cuda:
+            self.model.to(env.device)  # what fully_shard leaves behind (buffers)
         if cfg.ref_load and source != cfg.ref_load:
             self.load(cfg.ref_load)
         self.batcher = Batcher(cfg, env)
-        self._to(torch.device("cpu") if self.offload else env.device)
+        self._park()
 
     def compute_log_probs(self, batch: RolloutBatch) -> list[Tensor]:
         """Reference log-probs [R_i] of every sample's response tokens (fp32, logits / temperature)."""
-        self._to(self.env.device)
-        try:
+        with self._on_device():
             return self.batcher.forward_only(self.model, batch, self._log_probs)
-        finally:
-            if self.offload:
-                self._to(torch.device("cpu"))
 
     def _log_probs(self, mb) -> Tensor:
         return policy_log_probs(
@@ -54,22 +55,37 @@ class ReferenceModel:
     @torch.no_grad()
     def copy_from(self, policy: nn.Module) -> None:
         """Overwrite the reference weights with `policy`'s (--ref-update-interval); same sharding."""
-        own = {hf_name(n): p for n, p in self.model.named_parameters()}
-        for name, param in policy.named_parameters():
-            target = own[hf_name(name)]
-            source = param.to_local() if isinstance(param, DTensor) else param
-            local = target.to_local() if isinstance(target, DTensor) else target
-            local.copy_(source)
+        with self._on_device():
+            own = {hf_name(n): p for n, p in self.model.named_parameters()}
+            for name, param in policy.named_parameters():
+                target = own[hf_name(name)]
+                source = param.to_local() if isinstance(param, DTensor) else param
+                local = target.to_local() if isinstance(target, DTensor) else target
+                local.copy_(source)
 
     def save(self, path: str | Path) -> None:
-        save_checkpoint(path, self.model, None, {}, self.env)
+        with self._on_device():
+            save_checkpoint(path, self.model, None, {}, self.env)
 
     def load(self, path: str | Path) -> None:
         found = resolve_checkpoint(path, "ref", "actor")
         if found is None:
             raise FileNotFoundError(f"--ref-load {path}: neither a Hugging Face folder nor a temper checkpoint")
-        load_checkpoint(found, self.model, None, self.env, restore_rng=False)
+        with self._on_device():
+            load_checkpoint(found, self.model, None, self.env, restore_rng=False)
 
-    def _to(self, device: torch.device) -> None:
-        if self.env.is_cuda:
-            self.model.to(device)
+    @contextlib.contextmanager
+    def _on_device(self) -> Iterator[None]:
+        """The weights on the device for the block; parked again after it when offloaded."""
+        if self.host is not None and self.host.parked:
+            self.host.onload()
+        try:
+            yield
+        finally:
+            self._park()
+
+    def _park(self) -> None:
+        if self.host is not None and not self.host.parked:
+            reshard(self.model)
+            self.host.offload(list(self.model.parameters()))
+            torch.cuda.empty_cache()

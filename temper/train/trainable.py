@@ -207,12 +207,21 @@ class TrainableModel:
 
     # -- memory --------------------------------------------------------------------------------------
 
+    _host: HostCopy | None = None  # the CPU side of offload, made at the first one
+
     def offload(self) -> None:
-        """Parameters, gradients and optimizer state to CPU (colocation); a no-op on a CPU run."""
+        """Parameters, gradients and optimizer state to CPU (colocation); a no-op on a CPU run.
+
+        Through `HostCopy`: pinned buffers allocated at the first offload and reused, the copies
+        overlapped, one synchronize; the freed GPU memory goes back to the device. `onload` restores
+        the same bits into the same tensor objects."""
         if self.offloaded or not self.env.is_cuda:
             self.offloaded = True
             return
-        self._move(torch.device("cpu"))
+        reshard(self.model)
+        if self._host is None:
+            self._host = HostCopy()
+        self._host.offload(self._state_tensors())
         torch.cuda.empty_cache()
         self.offloaded = True
 
@@ -224,15 +233,108 @@ class TrainableModel:
         if not self.offloaded:
             return
         if self.env.is_cuda:
-            self._move(self.env.device)
+            self._host.onload()
         self.offloaded = False
 
-    @torch.no_grad()
-    def _move(self, device: torch.device) -> None:
-        self.model.to(device)
+    def _state_tensors(self) -> list[Tensor]:
+        """What offload moves: parameters, their gradients (None between steps) and the optimizer's
+        tensors (AdamW's `step` too where it lives on the GPU: fused)."""
+        tensors = []
+        for param in self.model.parameters():
+            tensors += [param] if param.grad is None else [param, param.grad]
         for state in self.optimizer.state.values():
-            for key, value in state.items():
-                if isinstance(value, Tensor) and key != "step":  # AdamW keeps `step` on CPU
-                    state[key] = value.to(device, non_blocking=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+            tensors += [value for value in state.values() if isinstance(value, Tensor)]
+        return tensors
+
+
+def reshard(model: nn.Module) -> None:
+    """Free FSDP's unsharded parameters where they are still gathered (the root keeps them after a
+    forward), so that the module holds only its sharded parameters."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+CHUNK_BYTES = 2**26
+"""HostCopy's pinned buffers come in chunks of this size: a power of two, which the pinned-memory
+allocator does not round up (it rounds other sizes up to one, up to twice the host memory)."""
+
+
+class HostCopy:
+    """The storages of device tensors parked in pinned CPU memory, and brought back bit for bit.
+
+    `offload(tensors)` copies each distinct `device_type` storage under `tensors` (whole storages:
+    FSDP's padded shards included) into pinned CPU chunks, packed end to end (the chunks are allocated
+    at the first offload and reused; more are added when the state grows), queues all copies without
+    waiting, synchronizes once, then frees each storage in place (resized to 0 bytes). The tensors,
+    their views and every alias (FSDP's flat shard and its DTensor views, the optimizer's references)
+    stay the same objects, so `onload()` re-allocates each storage and copies the bytes back
+    (non-blocking, one synchronize). Between the two, reading the tensors is an error (a crash on
+    CPU). Tensors on other devices are left alone.
+    """
+
+    def __init__(self, device_type: str = "cuda", pin: bool = True, chunk_bytes: int = CHUNK_BYTES):
+        self.device_type, self.pin, self.chunk_bytes = device_type, pin, chunk_bytes
+        self.chunks: list[Tensor] = []
+        self.parked: list[tuple[torch.UntypedStorage, int]] = []  # (storage, its bytes)
+
+    @torch.no_grad()
+    def offload(self, tensors: list[Tensor]) -> int:
+        """Park the storages under `tensors`; returns the bytes freed on the device."""
+        if self.parked:
+            raise RuntimeError("HostCopy.offload: tensors are already parked; onload() them first")
+        parked = [(storage, storage.nbytes()) for storage in self._storages(tensors)]
+        total = sum(nbytes for _, nbytes in parked)
+        while len(self.chunks) * self.chunk_bytes < total:
+            self.chunks.append(torch.empty(self.chunk_bytes, dtype=torch.uint8, pin_memory=self.pin))
+        for device, host in self._pieces(parked):
+            host.copy_(device, non_blocking=True)
+        self._synchronize(parked)
+        for storage, _ in parked:
+            storage.resize_(0)
+        self.parked = parked
+        return total
+
+    @torch.no_grad()
+    def onload(self) -> None:
+        """Bring every parked storage back, same bytes, same tensor objects."""
+        for storage, nbytes in self.parked:
+            storage.resize_(nbytes)
+        for device, host in self._pieces(self.parked):
+            device.copy_(host, non_blocking=True)
+        self._synchronize(self.parked)
+        self.parked = []
+
+    def _pieces(self, parked: list[tuple[torch.UntypedStorage, int]]) -> list[tuple[Tensor, Tensor]]:
+        """(device bytes, host bytes) pairs that cover the storages laid end to end over the chunks."""
+        pieces, position = [], 0
+        for storage, nbytes in parked:
+            device, done = _bytes_of(storage), 0
+            while done < nbytes:
+                chunk, offset = divmod(position, self.chunk_bytes)
+                take = min(nbytes - done, self.chunk_bytes - offset)
+                pieces.append((device[done : done + take], self.chunks[chunk][offset : offset + take]))
+                done, position = done + take, position + take
+        return pieces
+
+    def _storages(self, tensors: list[Tensor]) -> list[torch.UntypedStorage]:
+        """The distinct non-empty `device_type` storages under `tensors`, in first-seen order."""
+        seen, storages = set(), []
+        for tensor in tensors:
+            local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+            storage = local.untyped_storage()
+            if storage.device.type == self.device_type and storage.nbytes() and storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                storages.append(storage)
+        return storages
+
+    def _synchronize(self, parked: list[tuple[torch.UntypedStorage, int]]) -> None:
+        if parked and self.device_type == "cuda":
+            torch.cuda.synchronize(parked[0][0].device)
+
+
+def _bytes_of(storage: torch.UntypedStorage) -> Tensor:
+    """A uint8 tensor over all of `storage`."""
+    return torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from test_distributed import train_two_rollouts
 from train_helpers import make_cfg, params_of, sample_batch, spawn_ranks, sync_weights, toy_batch
+from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM
 
 from temper.train import Actor
@@ -18,7 +19,8 @@ pytestmark = [
 
 
 def one_gpu_checks(hf_checkpoint: str, save_dir: str) -> dict:
-    """Log-probs vs HF, a GRPO run that learns, offload/onload, and a checkpoint round trip, on cuda:0."""
+    """Log-probs vs HF, a GRPO run that learns, offload/onload (bit-exact, memory freed), and a checkpoint
+    round trip, on cuda:0."""
     device = torch.device("cuda", torch.cuda.current_device())
     cfg = make_cfg(
         hf_checkpoint,
@@ -52,10 +54,7 @@ def one_gpu_checks(hf_checkpoint: str, save_dir: str) -> dict:
         out["rewards"].append(rollout.raw_rewards.mean().item())
         actor.train(rollout_id, rollout)
 
-    before = torch.cuda.memory_allocated(device)
-    actor.offload()
-    out["offload_freed_bytes"] = before - torch.cuda.memory_allocated(device)
-    actor.onload()
+    out |= offload_round_trip(actor, device)
     out["after_onload"] = actor.train(8, toy_batch(32, seed=2, group_size=4))
 
     actor.save(8)
@@ -67,12 +66,35 @@ def one_gpu_checks(hf_checkpoint: str, save_dir: str) -> dict:
     return out
 
 
+def offload_round_trip(actor, device) -> dict:
+    """Offload and onload twice: bytes freed against the state's, values after, the pinned chunks."""
+    tensors = actor.trainable._state_tensors()
+    local = [(t.to_local() if isinstance(t, DTensor) else t).detach() for t in tensors]
+    values = [t.cpu().clone() for t in local]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in local if t.is_cuda}
+    before = torch.cuda.memory_allocated(device)
+    actor.offload()
+    out = {"offload_freed_bytes": before - torch.cuda.memory_allocated(device), "state_bytes": sum(storages.values())}
+    host = actor.trainable._host
+    out["pinned"] = bool(host.chunks) and all(c.is_pinned() for c in host.chunks)
+    chunks = [c.data_ptr() for c in host.chunks]
+    actor.onload()
+    out["round_trip_exact"] = all(torch.equal(t.cpu(), v) for t, v in zip(local, values))
+    actor.offload()
+    actor.onload()
+    out["chunks_reused"] = [c.data_ptr() for c in host.chunks] == chunks
+    out["twice_exact"] = all(torch.equal(t.cpu(), v) for t, v in zip(local, values))
+    return out
+
+
 def test_one_gpu_bf16_training(qwen3_dir, tmp_path):
     (out,) = spawn_ranks(one_gpu_checks, 1, "nccl", tmp_path, str(qwen3_dir), str(tmp_path / "ckpt"))
     assert out["param_device"] == "cuda"
     assert out["log_prob_max_diff"] < 0.05  # bf16 compute against an fp32 forward
     assert out["rewards"][0] <= 0.15 and max(out["rewards"][-2:]) >= 0.5, out["rewards"]
-    assert out["offload_freed_bytes"] > 0
+    assert out["offload_freed_bytes"] >= out["state_bytes"] > 0  # parameters and AdamW state all left the GPU
+    assert out["pinned"] and out["chunks_reused"]
+    assert out["round_trip_exact"] and out["twice_exact"]
     assert torch.isfinite(torch.tensor(out["after_onload"]["loss"]))
     assert out["checkpoint_equal"]
 
