@@ -125,6 +125,7 @@ def step_figures(s: dict) -> dict[str, float]:
         "samples": s.get("rollout/num_samples", 0.0),
         "response_len": s.get("rollout/response_len_mean", 0.0),
         "sync_bytes": s.get("sync/bytes", 0.0),
+        "checked_tensors": s.get("sync/checked_tensors", 0.0),  # a mismatch stops the run
         "sync_gb_s": s.get("sync/bytes", 0.0) / sync / 1e9 if sync > 0 else 0.0,
         "logprob_abs_diff": s.get("train/train_rollout_logprob_abs_diff", float("nan")),
         "ppo_kl": s.get("train/ppo_kl", float("nan")),

@@ -194,6 +194,8 @@ def compare(temper: dict, trl: dict, device: str) -> str:
         ("log-prob gap (mean) <= 0.02", temper["logprob_abs_diff"] <= 0.02),
         ("ppo_kl == 0 and clipfrac == 0 on every step (ratio 1)",
          temper["max_abs_ppo_kl"] == 0 and temper["max_pg_clipfrac"] == 0),
+        ("every sync checked equal (--check-weight-update-equal)",
+         min(s["checked_tensors"] for s in temper["steps"]) > 0),
     ]  # fmt: skip
     lines += ["", *(f"- {name}: {'yes' if ok else 'NO'}" for name, ok in checks)]
     return "\n".join(lines) + "\n"
