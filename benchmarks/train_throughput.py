@@ -181,11 +181,12 @@ def bench_temper(args, path: Path, device: torch.device, hf_config) -> dict:
     if args.recompute:
         flags.append("--recompute-activations")
     cfg = parse_config(flags, check_shape=False)
+    torch._logging.set_logs(recompiles=True)  # a recompilation inside the measured rollouts is reported
     actor = Actor(cfg, attn_implementation=args.attn)
     log(f"temper: attention {actor.model.config._attn_implementation}, recompute {args.recompute}")
     warm_up = make_batch(args, 0, hf_config.vocab_size)
-    actor.compute_log_probs(warm_up)
-    actor.train(0, warm_up)
+    _, compile_s = timed(device, lambda: (actor.compute_log_probs(warm_up), actor.train(0, warm_up)))
+    log(f"warm-up rollout (compilation included): {compile_s:.1f} s; {dynamo_stats()}")
     reset_peak(device)
     per_rollout, seconds, tokens, flops, forward_seconds = [], 0.0, 0, 0.0, 0.0
     for rollout_id in range(1, args.rollouts + 1):
@@ -197,6 +198,7 @@ def bench_temper(args, path: Path, device: torch.device, hf_config) -> dict:
         flops += 3 * forward_flops(hf_config, batch, lm_head_on_prompt=False)
         per_rollout.append({name: metrics[name] for name in COMPARED_METRICS})
         log(f"temper rollout {rollout_id}: " + "  ".join(f"{k}={v:.6g}" for k, v in per_rollout[-1].items()))
+    log(f"after the measured rollouts: {dynamo_stats()}")
     result = summarize("temper", tokens, seconds, flops, world, args.peak_tflops, peak_gib(device))
     result["per_rollout"] = per_rollout
     result["log_prob_tokens_per_s"] = tokens / forward_seconds
@@ -204,6 +206,13 @@ def bench_temper(args, path: Path, device: torch.device, hf_config) -> dict:
         profile(actor, make_batch(args, args.rollouts + 1, hf_config.vocab_size), args.rollouts + 1, args.profile)
     del actor
     return result
+
+
+def dynamo_stats() -> str:
+    """torch.compile's graph counts so far (a growing count in measured rollouts means recompiles)."""
+    from torch._dynamo.utils import counters
+
+    return f"compiled graphs {counters['stats']['unique_graphs']}, frames {counters['stats']['calls_captured']}"
 
 
 def timed(device: torch.device, fn):

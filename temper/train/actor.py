@@ -29,7 +29,7 @@ from temper.train.hf_export import checkpoint_dtype, export_hf
 from temper.train.hf_model import load_causal_lm, policy_log_probs
 from temper.train.packing import MicroBatch
 from temper.train.reference import ReferenceModel
-from temper.train.train_data import TrainData, compute_advantages, pad, pad_flat
+from temper.train.train_data import TrainData, compute_advantages, pad, pad_flat, to_device
 from temper.train.trainable import StepTotals, TrainableModel, mean_over_steps, weigh
 from temper.train.weights import Bucket, iter_weight_buckets
 from temper.types import RolloutBatch
@@ -228,7 +228,7 @@ class _Rows:
         if self.mb.is_padding:
             return torch.zeros(1, self.width, device=self.device)
         rows = pad(tensors, self.mb.positions)
-        return torch.nn.functional.pad(rows, (0, self.width - rows.shape[1])).to(self.device)
+        return to_device(torch.nn.functional.pad(rows, (0, self.width - rows.shape[1])), self.device)
 
 
 def _masked_entropy(entropy: Tensor, mb: MicroBatch, mask: Tensor, per_token: bool) -> Tensor:

@@ -89,29 +89,32 @@ def _sdpa_per_sequence(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, scal
 
 
 def _flash_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scaling: float | None) -> Tensor:
-    from torch.nn.attention.varlen import varlen_attn
-
-    extra = _varlen_causal_kwargs()
-    if "enable_gqa" in _varlen_parameters() and q.shape[1] != k.shape[1]:
+    if not _FLASH:  # called directly, not through a model loaded by `register`d name
+        _resolve_flash()
+    extra = dict(_FLASH["causal"])
+    if _FLASH["gqa_flag"] and q.shape[1] != k.shape[1]:
         extra["enable_gqa"] = True
-    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scaling, **extra)
+    return _FLASH["fn"](q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scaling, **extra)
 
 
-@functools.cache
-def _varlen_parameters() -> frozenset[str]:
+# Filled by `register`, outside any compiled region: torch.compile traces `_flash_varlen` without
+# running imports or signature inspection.
+_FLASH: dict = {}
+
+
+def _resolve_flash() -> None:
+    """torch 2.11 and 2.13 spell "causal" differently (``is_causal=True`` or ``window_size=(-1, 0)``)
+    and only the newer one has ``enable_gqa``."""
     from torch.nn.attention.varlen import varlen_attn
 
-    return frozenset(inspect.signature(varlen_attn).parameters)
-
-
-def _varlen_causal_kwargs() -> dict:
-    """torch 2.11 and 2.13 spell "causal" differently: ``is_causal=True`` or ``window_size=(-1, 0)``."""
-    params = _varlen_parameters()
+    params = inspect.signature(varlen_attn).parameters
     if "window_size" in params:
-        return {"window_size": (-1, 0)}
-    if "is_causal" in params:
-        return {"is_causal": True}
-    raise RuntimeError("torch.nn.attention.varlen.varlen_attn takes neither window_size nor is_causal")
+        causal = {"window_size": (-1, 0)}
+    elif "is_causal" in params:
+        causal = {"is_causal": True}
+    else:
+        raise RuntimeError("torch.nn.attention.varlen.varlen_attn takes neither window_size nor is_causal")
+    _FLASH.update(fn=varlen_attn, causal=causal, gqa_flag="enable_gqa" in params)
 
 
 @functools.cache
@@ -119,5 +122,7 @@ def register() -> str:
     """Register `varlen_attention` with Hugging Face as `VARLEN` (once); returns the name."""
     from transformers import AttentionInterface
 
+    if torch.cuda.is_available():
+        _resolve_flash()
     AttentionInterface.register(VARLEN, varlen_attention)
     return VARLEN

@@ -20,7 +20,7 @@ from temper.train.batcher import Batcher
 from temper.train.checkpoint import Resumed, iteration_dir, resolve_checkpoint
 from temper.train.env import TrainEnv
 from temper.train.packing import MicroBatch
-from temper.train.train_data import TrainData, pad, pad_flat
+from temper.train.train_data import TrainData, pad, pad_flat, to_device
 from temper.train.trainable import StepTotals, TrainableModel, mean_over_steps, weigh
 from temper.train.value_model import ValueModel
 from temper.types import RolloutBatch
@@ -69,7 +69,7 @@ class Critic:
         def rows(tensors: list[Tensor]) -> Tensor:
             if mb.is_padding:
                 return torch.zeros_like(values)
-            return pad(tensors, mb.positions).to(self.env.device)[:, : values.shape[1]]
+            return to_device(pad(tensors, mb.positions), self.env.device)[:, : values.shape[1]]
 
         loss, metrics = value_loss_function(
             values,

@@ -1,8 +1,12 @@
 """Parallelism applied from outside to an unmodified Hugging Face model, in torchtitan's order.
 
 1. activation checkpointing: each decoder layer wrapped in torch's `checkpoint_wrapper`;
-2. FSDP2 (`fully_shard`) on each decoder layer, parameters resharded after forward;
-3. FSDP2 on the root (embeddings, final norm, lm head / value head), *not* resharded after forward:
+2. compilation (`compile_layers`, on by default on CUDA): each decoder layer wrapped by
+   `torch.compile`, which fuses the Hugging Face layer's elementwise work (RMSNorm in fp32, RoPE,
+   SwiGLU, residual adds: most of an uncompiled layer's GPU time at this size) into a few kernels;
+   the FSDP hooks stay outside the compiled region. `TEMPER_COMPILE=0` turns it off;
+3. FSDP2 (`fully_shard`) on each decoder layer, parameters resharded after forward;
+4. FSDP2 on the root (embeddings, final norm, lm head / value head), *not* resharded after forward:
    the train worker reads the unsharded lm-head weight after the forward to compute chunked
    log-probs (`log_probs.py`), and backward needs it anyway.
 
@@ -11,6 +15,8 @@ parameters — and so AdamW's state — stay in the dtype the model was loaded i
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 from torch import nn
@@ -45,7 +51,13 @@ def decoder_layer_lists(model: nn.Module) -> list[nn.ModuleList]:
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
+    module = getattr(module, "_orig_mod", module)
     return getattr(module, "_checkpoint_wrapped_module", module)
+
+
+def compile_by_default(device: torch.device) -> bool:
+    """Compile the decoder layers on CUDA unless TEMPER_COMPILE=0 (the CPU runs stay eager)."""
+    return device.type == "cuda" and os.environ.get("TEMPER_COMPILE", "1") != "0"
 
 
 def parallelize(
@@ -54,6 +66,7 @@ def parallelize(
     *,
     mixed_precision: bool = False,
     activation_checkpointing: bool = False,
+    compile_layers: bool = False,
 ) -> FSDPModule:
     """Shard `model` in place over `mesh` (see the module docstring) and return it."""
     mp_policy = (
@@ -65,7 +78,9 @@ def parallelize(
         for i, layer in enumerate(layers):
             if activation_checkpointing:
                 layer = checkpoint_wrapper(layer)
-                layers[i] = layer
+            if compile_layers:
+                layer = torch.compile(layer, dynamic=True)  # packed rows vary in length: one graph for all
+            layers[i] = layer
             fully_shard(layer, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=True)
     fully_shard(model, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=False)
     return model

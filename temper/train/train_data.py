@@ -49,11 +49,21 @@ def pad(tensors: list[Tensor], positions: list[int] | None = None) -> Tensor:
 
 
 def pad_flat(flat: Tensor, lengths: list[int]) -> Tensor:
-    """[Tr] → [B, max(1, max R_i)] zero-padded, differentiable."""
-    sizes = torch.tensor(lengths, device=flat.device)
-    rows = torch.repeat_interleave(torch.arange(len(lengths), device=flat.device), sizes)
-    cols = torch.arange(flat.shape[0], device=flat.device) - (sizes.cumsum(0) - sizes)[rows]
+    """[Tr] → [B, max(1, max R_i)] zero-padded, differentiable. The scatter index is built on the host
+    and copied without waiting for the device (no sync in the middle of a training step)."""
+    sizes = torch.tensor(lengths)
+    rows = torch.repeat_interleave(torch.arange(len(lengths)), sizes)
+    cols = torch.arange(int(sizes.sum())) - (sizes.cumsum(0) - sizes)[rows]
+    rows, cols = to_device(rows, flat.device), to_device(cols, flat.device)
     return flat.new_zeros(len(lengths), max([1, *lengths])).index_put((rows, cols), flat)
+
+
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """A host tensor on `device`; to CUDA through pinned memory and asynchronously, so the host does not
+    wait for the work already queued (a copy from pageable memory would)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def unpad(padded: Tensor, lengths: list[int]) -> list[Tensor]:

@@ -24,7 +24,7 @@ from temper.train.checkpoint import load_checkpoint, save_checkpoint
 from temper.train.env import TrainEnv
 from temper.train.lr_schedule import LRSchedule, LRScheduler
 from temper.train.packing import MicroBatch
-from temper.train.parallelize import parallelize
+from temper.train.parallelize import compile_by_default, parallelize
 from temper.types import RolloutBatch
 
 logger = logging.getLogger("temper.train")
@@ -94,6 +94,7 @@ class TrainableModel:
             env.mesh,
             mixed_precision=env.is_cuda or cfg.bf16,
             activation_checkpointing=cfg.recompute_activations,
+            compile_layers=compile_by_default(env.device),
         )
         if total_steps is None and cfg.num_rollout is not None:
             total_steps = cfg.num_rollout * (cfg.num_steps_per_rollout or 1)

@@ -19,8 +19,8 @@ def dense_reference(q, k, v, lengths, scale):
     q, k, v = (t.double().transpose(0, 1) for t in (q, k, v))  # [H, S, D]
     k = k.repeat_interleave(q.shape[0] // k.shape[0], 0)
     v = v.repeat_interleave(q.shape[0] // v.shape[0], 0)
-    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
-    pos = torch.arange(len(seq))
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(q.device)
+    pos = torch.arange(len(seq), device=q.device)
     allowed = (seq[:, None] == seq[None, :]) & (pos[:, None] >= pos[None, :])
     scores = (q @ k.transpose(1, 2) * scale).masked_fill(~allowed, float("-inf"))
     return (scores.softmax(-1) @ v).transpose(0, 1)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Trainer speed (issue 13) on one GPU, for the device tool: the trainer's GPU tests (varlen attention,
+# logit kernels, bf16 training), then benchmarks/train_throughput.py on the Qwen3-0.6B shape with the
+# naive HF loop in the same run, a profile of one rollout, and (PARTS) the uncompiled layers, the old sdpa
+# attention and the Qwen3-4B shape. Logs under $OUT.
+# Usage (repo root): PARTS="tests,0.6b,profile,sdpa,4b" bash benchmarks/device/train_speed.sh
+set -uo pipefail
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+PARTS=${PARTS:-tests,0.6b,profile}
+has() { [[ ",$PARTS," == *",$1,"* ]]; }
+run() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "exit $?"; grep -v "Loading weights" "$OUT/$name.log" | tail -n "${TAIL:-12}"; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)"
+B=benchmarks/train_throughput.py
+has tests && run gpu_tests 240 python -m pytest -m gpu -q -rA -p no:cacheprovider tests/train/test_attention.py \
+  tests/train/test_logit_kernels.py tests/train/test_gpu.py
+has 0.6b && run train_0.6b 300 python $B --out "$OUT/train_0.6b.json"
+has profile && TAIL=45 run train_profile 200 python $B --skip-hf --rollouts 1 --profile "$OUT"
+has eager && TEMPER_COMPILE=0 run train_0.6b_eager 200 python $B --skip-hf --rollouts 2
+has sdpa && run train_0.6b_sdpa 200 python $B --skip-hf --rollouts 2 --attn sdpa
+has 4b && run train_4b 300 python $B --model-shape qwen3-4b --skip-hf --rollouts 2 ${ARGS_4B:---recompute}
+exit 0
