@@ -64,8 +64,9 @@ def test_ipc_sync_loads_exact_weights_twice_into_the_engine(engine):
             assert http.get("/get_weight_version").json() == {"weight_version": version}
             out = http.post("/generate", json={"input_ids": [1, 2, 3], "sampling_params": {"max_new_tokens": 2}})
             assert out.json()["meta_info"]["weight_version"] == version
-            handles.append(sender._ipc_buffer.shared["handle"])
-        assert handles[0] == handles[1]  # the engine read the second sync from the buffer it had mapped
+            mapped = http.get("/get_server_info").json()["cuda_ipc_buffers_mapped"]
+            handles.append((sender._ipc_buffer.shared["handle"], mapped))
+        assert handles[0] == handles[1] and handles[0][1] >= 1  # the same buffer, mapped once by the engine
     finally:
         sender.close()
 

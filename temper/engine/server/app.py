@@ -234,6 +234,7 @@ async def get_server_info(request: Request) -> Response:
         block_size=state.block_size, disable_radix_cache=not state.prefix_caching,
         weight_version=state.engine.weight_version, version=temper.__version__, engine="temper", frontend="python",
         startup_time=state.started_at, paused=state.engine.paused, released_memory=sorted(state.engine.released),
+        cuda_ipc_buffers_mapped=state.ipc_buffers.opened,
         internal_states=[{"last_gen_throughput": core["gen_throughput"],
                           "effective_max_running_requests_per_dp": state.max_running_requests,
                           "num_running_reqs": core["num_running_reqs"], "num_waiting_reqs": core["num_waiting_reqs"]}],

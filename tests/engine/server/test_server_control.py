@@ -156,6 +156,7 @@ def test_model_and_server_info(client, served):
                     "max_total_num_tokens", "internal_states", "context_length", "max_running_requests"):
             assert key in info, key
         assert info["dp_size"] == 1 and info["max_total_num_tokens"] > 0 and "api_key" not in info
+        assert info["cuda_ipc_buffers_mapped"] == 0  # trainer buffers mapped by the ipc weight transport
 
 
 def test_loads_and_metrics(client):
