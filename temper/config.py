@@ -34,10 +34,20 @@ class ClusterConfig:
     rollout_num_gpus: int | None = opt(None, "GPUs for rollout engines in all (colocate: defaults to the actor's)")
     rollout_num_gpus_per_engine: int = opt(1, "GPUs per engine (tensor parallel size)")
     num_gpus_per_node: int = opt(8, "physical GPUs per node, used to place engines on nodes")
-    colocate: bool = opt(False, "train and rollout share GPUs; memory is released/resumed around each phase")
+    colocate: bool = opt(
+        False, "train and rollout share GPUs; a memory plan at start decides what moves around each phase"
+    )
     offload: bool = opt(False, "shorthand for --offload-train --offload-rollout")
-    offload_train: bool | None = opt(None, "move trainer state to CPU outside training (default: on with --colocate)")
-    offload_rollout: bool | None = opt(None, "release engine memory during training (default: on with --colocate)")
+    offload_train: bool | None = opt(
+        None,
+        "move trainer state to CPU outside training (default: off; with --colocate the memory plan's choice on "
+        "GPUs, on for CPU runs)",
+    )
+    offload_rollout: bool | None = opt(
+        None,
+        "release engine weights and KV cache during training (default: off; with --colocate the memory plan's "
+        "choice on GPUs, which may release the KV cache only, on for CPU runs)",
+    )
     rollout_backend: str = opt("builtin", "rollout engine", choices=["builtin", "sglang"])
     rollout_external_engine_addrs: list[str] | None = opt(None, "host:port of engines started elsewhere")
     train_backend: str = opt("fsdp", "training backend", choices=["fsdp", "megatron"])

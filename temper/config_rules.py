@@ -101,10 +101,9 @@ def _gpus(cfg: Config) -> None:
                 f"--colocate shares GPUs, so --rollout-num-gpus ({cfg.rollout_num_gpus}) must equal the actor's "
                 f"{cfg.actor_num_gpus} GPUs; drop --rollout-num-gpus"
             )
-        cfg.offload_train = True if cfg.offload_train is None else cfg.offload_train
-        cfg.offload_rollout = True if cfg.offload_rollout is None else cfg.offload_rollout
-    cfg.offload_train = bool(cfg.offload_train)
-    cfg.offload_rollout = bool(cfg.offload_rollout)
+        # an offload flag not given stays None: the memory plan decides at start (cluster/memory_plan.py)
+    else:
+        cfg.offload_train, cfg.offload_rollout = bool(cfg.offload_train), bool(cfg.offload_rollout)
     engine_gpus = cfg.rollout_num_gpus or 0
     if engine_gpus % cfg.rollout_num_gpus_per_engine:
         raise ConfigError(

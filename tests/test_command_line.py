@@ -67,10 +67,13 @@ def test_values_and_types():
 
 
 def test_offload_flags_are_tristate():
+    """Off unless given; with --colocate a flag not given stays None for the memory plan at start."""
     assert parse_config(BASE).offload_train is False
-    assert parse_config(BASE + ["--colocate", "--actor-num-gpus-per-node", "2"]).offload_train is True
+    assert parse_config(BASE + ["--colocate", "--actor-num-gpus-per-node", "2"]).offload_train is None
     cfg = parse_config(BASE + ["--colocate", "--actor-num-gpus-per-node", "2", "--no-offload-train"])
-    assert cfg.offload_train is False and cfg.offload_rollout is True
+    assert cfg.offload_train is False and cfg.offload_rollout is None
+    cfg = parse_config(BASE + ["--colocate", "--actor-num-gpus-per-node", "2", "--offload"])
+    assert cfg.offload_train is True and cfg.offload_rollout is True
 
 
 def test_sglang_and_router_pass_through():

@@ -128,9 +128,12 @@ def test_train_only_replays_saved_rollouts(sync_run, task, tmp_path):
 
 
 def test_sync_colocated(task, tmp_path):
-    """2 train ranks, each sharing its slot with an engine (tensor handoff, memory released/resumed)."""
+    """2 train ranks, each sharing its slot with an engine (tensor handoff, memory released/resumed: on
+    CPU the default memory plan moves both sides), each move timed apart from train and sync."""
     steps = load_driver("train").main(task_flags(task, tmp_path, "--colocate"))
     check_run(steps, tmp_path, staleness=0)
+    moves = {"time/release_engine", "time/onload_train", "time/offload_train", "time/resume_engine"}
+    assert all(moves | {"time/train", "time/sync"} <= set(step) for step in steps)
 
 
 def test_sync_tensor_parallel_engine(task, tmp_path):
@@ -153,13 +156,15 @@ def test_async_disaggregated(task, tmp_path):
 
 
 def test_async_colocated(task, tmp_path):
-    flags = task_flags(task, tmp_path, "--colocate", "--no-offload-train", "--no-offload-rollout", steps=5)
-    check_run(load_driver("train_async").main(flags), tmp_path, staleness=1)
+    """train_async.py keeps both sides resident: --colocate alone moves nothing."""
+    steps = load_driver("train_async").main(task_flags(task, tmp_path, "--colocate", steps=5))
+    check_run(steps, tmp_path, staleness=1)
+    assert not any(key.startswith(("time/release", "time/onload", "time/offload")) for key in steps[-1])
 
 
-def test_async_colocated_needs_offload_off(task, tmp_path):
-    with pytest.raises(SystemExit, match="add --no-offload-train --no-offload-rollout"):
-        load_driver("train_async").main(task_flags(task, tmp_path, "--colocate"))
+def test_async_refuses_offload(task, tmp_path):
+    with pytest.raises(SystemExit, match="drop --offload/--offload-train/--offload-rollout"):
+        load_driver("train_async").main(task_flags(task, tmp_path, "--colocate", "--offload-train"))
 
 
 def test_rollout_only_and_ppo(task, tmp_path):

@@ -8,7 +8,9 @@
 
 `start` checks the resource plan (placement.py) before anything runs, starts or joins Ray, reserves
 one placement group, then starts the engines and the train ranks side by side (on GPU with
---colocate: engines first, their memory released while the trainer loads, then resumed). The
+--colocate: engines first, their memory released while the trainer loads, then resumed). Colocated
+runs get a memory plan (memory_plan.py: what the engines release during training, whether the trainer
+leaves the GPUs outside it), logged in one line; `memory` holds it for the drivers. The
 rollout manager runs in the driver process, behind temper's router in front of the engines (or the
 router --sglang-router-ip/--sglang-router-port names, to which temper's engines are added).
 
@@ -33,6 +35,7 @@ from temper.cluster.engine_group import (
     engine_dtype,
     external_engine_urls,
 )
+from temper.cluster.memory_plan import ALL_TAGS, MemoryPlan, plan_memory
 from temper.cluster.placement import (
     CPU_OVERSUBSCRIPTION,
     WORKER_ENV,
@@ -60,6 +63,7 @@ class Cluster:
         self.actor: ActorGroup | None = None
         self.critic: CriticGroup | None = None
         self.engines = EngineGroup([])
+        self.memory = MemoryPlan(offload_train=False, release=(), outcome="flags", why="not started")
         self.rollout: Any = None
         self._owns_ray = False
 
@@ -99,8 +103,8 @@ class Cluster:
         return cluster
 
     def _launch(self) -> None:
-        """Start every part. Afterwards the trainer is on its devices and, with --offload-rollout, the
-        engines' memory is released: the state the drivers' weight sync starts from."""
+        """Start every part. Afterwards the trainer is on its devices and the engines have released the
+        memory plan's tags: the state the drivers' weight sync starts from."""
         from temper.data import build_data_source, num_rollout_from_epochs
         from temper.rollout import RolloutManager
 
@@ -110,17 +114,19 @@ class Cluster:
             cfg.num_rollout = num_rollout_from_epochs(len(data_source), cfg.rollout_batch_size, cfg.num_epoch)
         _warn_ignored_engine_flags(cfg)
         self.placement = create_placement(plan)
-        release = cfg.offload_rollout and plan.train_ranks > 0
         if plan.colocate and plan.device == "cuda":  # the trainer loads while the engines hold no memory
             self._wait(self._create_engines())
+            self._plan_memory(self.engines.device_memory())
             self.engines.release_memory()
             self._wait(self._create_trainers())
-            if not release:
-                self.engines.resume_memory()
+            kept = [tag for tag in ALL_TAGS if tag not in self.memory.release]
+            if kept:
+                self.engines.resume_memory(kept)
         else:
+            self._plan_memory(None)
             self._wait(self._create_engines() + self._create_trainers())
-            if release:
-                self.engines.release_memory()
+            if self.memory.release:
+                self.engines.release_memory(self.memory.release)
         self.engines.urls += external_engine_urls(cfg.rollout_external_engine_addrs or [])
         urls = self.engines.urls
         self.rollout = RolloutManager(cfg, self._router(urls), data_source=data_source)
@@ -132,6 +138,13 @@ class Cluster:
                     single_node=self.placement.single_node, engine_dtype=self.engines.dtype,
                 )
             )  # fmt: skip
+
+    def _plan_memory(self, total: int | None) -> None:
+        """Decide the memory plan (GPU memory `total` per GPU, None: unknown), log it, and write its
+        choice into the config before the train ranks get it (the reference model reads it)."""
+        self.memory = plan_memory(self.cfg, self.plan, total)
+        logger.log(logging.INFO if self.memory.fits else logging.WARNING, "%s", self.memory.describe())
+        self.cfg.offload_train, self.cfg.offload_rollout = self.memory.offload_train, bool(self.memory.release)
 
     def _wait(self, refs: list) -> None:
         """Wait for the starts in `refs`; engines' starts return their URLs, which go into `engines`."""
@@ -281,6 +294,7 @@ class Cluster:
         return metrics
 
     def offload_train(self) -> None:
+        """Every train rank's state to CPU (pinned buffers; see `TrainableModel.offload`)."""
         for group in (self.actor, self.critic):
             if group is not None:
                 group.offload()
@@ -289,6 +303,13 @@ class Cluster:
         for group in (self.actor, self.critic):
             if group is not None:
                 group.onload()
+
+    def trim_train(self) -> None:
+        """Every train rank returns the GPU memory its allocator caches but no tensor uses (the last
+        step's activations and gradients), so that a resuming engine can take it."""
+        for group in (self.actor, self.critic):
+            if group is not None:
+                group.trim()
 
 
 def _warn_ignored_engine_flags(cfg) -> None:

@@ -126,6 +126,12 @@ class EngineWorker:
         wait_healthy(url, START_TIMEOUT_S, alive=lambda: self.process.poll() is None)
         return url
 
+    def device_memory(self) -> int:
+        """Total bytes of the engine's (first) GPU, for the colocated memory plan."""
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory  # its GPUs are the only visible ones
+
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop()
@@ -200,12 +206,18 @@ class EngineGroup:
     def continue_generation(self) -> None:
         self._post("/continue_generation")
 
-    def release_memory(self, tags: list[str] | None = None) -> None:
+    def release_memory(self, tags: list[str] | tuple[str, ...] | None = None) -> None:
         """Free engine memory (`tags`: weights, kv_cache; None = all) so that the trainer can use it."""
-        self._post("/release_memory_occupation", {"tags": tags})
+        self._post("/release_memory_occupation", {"tags": _tags(tags)})
 
-    def resume_memory(self, tags: list[str] | None = None) -> None:
-        self._post("/resume_memory_occupation", {"tags": tags})
+    def resume_memory(self, tags: list[str] | tuple[str, ...] | None = None) -> None:
+        self._post("/resume_memory_occupation", {"tags": _tags(tags)})
+
+    def device_memory(self) -> int | None:
+        """The smallest total memory (bytes) of the GPUs under the engines temper started; None if none."""
+        import ray
+
+        return min(ray.get([w.device_memory.remote() for w in self.workers])) if self.workers else None
 
     def weight_versions(self) -> list[str]:
         """The weight version each engine serves (`/get_weight_version`)."""
@@ -222,6 +234,12 @@ class EngineGroup:
         self._http.close()
         stop_workers(self.workers, "stop")
         self.workers = []
+
+
+def _tags(tags: list[str] | tuple[str, ...] | None) -> list[str] | None:
+    if tags is not None and not tags:
+        raise ValueError("memory tags: an empty list would mean all tags on the server; pass None for all")
+    return None if tags is None else list(tags)
 
 
 def external_engine_urls(addrs: list[str]) -> list[str]:

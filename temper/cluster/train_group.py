@@ -65,6 +65,13 @@ class TrainWorker:
     def onload(self) -> None:
         self.model.onload()
 
+    def trim(self) -> None:
+        """Give the GPU memory cached by this process's allocator but unused back to the device."""
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+
     def shutdown(self) -> None:
         import torch.distributed as dist
 
@@ -178,6 +185,9 @@ class TrainGroup:
 
     def onload(self) -> None:
         self.run("onload")
+
+    def trim(self) -> None:
+        self.run("trim")
 
     def stop(self) -> None:
         stop_workers(self.workers, "shutdown", logging.DEBUG)

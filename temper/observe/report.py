@@ -2,7 +2,8 @@
 
 It answers what a user asks after a run: did the reward go up (start and end, each the mean of the
 first/last `WINDOW` steps, the best step), how long until it crossed `THRESHOLDS`, where the time went
-(mean seconds per step in rollout / train / sync), and the last step's metrics.
+(mean seconds per step in rollout / train / sync, and in a colocated run's memory moves when it made
+any), and the last step's metrics.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 REWARD = "rollout/raw_reward"
 WINDOW = 3
 THRESHOLDS = (0.5, 0.8, 0.9)
-PHASES = ("rollout", "train", "sync", "step")
+PHASES = ("rollout", "release_engine", "onload_train", "train", "sync", "offload_train", "resume_engine", "step")
 
 
 def summarize(steps: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
