@@ -22,14 +22,23 @@ def iter_full_parameters(model: nn.Module, dtype: torch.dtype | None = None) -> 
     """(HF name, full tensor) for each distinct parameter, in registration order.
 
     Every rank must drive this iterator in step: each DTensor shard is all-gathered
-    (`full_tensor()`, a collective), so every rank receives every full tensor. Tensors are detached
+    (`full_tensor()`, a collective; on one rank the shard is already whole), so every rank receives
+    every full tensor. Tensors are detached
     and cast to `dtype` (default: the parameter's dtype).
     """
     for name, param in model.named_parameters():  # remove_duplicate: a tied lm-head is the embedding
         tensor = param.detach()
         if isinstance(tensor, DTensor):
-            tensor = tensor.full_tensor()
+            tensor = _full(tensor)
         yield hf_name(name), tensor.to(dtype) if dtype is not None else tensor
+
+
+def _full(tensor: DTensor) -> Tensor:
+    """The whole tensor: the shard itself on a one-rank mesh (no collective), else the all-gather (every
+    rank decides alike, by the mesh, so the collectives stay in step)."""
+    if tensor.device_mesh.size() == 1:
+        return tensor.to_local()
+    return tensor.full_tensor()
 
 
 def iter_weight_buckets(model: nn.Module, bucket_bytes: int, dtype: torch.dtype | None = None) -> Iterator[Bucket]:
