@@ -111,29 +111,31 @@ def trainer_bytes(
     chunk_tokens: int,
     critic: bool = False,
     reference: bool = False,
+    sync_buffer: int = 0,
 ) -> tuple[int, int]:
     """(resident, peak) bytes of one train rank's state on its GPU.
 
     resident (outside training): fp32 master parameters and AdamW's two fp32 moments, 12 bytes per
     parameter over the `ranks` FSDP shards (twice with a PPO `critic` of the same size), and a bf16
-    `reference` model's 2 bytes per parameter over the ranks.
+    `reference` model's 2 bytes per parameter over the ranks, and the ipc weight sync's persistent
+    `sync_buffer`.
     peak (training) adds: fp32 gradients (4 bytes per parameter over the ranks); FSDP's bf16 compute
     copies, i.e. the all-gathered root (embeddings and LM head, unsharded through forward and
     backward) and two decoder layers (the running one and the prefetched one), with one layer's
     unsharded fp32 gradient before its reduce-scatter; the activations of one micro-batch of
     `tokens` (ACTIVATION_WIDTHS per layer, or with `recompute` each layer's bf16 input plus one layer
-    in full); and one log-prob chunk of `chunk_tokens` rows over the vocabulary (bf16 logits, their
-    fp32 copy and fp32 gradient: 10 bytes per entry). Not counted: the weight sync's buckets (they
-    reuse the freed activations) and the CUDA context (TRAINER_RESERVE_BYTES).
+    in full); and one log-prob chunk of `chunk_tokens` rows over the vocabulary (bf16 logits, turned
+    into their gradient in place by the CUDA kernels: 2 bytes per entry). Not counted: the CUDA context
+    (TRAINER_RESERVE_BYTES).
     """
     copies = 1 + (1 if critic else 0)
-    resident = (12 * copies + (2 if reference else 0)) * model.params // ranks
+    resident = (12 * copies + (2 if reference else 0)) * model.params // ranks + sync_buffer
     gradients = 4 * model.params // ranks
     compute = 2 * (model.embedding_params + 2 * model.layer_params) + 4 * model.layer_params
     hidden, mlp, attention = ACTIVATION_WIDTHS
     layer = 2 * tokens * (hidden * model.hidden + mlp * model.intermediate + attention * model.attention)
     saved = model.layers * 2 * tokens * model.hidden + layer if recompute else model.layers * layer
-    logits = 10 * chunk_tokens * model.vocab
+    logits = 2 * chunk_tokens * model.vocab
     return resident, resident + gradients + compute + saved + logits
 
 
@@ -285,6 +287,7 @@ def estimate(cfg, plan: ResourcePlan, total: int, params: int) -> MemorySizes:
 
     hf_config = json.loads((Path(cfg.hf_checkpoint) / "config.json").read_text())
     model = ModelSize.of(hf_config, params)
+    dtype_bytes = _DTYPE_BYTES.get(engine_dtype(cfg, "cuda"), 2)
     resident, peak = trainer_bytes(
         model,
         ranks=plan.train_ranks,
@@ -293,18 +296,27 @@ def estimate(cfg, plan: ResourcePlan, total: int, params: int) -> MemorySizes:
         chunk_tokens=resolve_chunk_size(cfg.log_probs_chunk_size, model.vocab),
         critic=plan.critic,
         reference=cfg.use_kl_loss or cfg.kl_coef != 0,
+        sync_buffer=_ipc_buffer_bytes(cfg, model, dtype_bytes),
     )
     weights, whole = engine_bytes(
         model,
         total=total,
         fraction=cfg.engine.sglang.get("mem_fraction_static") or ENGINE_MEM_FRACTION,
-        dtype_bytes=_DTYPE_BYTES.get(engine_dtype(cfg, "cuda"), 2),
+        dtype_bytes=dtype_bytes,
         tp=plan.gpus_per_engine,
     )
     return MemorySizes(total, resident, peak, weights, whole, TRAINER_RESERVE_BYTES * (2 if plan.critic else 1))
 
 
 _DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
+
+
+def _ipc_buffer_bytes(cfg, model: ModelSize, dtype_bytes: int) -> int:
+    """The ipc transport's buffer (the colocated default on CUDA), kept on the GPU for the whole run:
+    one bucket, or the largest tensor (the embedding) in the engine's dtype when that is bigger."""
+    if (cfg.update_weight_transport or "ipc") != "ipc":
+        return 0
+    return max(cfg.update_weight_buffer_size, model.vocab * model.hidden * dtype_bytes)
 
 
 def tokens_per_micro_batch(cfg, hf_config: dict) -> int:
