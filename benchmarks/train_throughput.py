@@ -184,9 +184,18 @@ def bench_temper(args, path: Path, device: torch.device, hf_config) -> dict:
     torch._logging.set_logs(recompiles=True)  # a recompilation inside the measured rollouts is reported
     actor = Actor(cfg, attn_implementation=args.attn)
     log(f"temper: attention {actor.model.config._attn_implementation}, recompute {args.recompute}")
-    warm_up = make_batch(args, 0, hf_config.vocab_size)
-    _, compile_s = timed(device, lambda: (actor.compute_log_probs(warm_up), actor.train(0, warm_up)))
-    log(f"warm-up rollout (compilation included): {compile_s:.1f} s; {dynamo_stats()}")
+    # Warm-up rollouts: the workload's, then rows of about 2k, 4k, 8k and 16k tokens. Inductor's compiled
+    # layers guard on ranges of the row length (seen on an H100: below 2,560, up to 5,119, from 5,120), and
+    # a rollout's last micro-batch can land in any of them: each range compiles here, not in the timing.
+    warm_ups = [make_batch(args, 0, hf_config.vocab_size)]
+    for length in (256, 512, 1024, 2048):
+        fixed = argparse.Namespace(**{**vars(args), "samples": GROUP_SIZE, "prompt_len": [length // 2] * 2,
+                                      "response_len": [length // 2] * 2})  # fmt: skip
+        warm_ups.append(make_batch(fixed, 0, hf_config.vocab_size))
+    _, compile_s = timed(
+        device, lambda: [(actor.compute_log_probs(b), actor.train(0, b)) for b in warm_ups]
+    )
+    log(f"warm-up rollouts (compilation included): {compile_s:.1f} s; {dynamo_stats()}")
     reset_peak(device)
     per_rollout, seconds, tokens, flops, forward_seconds = [], 0.0, 0, 0.0, 0.0
     for rollout_id in range(1, args.rollouts + 1):
