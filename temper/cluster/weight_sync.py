@@ -189,8 +189,8 @@ class WeightSender:
             for name, tensor in bucket:
                 stats["sync/bytes"] += tensor.numel() * tensor.element_size()
                 stats["sync/tensors"] += 1
-                if self.spec.check:
-                    self.probes[name] = tensor[: self.spec.probe_rows].detach().cpu().clone()
+                if self.spec.check:  # kept on the device: copied to the host in check(), not in the sync
+                    self.probes[name] = tensor[: self.spec.probe_rows].detach().clone()
             yield bucket
 
     # ---- transports --------------------------------------------------------------------------------
@@ -261,6 +261,7 @@ class WeightSender:
         """Compare the probed rows of every tensor sent with each engine's copy; RuntimeError naming the
         first mismatches. Returns the number of tensors compared."""
         dtype = getattr(torch, self.spec.engine_dtype) if self.spec.engine_dtype else None
+        self.probes = {name: sent.cpu() for name, sent in self.probes.items()}
         wrong = []
         for url in self.targets:
             for name, sent in self.probes.items():
