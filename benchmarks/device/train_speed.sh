@@ -19,5 +19,5 @@ has 0.6b && run train_0.6b 300 python $B --out "$OUT/train_0.6b.json"
 has profile && TAIL=45 run train_profile 200 python $B --skip-hf --rollouts 1 --profile "$OUT"
 has eager && TEMPER_COMPILE=0 run train_0.6b_eager 200 python $B --skip-hf --rollouts 2
 has sdpa && run train_0.6b_sdpa 200 python $B --skip-hf --rollouts 2 --attn sdpa
-has 4b && run train_4b 300 python $B --model-shape qwen3-4b --skip-hf --rollouts 2 ${ARGS_4B:---recompute}
+has 4b && run train_4b 300 python $B --model-shape qwen3-4b --skip-hf --rollouts 2 ${ARGS_4B:---max-tokens-per-gpu 8192}
 exit 0
