@@ -8,8 +8,9 @@ Every run is train.py's loop (Ray, engine servers, FSDP train ranks, weight sync
 per rollout (--global-batch-size = all samples):
 
 - disaggregated: the trainer on GPU 0, one engine on GPU 1, weights by NCCL broadcast;
-- colocated: two train ranks (FSDP over both GPUs), each sharing its GPU with an engine; engine memory
-  is released around training, weights go by same-host tensor handoff;
+- colocated: two train ranks (FSDP over both GPUs), each sharing its GPU with an engine; what moves
+  between the phases is the colocated memory plan's choice (logged at start), weights go by CUDA IPC
+  (the ipc transport);
 - colocated-1gpu: one train rank and one engine sharing one GPU, as colocated.
 
 Prompts: the quickstart's short ones, or with --prompt-len N distinct prompts of exactly N tokens after
@@ -68,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--max-tokens-per-gpu", type=int, default=16384, help="token budget per train micro-batch")
     p.add_argument("--offload-train", choices=["default", "on", "off"], default="default",
-                   help="colocated runs: move the trainer to CPU during rollouts (default: temper's, on)")
+                   help="colocated runs: move the trainer to CPU during rollouts (default: the memory plan's choice)")
     p.add_argument("--recompute", action="store_true", help="activation checkpointing (--recompute-activations)")
     p.add_argument("--mem-fraction", type=float, help="--sglang-mem-fraction-static instead of the run's own")
     p.add_argument("--workdir", type=Path, help="where the model and prompts go (and are reused from); "
