@@ -13,8 +13,8 @@ run() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)"
 B=benchmarks/train_throughput.py
-has tests && run gpu_tests 240 python -m pytest -m gpu -q -rA -p no:cacheprovider tests/train/test_attention.py \
-  tests/train/test_logit_kernels.py tests/train/test_gpu.py
+has tests && run gpu_tests 240 python -m pytest -q -rA -p no:cacheprovider tests/train/test_varlen_attention.py \
+  tests/train/test_logit_kernels.py tests/train/test_gpu.py tests/train/test_trainable.py
 has 0.6b && run train_0.6b 300 python $B --out "$OUT/train_0.6b.json"
 has profile && TAIL=45 run train_profile 200 python $B --skip-hf --rollouts 1 --profile "$OUT"
 has eager && TEMPER_COMPILE=0 run train_0.6b_eager 200 python $B --skip-hf --rollouts 2
