@@ -40,6 +40,7 @@ class ServerArgs:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        self.log_level = _log_level(str(self.log_level))  # any case: slime's scripts write INFO
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
         if isinstance(self.tp_size, bool) or not isinstance(self.tp_size, int) or self.tp_size < 1:
@@ -67,6 +68,10 @@ class ServerArgs:
         return EngineArgs(model=self.model, enable_prefix_caching=not self.disable_radix_cache, **kwargs)
 
 
+def _log_level(value: str) -> str:
+    return {"warn": "warning"}.get(value.lower(), value.lower())
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``temper serve`` / ``python -m temper.engine.server`` flags."""
     a = parser.add_argument
@@ -87,7 +92,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
       help="split the model over this many GPUs (CPU: worker processes); rank r uses --device's index + r")
     a("--disable-custom-all-reduce", action="store_true",
       help="tensor-parallel all-reduces through NCCL instead of symmetric memory (EngineArgs.symmetric_memory)")
-    a("--log-level", default="info", choices=LOG_LEVELS)
+    a("--log-level", default="info", type=_log_level, choices=LOG_LEVELS, help="any case")
     a("--skip-server-warmup", action="store_true", help="mark the server ready without a warmup generation")
     a("--api-key", default=None, help="require 'Authorization: Bearer KEY' (health and metrics stay open)")
     return parser

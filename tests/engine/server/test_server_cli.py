@@ -44,6 +44,14 @@ def test_serve_flags_map_to_engine_args(tmp_path):
         build_parser().parse_args(["serve"])  # --model is required
 
 
+def test_log_level_in_any_case():
+    """slime's scripts pass --sglang-log-level INFO; SGLang's router writes warn."""
+    assert ServerArgs(model="x", log_level="INFO").log_level == "info"
+    assert ServerArgs(model="x", log_level="WARN").log_level == "warning"
+    parsed = build_parser().parse_args(["serve", "--model", "m", "--log-level", "DEBUG"])
+    assert server_args_from(parsed).log_level == "debug"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
