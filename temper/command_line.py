@@ -89,12 +89,36 @@ def _add_flag(group: argparse._ArgumentGroup, f: dataclasses.Field) -> None:
     elif kind is dict:
         kwargs.update(type=_json_dict(name), metavar="JSON")
     elif kind is list:
-        kwargs.update(nargs="+", type=inner)
+        kwargs.update(nargs="+", type=inner, action=_NamePathPairs if meta.get("pairs") else _Repeatable)
     else:
         kwargs["type"] = kind
     if "choices" in meta:
         kwargs["choices"] = meta["choices"]
     group.add_argument(name, **kwargs)
+
+
+class _Repeatable(argparse.Action):
+    """A list flag that may be repeated: the values of every occurrence, in order. The first occurrence
+    replaces the default (which may come from --config), so the command line still wins."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        current = getattr(namespace, self.dest, None)
+        earlier = [] if current is None or current is self.default else list(current)
+        self.check(parser, earlier, list(values), option_string)
+        setattr(namespace, self.dest, earlier + list(values))
+
+    def check(self, parser, earlier: list, values: list, flag: str | None) -> None:
+        pass
+
+
+class _NamePathPairs(_Repeatable):
+    """NAME PATH [NAME PATH ...] (slime's --eval-prompt-data): a repeated flag gives pairs each time; a lone
+    PATH (named after its file, see `EvalConfig.eval_datasets`) only when the flag is given once."""
+
+    def check(self, parser, earlier: list, values: list, flag: str | None) -> None:
+        if earlier and (len(earlier) % 2 or len(values) % 2):
+            odd = earlier if len(earlier) % 2 else values
+            parser.error(f"{flag} takes NAME PATH pairs when given more than once; got {' '.join(odd)}")
 
 
 def _kind(annotation: Any) -> tuple[type, type | None]:

@@ -253,7 +253,11 @@ class CheckpointConfig:
 
 @dataclass
 class EvalConfig:
-    eval_prompt_data: list[str] | None = opt(None, "NAME PATH [NAME PATH ...] evaluation datasets")
+    eval_prompt_data: list[str] | None = opt(
+        None,
+        "NAME PATH [NAME PATH ...] evaluation datasets; the flag may be repeated (a lone PATH is named after its file)",
+        pairs=True,
+    )
     eval_interval: int | None = opt(None, "rollouts between evaluations")
     eval_function_path: str | None = opt(None, "eval rollout function (default: the rollout function)")
     skip_eval_before_train: bool = opt(False, "no evaluation before the first step")

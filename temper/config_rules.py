@@ -176,5 +176,9 @@ def _eval(cfg: Config) -> None:
     items = cfg.eval_prompt_data or []
     if len(items) > 1 and len(items) % 2:
         raise ConfigError(f"--eval-prompt-data takes NAME PATH pairs, got {len(items)} values: {items}")
+    names = items[0::2] if len(items) > 1 else []
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"--eval-prompt-data needs a distinct NAME per dataset; named twice: {', '.join(twice)}")
     if cfg.eval_interval is not None and not items:
         raise ConfigError("--eval-interval needs --eval-prompt-data NAME PATH")

@@ -66,6 +66,32 @@ def test_values_and_types():
     assert cfg.advantage_estimator == "gspo"
 
 
+def test_repeated_list_flags_collect_every_value(tmp_path):
+    """slime's multi-task form repeats --eval-prompt-data; no list flag keeps only its last occurrence."""
+    repeated = parse_config(BASE + ["--eval-prompt-data", "aime", "A.jsonl", "--eval-prompt-data", "gsm8k", "B.jsonl"])
+    pairs = parse_config(BASE + ["--eval-prompt-data", "aime", "A.jsonl", "gsm8k", "B.jsonl"])
+    assert repeated.eval_datasets == pairs.eval_datasets == {"aime": "A.jsonl", "gsm8k": "B.jsonl"}
+    assert parse_config(BASE + ["--rollout-stop", "a", "--rollout-stop", "b", "c"]).rollout_stop == ["a", "b", "c"]
+    file = tmp_path / "run.yaml"
+    file.write_text("eval-prompt-data: [yaml, Y.jsonl]\nrollout-stop: [x]\n")
+    cfg = parse_config(["--config", str(file), *BASE, "--eval-prompt-data", "cli", "C.jsonl"])
+    assert cfg.eval_datasets == {"cli": "C.jsonl"} and cfg.rollout_stop == ["x"]  # the command line replaces
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["aime", "A.jsonl", "--eval-prompt-data", "gsm8k"], "takes NAME PATH pairs when given more than once; got gsm8k"),
+        (["A.jsonl", "--eval-prompt-data", "B.jsonl"], "takes NAME PATH pairs when given more than once; got A.jsonl"),
+        (["aime", "A.jsonl", "--eval-prompt-data", "aime", "B.jsonl"], "distinct NAME per dataset; named twice: aime"),
+    ],
+)
+def test_eval_prompt_data_mistakes_are_one_line(flags, message):
+    with pytest.raises(ConfigError) as e:
+        parse_config(BASE + ["--eval-prompt-data", *flags])
+    assert message in str(e.value) and "--eval-prompt-data" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_offload_flags_are_tristate():
     """Off unless given; with --colocate a flag not given stays None for the memory plan at start."""
     assert parse_config(BASE).offload_train is False

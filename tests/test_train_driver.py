@@ -210,7 +210,7 @@ SEED_QUICK_START = [
     "--recompute-method", "uniform", "--recompute-num-layers", "1", "--use-dynamic-batch-size", "--max-tokens-per-gpu", "9216",
     "--eval-interval", "2", "--n-samples-per-eval-prompt", "2", "--eval-max-response-len", "16", "--eval-top-p", "0.7",
     "--save-interval", "2", "--actor-num-nodes", "1", "--actor-num-gpus-per-node", "1", "--colocate",
-    "--sglang-mem-fraction-static", "0.7",
+    "--sglang-mem-fraction-static", "0.7", "--sglang-log-level", "INFO",
 ]  # fmt: skip
 """slime's quick-start flags (scripts/run-qwen3-*.sh), with small batch values; see the README."""
 
@@ -226,11 +226,13 @@ def test_seed_quick_start_runs_unchanged_on_cpu(task, tmp_path):
     flags = [
         *model_args("qwen3-tiny.sh"), "--hf-checkpoint", str(tiny_model_dir("qwen3")),
         "--prompt-data", str(prompts), "--input-key", "prompt", "--label-key", "label", "--apply-chat-template",
-        "--rollout-shuffle", "--eval-prompt-data", "quick", f"{prompts}@[0:4]",
-        "--load", str(tmp_path / "ckpt"), "--save", str(tmp_path / "ckpt"), *SEED_QUICK_START,
+        "--rollout-shuffle", "--eval-prompt-data", "quick", f"{prompts}@[0:4]", "--eval-prompt-data", "more",
+        f"{prompts}@[4:6]", "--load", str(tmp_path / "ckpt"), "--save", str(tmp_path / "ckpt"), *SEED_QUICK_START,
     ]  # fmt: skip
     steps = load_driver("train").main(flags)
-    assert [s["step"] for s in steps] == [0, 1] and "eval/quick" in steps[-1]
+    assert [s["step"] for s in steps] == [0, 1]
+    for name in ("quick", "more"):  # the page's multi-task form: the flag repeated, every dataset evaluated
+        assert f"eval/{name}" in steps[-1] and f"eval/{name}/response_len_mean" in steps[-1]
     assert (tmp_path / "ckpt" / "iter_0000001" / "actor").is_dir()
     assert (tmp_path / "ckpt" / "report.md").is_file()  # the run folder defaults to --save
 
