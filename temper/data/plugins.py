@@ -1,7 +1,9 @@
 """`load_function`: the object behind a plug-in path such as `--buffer-filter-path`.
 
-Two spellings, as slime users write them: a dotted import path `pkg.module.fn`, or a file and a name
-`path/to/file.py:fn` (the file need not be on `sys.path`). A file is imported once per absolute path.
+Three spellings, as slime users write them: a dotted import path `pkg.module.fn`, a file and a name
+`path/to/file.py:fn` (the file need not be on `sys.path`), or a bare `path/to/file.py`, which names the
+one public function or class that the file itself defines (several or none is an error listing them).
+A file is imported once per absolute path.
 """
 
 from __future__ import annotations
@@ -20,14 +22,18 @@ class PluginError(ImportError):
 
 
 def load_function(path: str, *, flag: str = "plug-in path") -> Any:
-    """The callable named by `path` ("pkg.mod.fn" or "file.py:fn"); PluginError if absent or not callable."""
+    """The callable named by `path` ("pkg.mod.fn", "file.py:fn" or "file.py"); PluginError if absent or not callable."""
+    if path.endswith(".py"):
+        return _only_callable(_import_file(path, path, flag), path, flag)
     if _is_file_path(path):
         file, name = path.rsplit(":", 1)
         module = _import_file(file, path, flag)
     else:
         module_name, _, name = path.rpartition(".")
         if not module_name:
-            raise PluginError(f"{flag} {path!r}: expected 'package.module.function' or 'path/to/file.py:function'")
+            raise PluginError(
+                f"{flag} {path!r}: expected 'package.module.function', 'path/to/file.py:function' or 'path/to/file.py'"
+            )
         module = _import_dotted(module_name, path, flag)
     obj = getattr(module, name, None)
     if obj is None:
@@ -36,6 +42,19 @@ def load_function(path: str, *, flag: str = "plug-in path") -> Any:
     if not callable(obj):
         raise PluginError(f"{flag} {path!r}: {name!r} is a {type(obj).__name__}, expected a function or class")
     return obj
+
+
+def _only_callable(module: ModuleType, path: str, flag: str) -> Any:
+    """The one public function or class defined in `module` (not imported into it)."""
+    found = [
+        name for name, obj in vars(module).items()
+        if not name.startswith("_") and callable(obj) and getattr(obj, "__module__", None) == module.__name__
+    ]  # fmt: skip
+    if len(found) == 1:
+        return getattr(module, found[0])
+    what = f"defines {len(found)} public functions or classes ({', '.join(found)})" if found else "defines none"
+    raise PluginError(f"{flag} {path!r}: a bare file path names the file's one public function or class, but it "
+                      f"{what}; name one as '{path}:NAME'")
 
 
 def _is_file_path(path: str) -> bool:

@@ -55,6 +55,27 @@ def test_file_errors(plugin_file, tmp_path):
         load_function(f"{plugin_file}:VALUE")
 
 
+def test_bare_file_names_its_one_function_or_class(tmp_path):
+    """`--custom-rm-path custom_rm.py`: imported names and private helpers do not count."""
+    path = tmp_path / "custom_rm.py"
+    path.write_text("import math\nfrom os.path import join\n\ndef _helper():\n    pass\n\n"
+                    "class CustomRewardModel:\n    pass\n")
+    assert load_function(str(path), flag="--custom-rm-path").__name__ == "CustomRewardModel"
+    assert load_function(f"{path}:CustomRewardModel") is load_function(str(path))
+
+
+def test_bare_file_errors(plugin_file, tmp_path):
+    with pytest.raises(PluginError, match=r"--rollout-function-path .*defines 2 public functions or classes "
+                       r"\(double, Thing\); name one as '.*my_plugin.py:NAME'"):
+        load_function(str(plugin_file), flag="--rollout-function-path")
+    empty = tmp_path / "empty.py"
+    empty.write_text("X = 1\n")
+    with pytest.raises(PluginError, match="it defines none; name one as"):
+        load_function(str(empty))
+    with pytest.raises(PluginError, match="not found"):
+        load_function(str(tmp_path / "missing.py"))
+
+
 def test_error_inside_plugin_propagates_and_is_not_cached(tmp_path):
     path = tmp_path / "broken.py"
     path.write_text("import no_such_dependency_xyz\n")
