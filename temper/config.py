@@ -287,6 +287,7 @@ class RewardConfig:
     rm_type: str | None = opt(None, "built-in reward (math, dapo, deepscaler, f1, gpqa, remote_rm, random)")
     custom_rm_path: str | None = opt(None, "async rm(args, sample) -> float | dict (import path)")
     group_rm: bool = opt(False, "the reward function scores a whole group at once")
+    reward_model_path: str | None = opt(None, "model_path given to a class-style --custom-rm-path (built once)")
     rm_url: str | None = opt(None, "URL of a remote reward model (remote_rm)")
     reward_key: str | None = opt(None, "key into dict rewards")
     custom_reward_post_process_path: str | None = opt(None, "fn(args, samples) -> (raw, normalized) rewards")

@@ -3,7 +3,8 @@
 `generate_and_rm` runs the generate function (`--custom-generate-function-path`, else temper's
 default) for one sample while holding the process-wide semaphore, then computes the reward of every
 finished sample it produced. `generate_and_rm_group` does that for all samples of a group at once,
-with a deterministic sampling seed per sample, and the group reward (`--group-rm`) after.
+with a deterministic sampling seed per sample, and the group reward (`--group-rm`, or a class-style
+reward model: one `compute_reward` call per group, in evaluation too) after.
 
 Contract on statuses: COMPLETED/TRUNCATED samples get a reward (unless the generate function set one);
 ABORTED and FAILED samples get none. A sample that arrives COMPLETED/TRUNCATED with a reward (a
@@ -18,6 +19,7 @@ from typing import Any
 from temper.rollout.generate import GenerateState, default_sampling_params, generate, sampling_seed
 from temper.rollout.plugins import accepts_kwarg, load_plugin
 from temper.rollout.rewards import async_rm, batched_async_rm, call_maybe_async
+from temper.rollout.rewards.hub import model_rewards, reward_model
 from temper.types import Sample
 
 FINISHED = (Sample.Status.COMPLETED, Sample.Status.TRUNCATED)
@@ -65,6 +67,8 @@ async def generate_and_rm(
     if getattr(args, "group_rm", False) and not evaluation:
         return samples
     todo = [s for s in samples if s.reward is None and s.status in FINISHED]
+    if reward_model(args) is not None:  # scored with the whole group
+        todo = [s for s in todo if s.metadata.get("custom_rm_path")]
     rewards = await asyncio.gather(*(async_rm(args, s) for s in todo))
     for s, reward in zip(todo, rewards):
         s.reward = reward
@@ -93,6 +97,10 @@ async def generate_and_rm_group(
     samples = [s for produced in results for s in produced]
     if getattr(args, "group_rm", False) and not evaluation:
         await _group_reward(args, samples)
+    elif reward_model(args) is not None:
+        todo = [s for s in samples if s.reward is None and s.status in FINISHED]
+        for s, reward in zip(todo, await model_rewards(args, todo) if todo else []):
+            s.reward = reward
     return samples
 
 

@@ -159,6 +159,40 @@ def test_group_rm_from_file(tmp_path):
     assert run(batched_async_rm(per_sample, [Sample(response="x", label="x")] * 2), timeout=60) == [1.0, 1.0]
 
 
+def test_class_reward_model_contract(tmp_path):
+    path = write_plugin(
+        tmp_path,
+        "class_rm",
+        """
+        class Good:
+            def __init__(self, model_path):
+                self.model_path = model_path
+
+            async def compute_reward(self, prompts, responses):
+                return [len(r) for r in responses]
+
+        class Short:
+            def __init__(self, model_path):
+                pass
+
+            def compute_reward(self, prompts, responses):
+                return [1.0]
+
+        class NoMethod:
+            def __init__(self, model_path):
+                pass
+        """,
+    )
+    samples = [Sample(prompt="p", response="ab"), Sample(prompt="p", response="abc")]
+    args = make_args("--custom-rm-path", f"{path}:Good", "--group-rm")
+    assert run(batched_async_rm(args, samples), timeout=60) == [2.0, 3.0]
+    assert rm(make_args("--custom-rm-path", f"{path}:Good"), samples[0]) == 2.0  # one sample through async_rm
+    with pytest.raises(ValueError, match="Short.compute_reward returned 1 rewards for 2 responses"):
+        run(batched_async_rm(make_args("--custom-rm-path", f"{path}:Short"), samples), timeout=60)
+    with pytest.raises(TypeError, match="class NoMethod needs a method compute_reward"):
+        rm(make_args("--custom-rm-path", f"{path}:NoMethod"), samples[0])
+
+
 def test_remote_rm_retries_server_errors(monkeypatch):
     monkeypatch.setattr(remote, "BACKOFF_S", 0.01)
     app = FastAPI()

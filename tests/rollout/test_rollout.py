@@ -236,3 +236,32 @@ def test_eval_covers_every_dataset(tmp_path, plugin):
     assert out.metrics["eval/set_a"] == 0.25
     with pytest.raises(ValueError, match="--group-rm .* does not apply to evaluation"):
         generate_rollout(make_args("--group-rm", "--eval-prompt-data", "a", a), 0, None, evaluation=True)
+
+
+CLASS_RM = """
+class CustomRewardModel:
+    built, calls = [], []
+
+    def __init__(self, model_path):
+        CustomRewardModel.built.append(model_path)
+
+    def compute_reward(self, prompts, responses):
+        CustomRewardModel.calls.append(list(prompts))
+        return [float(r == "a") for r in responses]
+"""
+
+
+def test_class_reward_model_built_once_and_batched_over_groups(tmp_path, plugin):
+    """slime's page: `--custom-rm-path custom_rm.py` (a bare file, one class): one compute_reward call per group."""
+    from temper.data import load_function
+
+    rm_file = write_plugin(tmp_path, "custom_rm", CLASS_RM)
+    args = rollout_args(tmp_path, plugin, ["a", "b"], "--custom-rm-path", str(rm_file), "--reward-model-path", "rm")
+    out = generate_rollout(args, 0, RolloutDataSourceWithBuffer(args))
+    assert [[s.reward for s in g] for g in out.samples] == [[1.0] * 4, [0.0] * 4]
+    eval_data = write_jsonl(tmp_path / "e.jsonl", [{"input": "x", "label": "a"}])
+    args.eval_prompt_data = ["e", eval_data]
+    assert generate_rollout(args, 0, None, evaluation=True).data["e"]["rewards"] == [1.0]
+    model = load_function(str(rm_file))
+    assert model.built == ["rm"]  # once per process
+    assert sorted(model.calls) == [["q0"] * 4, ["q1"] * 4, ["x"]]

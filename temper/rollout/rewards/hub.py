@@ -5,7 +5,11 @@ dataset), `--custom-rm-path`, then the built-in named by `sample.metadata["rm_ty
 A ``boxed_`` prefix (``boxed_f1``) first replaces the response by its last `\\boxed{}` content.
 
 Custom reward functions: ``async def rm(args, sample) -> float | dict`` (a plain function works
-too); with `--group-rm`, ``rm(args, samples) -> list`` scores a whole group at once.
+too); with `--group-rm`, ``rm(args, samples) -> list`` scores a whole group at once. A class (slime's
+page: ``class CustomRewardModel`` with ``__init__(self, model_path)`` and
+``compute_reward(self, prompts, responses) -> list[float]``) is a reward model: built once per process
+with `--reward-model-path` (or None) and called once per group (`generate_and_rm_group`), off the
+event loop and one call at a time unless `compute_reward` is async.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import inspect
 import logging
 import random
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -72,6 +77,8 @@ RM_TYPES = tuple(BUILTIN_RMS)
 async def async_rm(args: Any, sample: Sample, **kwargs: Any) -> Reward:
     """The reward of one sample (see the module docstring for which function computes it)."""
     custom = sample.metadata.get("custom_rm_path") or getattr(args, "custom_rm_path", None)
+    if custom and inspect.isclass(load_function(custom, flag="--custom-rm-path")):
+        return (await model_rewards(args, [sample], custom))[0]
     if custom:
         return await call_maybe_async(load_function(custom, flag="--custom-rm-path"), args, sample, **kwargs)
     rm_type = sample.metadata.get("rm_type") or getattr(args, "rm_type", None)
@@ -99,6 +106,8 @@ async def batched_async_rm(args: Any, samples: list[Sample]) -> list[Reward]:
     """Rewards of `samples`: one call of the group reward function with `--group-rm` and
     `--custom-rm-path`, else `async_rm` on each sample concurrently."""
     path = getattr(args, "custom_rm_path", None)
+    if reward_model(args) is not None and not any(s.metadata.get("custom_rm_path") for s in samples):
+        return await model_rewards(args, samples, path)
     if getattr(args, "group_rm", False) and path:
         rewards = await call_maybe_async(load_function(path, flag="--custom-rm-path"), args, samples)
         if not isinstance(rewards, (list, tuple)) or len(rewards) != len(samples):
@@ -109,6 +118,46 @@ async def batched_async_rm(args: Any, samples: list[Sample]) -> list[Reward]:
             )
         return list(rewards)
     return list(await asyncio.gather(*(async_rm(args, s) for s in samples)))
+
+
+_models: dict[tuple, Any] = {}
+_model_lock = threading.Lock()
+
+
+def reward_model(args: Any, path: str | None = None) -> Any | None:
+    """The reward model instance when `path` (default `--custom-rm-path`) names a class, else None;
+    built once per process with `--reward-model-path`."""
+    path = path or getattr(args, "custom_rm_path", None)
+    cls = load_function(path, flag="--custom-rm-path") if path else None
+    if not inspect.isclass(cls):
+        return None
+    model_path = getattr(args, "reward_model_path", None)
+    if (path, model_path) not in _models:
+        if not callable(getattr(cls, "compute_reward", None)):
+            raise TypeError(f"--custom-rm-path {path!r}: class {cls.__name__} needs a method "
+                            "compute_reward(self, prompts, responses) -> list[float]")
+        _models[path, model_path] = cls(model_path)
+    return _models[path, model_path]
+
+
+async def model_rewards(args: Any, samples: list[Sample], path: str | None = None) -> list[Reward]:
+    """One `compute_reward(prompts, responses)` call of the reward model for `samples`."""
+    model = reward_model(args, path)
+    prompts, responses = [s.prompt for s in samples], [s.response for s in samples]
+    if inspect.iscoroutinefunction(model.compute_reward):
+        rewards = await model.compute_reward(prompts, responses)
+    else:
+        rewards = await asyncio.to_thread(_locked, model.compute_reward, prompts, responses)
+    if not isinstance(rewards, (list, tuple)) or len(rewards) != len(samples):
+        got = f"{len(rewards)} rewards" if isinstance(rewards, (list, tuple)) else type(rewards).__name__
+        raise ValueError(f"{type(model).__name__}.compute_reward returned {got} for {len(samples)} responses; "
+                         "return one float per response")
+    return [float(r) for r in rewards]
+
+
+def _locked(fn: Callable[..., Any], *args: Any) -> Any:
+    with _model_lock:  # a user's model need not be thread-safe
+        return fn(*args)
 
 
 async def call_maybe_async(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
