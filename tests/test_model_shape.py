@@ -83,6 +83,16 @@ def test_missing_hf_config(tmp_path):
         parse_config(BASE + ["--hf-checkpoint", str(tmp_path)])
 
 
+def test_hf_checkpoint_that_is_no_folder(tmp_path):
+    """A Hub id, a missing folder or the config file itself: one line, never a Hub lookup."""
+    for given in ("Qwen/Qwen3-0.6B", str(tmp_path / "missing")):
+        with pytest.raises(ConfigError, match=f"^--hf-checkpoint {given}: no such folder .*never from the Hub"):
+            parse_config(BASE + ["--hf-checkpoint", given])
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="config.json: is a file; point it at the Hugging Face model folder"):
+        parse_config(BASE + ["--hf-checkpoint", str(tmp_path / "config.json")])
+
+
 def test_tiny_script_matches_the_tiny_factory(tmp_path):
     """scripts/models/qwen3-tiny.sh is the shape of temper.testing's tiny Qwen3 (CPU quick start), and
     qwen3-0.6B.sh that of its "qwen3-0.6b" preset (GPU benchmark); crossing them is the usual error."""
