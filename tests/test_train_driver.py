@@ -98,6 +98,17 @@ def test_sync_disaggregated(sync_run):
     assert (out / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
 
 
+def test_rerun_of_a_finished_run_exits_and_keeps_its_report(sync_run, task, capsys):
+    """The same command again with --load on its --save: nothing trained, report and metrics untouched."""
+    _, out = sync_run
+    ckpt = str(out / "ckpt")
+    run_files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (out / "run").iterdir() if p.is_file()}
+    flags = task_flags(task, out, "--rollout-num-gpus", "2", "--save", ckpt, "--save-interval", "2", "--load", ckpt)
+    assert load_driver("train").main(flags) == []
+    assert "already holds the checkpoint of rollout 3, the last of --num-rollout 4" in capsys.readouterr().out
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (out / "run").iterdir() if p.is_file()} == run_files
+
+
 def test_resume_continues_exactly(sync_run, task, tmp_path):
     full, out = sync_run
     flags = task_flags(task, tmp_path, "--rollout-num-gpus", "2", "--load", str(out / "ckpt" / "iter_0000001"))

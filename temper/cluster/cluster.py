@@ -1,6 +1,6 @@
 """`Cluster`: what a driver loop talks to — train groups, engines, the rollout manager — started on Ray.
 
-    with Cluster.start(cfg) as cluster:
+    with Cluster.start(cfg, data_source) as cluster:
         start = cluster.resume()
         batch = cluster.rollout.generate(rollout_id)
         metrics = cluster.actor.train(rollout_id, batch)
@@ -11,7 +11,8 @@ one placement group, then starts the engines and the train ranks side by side (o
 --colocate: engines first, their memory released while the trainer loads, then resumed). Colocated
 runs get a memory plan (memory_plan.py: what the engines release during training, whether the trainer
 leaves the GPUs outside it), logged in one line; `memory` holds it for the drivers. The
-rollout manager runs in the driver process, behind temper's router in front of the engines (or the
+rollout manager runs in the driver process (with the data source the driver built before Ray
+started: a bad prompt file costs nothing), behind temper's router in front of the engines (or the
 router --sglang-router-ip/--sglang-router-port names, to which temper's engines are added).
 
 Placement decides colocation; no worker class knows about it: the same `ActorWorker` and
@@ -57,8 +58,8 @@ class Cluster:
     """The running parts of one run (see the module docstring). `actor` is None with
     --debug-rollout-only, `critic` unless PPO; `engines` is empty with --debug-train-only."""
 
-    def __init__(self, cfg, plan: ResourcePlan):
-        self.cfg, self.plan = cfg, plan
+    def __init__(self, cfg, plan: ResourcePlan, data_source):
+        self.cfg, self.plan, self.data_source = cfg, plan, data_source
         self.placement: Placement | None = None
         self.actor: ActorGroup | None = None
         self.critic: CriticGroup | None = None
@@ -70,7 +71,7 @@ class Cluster:
     # ---- start and stop ------------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, cfg) -> Cluster:
+    def start(cls, cfg, data_source) -> Cluster:
         """Plan, start Ray, place and start every part; ConfigError (one line) if the plan cannot fit.
 
         A local run is planned before Ray starts (a bad GPU count costs nothing); a run that joins a
@@ -92,7 +93,7 @@ class Cluster:
             if owns_ray:
                 ray.shutdown()
             raise
-        cluster = cls(cfg, plan)
+        cluster = cls(cfg, plan, data_source)
         cluster._owns_ray = owns_ray
         logger.info("placement: %s", plan.describe())
         try:
@@ -105,13 +106,9 @@ class Cluster:
     def _launch(self) -> None:
         """Start every part. Afterwards the trainer is on its devices and the engines have released the
         memory plan's tags: the state the drivers' weight sync starts from."""
-        from temper.data import build_data_source, num_rollout_from_epochs
         from temper.rollout import RolloutManager
 
         cfg, plan = self.cfg, self.plan
-        data_source = build_data_source(cfg)
-        if cfg.num_rollout is None:  # --num-epoch: the trainer's LR schedule needs the step count
-            cfg.num_rollout = num_rollout_from_epochs(len(data_source), cfg.rollout_batch_size, cfg.num_epoch)
         _warn_ignored_engine_flags(cfg)
         self.placement = create_placement(plan)
         if plan.colocate and plan.device == "cuda":  # the trainer loads while the engines hold no memory
@@ -129,7 +126,7 @@ class Cluster:
                 self.engines.release_memory(self.memory.release)
         self.engines.urls += external_engine_urls(cfg.rollout_external_engine_addrs or [])
         urls = self.engines.urls
-        self.rollout = RolloutManager(cfg, self._router(urls), data_source=data_source)
+        self.rollout = RolloutManager(cfg, self._router(urls), data_source=self.data_source)
         if self.actor is not None and urls:
             self.actor.connect(
                 plan_sync(

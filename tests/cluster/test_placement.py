@@ -124,7 +124,12 @@ def test_driver_exits_before_any_worker_when_gpus_are_missing(monkeypatch, tmp_p
 
     monkeypatch.setattr(cluster_module, "local_resources", lambda: (True, 16))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    from temper.testing import tiny_model_dir
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"input": "1 + 1 ="}\n')
     argv = [*BASE, "--actor-num-gpus-per-node", "8", "--rollout-num-gpus", "8", "--run-dir", str(tmp_path / "run")]
+    argv += ["--hf-checkpoint", str(tiny_model_dir("qwen3")), "--prompt-data", str(prompts)]
     with pytest.raises(SystemExit, match=r"^train.py: error: the run asks for 16 GPUs .* but this machine has 2;"):
         load_driver("train").main(argv)
     assert not ray.is_initialized() and not (tmp_path / "run").exists()
