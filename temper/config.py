@@ -127,7 +127,10 @@ class DataConfig:
 @dataclass
 class RolloutConfig:
     rollout_function_path: str = opt("temper.rollout.generate_rollout", "rollout function (import path)")
-    custom_generate_function_path: str | None = opt(None, "async generate(args, sample, sampling_params) (import path)")
+    custom_generate_function_path: str | None = opt(
+        None, "async generate(args, sample, sampling_params), or custom_generate(args, samples, evaluation=False) "
+        "over one group's samples (import path)"
+    )
     rollout_temperature: float = opt(1.0, "sampling temperature; training divides logits by it too")
     rollout_top_p: float = opt(1.0, "nucleus sampling p")
     rollout_top_k: int = opt(-1, "top-k sampling (-1: off)")

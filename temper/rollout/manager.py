@@ -41,6 +41,7 @@ from temper.rollout.async_loop import run
 from temper.rollout.base_types import flatten_samples, wrap_rollout_output
 from temper.rollout.engine_client import EngineClient
 from temper.rollout.evaluation import eval_metrics
+from temper.rollout.generate_and_rm import generate_function, is_list_style
 from temper.rollout.plugins import load_plugin
 from temper.rollout.router import RouterThread, start_router
 from temper.types import RolloutBatch, Sample
@@ -63,6 +64,8 @@ class RolloutManager:
 
     def __init__(self, args: Any, engines: str | Sequence[str], data_source: Any = None) -> None:
         self.args = args
+        if path := getattr(args, "custom_generate_function_path", None):  # a wrong signature stops the start
+            is_list_style(generate_function(args), path)
         self._router: RouterThread | None = None
         if isinstance(engines, str):
             self.router_url = engines.rstrip("/")

@@ -56,6 +56,14 @@ async def eval_aware(args, sample, sampling_params, evaluation=False):
     sample.metadata["evaluation"] = evaluation
     return await generate(args, sample, sampling_params)
 
+GROUP_CALLS = []
+
+async def custom_generate(args, samples, evaluation=False):  # slime's list form: a group in, the list out
+    GROUP_CALLS.append(([s.index for s in samples], evaluation))
+    for s in samples:
+        await generate(args, s, {"sampling_seed": 0})
+    return samples
+
 def rm(args, sample):
     return 0.0 if sample.label == "zero" else float(sample.index % 2)
 
@@ -236,6 +244,18 @@ def test_eval_covers_every_dataset(tmp_path, plugin):
     assert out.metrics["eval/set_a"] == 0.25
     with pytest.raises(ValueError, match="--group-rm .* does not apply to evaluation"):
         generate_rollout(make_args("--group-rm", "--eval-prompt-data", "a", a), 0, None, evaluation=True)
+
+
+def test_list_style_generate_gets_each_group_once_and_is_scored(tmp_path, plugin):
+    """`custom_generate(args, samples, evaluation=False)`: one call per group, in training and evaluation."""
+    args = rollout_args(tmp_path, plugin, ["a", "b"], "--custom-generate-function-path", f"{plugin}:custom_generate")
+    out = generate_rollout(args, 0, RolloutDataSourceWithBuffer(args))
+    assert sorted(module_of(plugin).GROUP_CALLS) == [([0, 1, 2, 3], False), ([4, 5, 6, 7], False)]
+    assert [[s.reward for s in g] for g in out.samples] == [[0.0, 1.0, 0.0, 1.0]] * 2  # index % 2
+    assert all(s.rollout_id == s.index and s.status == Sample.Status.COMPLETED for g in out.samples for s in g)
+    args.eval_prompt_data = ["e", write_jsonl(tmp_path / "e.jsonl", [{"input": "x", "label": "a"}])]
+    assert generate_rollout(args, 0, None, evaluation=True).data["e"]["rewards"] == [0.0]
+    assert module_of(plugin).GROUP_CALLS[-1] == ([0], True)
 
 
 CLASS_RM = """
