@@ -192,8 +192,28 @@ def start_ray(plan_cores: int) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return True
-    ray.init(num_cpus=plan_cores, include_dashboard=False, log_to_driver=True, configure_logging=False)
+    ray_logger = logging.getLogger(TOKEN_NOTICE_LOGGER)
+    quiet = DropTokenNotice()
+    ray_logger.addFilter(quiet)
+    try:
+        ray.init(num_cpus=plan_cores, include_dashboard=False, log_to_driver=True, configure_logging=False)
+    finally:
+        ray_logger.removeFilter(quiet)
     return True
+
+
+TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class DropTokenNotice(logging.Filter):
+    """Drops the notice Ray (2.59+) logs at every new local head: "Token authentication is enabled for
+    this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out...". Token authentication stays on (Ray's
+    default); only the line goes, and only while temper starts its own head (a cluster the user started
+    and names in RAY_ADDRESS is joined as Ray decides, notice included). Ray's own switch, RAY_AUTH_MODE=token
+    set explicitly, silences it too but is read when ray is imported, which is before start_ray runs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
 def ray_cluster_gpus() -> float | None:

@@ -1,13 +1,17 @@
 """The resource plan: bundles for train ranks and engines, the CPU-slot rule, GPU-count errors, and the
-engine's --sglang-* settings. No Ray: `plan_resources` runs before Ray starts."""
+engine's --sglang-* settings. No Ray: `plan_resources` runs before Ray starts; only the test of the local
+head's start (its token notice) starts one, in a subprocess."""
 
+import logging
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from temper.cluster.engine_group import builtin_server_settings, engine_dtype
-from temper.cluster.placement import CPU_OVERSUBSCRIPTION, plan_resources
+from temper.cluster.placement import CPU_OVERSUBSCRIPTION, TOKEN_NOTICE_LOGGER, DropTokenNotice, plan_resources
 from temper.command_line import parse_config
 from temper.config import ConfigError
 
@@ -150,3 +154,30 @@ def test_sglang_backend_gets_every_pass_through_flag():
     assert sglang_flags({"mem_fraction_static": 0.7, "enable_metrics": True, "disable_cuda_graph": False, "cuda_graph_bs": [1, 2]}) == [
         "--mem-fraction-static", "0.7", "--enable-metrics", "--cuda-graph-bs", "1", "2",
     ]  # fmt: skip
+
+
+def test_local_ray_head_starts_without_the_token_notice_and_keeps_token_auth():
+    """Issue 17: every run printed Ray's token-authentication notice; the head temper starts drops that
+    line, and authentication stays on (Ray sets RAY_AUTH_MODE=token for a new local head)."""
+    probe = (
+        "import os, ray\n"
+        "from temper.cluster.placement import start_ray\n"
+        "assert start_ray(1)\n"
+        "print('AUTH', os.environ.get('RAY_AUTH_MODE'), flush=True)\n"
+        "ray.shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "AUTH token" in done.stdout and "Token authentication is enabled" not in out
+
+
+def test_token_notice_filter_drops_only_that_line():
+    quiet = DropTokenNotice()
+
+    def record(msg):
+        return logging.LogRecord(TOKEN_NOTICE_LOGGER, logging.WARNING, __file__, 1, msg, None, None)
+
+    assert not quiet.filter(record("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=..."))
+    assert quiet.filter(record("Token authentication is disabled for this Ray cluster."))
