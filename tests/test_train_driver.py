@@ -263,6 +263,9 @@ def test_quickstart_short(tmp_path, capsys):
     assert "temper quickstart: reward" in printed and len(steps) == 3
     run = next(tmp_path.glob("run-*"))
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3 and (run / "summary.json").is_file()
+    minutes = f"{json.loads((run / 'summary.json').read_text())['wall_minutes']:.1f} min"
+    assert f"run time {minutes} (start-up included" in printed
+    assert f"in {minutes} (wall time" in (run / "report.md").read_text()
 
 
 def test_temper_convert_exports_the_trained_actor(sync_run, task, tmp_path, capsys):
@@ -304,3 +307,49 @@ def test_temper_convert_exports_the_trained_actor(sync_run, task, tmp_path, caps
         == 2
     )
     assert "no temper checkpoint here" in capsys.readouterr().err
+
+
+LIST_GENERATE = """
+from temper.rollout.generate import default_sampling_params, generate
+
+async def custom_generate(args, samples, evaluation=False):
+    with open({calls!r}, "a") as f:
+        f.write(f"{{len(samples)}} {{evaluation}}\\n")
+    params = default_sampling_params(args, evaluation=evaluation)
+    return [await generate(args, s, dict(params)) for s in samples]
+"""
+
+CLASS_RM = """
+class CustomRewardModel:
+    def __init__(self, model_path):
+        with open({built!r}, "a") as f:
+            f.write(f"{{model_path}}\\n")
+
+    def compute_reward(self, prompts, responses):
+        return [0.25] * len(responses)
+"""
+
+
+def test_list_style_generate_and_class_reward_model_files(task, tmp_path):
+    """slime's page as written: `--custom-rm-path custom_rm.py` (a bare file holding CustomRewardModel) and
+    `--custom-generate-function-path gen.py:custom_generate` (the list form), with evaluation."""
+    _, prompts = task
+    calls, built = tmp_path / "calls.txt", tmp_path / "built.txt"
+    (tmp_path / "gen.py").write_text(LIST_GENERATE.format(calls=str(calls)))
+    (tmp_path / "custom_rm.py").write_text(CLASS_RM.format(built=str(built)))
+    flags = task_flags(
+        task, tmp_path, "--rollout-num-gpus", "1", "--custom-rm-path", str(tmp_path / "custom_rm.py"),
+        "--custom-generate-function-path", f"{tmp_path / 'gen.py'}:custom_generate",
+        "--eval-interval", "1", "--eval-prompt-data", "e", f"{prompts}@[0:2]", steps=2, save_rollouts=False,
+    )  # fmt: skip
+    flags[flags.index("--actor-num-gpus-per-node") + 1] = "1"
+    steps = load_driver("train").main(flags)
+    assert [s["step"] for s in steps] == [0, 1]
+    assert built.read_text().splitlines() == ["None"]  # built once, without --reward-model-path
+    lines = calls.read_text().splitlines()
+    assert sorted(line for line in lines if line.endswith("False")) == ["8 False"] * 8  # a call per group
+    assert {line for line in lines if line.endswith("True")} == {"1 True"}
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rewards = [m["rollout/raw_reward"] for m in metrics if "rollout/raw_reward" in m]  # eval lines have none
+    assert rewards == [0.25, 0.25]  # the reward model's value
+    assert steps[-1]["eval/e"] == 0.25

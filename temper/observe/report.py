@@ -15,11 +15,14 @@ from typing import Any
 REWARD = "rollout/raw_reward"
 WINDOW = 3
 THRESHOLDS = (0.5, 0.8, 0.9)
+RUN_TIME = "wall time from the start, start-up included, to the end of the last step"
+"""What wall_minutes measures (`RunLog.run_seconds`), said wherever the number is shown."""
 PHASES = ("rollout", "release_engine", "onload_train", "train", "sync", "offload_train", "resume_engine", "step")
 
 
 def summarize(steps: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
-    """Numbers of a run from its step records (each with "step", metrics and time/* entries)."""
+    """Numbers of a run from its step records (each with "step", metrics and time/* entries); `wall_s`
+    is the run time (`RUN_TIME`)."""
     summary: dict[str, Any] = {"num_steps": len(steps), "wall_minutes": wall_s / 60}
     if not steps:
         return summary
@@ -63,7 +66,7 @@ def render(summary: dict[str, Any], command: str) -> str:
         return "\n".join(lines + ["No rollout step finished.", ""])
     lines.append(
         f"{n} rollout steps ({summary['first_step']}..{summary['last_step']}) in {summary['wall_minutes']:.1f} min "
-        f"(start-up included)."
+        f"({RUN_TIME})."
     )
     reward = summary.get("reward")
     if reward:

@@ -7,7 +7,11 @@
 
 The run folder is --run-dir, else --save, else runs/<date-time>. Each step's record is the driver's
 metrics plus time/<phase> (seconds spent in each `phase` block during the step), time/step (from the end of the previous step, or the start of
-this step's first phase) and time/elapsed (seconds since the log was opened, start-up included).
+this step's first phase) and time/elapsed (seconds since the run started, start-up included).
+
+A run's duration has one definition, `RunLog.run_seconds`, and every output gives that number: the last
+progress line's minutes, the closing line, report.md and summary.json's wall_minutes (and the quickstart's
+last line).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from temper.observe.progress import ProgressPrinter, progress_line
-from temper.observe.report import summarize, write_report
+from temper.observe.report import RUN_TIME, summarize, write_report
 from temper.observe.sinks import open_sinks
 
 logger = logging.getLogger(__name__)
@@ -84,12 +88,21 @@ class RunLog:
         for sink in self.sinks:
             sink.write(step, record)
 
+    def run_seconds(self) -> float:
+        """The run time: wall time from the run's start (the driver's, start-up included) to the end of
+        its last step (that step's save, sync and eval included); until now when no step finished."""
+        return self.steps[-1]["time/elapsed"] if self.steps else time.monotonic() - self.started
+
     def close(self) -> Path:
         """Close the sinks and write the end-of-run report; returns its path."""
         for sink in self.sinks:
             sink.close()
-        path = write_report(self.run_dir, summarize(self.steps, time.monotonic() - self.started), self.command)
-        self.printer.print(f"metrics: {self.run_dir / 'metrics.jsonl'}  report: {path}")
+        summary = summarize(self.steps, self.run_seconds())
+        path = write_report(self.run_dir, summary, self.command)
+        self.printer.print(
+            f"run time {summary['wall_minutes']:.1f} min ({RUN_TIME})  metrics: {self.run_dir / 'metrics.jsonl'}  "
+            f"report: {path}"
+        )
         return path
 
     def __enter__(self) -> Self:

@@ -79,3 +79,23 @@ def test_tensorboard_sink_writes_events(tmp_path):
     ) as log:
         log.step(0, {"rollout/raw_reward": 0.5})
     assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+
+
+def test_one_run_time_everywhere(tmp_path):
+    """The last progress line, the closing line, report.md and summary.json give one duration: the run
+    time from the start to the end of the last step (issue 17: they gave three)."""
+    out = io.StringIO()
+    with RunLog(cfg_of(tmp_path), stream=out, started=time.monotonic() - 90.0) as log:
+        for step in range(2):
+            log.step(step, {"rollout/raw_reward": 0.5})
+        time.sleep(0.05)  # after the last step: not run time
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    seconds = log.run_seconds()
+    assert summary["wall_minutes"] * 60 == seconds == summary["last"]["time/elapsed"] and 90.0 <= seconds < 91.0
+    minutes = f"{seconds / 60:.1f} min"
+    printed = out.getvalue().splitlines()
+    assert printed[-2].endswith(f"  {minutes}")
+    assert printed[-1].startswith(f"run time {minutes} (wall time from the start")
+    assert f"in {minutes} (wall time from the start, start-up included, to the end of the last step)" in (
+        (tmp_path / "run" / "report.md").read_text()
+    )
