@@ -27,9 +27,9 @@ from temper.train.checkpoint import Resumed, iteration_dir, resolve_checkpoint, 
 from temper.train.env import TrainEnv
 from temper.train.hf_export import checkpoint_dtype, export_hf
 from temper.train.hf_model import load_causal_lm, policy_log_probs
-from temper.train.packing import MicroBatch
+from temper.train.packing import MicroBatch, to_device
 from temper.train.reference import ReferenceModel
-from temper.train.train_data import TrainData, compute_advantages, pad, pad_flat, to_device
+from temper.train.train_data import TrainData, compute_advantages, pad, pad_flat
 from temper.train.trainable import StepTotals, TrainableModel, mean_over_steps, weigh
 from temper.train.weights import Bucket, iter_weight_buckets
 from temper.types import RolloutBatch
@@ -133,6 +133,7 @@ class Actor:
         if cfg.entropy_coef == 0:
             entropy = entropy.detach()
         log_probs = pad_flat(log_probs, mb.response_lengths)
+        entropy = pad_flat(entropy, mb.response_lengths)
         rows = _Rows(mb, self.env.device, log_probs.shape[1])
         mask = rows(data.batch.loss_masks)
         if cfg.loss_type == "sft_loss":
@@ -148,12 +149,12 @@ class Actor:
                 self.loss_config,
                 ref_log_probs=rows(data.ref_log_probs) if data.ref_log_probs is not None else None,
                 rollout_log_probs=rows(data.batch.rollout_log_probs) if data.batch.rollout_log_probs else None,
-                entropy=pad_flat(entropy, mb.response_lengths),
+                entropy=entropy,
             )
         if "entropy_loss" in metrics:
             metrics["entropy"] = metrics.pop("entropy_loss")
         else:
-            metrics["entropy"] = _masked_entropy(entropy, mb, mask, cfg.calculate_per_token_loss)
+            metrics["entropy"] = _masked_entropy(entropy, mask, cfg.calculate_per_token_loss)
         return weigh(loss, metrics, totals.shares(data.batch, mb), self.env.world_size)
 
     # -- checkpoints and export ----------------------------------------------------------------------
@@ -231,10 +232,9 @@ class _Rows:
         return to_device(torch.nn.functional.pad(rows, (0, self.width - rows.shape[1])), self.device)
 
 
-def _masked_entropy(entropy: Tensor, mb: MicroBatch, mask: Tensor, per_token: bool) -> Tensor:
-    return aggregate(
-        pad_flat(entropy.detach(), mb.response_lengths), mask, "token_mean" if per_token else "sample_mean"
-    )
+def _masked_entropy(entropy: Tensor, mask: Tensor, per_token: bool) -> Tensor:
+    """Mean entropy ([B, width], padded) over the trained tokens, aggregated like the loss."""
+    return aggregate(entropy.detach(), mask, "token_mean" if per_token else "sample_mean")
 
 
 def _needs_reference(cfg) -> bool:

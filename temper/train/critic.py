@@ -19,8 +19,8 @@ from temper.algo import value_loss_function
 from temper.train.batcher import Batcher
 from temper.train.checkpoint import Resumed, iteration_dir, resolve_checkpoint
 from temper.train.env import TrainEnv
-from temper.train.packing import MicroBatch
-from temper.train.train_data import TrainData, pad, pad_flat, to_device
+from temper.train.packing import MicroBatch, to_device
+from temper.train.train_data import TrainData, pad, pad_flat
 from temper.train.trainable import StepTotals, TrainableModel, mean_over_steps, weigh
 from temper.train.value_model import ValueModel
 from temper.types import RolloutBatch

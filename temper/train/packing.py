@@ -119,6 +119,14 @@ def plan_micro_batches(
     return plan
 
 
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """A host tensor on `device`; to CUDA through pinned memory and asynchronously, so the host does not
+    wait for the work already queued (a copy from pageable memory would)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 @dataclass
 class MicroBatch:
     """Sequences packed into one row, as the model consumes them.
@@ -153,19 +161,15 @@ class MicroBatch:
         return self.input_ids.shape[1]
 
     def to(self, device: torch.device) -> MicroBatch:
-        """A copy on `device`; to CUDA through pinned memory, without waiting for queued work."""
-
-        def move(t: Tensor) -> Tensor:
-            return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
-
+        """A copy on `device` (see `to_device`)."""
         return MicroBatch(
             self.positions,
-            move(self.input_ids),
-            move(self.position_ids),
-            move(self.response_index),
-            move(self.targets),
+            to_device(self.input_ids, device),
+            to_device(self.position_ids, device),
+            to_device(self.response_index, device),
+            to_device(self.targets, device),
             self.response_lengths,
-            move(self.cu_seqlens),
+            to_device(self.cu_seqlens, device),
             self.max_seqlen,
         )
 

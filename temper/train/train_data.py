@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from temper.algo import compute_advantages_and_returns, compute_approx_kl
+from temper.train.packing import to_device
 from temper.types import RolloutBatch
 
 
@@ -56,14 +57,6 @@ def pad_flat(flat: Tensor, lengths: list[int]) -> Tensor:
     cols = torch.arange(int(sizes.sum())) - (sizes.cumsum(0) - sizes)[rows]
     rows, cols = to_device(rows, flat.device), to_device(cols, flat.device)
     return flat.new_zeros(len(lengths), max([1, *lengths])).index_put((rows, cols), flat)
-
-
-def to_device(tensor: Tensor, device: torch.device) -> Tensor:
-    """A host tensor on `device`; to CUDA through pinned memory and asynchronously, so the host does not
-    wait for the work already queued (a copy from pageable memory would)."""
-    if device.type != "cuda":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def unpad(padded: Tensor, lengths: list[int]) -> list[Tensor]:
