@@ -216,7 +216,7 @@ class WeightSender:
                 raise RuntimeError("--update-weight-transport ipc needs CUDA on the trainer; use tensor on CPU")
             device = torch.device("cuda", torch.cuda.current_device())
             self._ipc_buffer = IpcSendBuffer(self.spec.bucket_bytes, device)
-        dtype = getattr(torch, self.spec.engine_dtype) if self.spec.engine_dtype else None
+        dtype = self._engine_dtype()
         for bucket in buckets:
             for description in self._ipc_buffer.fill(bucket, dtype):
                 body = {"load_format": "cuda_ipc", "cuda_ipc": description, "weight_version": version}
@@ -260,7 +260,7 @@ class WeightSender:
     def check(self) -> int:
         """Compare the probed rows of every tensor sent with each engine's copy; RuntimeError naming the
         first mismatches. Returns the number of tensors compared."""
-        dtype = getattr(torch, self.spec.engine_dtype) if self.spec.engine_dtype else None
+        dtype = self._engine_dtype()
         self.probes = {name: sent.cpu() for name, sent in self.probes.items()}
         wrong = []
         for url in self.targets:
@@ -280,6 +280,10 @@ class WeightSender:
                 f"--check-weight-update-equal: {len(wrong)} engine tensors differ from the trainer's: {'; '.join(wrong[:5])}"
             )
         return len(self.probes) * len(self.targets)
+
+    def _engine_dtype(self) -> torch.dtype | None:
+        """The engines' weight dtype when the spec knows it."""
+        return getattr(torch, self.spec.engine_dtype) if self.spec.engine_dtype else None
 
     def close(self) -> None:
         if self._broadcaster is not None:
