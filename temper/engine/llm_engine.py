@@ -52,7 +52,7 @@ class LLMEngine:
         self.hf_config = AutoConfig.from_pretrained(args.model)
         self.tokenizer = AutoTokenizer.from_pretrained(args.model)
         self.max_model_len = args.max_model_len or min(self.hf_config.max_position_embeddings, DEFAULT_MAX_MODEL_LEN)
-        self.weight_version = "default"
+        self._weight_version = "default"
         self.model_runner = ModelRunner(args, self.hf_config, self.max_model_len)
         self.block_manager = BlockManager(self.model_runner.num_kv_blocks, args.block_size, args.enable_prefix_caching)
         self.eos_token_ids = _eos_token_ids(args.model, self.hf_config)
@@ -65,15 +65,31 @@ class LLMEngine:
         self._in_flight: LaunchedStep | None = None
         self._held: list[RequestOutput] = []  # outputs of a step resolved outside `step()`
 
+    @property
+    def weight_version(self) -> str:
+        return self._weight_version
+
+    @weight_version.setter
+    def weight_version(self, version: str) -> None:
+        """Set after a weight update. Non-streaming requests that already have tokens are reported under
+        the old version first (with the next `step`), so a caller can tell which version made which tokens."""
+        if version != self._weight_version:
+            self._held += [seq.to_output(self._weight_version, []) for seq in self.scheduler.unfinished.values()
+                           if not seq.stream and seq.num_output_tokens]
+        self._weight_version = version
+
     # ---- requests ---------------------------------------------------------------------------
-    def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None) -> str:
-        """Queue one request (params.n must be 1); returns its id. ValueError for a bad request."""
+    def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None,
+                    stream: bool = True) -> str:
+        """Queue one request (params.n must be 1); returns its id. ValueError for a bad request.
+        stream=False: `step` reports it only after its first token, when the weight version changes and
+        when it finishes (its text is decoded once, at the end)."""
         self._validate(prompt_token_ids, params)
         request_id = request_id if request_id is not None else uuid.uuid4().hex
         if request_id in self.scheduler.unfinished:
             raise ValueError(f"request_id {request_id!r} is already in use by an unfinished request")
         seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
-        seq = Sequence(request_id, list(prompt_token_ids), params, seed)
+        seq = Sequence(request_id, list(prompt_token_ids), params, seed, stream)
         if params.max_new_tokens == 0:
             self.scheduler.stop_checker.finish(seq, "length")
             self.scheduler.add_finished(seq)
@@ -101,11 +117,17 @@ class LLMEngine:
     def abort_request(self, request_id: str) -> None:
         self.scheduler.abort(request_id)
 
+    def take_finished(self) -> list[RequestOutput]:
+        """Final outputs of the requests aborted (or finished before any step) since the last `step`, now
+        rather than with the next step: for a caller that is not stepping (paused)."""
+        return [seq.to_output(self.weight_version, []) for seq in self.scheduler.pop_finished_early()]
+
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished() or self._in_flight is not None or bool(self._held)
 
     def step(self) -> list[RequestOutput]:
-        """One scheduler step; an output for every request that got a token or finished."""
+        """One scheduler step; an output for every request that got a token or finished (a request added
+        with stream=False: only for its first token and when it finishes)."""
         return self._step(stream=True)
 
     def _step(self, stream: bool) -> list[RequestOutput]:
@@ -131,7 +153,8 @@ class LLMEngine:
     def _resolve(self, launched: LaunchedStep, stream: bool) -> list[RequestOutput]:
         token_ids, logprobs = launched.result()
         seqs = self.scheduler.resolve(launched.batch, token_ids, logprobs, text=stream)
-        return [seq.to_output(self.weight_version, [seq.last_token_id]) for seq in seqs if stream or seq.finished]
+        return [seq.to_output(self.weight_version, [seq.last_token_id]) for seq in seqs
+                if seq.finished or (stream and (seq.stream or seq.num_output_tokens == 1))]
 
     def _finish_in_flight(self) -> None:
         """Wait for the batch on the device (if any); its outputs go out with the next `step()`."""

@@ -59,11 +59,15 @@ class Sequence:
     or being computed by a launched step (prefix-cache hits included). num_pending counts tokens
     sampled by a launched step but not yet read back (0 or 1; only with overlapped scheduling, see
     `llm_engine.py`): they follow token_ids. num_preemptions counts how often it was preempted
-    (SGLang's num_retractions).
+    (SGLang's num_retractions). stream=False (a caller that wants only the final output, e.g. a
+    non-streaming HTTP request): the engine reports it after its first token, when the weight version
+    changes and when it finishes, and detokenizes it once at the end (see `LLMEngine.step`).
     """
 
-    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, seed: int):
+    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, seed: int,
+                 stream: bool = True):
         self.request_id = request_id
+        self.stream = stream
         self.params = params
         self.seed = seed
         self.token_ids: list[int] = list(prompt_token_ids)

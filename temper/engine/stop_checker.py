@@ -11,7 +11,8 @@ Token ids are never trimmed. Unlike SGLang v0.5.23, ignore_eos does not disable 
 
 `check_many` checks a step's sequences together (one batched detokenization). With ``text=False``
 (offline `LLMEngine.generate`, which reports only finished requests) a sequence without stop strings
-is not detokenized per step: its text is decoded once, when it finishes.
+is not detokenized per step: its text is decoded once, when it finishes. The same holds for a sequence
+added with ``stream=False`` (a non-streaming server request).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class StopChecker:
                 self.finish(seq, "length")
             elif (token in self.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids:
                 self.finish(seq, "stop", token)
-            elif text or params.stop:
+            elif (text and seq.stream) or params.stop:
                 pending.setdefault(params.skip_special_tokens, []).append(seq)
             elif len(seq) >= self.max_model_len:
                 self.finish(seq, "length")

@@ -144,6 +144,30 @@ def test_step_streams_new_tokens(model_dir, prompts):
     assert steps == 5
 
 
+def test_non_streaming_requests_report_first_token_version_changes_and_end(model_dir, prompts):
+    """stream=False: an output after the first token, one under the old version when the version
+    changes (no new tokens), and the final one, which equals a streamed twin's (same seed)."""
+    engine = engine_for(model_dir("qwen2"))
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True, temperature=1.0, seed=3)
+    engine.add_request(prompts[0], params, request_id="loud")
+    engine.add_request(prompts[0], params, request_id="quiet", stream=False)
+    seen = {"loud": [], "quiet": []}
+    steps = 0
+    while engine.has_unfinished_requests():
+        for o in engine.step():
+            seen[o.request_id].append((len(o.output_token_ids), o.weight_version, o.finished, o))
+        steps += 1
+        if steps == 3:
+            engine.weight_version = "v2"
+            engine.weight_version = "v2"  # no change: nothing reported
+    assert [n for n, *_ in seen["loud"]] == [1, 2, 3, 4, 5, 6]
+    quiet = [(n, version, finished) for n, version, finished, _ in seen["quiet"]]
+    assert quiet == [(1, "default", False), (3, "default", False), (6, "v2", True)]
+    loud, final = seen["loud"][-1][3], seen["quiet"][-1][3]
+    assert final.output_token_ids == loud.output_token_ids and final.output_logprobs == loud.output_logprobs
+    assert final.text == loud.text and final.text
+
+
 def test_abort_running_and_waiting(model_dir, prompts):
     engine = engine_for(model_dir("qwen3"), max_num_seqs=2)
     params = SamplingParams(max_new_tokens=10, ignore_eos=True)

@@ -49,6 +49,7 @@ class NewRequest:
     prompt_ids: list[int]
     params: Any  # temper.engine.sampling_params.SamplingParams
     index: int = 0
+    stream: bool = True  # False: outputs only after the first token, at weight-version changes and at the end
 
 
 def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> None:
@@ -60,10 +61,8 @@ def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> No
         fut.set_result(result)
 
 
-def abort_output(rid: str, prompt_ids: list[int], last: RequestOutput | None, version: str) -> RequestOutput:
-    """The final output of a request aborted without an engine step: its last state, finished."""
-    if last is not None:
-        return dataclasses.replace(last, new_token_ids=[], finished=True, finish_reason="abort", matched_stop=None)
+def abort_output(rid: str, prompt_ids: list[int], version: str) -> RequestOutput:
+    """The final output of a request aborted before it reached the engine: no tokens, finished."""
     return RequestOutput(
         request_id=rid, prompt_token_ids=list(prompt_ids), output_token_ids=[], output_logprobs=[],
         new_token_ids=[], text="", finished=True, finish_reason="abort", matched_stop=None,
@@ -87,7 +86,6 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         # Loop-thread state.
         self._sinks: dict[str, _Sink] = {}
-        self._last: dict[str, RequestOutput] = {}
         self._held: dict[str, NewRequest] = {}
         # Event-loop state: futures resolved by the next delivery of any output.
         self._progress_waiters: list[asyncio.Future] = []
@@ -236,9 +234,6 @@ class AsyncEngine:
                 continue
             if out.finished:
                 del self._sinks[out.request_id]
-                self._last.pop(out.request_id, None)
-            else:
-                self._last[out.request_id] = out
             batch.append((sink, out))
         self._post(batch)
 
@@ -268,7 +263,7 @@ class AsyncEngine:
                 if self.paused or self.released:
                     self._held[req.rid] = req
                 else:
-                    self.engine.add_request(req.prompt_ids, req.params, req.rid)
+                    self.engine.add_request(req.prompt_ids, req.params, req.rid, stream=req.stream)
                     in_engine.append(req.rid)
                 self._sinks[req.rid] = _Sink(loop, queue, req.index, req.prompt_ids)
         except Exception:
@@ -285,16 +280,15 @@ class AsyncEngine:
         for rid in rids:
             if self._held.pop(rid, None) is not None:
                 self._finish_now(rid)
-                continue
-            self.engine.abort_request(rid)
-            if not stepping:  # no step will come to report the abort: report it now
-                self._finish_now(rid)
+            else:
+                self.engine.abort_request(rid)
+        if not stepping:  # no step will come to report the aborts: report them now, with their tokens
+            self._deliver(self.engine.take_finished())
         return len(rids)
 
     def _finish_now(self, rid: str, error: Exception | None = None) -> None:
         sink = self._sinks.pop(rid)
-        last = self._last.pop(rid, None)
-        item = error or abort_output(rid, sink.prompt_ids, last, self.engine.weight_version)
+        item = error or abort_output(rid, sink.prompt_ids, self.engine.weight_version)
         self._post([(sink, item)])
 
     def _fail_all(self, error: Exception) -> None:

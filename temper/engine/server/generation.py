@@ -37,17 +37,20 @@ class SubRequest:
     received: float = dataclasses.field(default_factory=time.perf_counter)
     spans: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # weight_versions
     emitted_tokens: int = -1  # tokens in the last streamed chunk
+    stream: bool = True  # False: the engine reports only the first token, version changes and the end
 
     def new_request(self) -> NewRequest:
-        return NewRequest(self.rid, self.prompt_ids, self.sampling.params, self.index)
+        return NewRequest(self.rid, self.prompt_ids, self.sampling.params, self.index, self.stream)
 
     def track(self, out: Any) -> None:
-        """Record which weight version produced this output's new tokens."""
+        """Record which weight version produced the tokens this output has beyond the last one's (a
+        non-streaming request's outputs come only at its first token, version changes and its end)."""
+        end = len(out.output_token_ids)
         if self.spans and self.spans[-1]["version"] == out.weight_version:
-            self.spans[-1]["end"] = len(out.output_token_ids)
-        elif out.new_token_ids or not self.spans:
+            self.spans[-1]["end"] = end
+        elif not self.spans or end > self.spans[-1]["end"]:
             start = self.spans[-1]["end"] if self.spans else 0
-            self.spans.append({"version": out.weight_version, "start": start, "end": len(out.output_token_ids)})
+            self.spans.append({"version": out.weight_version, "start": start, "end": end})
 
 
 # Seeded from os.urandom once: uuid4() reads os.urandom on every call, which costs ~2 ms on
@@ -138,6 +141,7 @@ def plan_generate(
                 index=index, rid=rids[index], prompt_ids=list(ids), sampling=choice,
                 return_logprob=bool(logprobs[p]), logprob_text=req.return_text_in_logprobs,
                 return_prompt_ids=req.return_prompt_token_ids, first_copy=j == 0 or not prefix_caching,
+                stream=bool(req.stream),
             ))
     return subs, batch
 
@@ -181,7 +185,7 @@ class SubRequestRun:
         later, self._later = self._later, []
         if aborted:  # the first copies were aborted before the others began: they end the same way
             for s in later:
-                self._queue.put_nowait((s.index, abort_output(s.rid, s.prompt_ids, None, self.engine.weight_version)))
+                self._queue.put_nowait((s.index, abort_output(s.rid, s.prompt_ids, self.engine.weight_version)))
         else:
             await self.engine.add_requests([s.new_request() for s in later], self._queue)
         self._added += later

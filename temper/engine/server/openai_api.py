@@ -127,7 +127,7 @@ def _plan(state: ServerState, prompts: list[list[int]], req, max_tokens: int | N
             index = p * choice.n + j
             rid = base if len(prompts) * choice.n == 1 else f"{base}_{index}"
             subs.append(SubRequest(index=index, rid=rid, prompt_ids=list(ids), sampling=choice, return_logprob=logprobs,
-                                   first_copy=j == 0 or not state.prefix_caching))
+                                   first_copy=j == 0 or not state.prefix_caching, stream=bool(req.stream)))
     return subs
 
 

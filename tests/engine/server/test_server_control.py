@@ -227,6 +227,30 @@ def test_abort_while_paused_in_place(served):
     assert flushed.status_code == 200
 
 
+def test_non_streaming_request_aborted_while_paused_keeps_its_tokens(served):
+    """A non-streaming request gets no per-token outputs; aborted while paused it still ends with
+    every token it had (what a partial rollout continues from)."""
+    engine = served.state.engine
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=served.url, timeout=TIMEOUT) as c:
+            before = engine.stats["generated_tokens"]
+            task = asyncio.create_task(c.post("/generate", json={"input_ids": [7, 7], "rid": "quiet-job", "sampling_params": LONG}))
+            while engine.stats["generated_tokens"] < before + 4:
+                await asyncio.sleep(0.01)
+            await c.post("/pause_generation", json={"mode": "in_place"})
+            try:
+                await c.post("/abort_request", json={"rid": "quiet-job"})
+                return (await task).json()
+            finally:
+                await c.post("/continue_generation")
+
+    out = _run(scenario())
+    meta = out["meta_info"]
+    assert meta["finish_reason"]["type"] == "abort"
+    assert meta["completion_tokens"] == len(out["output_ids"]) >= 4
+
+
 def test_client_disconnect_aborts_its_requests(served):
     engine = served.state.engine
 
