@@ -186,6 +186,11 @@ class AlgorithmConfig:
     entropy_coef: float = opt(0.0, "entropy bonus weight")
     gamma: float = opt(1.0, "discount")
     lambd: float = opt(1.0, "GAE lambda")
+    ppo_mask_tool_tokens: bool = opt(
+        False,
+        "PPO on multi-turn data: no KL penalty on tool tokens (loss mask 0), the reward on the last trained token "
+        "and GAE ending there (temper's option; default as slime: every response token, the reward on the last)",
+    )
     normalize_advantages: bool = opt(False, "whiten advantages over the batch")
     disable_grpo_std_normalization: bool = opt(False, "GRPO without dividing by the group std (Dr.GRPO)")
     disable_rewards_normalization: bool = opt(False, "no group reward normalization at all")

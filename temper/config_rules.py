@@ -145,6 +145,8 @@ def _algorithm(cfg: Config) -> None:
         cfg.disable_grpo_std_normalization = True
     if cfg.advantage_estimator == "rloo" and cfg.n_samples_per_prompt < 2:
         raise ConfigError("--advantage-estimator rloo needs --n-samples-per-prompt >= 2 (leave-one-out baseline)")
+    if cfg.ppo_mask_tool_tokens and cfg.advantage_estimator != "ppo":
+        raise ConfigError("--ppo-mask-tool-tokens changes PPO's token rewards; it needs --advantage-estimator ppo")
     if cfg.loss_type == "custom_loss" and not cfg.custom_loss_function_path:
         raise ConfigError("--loss-type custom_loss needs --custom-loss-function-path")
     if cfg.use_critic and cfg.loss_type != "policy_loss":

@@ -120,9 +120,8 @@ def token_level_rewards(rewards: Tensor, kl: Tensor, loss_mask: Tensor, kl_coef:
     """KL-shaped token rewards (PPO, REINFORCE++): r_t = −kl_coef·kl_t·m_t, plus R at the last trained token.
 
     rewards: [B]; kl, loss_mask: [B, T]. Returns [B, T].
-    Departure from slime's ppo: slime adds R at the response's last position and does not mask the
-    KL; temper masks the KL (tool tokens are not the policy's actions) and adds R at the last trained
-    token, as slime's reinforce_plus_plus does. The two agree unless a response ends in tool tokens.
+    As slime's reinforce_plus_plus. slime's ppo passes every response token as loss_mask (see
+    ppo_advantages), so that the KL is charged on tool tokens too and R lands on the last token.
     """
     require_same_shape(kl=kl, loss_mask=loss_mask)
     mask = loss_mask.bool()
@@ -235,15 +234,21 @@ def ppo_advantages(
     kl_coef: float,
     gamma: float,
     lambd: float,
+    response_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """PPO with GAE over critic values: token rewards r_t = −kl_coef·kl_t·m_t + R at the last trained
+    """PPO with GAE over critic values: token rewards r_t = −kl_coef·kl_t·e_t + R at the episode's last
     token; δ_t = r_t + γV_{t+1} − V_t; A_t = Σ_k (γλ)^k δ_{t+k}; returns = A + V (returns.compute_gae).
 
-    The episode ends at the last trained token: V is treated as 0 after it. Values at interior tool
-    tokens are used as given.
+    The episode e is `response_mask` when given ([B, T], 1 on every response token, 0 on padding):
+    slime's ppo, in which tool tokens are charged KL too, R lands on the response's last token and V
+    is 0 after it. Without it the episode follows loss_mask (temper's --ppo-mask-tool-tokens for
+    multi-turn data): tool tokens are not the policy's actions, so they get no KL penalty, R lands on
+    the last trained token and the episode ends there. The two agree when no response holds tool
+    tokens. Values at interior tool tokens are used as given in both.
     """
-    token_rewards = token_level_rewards(rewards, kl, loss_mask, kl_coef)
-    return compute_gae(token_rewards, values, response_extent(loss_mask), gamma, lambd)
+    episode = loss_mask if response_mask is None else response_mask
+    token_rewards = token_level_rewards(rewards, kl, episode, kl_coef)
+    return compute_gae(token_rewards, values, response_extent(episode), gamma, lambd)
 
 
 def compute_advantages_and_returns(
@@ -261,6 +266,7 @@ def compute_advantages_and_returns(
     grpo_std_normalization: bool = True,
     normalize_advantages: bool = False,
     all_reduce: Callable[[Tensor], Tensor] | None = None,
+    response_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Advantages and returns for `estimator` (--advantage-estimator), slime's entry point.
 
@@ -269,6 +275,7 @@ def compute_advantages_and_returns(
     zeros and is needed only when kl_coef ≠ 0; values only for ppo; group_index for grpo, gspo, cispo,
     rloo and reinforce_plus_plus_baseline. normalize_advantages whitens the advantages over trained
     tokens (masked_whiten, with `all_reduce` for data parallel); returns are left as they are.
+    response_mask (ppo only, see ppo_advantages): the response's tokens, for slime's token rewards.
     Returns (advantages, returns), both [B, T] like loss_mask.
     """
     _check_estimator_inputs(estimator, rewards, loss_mask, group_index, kl, values, kl_coef)
@@ -291,7 +298,7 @@ def compute_advantages_and_returns(
         )
     else:
         advantages, returns = ppo_advantages(
-            rewards, kl, values, loss_mask, kl_coef=kl_coef, gamma=gamma, lambd=lambd
+            rewards, kl, values, loss_mask, kl_coef=kl_coef, gamma=gamma, lambd=lambd, response_mask=response_mask
         )
     if normalize_advantages:
         advantages = masked_whiten(advantages, loss_mask, all_reduce=all_reduce)

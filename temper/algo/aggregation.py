@@ -18,7 +18,8 @@ AGG_MODES = ("sample_mean", "token_mean", "constant_len")
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Global token mean: Σ m_t·x_t / Σ m_t over all positions (0 when nothing is masked in).
 
-    Used for metrics (pg_clipfrac, ppo_kl, tis, ...) and equal to aggregate(mode="token_mean").
+    Used for metrics (pg_clipfrac, ppo_kl, tis, ...). It equals aggregate(mode="token_mean") unless a
+    sample has no trained token, which the loss's denominator counts as one token (token_count).
     """
     return _zero_masked(values, mask).sum() / mask.sum().clamp(min=1)
 
@@ -35,7 +36,8 @@ def aggregate(
     - `sample_mean` (default; slime's `get_sum_of_sample_mean`): (1/B) Σ_i Σ_t m_it·x_it / Σ_t m_it,
       the mean over samples of each sample's token mean. A sample with no trained token counts as 0
       in the numerator but still counts in B.
-    - `token_mean` (slime's `--calculate-per-token-loss`): Σ_i Σ_t m_it·x_it / Σ_i Σ_t m_it.
+    - `token_mean` (slime's `--calculate-per-token-loss`): Σ_i Σ_t m_it·x_it / Σ_i max(Σ_t m_it, 1),
+      slime's denominator (token_count): a sample with no trained token counts as one token.
     - `constant_len` (Dr.GRPO, Liu et al. 2025): Σ_i Σ_t m_it·x_it / (B · constant_len), with
       constant_len a fixed length such as the generation budget, so that no sample's tokens weigh
       more for being in a short response.
@@ -50,12 +52,18 @@ def aggregate(
         per_sample = masked.sum(-1) / loss_mask.sum(-1).clamp(min=1)
         return per_sample.sum() / num_samples
     if mode == "token_mean":
-        return masked.sum() / loss_mask.sum().clamp(min=1)
+        return masked.sum() / token_count(loss_mask).clamp(min=1)
     if mode == "constant_len":
         if constant_len is None or constant_len <= 0:
             raise ValueError(f"aggregate mode 'constant_len' needs a positive constant_len, got {constant_len!r}")
         return masked.sum() / (num_samples * constant_len)
     raise ValueError(f"unknown aggregation mode {mode!r}; expected one of {', '.join(AGG_MODES)}")
+
+
+def token_count(loss_mask: Tensor) -> Tensor:
+    """Σ_i max(Σ_t m_it, 1) over the rows of loss_mask [B, T]: the per-token loss's denominator, in
+    which a sample with no trained token (e.g. removed) still counts once, as in slime."""
+    return loss_mask.sum(-1).clamp(min=1).sum()
 
 
 def _zero_masked(values: Tensor, mask: Tensor) -> Tensor:

@@ -23,9 +23,10 @@ def compute_approx_kl(
 
     With log_ratio = logp − ref:
       k1 = log_ratio;  k2 = log_ratio² / 2;  k3 = low_var_kl = exp(−log_ratio) − 1 + log_ratio
-    (k3 is non-negative and unbiased; `low_var_kl` is k3 clamped to [−10, 10]). When
-    `importance_ratio` is given (--use-unbiased-kl, DeepSeek-V3.2: exp(logp − old)), the estimate is
-    multiplied by it, after the clamp; the ratio is not detached, as in slime.
+    (k3 is non-negative and unbiased). When `importance_ratio` is given (--use-unbiased-kl,
+    DeepSeek-V3.2: exp(logp − old)), the estimate is multiplied by it; the ratio is not detached.
+    `low_var_kl` is then clamped to [−10, 10]: slime's order (multiply, then clamp), so the weighted
+    estimate, not only k3, stays within the bound.
 
     log_probs, ref_log_probs: [B, T] (any equal shape). Returns the same shape, in their dtype (slime
     upcasts to fp32; temper's log-probs are already fp32 by contract).
@@ -40,10 +41,10 @@ def compute_approx_kl(
         kl = torch.expm1(-log_ratio) + log_ratio
     else:
         raise ValueError(f"unknown kl_loss_type {kl_loss_type!r}; expected one of {', '.join(KL_LOSS_TYPES)}")
-    if kl_loss_type == "low_var_kl":
-        kl = kl.clamp(min=-10, max=10)
     if importance_ratio is not None:
         kl = importance_ratio * kl
+    if kl_loss_type == "low_var_kl":
+        kl = kl.clamp(min=-10, max=10)
     return kl
 
 

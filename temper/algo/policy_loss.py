@@ -32,6 +32,8 @@ class PolicyLossConfig:
     pg_loss_constant_len, when set, reduces the policy-gradient term with Dr.GRPO's constant
     denominator (slime does this with --custom-pg-loss-reducer-function-path); entropy and KL terms
     keep the sample-mean or, with calculate_per_token_loss, token-mean reduction.
+    use_rollout_logprobs (--use-rollout-logprobs) says that old_log_probs are the engine's, so that
+    train_rollout_logprob_abs_diff compares the current log-probs with them instead, as slime does.
     """
 
     advantage_estimator: str = "grpo"
@@ -49,6 +51,7 @@ class PolicyLossConfig:
     tis_clip_low: float = 0.0
     calculate_per_token_loss: bool = False
     pg_loss_constant_len: int | None = None
+    use_rollout_logprobs: bool = False
 
     def __post_init__(self) -> None:
         _require_choice("advantage_estimator", self.advantage_estimator, ADVANTAGE_ESTIMATORS)
@@ -172,8 +175,8 @@ def policy_loss_function(
 
     Returns (loss, metrics): loss a scalar carrying the gradient into log_probs (and entropy);
     metrics detached scalars: loss, pg_loss, pg_clipfrac, ppo_kl (masked token mean of old − logp),
-    entropy_loss, kl_loss, train_rollout_logprob_abs_diff and the tis metrics when their inputs are
-    given. Departure from slime: metrics are token means over the batch, not per-sample means.
+    entropy_loss, kl_loss, train_rollout_logprob_abs_diff (mean |old − rollout|, or |logp − rollout|
+    with config.use_rollout_logprobs) and the tis metrics when their inputs are given. Departure from slime: metrics are token means over the batch, not per-sample means.
     """
     require_same_shape(
         log_probs=log_probs,
@@ -190,7 +193,8 @@ def policy_loss_function(
         "ppo_kl": masked_mean(old_log_probs - log_probs, loss_mask),
     }
     if rollout_log_probs is not None:
-        metrics["train_rollout_logprob_abs_diff"] = masked_mean((old_log_probs - rollout_log_probs).abs(), loss_mask)
+        trainer = log_probs.detach() if config.use_rollout_logprobs else old_log_probs
+        metrics["train_rollout_logprob_abs_diff"] = masked_mean((trainer - rollout_log_probs).abs(), loss_mask)
     if config.use_tis:
         pg_losses = pg_losses * _tis_weights(old_log_probs, rollout_log_probs, loss_mask, config, metrics)
     pg_loss = aggregate(pg_losses, loss_mask, config.pg_agg_mode, constant_len=config.pg_loss_constant_len)

@@ -260,6 +260,7 @@ def _policy_loss_config(cfg) -> PolicyLossConfig:
         tis_clip=cfg.tis_clip,
         tis_clip_low=cfg.tis_clip_low,
         calculate_per_token_loss=cfg.calculate_per_token_loss,
+        use_rollout_logprobs=cfg.use_rollout_logprobs,
     )
 
 

@@ -74,8 +74,9 @@ def compute_advantages(
     """(advantages, returns) of every sample via `temper.algo.compute_advantages_and_returns`.
 
     cfg: the run's Config (flat access: advantage_estimator, kl_coef, kl_loss_type, gamma, lambd,
-    normalize_advantages). The per-token KL(old‖ref) that shapes rewards when kl_coef ≠ 0 uses
-    --kl-loss-type. Runs on the full batch, identically on every rank, so whitening
+    normalize_advantages, ppo_mask_tool_tokens). The per-token KL(old‖ref) that shapes rewards when
+    kl_coef ≠ 0 uses --kl-loss-type. PPO's token rewards span every response token, as slime's, unless
+    --ppo-mask-tool-tokens. Runs on the full batch, identically on every rank, so whitening
     (--normalize-advantages) sees every sample without a collective.
     """
     kl = None
@@ -95,5 +96,6 @@ def compute_advantages(
         lambd=cfg.lambd,
         rewards_normalization=False,
         normalize_advantages=cfg.normalize_advantages,
+        response_mask=None if cfg.ppo_mask_tool_tokens else pad([torch.ones(n) for n in batch.response_lengths]),
     )
     return unpad(advantages, batch.response_lengths), unpad(returns, batch.response_lengths)

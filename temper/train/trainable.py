@@ -38,24 +38,32 @@ LossFn = Callable[[MicroBatch], tuple[Tensor, dict[str, Tensor]]]
 
 @dataclass(frozen=True)
 class StepTotals:
-    """Samples and trained tokens of one optimizer step over all ranks: the aggregates' denominators."""
+    """Samples and trained tokens of one optimizer step over all ranks: the aggregates' denominators.
+
+    `tokens` counts trained tokens (the token-mean metrics' denominator); `loss_tokens` is the per-token
+    loss's denominator, slime's Σ_i max(trained tokens of i, 1), in which a sample with no trained
+    token still counts once (temper.algo.aggregation.token_count).
+    """
 
     samples: int
     tokens: int
     per_token_loss: bool
+    loss_tokens: int = 0
 
     @classmethod
     def of(cls, batch: RolloutBatch, positions: list[int], per_token_loss: bool) -> StepTotals:
-        tokens = int(sum(batch.loss_masks[p].sum().item() for p in positions))
-        return cls(len(positions), tokens, per_token_loss)
+        counts = [int(batch.loss_masks[p].sum().item()) for p in positions]
+        return cls(len(positions), sum(counts), per_token_loss, sum(max(n, 1) for n in counts))
 
     def shares(self, batch: RolloutBatch, mb: MicroBatch) -> tuple[float, float]:
         """(loss share, token share) of micro-batch `mb` in the step; (0, 0) for padding."""
         if mb.is_padding:
             return 0.0, 0.0
-        tokens = sum(batch.loss_masks[p].sum().item() for p in mb.positions) / max(self.tokens, 1)
-        loss = tokens if self.per_token_loss else len(mb.positions) / self.samples
-        return loss, tokens
+        counts = [batch.loss_masks[p].sum().item() for p in mb.positions]
+        tokens = sum(counts) / max(self.tokens, 1)
+        if not self.per_token_loss:
+            return len(mb.positions) / self.samples, tokens
+        return sum(max(n, 1) for n in counts) / max(self.loss_tokens, 1), tokens
 
 
 def weigh(

@@ -167,6 +167,40 @@ def test_ppo_folds_kl_into_gae_rewards():
     assert torch.allclose(returns, expected_returns)
 
 
+def test_ppo_with_response_mask_is_slimes_token_rewards():
+    """slime's ppo: r_t = −kl_coef·kl_t on every response token (tool tokens too), R on the response's
+    last token (here a trailing tool token), GAE up to the response's end; without response_mask the
+    episode follows the loss mask (--ppo-mask-tool-tokens)."""
+    kl = torch.tensor([[0.2, 0.4, 0.6, 0.8]])
+    values = torch.tensor([[0.1, 0.2, 0.3, 9.0]])
+    loss_mask = torch.tensor([[1, 0, 1, 0]])  # token 1 and 3 are tool tokens; token 3 ends the response
+    response = torch.tensor([[1, 1, 1, 0]])  # R_i = 3: position 3 is padding
+    loss_mask = loss_mask * response
+    g = 0.5  # gamma = lambda = 1 → A_t = Σ_{k≥t} r_k − V_t
+    slime_rewards = [-g * 0.2, -g * 0.4, -g * 0.6 + 1.0]
+    want = [sum(slime_rewards[t:]) - values[0, t].item() for t in range(3)] + [0.0]
+    advantages, returns = compute_advantages_and_returns(
+        "ppo", torch.tensor([1.0]), loss_mask, kl=kl, values=values, kl_coef=g, response_mask=response
+    )
+    assert torch.allclose(advantages, torch.tensor([want]))
+    assert torch.allclose(returns[:, :3], advantages[:, :3] + values[:, :3])
+    masked_rewards = [-g * 0.2, 0.0, -g * 0.6 + 1.0]
+    want = [sum(masked_rewards[t:]) - values[0, t].item() for t in range(3)] + [0.0]
+    advantages, _ = compute_advantages_and_returns("ppo", torch.tensor([1.0]), loss_mask, kl=kl, values=values, kl_coef=g)
+    assert torch.allclose(advantages, torch.tensor([want]))
+
+
+def test_ppo_response_mask_moves_the_reward_past_trailing_tool_tokens():
+    kl, values = torch.zeros(1, 3), torch.zeros(1, 3)
+    loss_mask, response = torch.tensor([[1, 0, 0]]), torch.tensor([[1, 1, 1]])
+    slime, _ = compute_advantages_and_returns(
+        "ppo", torch.tensor([2.0]), loss_mask, kl=kl, values=values, gamma=0.5, lambd=1.0, response_mask=response
+    )
+    masked, _ = compute_advantages_and_returns("ppo", torch.tensor([2.0]), loss_mask, kl=kl, values=values, gamma=0.5)
+    assert torch.allclose(slime, torch.tensor([[0.5, 1.0, 2.0]]))  # R on token 2, discounted back
+    assert torch.allclose(masked, torch.tensor([[2.0, 0.0, 0.0]]))  # R on the last trained token
+
+
 def test_masked_whiten_by_hand():
     advantages = torch.tensor([[1.0, 2.0, 50.0], [3.0, -7.0, 8.0]])
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])

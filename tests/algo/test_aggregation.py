@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from temper.algo.aggregation import aggregate, masked_mean, require_same_shape
+from temper.algo.aggregation import aggregate, masked_mean, require_same_shape, token_count
 
 VALUES = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
 MASK = torch.tensor([[1, 1, 0], [1, 0, 0]])
@@ -39,6 +39,16 @@ def test_sample_without_trained_tokens_counts_zero_but_counts_in_batch():
     mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
     assert aggregate(VALUES, mask).item() == pytest.approx(1.5 / 2)
     assert masked_mean(VALUES, torch.zeros_like(mask)).item() == 0.0
+
+
+def test_token_mean_counts_an_all_masked_sample_once_as_slime():
+    """slime's per-token denominator is Σ_i max(Σ_t m_it, 1): a sample with no trained token adds 1."""
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 1]])
+    values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+    denominator = max(2, 1) + max(0, 1) + max(2, 1)
+    assert token_count(mask).item() == denominator == 5
+    assert aggregate(values, mask, "token_mean").item() == pytest.approx((1 + 2 + 7 + 9) / denominator)
+    assert masked_mean(values, mask).item() == pytest.approx((1 + 2 + 7 + 9) / 4)  # metrics: trained tokens only
 
 
 def test_bool_and_float_masks_agree():

@@ -36,6 +36,23 @@ def test_importance_ratio_multiplies_the_estimate():
     assert torch.allclose(compute_approx_kl(LOGP, REF, "k2", ratio), torch.tensor([[1.0, 0.25]]))
 
 
+def test_unbiased_low_var_kl_multiplies_then_clamps_as_slime():
+    """slime: kl = clamp(ratio · k3, −10, 10); clamping k3 first would let ratio · 10 through."""
+    logp = torch.tensor([[-20.0, -1.0, 0.5]])
+    ref = torch.tensor([[0.0, 0.0, 0.0]])
+    ratio = torch.tensor([[3.0, 4.0, 0.1]])
+    k3 = [math.exp(20) - 21, math.exp(1) - 2, math.exp(-0.5) - 1 + 0.5]
+    expected = torch.tensor([[min(max(r * k, -10), 10) for r, k in zip(ratio[0].tolist(), k3)]])
+    assert expected[0, 0] == 10.0 and expected[0, 1] == pytest.approx(4 * (math.e - 2))
+    assert torch.allclose(compute_approx_kl(logp, ref, "low_var_kl", ratio), expected)
+
+
+def test_unbiased_low_var_kl_loss_is_the_clamped_weighted_mean():
+    logp, ref, old = torch.tensor([[-20.0, -1.0]]), torch.zeros(1, 2), torch.tensor([[-20.0 - math.log(3), -1.0]])
+    loss = compute_kl_loss(logp, ref, torch.ones(1, 2), kl_loss_type="low_var_kl", old_log_probs=old)
+    assert loss.item() == pytest.approx((10.0 + (math.e - 2)) / 2, rel=1e-5)
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.floats(-5, 5), min_size=1, max_size=8))
 def test_k3_is_non_negative_and_zero_at_equal_log_probs(log_ratios):

@@ -200,6 +200,24 @@ def test_policy_loss_by_hand_with_kl_entropy_and_tis():
     assert not any(value.requires_grad for value in metrics.values())
 
 
+def test_logprob_abs_diff_compares_current_log_probs_when_old_are_the_engines():
+    """slime: train_rollout_logprob_abs_diff = mean |old − roll|, or |logp − roll| with --use-rollout-logprobs
+    (then old == roll and the old comparison would always read 0)."""
+    log_probs = torch.tensor([[-0.5, -1.0, -2.0]])
+    rollout = torch.tensor([[-0.7, -1.5, -9.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    advantages = torch.ones(1, 3)
+    _, engine_old = policy_loss_function(
+        log_probs, rollout, advantages, mask, PolicyLossConfig(use_rollout_logprobs=True), rollout_log_probs=rollout
+    )
+    assert engine_old["train_rollout_logprob_abs_diff"].item() == pytest.approx((0.2 + 0.5) / 2)
+    trainer_old = torch.tensor([[-0.6, -1.1, -3.0]])
+    _, recomputed = policy_loss_function(
+        log_probs, trainer_old, advantages, mask, PolicyLossConfig(), rollout_log_probs=rollout
+    )
+    assert recomputed["train_rollout_logprob_abs_diff"].item() == pytest.approx((0.1 + 0.4) / 2)
+
+
 def test_dr_grpo_constant_denominator_applies_to_pg_term():
     advantages = torch.tensor([[1.0, 1.0, 1.0, 1.0], [2.0, 0.0, 0.0, 0.0]])
     mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])

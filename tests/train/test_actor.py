@@ -225,10 +225,13 @@ def test_every_estimator_and_tis_mode_trains(qwen3_dir, flags):
 
 def test_use_rollout_logprobs_makes_the_engine_the_old_policy(qwen3_dir, policy_loss_calls):
     batch = toy_batch(8, with_rollout_log_probs=True)
-    Actor(make_cfg(qwen3_dir, "--use-rollout-logprobs", micro_batch_size=8)).train(0, batch)
-    (_, old, _), *_ = policy_loss_calls
+    metrics = Actor(make_cfg(qwen3_dir, "--use-rollout-logprobs", micro_batch_size=8)).train(0, batch)
+    (log_probs, old, mask), *_ = policy_loss_calls
     want = pad(batch.rollout_log_probs, list(range(8)))
     assert torch.equal(old, want[:, : old.shape[1]])
+    # as slime: the current log-probs against the engine's (old == engine would always read 0)
+    diff = (log_probs - old).abs()[mask.bool()].mean().item()
+    assert metrics["train_rollout_logprob_abs_diff"] == pytest.approx(diff, rel=1e-5) and diff > 0.1
 
 
 def test_reference_follows_the_actor_every_ref_update_interval(qwen3_dir):

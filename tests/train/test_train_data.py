@@ -28,6 +28,27 @@ def test_ppo_advantages_use_the_critic_values(qwen3_dir):
     assert torch.allclose(advantages[0], returns[0] - 0.25)
 
 
+def test_ppo_token_rewards_span_the_response_unless_tool_tokens_are_masked(qwen3_dir):
+    """slime's default: a response ending in a tool token gets R on that token (KL charged there too);
+    --ppo-mask-tool-tokens puts R on the last trained token and ends the episode there."""
+    batch = toy_batch(2, group_size=2, response_len=3)
+    batch.loss_masks[0] = torch.tensor([1.0, 1.0, 0.0])  # the last response token is a tool token
+    values = [torch.zeros(r) for r in batch.response_lengths]
+    flags = dict(advantage_estimator="ppo", rollout_batch_size=1, micro_batch_size=2, gamma=0.5, lambd=1.0)
+    reward = batch.rewards[0].item()
+    slime, _ = compute_advantages(make_cfg(qwen3_dir, **flags), batch, values=values)
+    assert torch.allclose(slime[0], torch.tensor([0.25, 0.5, 1.0]) * reward)
+    masked, _ = compute_advantages(make_cfg(qwen3_dir, "--ppo-mask-tool-tokens", **flags), batch, values=values)
+    assert torch.allclose(masked[0], torch.tensor([0.5, 1.0, 0.0]) * reward)
+
+
+def test_ppo_mask_tool_tokens_needs_ppo(qwen3_dir):
+    from temper.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--ppo-mask-tool-tokens .* needs --advantage-estimator ppo"):
+        make_cfg(qwen3_dir, "--ppo-mask-tool-tokens")
+
+
 def test_kl_shaped_rewards_need_old_and_reference_log_probs(qwen3_dir):
     cfg = make_cfg(qwen3_dir, "--normalize-advantages", advantage_estimator="reinforce_plus_plus", kl_coef=0.1)
     batch = toy_batch(8)

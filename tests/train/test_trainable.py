@@ -76,3 +76,20 @@ def test_fsdp_model_and_optimizer_round_trip_bit_exact(qwen3_dir):
     host.onload()
     assert all(torch.equal(a, b) for a, b in zip(local_clones(tensors), before))
     assert actor.train(1, toy_batch(8, seed=2)) == twin.train(1, toy_batch(8, seed=2))
+
+
+def test_per_token_loss_shares_count_an_all_masked_sample_once():
+    """slime's per-token denominator Σ_i max(mask_sum_i, 1): with masks of 2, 0 and 3 trained tokens the
+    step divides by 2 + 1 + 3 = 6, so micro-batches [0, 1] and [2] weigh 3/6 and 3/6 (metrics: 2/5, 3/5)."""
+    from temper.train.packing import pack
+    from temper.train.trainable import StepTotals
+
+    batch = toy_batch(3, response_len=3)
+    batch.loss_masks = [torch.tensor([1.0, 1.0, 0.0]), torch.zeros(3), torch.ones(3)]
+    totals = StepTotals.of(batch, [0, 1, 2], per_token_loss=True)
+    assert (totals.tokens, totals.loss_tokens) == (5, 6)
+    first, second = (pack(batch.tokens, batch.response_lengths, p) for p in ([0, 1], [2]))
+    assert totals.shares(batch, first) == pytest.approx((3 / 6, 2 / 5))
+    assert totals.shares(batch, second) == pytest.approx((3 / 6, 3 / 5))
+    per_sample = StepTotals.of(batch, [0, 1, 2], per_token_loss=False)
+    assert per_sample.shares(batch, first) == pytest.approx((2 / 3, 2 / 5))
