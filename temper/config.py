@@ -266,6 +266,12 @@ class EvalConfig:
         "NAME PATH [NAME PATH ...] evaluation datasets; the flag may be repeated (a lone PATH is named after its file)",
         pairs=True,
     )
+    eval_config: str | None = opt(
+        None,
+        "YAML file of eval datasets with per-dataset settings (slime's eval.defaults / eval.datasets: name, path, "
+        "rm_type, input_key, n_samples_per_eval_prompt, temperature, max_response_len, ...); instead of "
+        "--eval-prompt-data",
+    )
     eval_interval: int | None = opt(None, "rollouts between evaluations")
     eval_function_path: str | None = opt(None, "eval rollout function (default: the rollout function)")
     skip_eval_before_train: bool = opt(False, "no evaluation before the first step")
@@ -281,7 +287,8 @@ class EvalConfig:
 
     @property
     def eval_datasets(self) -> dict[str, str]:
-        """{name: path} from --eval-prompt-data; a lone path is named after its file."""
+        """{name: path} from --eval-prompt-data; a lone path is named after its file (with --eval-config:
+        `temper.eval_config.eval_datasets_of`)."""
         items = self.eval_prompt_data or []
         if len(items) == 1:
             from pathlib import Path
@@ -312,7 +319,7 @@ class LoggingConfig:
     use_tensorboard: bool = opt(False, "log to TensorBoard")
     tb_project_name: str | None = opt(None, "TensorBoard folder (default: $TENSORBOARD_DIR)")
     tb_experiment_name: str | None = opt(None, "TensorBoard run name")
-    log_passrate: bool = opt(False, "log pass@k over groups")
+    log_passrate: bool = opt(False, "log passrate/pass@k (k = 1, 2, 4, ... <= n) over each rollout's prompt groups")
     run_dir: str | None = opt(None, "folder for metrics.jsonl and the end-of-run report (default: --save, else runs/DATE-TIME)")
     debug_rollout_only: bool = opt(False, "run only the rollout engines (no trainer)")
     debug_train_only: bool = opt(False, "run only the trainer (no engines)")

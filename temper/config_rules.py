@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from temper.config import ConfigError
+from temper.eval_config import load_eval_config
 
 if TYPE_CHECKING:
     from temper.config import Config
@@ -182,5 +183,12 @@ def _eval(cfg: Config) -> None:
     if len(set(names)) < len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
         raise ConfigError(f"--eval-prompt-data needs a distinct NAME per dataset; named twice: {', '.join(twice)}")
-    if cfg.eval_interval is not None and not items:
-        raise ConfigError("--eval-interval needs --eval-prompt-data NAME PATH")
+    if cfg.eval_config:
+        if items:
+            raise ConfigError(
+                "--eval-config and --eval-prompt-data both name eval datasets; give one (put every dataset in the "
+                "--eval-config file)"
+            )
+        load_eval_config(cfg.eval_config)  # a bad file stops the run here, naming file, line and field
+    if cfg.eval_interval is not None and not items and not cfg.eval_config:
+        raise ConfigError("--eval-interval needs --eval-prompt-data NAME PATH or --eval-config FILE.yaml")

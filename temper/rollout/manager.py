@@ -5,6 +5,9 @@
     metrics = manager.last_metrics            # reward, lengths, truncation, cache hits, timings
     manager.eval(rollout_id); manager.save(rollout_id); manager.load()
 
+With `--log-passrate` the metrics hold passrate/pass@k (k = 1, 2, 4, ... up to the group size) over the
+prompt groups of the raw rewards (`pass_at_k`: a sample passes at reward 1).
+
 Reward post-processing happens here and only here: `RolloutBatch.rewards` carries the rewards the
 advantage estimator uses, `raw_rewards` the ones the reward functions gave. For grpo, gspo and cispo
 rewards are normalized within each prompt group, (R − mean) / (std + 1e-6) (mean only with
@@ -42,6 +45,7 @@ from temper.rollout.base_types import flatten_samples, wrap_rollout_output
 from temper.rollout.engine_client import EngineClient
 from temper.rollout.evaluation import eval_metrics
 from temper.rollout.generate_and_rm import generate_function, is_list_style
+from temper.rollout.pass_at_k import pass_at_k_metrics
 from temper.rollout.plugins import load_plugin
 from temper.rollout.router import RouterThread, start_router
 from temper.types import RolloutBatch, Sample
@@ -79,6 +83,7 @@ class RolloutManager:
         eval_path = getattr(args, "eval_function_path", None)
         self.eval_fn = load_plugin(eval_path, flag="--eval-function-path") if eval_path else self.rollout_fn
         self.last_metrics: dict[str, float] = {}
+        self.last_eval_data: dict[str, dict[str, list]] = {}
 
     @property
     def router(self) -> RouterThread | None:
@@ -126,13 +131,18 @@ class RolloutManager:
         batch = RolloutBatch.from_samples(trainable, rewards, raw)
         metrics = rollout_metrics(trainable, raw)
         metrics.update({f"rollout/num_excluded_{status}": count for status, count in excluded.items()})
+        if getattr(self.args, "log_passrate", False):  # slime's name: passrate/pass@k
+            groups = [s.group_index if s.group_index is not None else ("sample", s.index) for s in trainable]
+            metrics.update(pass_at_k_metrics(raw, groups, "passrate/"))
         return batch, metrics
 
     def eval(self, rollout_id: int) -> dict[str, float]:
         """Run the eval function (`--eval-function-path`, else the rollout function with
-        evaluation=True) and return its metrics: eval/<dataset> mean reward and more."""
+        evaluation=True) and return its metrics: eval/<dataset> mean reward, pass@k and more. Its data
+        ({dataset: {"rewards", "truncated", "samples"}}) stays in `last_eval_data`."""
         output = wrap_rollout_output(self._call(self.eval_fn, rollout_id, evaluation=True), evaluation=True)
-        metrics = {**eval_metrics(output.data), **output.metrics}
+        self.last_eval_data = output.data
+        metrics = {**eval_metrics(output.data, self.args), **output.metrics}
         logger.info("eval %d: %s", rollout_id, _summary(metrics))
         return metrics
 

@@ -173,3 +173,21 @@ def test_engine_list_starts_a_router(prompts):
             assert f"http://{args.sglang_router_ip}:{args.sglang_router_port}" == manager.router_url
             assert manager.engine_urls() == [a, b]
         assert manager.router is None
+
+
+def test_log_passrate_gives_pass_at_k_over_training_groups_and_eval_always_has_it(plugin, prompts):
+    """slime's passrate/pass@k with --log-passrate, over the trainable samples' groups (reward 1 passes)."""
+    flags = ["--prompt-data", prompts, "--n-samples-per-prompt", "3", "--rollout-function-path", f"{plugin}:legacy"]
+    manager = RolloutManager(make_args(*flags), "http://127.0.0.1:9")
+    manager.generate(0)
+    assert not any(k.startswith("passrate/") for k in manager.last_metrics)
+    manager = RolloutManager(make_args(*flags, "--log-passrate"), "http://127.0.0.1:9")
+    manager.generate(0)
+    # group 0: rewards 1, 0 (the aborted one excluded); group 1: 3 (not 1: fails), 1
+    assert {k: v for k, v in manager.last_metrics.items() if k.startswith("passrate/")} == {
+        "passrate/pass@1": 0.5,
+        "passrate/pass@2": 1.0,
+    }
+    args = make_args("--prompt-data", prompts, "--rollout-function-path", f"{plugin}:typed", "--reward-key", "acc")
+    metrics = RolloutManager(args, "http://127.0.0.1:9").eval(0)
+    assert metrics["eval/toy/pass@1"] == 0.5 and metrics["eval/toy/pass@2"] == 1.0
