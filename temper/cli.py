@@ -1,4 +1,4 @@
-"""The ``temper`` command: one subcommand per tool (``temper serve``, ``temper convert``).
+"""The ``temper`` command: one subcommand per tool (``temper serve``, ``temper convert``, ``temper eval``).
 
 Each subcommand registers its flags with `argparse` subparsers and imports its implementation only
 when run, so ``temper --help`` stays fast.
@@ -35,6 +35,12 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from temper.eval_command import main as eval_main
+
+    return eval_main(args.flags)
+
+
 def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--input-dir", required=True, metavar="DIR", help="temper checkpoint: a --save root, an iter_* folder or its actor folder")
@@ -59,12 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(safetensors in the original dtype, config, tokenizer).")
     _add_convert_arguments(convert)
     convert.set_defaults(run=_convert)
+    evaluate = sub.add_parser("eval", add_help=False,  # its flags are train.py's: `temper eval --help` lists them
+                              help="evaluate a Hugging Face folder or a checkpoint on eval datasets (pass@k), "
+                                   "no training")
+    evaluate.set_defaults(run=_eval)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``temper`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "eval":
+        args.flags = rest  # train.py's flags, parsed by temper.eval_command
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.run(args)
 
 

@@ -94,6 +94,8 @@ def _add_flag(group: argparse._ArgumentGroup, f: dataclasses.Field) -> None:
         kwargs["type"] = kind
     if "choices" in meta:
         kwargs["choices"] = meta["choices"]
+    if "metavar" in meta:
+        kwargs["metavar"] = meta["metavar"]
     group.add_argument(name, **kwargs)
 
 

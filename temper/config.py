@@ -271,6 +271,7 @@ class EvalConfig:
         "YAML file of eval datasets with per-dataset settings (slime's eval.defaults / eval.datasets: name, path, "
         "rm_type, input_key, n_samples_per_eval_prompt, temperature, max_response_len, ...); instead of "
         "--eval-prompt-data",
+        metavar="FILE.yaml",
     )
     eval_interval: int | None = opt(None, "rollouts between evaluations")
     eval_function_path: str | None = opt(None, "eval rollout function (default: the rollout function)")
