@@ -353,3 +353,41 @@ def test_list_style_generate_and_class_reward_model_files(task, tmp_path):
     rewards = [m["rollout/raw_reward"] for m in metrics if "rollout/raw_reward" in m]  # eval lines have none
     assert rewards == [0.25, 0.25]  # the reward model's value
     assert steps[-1]["eval/e"] == 0.25
+
+
+EVAL_CONFIG = """
+eval:
+  defaults:
+    max_response_len: 4
+  datasets:
+    - name: wide
+      path: {prompts}@[0:2]
+      n_samples_per_eval_prompt: 4
+      custom_rm_path: {rm}:one
+    - name: short
+      path: {prompts}@[2:3]
+      n_samples_per_eval_prompt: 2
+      max_response_len: 2
+"""
+
+
+def test_eval_config_and_passrate_in_a_train_run(task, tmp_path):
+    """--eval-config's two datasets, each with its own samples per prompt, length limit and reward, give
+    eval/<name>/pass@k up to their n; --log-passrate gives passrate/pass@k over the training groups."""
+    _, prompts = task
+    (tmp_path / "rm.py").write_text("def one(args, sample):\n    return 1.0\n")
+    config = tmp_path / "eval.yaml"
+    config.write_text(EVAL_CONFIG.format(prompts=prompts, rm=tmp_path / "rm.py"))
+    flags = task_flags(
+        task, tmp_path, "--rollout-num-gpus", "1", "--eval-interval", "1", "--eval-config", str(config),
+        "--log-passrate", "--skip-eval-before-train", steps=1, save_rollouts=False,
+    )  # fmt: skip
+    flags[flags.index("--actor-num-gpus-per-node") + 1] = "1"
+    (step,) = load_driver("train").main(flags)
+    assert {k for k in step if k.startswith("passrate/")} == {f"passrate/pass@{k}" for k in (1, 2, 4, 8)}
+    assert 0.0 <= step["passrate/pass@1"] <= step["passrate/pass@8"] <= 1.0
+    assert {k for k in step if "/pass@" in k and k.startswith("eval/")} == {
+        "eval/wide/pass@1", "eval/wide/pass@2", "eval/wide/pass@4", "eval/short/pass@1", "eval/short/pass@2",
+    }  # fmt: skip
+    assert step["eval/wide"] == step["eval/wide/pass@1"] == 1.0  # the dataset's own reward function
+    assert step["eval/wide/response_len_mean"] <= 4 and step["eval/short/response_len_mean"] <= 2
