@@ -1,4 +1,4 @@
-"""The ``temper`` command: one subcommand per tool (``temper serve``, ``temper convert``, ``temper eval``).
+"""The ``temper`` command: one subcommand per tool (``temper serve``, ``convert``, ``eval``, ``doctor``, ``plan``).
 
 Each subcommand registers its flags with `argparse` subparsers and imports its implementation only
 when run, so ``temper --help`` stays fast.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -41,6 +42,50 @@ def _eval(args: argparse.Namespace) -> int:
     return eval_main(args.flags)
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from temper.doctor import main as doctor
+
+    return doctor()
+
+
+DRIVERS = ("train.py", "train_async.py")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """Print the plan of `args.flags` (train.py's, optionally after `[python] train.py|train_async.py`)."""
+    from temper.cluster.run_plan import Target, describe_run
+    from temper.command_line import parse_config
+    from temper.config import ConfigError
+    from temper.model_shape import check_hf_checkpoint
+    from temper.quickstart import load_driver
+
+    flags = args.flags
+    if flags[:1] and Path(flags[0]).name.startswith("python"):
+        flags = flags[1:]
+    driver = Path(flags[0]).name if flags and Path(flags[0]).name in DRIVERS else "train.py"
+    flags = flags[1:] if flags and Path(flags[0]).name in DRIVERS else flags
+    gpu_bytes = None if args.gpu_memory_gib is None else int(args.gpu_memory_gib * 2**30)
+    try:
+        cfg = parse_config(flags, prog=driver)
+        check_hf_checkpoint(cfg)
+        check = getattr(load_driver(driver.removesuffix(".py")), "check", None)
+        if check is not None:
+            check(cfg)
+        lines = describe_run(cfg, driver, Target.here(args.device, gpu_bytes))
+    except ConfigError as e:
+        print(f"temper plan: error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
+
+
+def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("--device", choices=["cuda", "cpu"], help="plan for GPUs or for CPU workers (default: what this machine has)")
+    a("--gpu-memory-gib", type=float, metavar="GIB",
+      help="memory of each GPU for the estimate (default: this machine's; e.g. 80 for an H100)")
+
+
 def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--input-dir", required=True, metavar="DIR", help="temper checkpoint: a --save root, an iter_* folder or its actor folder")
@@ -69,6 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
                               help="evaluate a Hugging Face folder or a checkpoint on eval datasets (pass@k), "
                                    "no training")
     evaluate.set_defaults(run=_eval)
+    doctor = sub.add_parser("doctor", help="check this machine: versions, GPUs, ports, disk, environment",
+                            description="One verdict per line (ok, warn, fail) on what a run needs; exit 1 on a fail.")
+    doctor.set_defaults(run=_doctor)
+    plan = sub.add_parser(
+        "plan", allow_abbrev=False, usage="temper plan [--device {cuda,cpu}] [--gpu-memory-gib GIB] "
+        "[[python] train.py|train_async.py] TRAIN_FLAGS ...",
+        help="what a train.py / train_async.py command line will do: batches, placement, memory, staleness",
+        description="Print the plan of a run without running it: the batch arithmetic, which GPU does what, a memory "
+                    "estimate per GPU, staleness (train_async.py) and warnings. Every flag not listed below is "
+                    "train.py's; a leading train_async.py plans that driver.",
+    )  # fmt: skip
+    _add_plan_arguments(plan)
+    plan.set_defaults(run=_plan)
     return parser
 
 
@@ -76,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``temper`` console script; returns the exit status."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command == "eval":
-        args.flags = rest  # train.py's flags, parsed by temper.eval_command
+    if args.command in ("eval", "plan"):
+        args.flags = rest  # train.py's flags, parsed by temper.eval_command / temper.cluster.run_plan
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.run(args)

@@ -27,7 +27,7 @@ print("LOADED=" + ",".join(m for m in {heavy!r} if m in sys.modules))
 
 @pytest.mark.parametrize("argv", [
     ["--help"], ["serve", "--help"], ["convert", "--help"], ["parse", "serve", "--model", "m", "--port", "1"],
-    ["eval", "--help"],
+    ["eval", "--help"], ["doctor", "--help"], ["plan", "--help"],
 ])
 def test_help_and_parsing_do_not_import_torch(argv):
     out = subprocess.run([sys.executable, "-c", _PROBE.format(heavy=HEAVY), *argv],
