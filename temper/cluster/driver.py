@@ -1,11 +1,11 @@
 """`run_driver`: what `train.py` and `train_async.py` share around their loop.
 
-Parse the flags, check what the run reads, start the cluster, open the run log (its clock starts with
-the driver, so the report's minutes include start-up), run the loop, stop everything (also on errors
-and Ctrl-C). Mistakes exit at once with one line naming them, before Ray or any worker starts: a bad
-flag, more GPUs than the cluster has, no --hf-checkpoint where a model is loaded, a prompt file that is
-missing or has a bad line (every line of --prompt-data and of the eval files is read here, also with
---streaming-data, which then keeps only their positions). A run whose --load checkpoint already holds
+Parse the flags, check what the run reads, print the run's plan (run_plan.py), start the cluster, open
+the run log (its clock starts with the driver, so the report's minutes include start-up), run the
+loop, stop everything (also on errors and Ctrl-C). Mistakes exit at once with one line naming them,
+before Ray or any worker starts: a bad flag, more GPUs than the cluster has, no --hf-checkpoint where a
+model is loaded, a prompt file that is missing or has a bad line (every line of --prompt-data and of
+the eval files is read here, also with --streaming-data, which then keeps only their positions). A run whose --load checkpoint already holds
 the last of --num-rollout's rollouts says so and exits 0, leaving the previous run's report as it was.
 """
 
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from temper.cluster.cluster import Cluster
+from temper.cluster.run_plan import announce
 from temper.command_line import parse_config
 from temper.config import ConfigError
 from temper.data import DataError, DataSource, PluginError, build_data_source, num_rollout_from_epochs
@@ -46,6 +47,7 @@ def run_driver(loop: Loop, argv: list[str] | None, prog: str, check=None) -> lis
             print(f"{prog}: {done}")
             return []
         data_source = data_source if data_source is not None else load_data(cfg)
+        announce(cfg, prog)  # the run's plan as its first lines: batches, placement, memory, staleness
         with (
             Cluster.start(cfg, data_source) as cluster,
             RunLog(cfg, shlex.join(["python", prog, *argv]), started=started) as log,

@@ -79,13 +79,13 @@ def describe_run(cfg, driver: str, target: Target | None) -> list[str]:
 
 
 def announce(cfg, driver: str) -> None:
-    """Print a run's plan as its first lines (the driver calls it before the cluster starts). A failure
-    to describe the run is one line and never stops it; a placement that cannot fit is the ConfigError
-    the cluster's start would raise."""
+    """Print a run's plan as its first lines (the driver calls it before the cluster starts). It never
+    stops the run: a placement that cannot fit prints nothing (the cluster's start says why, from what it
+    finds), any other failure to describe the run is one line."""
     try:
         lines = describe_run(cfg, driver, None if _joins_ray() else Target.here())
     except ConfigError:
-        raise
+        return
     except Exception as e:  # noqa: BLE001 -- the plan is a courtesy; the run goes on without it
         print(f"{driver}: the run's plan could not be described ({type(e).__name__}: {e})", flush=True)
         return

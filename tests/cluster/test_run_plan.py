@@ -9,6 +9,7 @@ import pytest
 
 from temper.cli import main
 from temper.cluster import run_plan
+from temper.cluster.placement import plan_resources
 from temper.cluster.run_plan import Target, describe_run
 from temper.command_line import parse_config
 from temper.quickstart import load_driver
@@ -159,3 +160,7 @@ def test_the_driver_announces_the_plan(capsys, monkeypatch):
     monkeypatch.setattr(run_plan, "describe_run", broken)
     run_plan.announce(cfg, "train.py")  # never stops the run
     assert capsys.readouterr().out == "train.py: the run's plan could not be described (RuntimeError: boom)\n"
+    monkeypatch.setattr(run_plan, "describe_run", lambda *args: plan_resources(cfg, cuda_available=False,
+                                                                               cluster_gpus=None, cores=0))  # fmt: skip
+    run_plan.announce(cfg, "train.py")  # too few CPU cores: left to the cluster's start, which says so
+    assert capsys.readouterr().out == ""
