@@ -23,6 +23,13 @@ from temper.config import FIELD_GROUP, GROUPS, Config, ConfigError
 from temper.model_shape import check_model_shape
 
 PASS_THROUGH_PREFIXES = ("sglang", "router")
+TRAIN_PLUG_POINTS = (
+    "custom_loss_function_path",
+    "custom_advantage_function_path",
+    "custom_tis_function_path",
+    "custom_pg_loss_reducer_function_path",
+)
+"""Loaded and checked when the command line is parsed (temper.train.plugins), before anything starts."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,7 +63,8 @@ def flag_names() -> list[str]:
 
 
 def parse_config(argv: list[str] | None = None, *, prog: str = "train.py", check_shape: bool = True) -> Config:
-    """Parse `argv` into a validated `Config`; mistakes raise ConfigError with one line."""
+    """Parse `argv` into a validated `Config`; mistakes raise ConfigError with one line, a trainer plug point
+    that cannot be loaded or has the wrong signature PluginError (temper.train.plugins)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(prog)
     own, passthrough = _split_passthrough(argv, parser)
@@ -73,6 +81,10 @@ def parse_config(argv: list[str] | None = None, *, prog: str = "train.py", check
     cfg.validate()
     if check_shape and cfg.hf_checkpoint:
         check_model_shape(cfg.model, cfg.hf_checkpoint)
+    if any(getattr(cfg, name) for name in TRAIN_PLUG_POINTS):
+        from temper.train.plugins import check_plug_points  # torch: only when a trainer plug point is set
+
+        check_plug_points(cfg)
     return cfg
 
 

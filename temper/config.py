@@ -170,8 +170,12 @@ class AlgorithmConfig:
         choices=["grpo", "gspo", "cispo", "rloo", "ppo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"],
     )
     loss_type: str = opt("policy_loss", "loss", choices=["policy_loss", "sft_loss", "custom_loss"])
-    custom_loss_function_path: str | None = opt(None, "custom loss (with --loss-type custom_loss)")
-    custom_advantage_function_path: str | None = opt(None, "fn(args, batch) setting advantages and returns")
+    custom_loss_function_path: str | None = opt(
+        None, "with --loss-type custom_loss: fn(args, batch, logits, sum_of_sample_mean) -> (loss, metrics)"
+    )
+    custom_advantage_function_path: str | None = opt(
+        None, 'fn(args, rollout_data) setting rollout_data["advantages"] and ["returns"] (replaces the estimator)'
+    )
     disable_compute_advantages_and_returns: bool = opt(False, "skip ref/old log-probs and advantages (SFT)")
     eps_clip: float = opt(0.2, "lower PPO clip epsilon")
     eps_clip_high: float | None = opt(None, "upper PPO clip epsilon (default: --eps-clip)")
@@ -198,8 +202,16 @@ class AlgorithmConfig:
     use_tis: bool = opt(False, "truncated importance sampling against the engine's log-probs")
     tis_clip: float = opt(2.0, "TIS upper clip")
     tis_clip_low: float = opt(0.0, "TIS lower clip")
-    custom_tis_function_path: str | None = opt(None, "custom TIS function (import path)")
-    custom_pg_loss_reducer_function_path: str | None = opt(None, "custom reducer of the policy loss")
+    custom_tis_function_path: str | None = opt(
+        None,
+        "with --use-tis: fn(args, *, pg_loss, train_log_probs, rollout_log_probs, loss_masks, total_lengths, "
+        "response_lengths) -> (pg_loss, loss_masks, metrics); slime's icepop_function/vanilla_tis_function are built in",
+    )
+    custom_pg_loss_reducer_function_path: str | None = opt(
+        None,
+        "fn(total_lengths, response_lengths, loss_masks, calculate_per_token_loss) -> reducer of the policy-gradient "
+        "term (e.g. Dr.GRPO's constant denominator; README)",
+    )
     calculate_per_token_loss: bool = opt(False, "average the loss over all tokens of a step, not per sample")
     num_critic_only_steps: int = opt(0, "first rollouts train only the critic (PPO)")
 

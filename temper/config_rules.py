@@ -150,6 +150,10 @@ def _algorithm(cfg: Config) -> None:
         raise ConfigError("--ppo-mask-tool-tokens changes PPO's token rewards; it needs --advantage-estimator ppo")
     if cfg.loss_type == "custom_loss" and not cfg.custom_loss_function_path:
         raise ConfigError("--loss-type custom_loss needs --custom-loss-function-path")
+    if cfg.custom_loss_function_path and cfg.loss_type != "custom_loss":
+        raise ConfigError("--custom-loss-function-path is the loss of --loss-type custom_loss (as in slime); add it")
+    if cfg.custom_tis_function_path and not cfg.use_tis:
+        raise ConfigError("--custom-tis-function-path is applied with --use-tis (as in slime); add --use-tis")
     if cfg.use_critic and cfg.loss_type != "policy_loss":
         raise ConfigError("--advantage-estimator ppo trains a critic and needs --loss-type policy_loss")
 

@@ -21,10 +21,12 @@ from temper.algo.advantages import (
     rloo_advantages,
     token_level_rewards,
 )
-from temper.algo.aggregation import AGG_MODES, aggregate, masked_mean
+from temper.algo.aggregation import AGG_MODES, aggregate, masked_mean, token_count
 from temper.algo.kl import KL_LOSS_TYPES, compute_approx_kl, compute_kl_loss
 from temper.algo.policy_loss import (
+    PgLossReducer,
     PolicyLossConfig,
+    TisFunction,
     compute_cispo_loss,
     compute_policy_loss,
     compute_ppo_kl,
@@ -40,7 +42,9 @@ __all__ = [
     "AGG_MODES",
     "KL_LOSS_TYPES",
     "TIS_MODES",
+    "PgLossReducer",
     "PolicyLossConfig",
+    "TisFunction",
     "aggregate",
     "broadcast_to_tokens",
     "compute_advantages_and_returns",
@@ -67,6 +71,7 @@ __all__ = [
     "response_extent",
     "rloo_advantages",
     "sft_loss_function",
+    "token_count",
     "token_level_rewards",
     "value_loss_function",
 ]

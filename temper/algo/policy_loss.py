@@ -11,6 +11,7 @@ Tensors are padded [B, T], one entry per response token:
 Masked positions never reach the loss or its gradient (aggregation.py).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,17 @@ from temper.algo.advantages import ADVANTAGE_ESTIMATORS
 from temper.algo.aggregation import aggregate, masked_mean, require_same_shape
 from temper.algo.kl import KL_LOSS_TYPES, compute_kl_loss
 from temper.algo.tis import TIS_MODES, compute_tis_weights
+
+
+TisFunction = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, dict[str, Tensor]]]
+"""(pg_losses, old_log_probs, rollout_log_probs, loss_mask), all [B, T] → (pg_losses, pg_mask, metrics):
+a custom train/inference mismatch correction (slime's --custom-tis-function-path) in place of
+compute_tis_weights. pg_mask (within loss_mask) drops rejected tokens from the policy-gradient
+numerator; the denominator keeps loss_mask. metrics are detached scalars."""
+
+PgLossReducer = Callable[[Tensor, Tensor], Tensor]
+"""(pg_losses [B, T], pg_mask [B, T]) → the policy-gradient term, a scalar (slime's
+--custom-pg-loss-reducer-function-path), in place of the aggregation of config.pg_agg_mode."""
 
 
 @dataclass(frozen=True)
@@ -163,20 +175,24 @@ def policy_loss_function(
     ref_log_probs: Tensor | None = None,
     rollout_log_probs: Tensor | None = None,
     entropy: Tensor | None = None,
+    tis_function: TisFunction | None = None,
+    pg_loss_reducer: PgLossReducer | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The actor's loss (slime's `policy_loss_function`, --loss-type policy_loss):
 
         loss = agg_pg(pg_loss_t · tis_t) − entropy_coef·agg(entropy_t) + kl_loss_coef·agg(KL_est_t)
 
     pg_loss_t is compute_policy_loss (token ratio, or GSPO's sequence ratio) or compute_cispo_loss,
-    chosen by config.advantage_estimator; tis_t is 1 unless config.use_tis (compute_tis_weights,
-    needs rollout_log_probs); the entropy term needs `entropy` when entropy_coef ≠ 0; the KL term
-    needs ref_log_probs when use_kl_loss.
+    chosen by config.advantage_estimator; tis_t is 1 unless config.use_tis (compute_tis_weights, or
+    `tis_function` when given; needs rollout_log_probs); agg_pg is config.pg_agg_mode's aggregation,
+    or `pg_loss_reducer` when given; the entropy term needs `entropy` when entropy_coef ≠ 0; the KL
+    term needs ref_log_probs when use_kl_loss.
 
     Returns (loss, metrics): loss a scalar carrying the gradient into log_probs (and entropy);
     metrics detached scalars: loss, pg_loss, pg_clipfrac, ppo_kl (masked token mean of old − logp),
     entropy_loss, kl_loss, train_rollout_logprob_abs_diff (mean |old − rollout|, or |logp − rollout|
-    with config.use_rollout_logprobs) and the tis metrics when their inputs are given. Departure from slime: metrics are token means over the batch, not per-sample means.
+    with config.use_rollout_logprobs) and the tis metrics when their inputs are given. Departure from
+    slime: metrics are token means over the batch, not per-sample means.
     """
     require_same_shape(
         log_probs=log_probs,
@@ -195,9 +211,18 @@ def policy_loss_function(
     if rollout_log_probs is not None:
         trainer = log_probs.detach() if config.use_rollout_logprobs else old_log_probs
         metrics["train_rollout_logprob_abs_diff"] = masked_mean((trainer - rollout_log_probs).abs(), loss_mask)
-    if config.use_tis:
+    pg_mask = loss_mask
+    if config.use_tis and tis_function is not None:
+        _require_rollout_log_probs(rollout_log_probs)
+        pg_losses, pg_mask, tis_metrics = tis_function(pg_losses, old_log_probs, rollout_log_probs, loss_mask)
+        metrics.update(tis_metrics)
+    elif config.use_tis:
         pg_losses = pg_losses * _tis_weights(old_log_probs, rollout_log_probs, loss_mask, config, metrics)
-    pg_loss = aggregate(pg_losses, loss_mask, config.pg_agg_mode, constant_len=config.pg_loss_constant_len)
+    if pg_loss_reducer is not None:
+        pg_loss = pg_loss_reducer(pg_losses, pg_mask)
+    else:  # rejected tokens leave the numerator only, as in slime
+        numerator = torch.where(pg_mask.bool(), pg_losses, pg_losses.new_zeros(()))
+        pg_loss = aggregate(numerator, loss_mask, config.pg_agg_mode, constant_len=config.pg_loss_constant_len)
     metrics["pg_loss"] = pg_loss
     loss = pg_loss + _regularizers(log_probs, old_log_probs, loss_mask, config, ref_log_probs, entropy, metrics)
     metrics["loss"] = loss
@@ -221,8 +246,7 @@ def _tis_weights(
     config: PolicyLossConfig,
     metrics: dict[str, Tensor],
 ) -> Tensor:
-    if rollout_log_probs is None:
-        raise ValueError("use_tis needs rollout_log_probs (the engine's log-probs of the sampled tokens)")
+    _require_rollout_log_probs(rollout_log_probs)
     weights, tis_metrics = compute_tis_weights(
         old_log_probs,
         rollout_log_probs,
@@ -233,6 +257,11 @@ def _tis_weights(
     )
     metrics.update(tis_metrics)
     return weights
+
+
+def _require_rollout_log_probs(rollout_log_probs: Tensor | None) -> None:
+    if rollout_log_probs is None:
+        raise ValueError("use_tis needs rollout_log_probs (the engine's log-probs of the sampled tokens)")
 
 
 def _regularizers(

@@ -26,8 +26,16 @@ from temper.train.batcher import Batcher
 from temper.train.checkpoint import Resumed, iteration_dir, resolve_checkpoint, write_tracker
 from temper.train.env import TrainEnv
 from temper.train.hf_export import checkpoint_dtype, export_hf
-from temper.train.hf_model import load_causal_lm, policy_log_probs
+from temper.train.hf_model import final_hidden_states, load_causal_lm, policy_log_probs
 from temper.train.packing import MicroBatch, to_device
+from temper.train.plugins import (
+    TrainPlugins,
+    custom_advantages,
+    custom_loss,
+    micro_batch_dict,
+    pg_loss_reducer,
+    tis_function,
+)
 from temper.train.reference import ReferenceModel
 from temper.train.train_data import TrainData, compute_advantages, pad, pad_flat
 from temper.train.trainable import StepTotals, TrainableModel, mean_over_steps, weigh
@@ -35,8 +43,6 @@ from temper.train.weights import Bucket, iter_weight_buckets
 from temper.types import RolloutBatch
 
 logger = logging.getLogger("temper.train")
-
-ICEPOP_SUFFIX = "icepop_function"
 
 
 class Actor:
@@ -50,6 +56,7 @@ class Actor:
     def __init__(self, cfg, *, total_steps: int | None = None, attn_implementation: str | None = None):
         _check_supported(cfg)
         self.cfg = cfg
+        self.plugins = TrainPlugins.load(cfg)
         self.env = TrainEnv.current()
         torch.manual_seed(cfg.seed)
         model = load_causal_lm(cfg.hf_checkpoint, torch.float32, attn_implementation)
@@ -61,7 +68,7 @@ class Actor:
             self.reference = ReferenceModel(
                 cfg, self.env, attn_implementation=attn_implementation, offload=cfg.offload_train
             )
-        self.loss_config = _policy_loss_config(cfg)
+        self.loss_config = _policy_loss_config(cfg, self.plugins.tis_mode)
         self.step_metrics: list[dict[str, float]] = []
         """Metrics of each optimizer step of the last `update` (loggers plot these per step)."""
 
@@ -86,9 +93,10 @@ class Actor:
         """Reference and old log-probs, then advantages and returns (temper.algo), for the whole batch.
 
         Old log-probs are recomputed only when something needs them before training: more than one
-        optimizer step per rollout, or KL-shaped rewards (--kl-coef). Otherwise the first (only) step
-        uses its own detached log-probs, so the ratio is exactly 1. --use-rollout-logprobs takes the
-        engine's. `values` are the critic's (PPO).
+        optimizer step per rollout, KL-shaped rewards (--kl-coef), or a custom advantage function or
+        loss (slime hands them the recomputed log-probs). Otherwise the first (only) step uses its own
+        detached log-probs, so the ratio is exactly 1. --use-rollout-logprobs takes the engine's.
+        `values` are the critic's (PPO).
         """
         cfg = self.cfg
         self.trainable.require_onloaded("Actor.prepare")
@@ -101,13 +109,16 @@ class Actor:
             if batch.rollout_log_probs is None:
                 raise ValueError("--use-rollout-logprobs: the rollout batch carries no engine log-probs")
             data.old_log_probs = [t.float() for t in batch.rollout_log_probs]
-        elif (cfg.num_steps_per_rollout or 1) > 1 or cfg.kl_coef != 0:
+        elif (cfg.num_steps_per_rollout or 1) > 1 or cfg.kl_coef != 0 or self.plugins.advantage or self.plugins.loss:
             data.old_log_probs = self.compute_log_probs(batch)
         if cfg.advantage_estimator == "ppo" and values is None:
             raise ValueError("--advantage-estimator ppo: pass the critic's values (critic.compute_values(batch))")
-        data.advantages, data.returns = compute_advantages(
-            cfg, batch, old_log_probs=data.old_log_probs, ref_log_probs=data.ref_log_probs, values=values
-        )
+        if self.plugins.advantage is not None:
+            data.advantages, data.returns = custom_advantages(self.plugins.advantage, cfg, data)
+        else:
+            data.advantages, data.returns = compute_advantages(
+                cfg, batch, old_log_probs=data.old_log_probs, ref_log_probs=data.ref_log_probs, values=values
+            )
         return data
 
     def update(self, data: TrainData) -> dict[str, float]:
@@ -127,6 +138,8 @@ class Actor:
     def _loss(self, mb: MicroBatch, data: TrainData, totals: StepTotals) -> tuple[Tensor, dict[str, Tensor]]:
         """This micro-batch's loss scaled to its share of the step, and its weighted metrics."""
         cfg = self.cfg
+        if self.plugins.loss is not None:
+            return self._custom_loss(mb, data, totals)
         log_probs, entropy = policy_log_probs(
             self.model, mb, temperature=cfg.rollout_temperature, chunk_size=cfg.log_probs_chunk_size, with_entropy=True
         )
@@ -150,12 +163,37 @@ class Actor:
                 ref_log_probs=rows(data.ref_log_probs) if data.ref_log_probs is not None else None,
                 rollout_log_probs=rows(data.batch.rollout_log_probs) if data.batch.rollout_log_probs else None,
                 entropy=entropy,
+                **self._policy_plugins(mb, data, mask),
             )
         if "entropy_loss" in metrics:
             metrics["entropy"] = metrics.pop("entropy_loss")
         else:
             metrics["entropy"] = _masked_entropy(entropy, mask, cfg.calculate_per_token_loss)
         return weigh(loss, metrics, totals.shares(data.batch, mb), self.env.world_size)
+
+    def _policy_plugins(self, mb: MicroBatch, data: TrainData, mask: Tensor) -> dict[str, Any]:
+        """This micro-batch's custom TIS function and pg-loss reducer (none for a padding micro-batch)."""
+        if mb.is_padding:
+            return {}
+        totals = [len(data.batch.tokens[p]) for p in mb.positions]
+        plugins: dict[str, Any] = {}
+        if self.plugins.tis is not None:
+            plugins["tis_function"] = tis_function(self.plugins.tis, self.cfg, totals, mb.response_lengths)
+        if self.plugins.reducer is not None:
+            reducer = self.plugins.reducer
+            plugins["pg_loss_reducer"] = pg_loss_reducer(reducer, self.cfg, totals, mb.response_lengths, mask)
+        return plugins
+
+    def _custom_loss(self, mb: MicroBatch, data: TrainData, totals: StepTotals) -> tuple[Tensor, dict[str, Tensor]]:
+        """--loss-type custom_loss on this micro-batch: the user's function gets the packed row's logits."""
+        logits = self.model.get_output_embeddings()(final_hidden_states(self.model, mb)).float()[None]
+        if mb.is_padding:  # runs the same modules as the other ranks, with no weight
+            return logits.sum() * 0.0, {}
+        batch = micro_batch_dict(data, mb.positions, self.env.device)
+        loss, metrics = custom_loss(self.plugins.loss, self.cfg, batch, logits)
+        metrics["loss"] = loss.detach()
+        share = totals.shares(data.batch, mb)[0]
+        return weigh(loss, metrics, (share, share), self.env.world_size)
 
     # -- checkpoints and export ----------------------------------------------------------------------
 
@@ -243,8 +281,7 @@ def _needs_reference(cfg) -> bool:
     return cfg.use_kl_loss or cfg.kl_coef != 0
 
 
-def _policy_loss_config(cfg) -> PolicyLossConfig:
-    tis_path = cfg.custom_tis_function_path
+def _policy_loss_config(cfg, tis_mode: str) -> PolicyLossConfig:
     return PolicyLossConfig(
         advantage_estimator=cfg.advantage_estimator,
         eps_clip=cfg.eps_clip,
@@ -256,7 +293,7 @@ def _policy_loss_config(cfg) -> PolicyLossConfig:
         use_unbiased_kl=cfg.use_unbiased_kl,
         entropy_coef=cfg.entropy_coef,
         use_tis=cfg.use_tis,
-        tis_mode="icepop" if tis_path and tis_path.endswith(ICEPOP_SUFFIX) else "truncate",
+        tis_mode=tis_mode,
         tis_clip=cfg.tis_clip,
         tis_clip_low=cfg.tis_clip_low,
         calculate_per_token_loss=cfg.calculate_per_token_loss,
@@ -267,19 +304,6 @@ def _policy_loss_config(cfg) -> PolicyLossConfig:
 def _check_supported(cfg) -> None:
     if not cfg.hf_checkpoint:
         raise ValueError("the train worker needs --hf-checkpoint (a Hugging Face model folder)")
-    unsupported = {
-        "custom_loss_function_path": "--loss-type custom_loss",
-        "custom_advantage_function_path": "--custom-advantage-function-path",
-        "custom_pg_loss_reducer_function_path": "--custom-pg-loss-reducer-function-path",
-    }
-    for name, flag in unsupported.items():
-        if getattr(cfg, name):
-            raise ValueError(f"{flag} is not supported by the FSDP train worker yet; remove it")
-    tis_path = cfg.custom_tis_function_path
-    if tis_path and not tis_path.endswith(ICEPOP_SUFFIX):
-        raise ValueError(
-            f"--custom-tis-function-path {tis_path}: only the built-in ...{ICEPOP_SUFFIX} is supported yet"
-        )
     if cfg.rollout_top_p != 1.0 or cfg.rollout_top_k > 0:
         logger.warning(
             "--rollout-top-p/--rollout-top-k: training log-probs use the full vocabulary (no top-p/top-k replay)"

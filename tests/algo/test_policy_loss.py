@@ -227,6 +227,44 @@ def test_dr_grpo_constant_denominator_applies_to_pg_term():
     assert loss.item() == pytest.approx(-6 / 16)
 
 
+def test_tis_function_rejects_tokens_from_the_numerator_only():
+    """slime: a custom TIS function's masks rebuild the numerator; denominators keep the original masks."""
+    log_probs = torch.zeros(2, 3)
+    advantages = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+
+    def tis(pg_losses, old, rollout, loss_mask):
+        kept = loss_mask.clone()
+        kept[0, 0] = 0
+        return pg_losses * 2.0, kept, {"weight": torch.tensor(2.0)}
+
+    config = PolicyLossConfig(use_tis=True)
+    loss, metrics = policy_loss_function(
+        log_probs, log_probs, advantages, mask, config, rollout_log_probs=log_probs, tis_function=tis
+    )
+    # ratio 1 → pg_t = −A_t, ×2; sample 0 keeps token 1 over its 2 tokens, sample 1 all 3 tokens
+    assert loss.item() == pytest.approx((-2 * 2 / 2 + -2 * (4 + 5 + 6) / 3) / 2)
+    assert metrics["weight"].item() == 2.0
+
+
+def test_pg_loss_reducer_replaces_the_aggregation_of_the_pg_term_only():
+    log_probs = torch.zeros(2, 3)
+    advantages = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    entropy = torch.ones(2, 3)
+    loss, metrics = policy_loss_function(
+        log_probs,
+        log_probs,
+        advantages,
+        mask,
+        PolicyLossConfig(entropy_coef=0.5),
+        entropy=entropy,
+        pg_loss_reducer=lambda pg, m: (pg * m).sum() / 100,
+    )
+    assert metrics["pg_loss"].item() == pytest.approx(-(1 + 2 + 4 + 5 + 6) / 100)
+    assert loss.item() == pytest.approx(-(1 + 2 + 4 + 5 + 6) / 100 - 0.5 * 1.0)  # entropy keeps the sample mean
+
+
 def test_missing_inputs_are_named():
     batch = random_batch(0)
     args = (batch["log_probs"], batch["old_log_probs"], batch["advantages"], batch["loss_mask"])

@@ -192,18 +192,6 @@ def test_offload_is_bookkeeping_on_cpu(qwen3_dir):
 
 
 @pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--loss-type", "custom_loss", "--custom-loss-function-path", "x.y"], "custom_loss"),
-        (["--custom-tis-function-path", "my.tis"], "custom-tis-function-path"),
-    ],
-)
-def test_unsupported_options_are_refused_by_name(qwen3_dir, flags, message):
-    with pytest.raises(ValueError, match=message):
-        Actor(make_cfg(qwen3_dir, *flags))
-
-
-@pytest.mark.parametrize(
     "flags",
     [
         ["--advantage-estimator", "gspo"],
