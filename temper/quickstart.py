@@ -8,6 +8,8 @@ rank, weight sync by gloo broadcast after every step. The task is "answer in dig
 a sum, and the reward is the share of the response's non-space characters that are digits (`reward`).
 A random model scores about 0.01; GRPO drives it above 0.8 within about 30 steps. Each step prints a
 progress line; metrics go to `<workdir>/run-<time>/metrics.jsonl` and the summary to `report.md`.
+The trained model is kept as a Hugging Face folder, `<workdir>/run-<time>/trained_model` (the last
+checkpoint's export, --save-hf), and the last lines say how to serve it with `temper serve`.
 """
 
 from __future__ import annotations
@@ -66,8 +68,26 @@ def train_flags(model: Path, prompts: Path, run_dir: Path) -> list[str]:
         "--rollout-temperature", "1.0", "--num-rollout", "30", "--advantage-estimator", "grpo", "--lr", "3e-3",
         "--use-dynamic-batch-size", "--max-tokens-per-gpu", "4096",
         "--actor-num-nodes", "1", "--actor-num-gpus-per-node", "1", "--rollout-num-gpus", "1",
-        "--run-dir", str(run_dir),
+        "--run-dir", str(run_dir), "--save", str(run_dir / "checkpoint"), "--save-interval", "30", "--no-save-optim",
+        "--save-hf", str(trained_model(run_dir)),
     ]  # fmt: skip
+
+
+def trained_model(run_dir: Path) -> Path:
+    """The Hugging Face folder of the run's model: written at every checkpoint (--save-interval, and the
+    last rollout), so after the run it holds the final weights."""
+    return run_dir / "trained_model"
+
+
+def serve_hint(model: Path) -> str:
+    """How to serve `model` and ask it one of the task's questions."""
+    request = {"messages": [{"role": "user", "content": "What is 3 + 3? Answer in digits."}], "max_tokens": 8}
+    return (
+        f"temper quickstart: the trained model is a Hugging Face folder, {model}; serve it with\n"
+        f"  temper serve --model {shlex.quote(str(model))} --port 30000\n"
+        f"and ask it (in another shell):\n"
+        f"  curl -s localhost:30000/v1/chat/completions -H 'Content-Type: application/json' -d '{json.dumps(request)}'"
+    )
 
 
 def load_driver(name: str = "train") -> Any:
@@ -94,7 +114,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if own.prepare_only:
         print(f"temper quickstart: model {model}, prompts {prompts}")
         return []
-    flags = train_flags(model, prompts, workdir / f"run-{time.strftime('%Y%m%d-%H%M%S')}") + extra
+    run_dir = workdir / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+    flags = train_flags(model, prompts, run_dir) + extra
     print("temper quickstart: python train.py " + shlex.join(flags), flush=True)
     steps = load_driver("train").main(flags)
     rewards = [s["rollout/raw_reward"] for s in steps]
@@ -106,6 +127,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"run time {steps[-1]['time/elapsed'] / 60:.1f} min (start-up included, as in report.md)",
             flush=True,
         )
+    if (trained_model(run_dir) / "config.json").is_file():
+        print(serve_hint(trained_model(run_dir)), flush=True)
     return steps
 
 

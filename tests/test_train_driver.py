@@ -249,7 +249,8 @@ def test_seed_quick_start_runs_unchanged_on_cpu(task, tmp_path):
 
 
 def test_quickstart_short(tmp_path, capsys):
-    """The README's main command, 3 steps: progress lines, metrics file, report."""
+    """The README's main command, 3 steps: progress lines, metrics file, report, the trained model kept
+    as a Hugging Face folder that transformers loads, and how to serve it."""
     from temper.quickstart import main
 
     steps = main(["--workdir", str(tmp_path), "--num-rollout", "3"])
@@ -266,6 +267,14 @@ def test_quickstart_short(tmp_path, capsys):
     minutes = f"{json.loads((run / 'summary.json').read_text())['wall_minutes']:.1f} min"
     assert f"run time {minutes} (start-up included" in printed
     assert f"in {minutes} (wall time" in (run / "report.md").read_text()
+    trained = run / "trained_model"
+    assert f"temper quickstart: the trained model is a Hugging Face folder, {trained}; serve it with" in printed
+    assert f"temper serve --model {trained} --port 30000" in printed
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final, initial = (AutoModelForCausalLM.from_pretrained(m, dtype=torch.float32) for m in (trained, tmp_path / "model"))
+    assert AutoTokenizer.from_pretrained(trained).chat_template
+    assert not torch.equal(final.model.layers[0].mlp.up_proj.weight, initial.model.layers[0].mlp.up_proj.weight)
 
 
 def test_temper_convert_exports_the_trained_actor(sync_run, task, tmp_path, capsys):
