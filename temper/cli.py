@@ -81,7 +81,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
-    a("--device", choices=["cuda", "cpu"], help="plan for GPUs or for CPU workers (default: what this machine has)")
+    a("--device", choices=["cuda", "cpu"],
+      help="plan for GPUs or for CPU workers (default: what this machine has; cuda with --gpu-memory-gib)")
     a("--gpu-memory-gib", type=float, metavar="GIB",
       help="memory of each GPU for the estimate (default: this machine's; e.g. 80 for an H100)")
 
