@@ -14,13 +14,16 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 import temper
+from temper.engine.server.async_engine import Unavailable
 from temper.engine.server.context import (
+    BodyTooLarge,
     ServerState,
     dumps,
     json_body,
@@ -32,6 +35,7 @@ from temper.engine.server.context import (
 from temper.engine.server.generation import (
     SubRequest,
     SubRequestRun,
+    check_n,
     collect_final,
     format_output,
     new_rid,
@@ -50,7 +54,8 @@ from temper.engine.server.sampling import build_sampling
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
-_OPEN_PATHS = ("/health", "/ready", "/metrics", "/ping")
+_OPEN_PATHS = frozenset({"/health", "/ping"})  # liveness: answered without --api-key
+_GENERATION_PATHS = frozenset({"/generate", "/v1/completions", "/v1/chat/completions"})
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -80,9 +85,12 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(control_api.router)
     app.include_router(openai_api.router)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(BodyTooLarge, _too_large)
+    app.add_exception_handler(Unavailable, _unavailable)
     app.add_exception_handler(Exception, _internal_error)
-    if state.args.api_key:
-        _add_auth(app, state.args.api_key)
+    app.add_middleware(ClientLimit, limit=state.args.max_client_requests)
+    admin = frozenset(route.path for route in control_api.router.routes)
+    app.add_middleware(Access, args=state.args, admin_paths=admin)
     return app
 
 
@@ -97,16 +105,69 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return native_error(f"Internal server error: {exc}", 500)
 
 
-def _add_auth(app: FastAPI, key: str) -> None:
-    """SGLang's ``--api-key``: every route but health/ready/metrics needs ``Authorization: Bearer key``."""
+async def _too_large(request: Request, exc: BodyTooLarge) -> Response:
+    return native_error(str(exc), 413)
 
-    @app.middleware("http")
-    async def check_key(request: Request, call_next):
-        if request.method == "OPTIONS" or request.url.path.startswith(_OPEN_PATHS):
-            return await call_next(request)
-        if request.headers.get("authorization") != f"Bearer {key}":
-            return json_response({"error": "Unauthorized"}, 401)
-        return await call_next(request)
+
+async def _unavailable(request: Request, exc: Unavailable) -> Response:
+    return native_error(str(exc), 503)
+
+
+async def _send_json(send, status: int, obj: Any) -> None:
+    body = dumps(obj).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Access:
+    """Who may call what (ASGI middleware). With ``--api-key``, every route but /health and /ping needs
+    ``Authorization: Bearer KEY`` (401). Without one, a server listening beyond loopback refuses the
+    weight, memory and control routes (`admin_paths`) with a 403: anyone who reaches the port could
+    otherwise replace the weights."""
+
+    def __init__(self, app: Any, args: Any, admin_paths: frozenset[str]):
+        self.app, self.key, self.admin_paths = app, args.api_key, admin_paths
+        self.open_admin = args.loopback_only
+        self.host = args.host
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or scope["path"] in _OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        if self.key is not None:
+            headers = dict(scope.get("headers") or [])
+            if headers.get(b"authorization") != f"Bearer {self.key}".encode():
+                return await _send_json(send, 401, {"error": "Unauthorized"})
+        elif not self.open_admin and scope["path"] in self.admin_paths:
+            return await _send_json(send, 403, {"error": {"message": (
+                f"{scope['path']} is refused: this server listens on {self.host} (beyond loopback) without an API "
+                "key; start it with --api-key KEY to allow the weight, memory and control routes")}})
+        return await self.app(scope, receive, send)
+
+
+class ClientLimit:
+    """At most `limit` generation requests in flight from one client address (ASGI middleware); the
+    next gets a 429. A streaming request counts until its last event is sent."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+        self.in_flight: dict[str, int] = {}
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] not in _GENERATION_PATHS:
+            return await self.app(scope, receive, send)
+        host = (scope.get("client") or ("unknown", 0))[0]
+        if self.in_flight.get(host, 0) >= self.limit:
+            return await _send_json(send, 429, {"error": {"message": (
+                f"client {host} already has {self.limit} generation requests in flight, this server's limit "
+                "(--max-client-requests); retry when some have finished")}})
+        self.in_flight[host] = self.in_flight.get(host, 0) + 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight[host] -= 1
+            if not self.in_flight[host]:
+                del self.in_flight[host]
 
 
 # ---- generation ----------------------------------------------------------------------------------
@@ -119,6 +180,7 @@ async def generate(request: Request) -> Response:
     try:
         body = parse_model(GenerateReqInput, await json_body(request))
         subs, batch = plan_generate(body, state.engine, state.context_len, state.prefix_caching)
+        check_n(subs, state.args.max_n, "sampling_params.n")
         run = SubRequestRun(state.engine, subs)
         await run.start()
     except ValueError as e:
@@ -174,15 +236,30 @@ async def _probe(state: ServerState, timeout: float, max_new_tokens: int = 1) ->
 
 
 @router.get("/health")
-@router.get("/health_generate")
 async def health(request: Request) -> Response:
-    """200 once the server is ready and the engine produces output; 503 otherwise. A paused server
-    (or one whose memory is released) is alive by choice and answers 200 without a probe."""
+    """200 once the server is ready and the engine produces output; 503 otherwise. A paused server (or
+    one whose memory is released) is alive by choice and answers 200 without a probe."""
     state = state_of(request)
     if not state.ready:
         return Response(status_code=503)
     if state.engine.paused or state.engine.released:
         return Response(status_code=200)
+    ok = await _probe(state, state.args.health_check_timeout)
+    return Response(status_code=200 if ok else 503)
+
+
+@router.get("/health_generate")
+async def health_generate(request: Request) -> Response:
+    """Whether a generation request would be served now: 200 once the engine produces output; 503 while
+    it is not ready, paused or its memory released (requests sent meanwhile wait up to
+    --held-request-timeout, then get a 503), with the reason in the body."""
+    state = state_of(request)
+    if not state.ready:
+        return Response(status_code=503)
+    engine = state.engine
+    if engine.paused or engine.released:
+        why = "paused" if engine.paused else f"memory released ({', '.join(sorted(engine.released))})"
+        return native_error(f"the engine is {why}; requests wait up to {engine.held_timeout:g} s", 503)
     ok = await _probe(state, state.args.health_check_timeout)
     return Response(status_code=200 if ok else 503)
 

@@ -29,6 +29,11 @@ from temper.engine import RequestOutput
 logger = logging.getLogger(__name__)
 
 _MAX_DRAIN_STEPS = 1000  # bound on steps spent delivering aborts (each aborted request needs one)
+DEFAULT_HELD_TIMEOUT_S = 1800.0  # how long a request may wait while the engine is paused or released
+
+
+class Unavailable(RuntimeError):
+    """A request the engine could not serve in time (held while paused or released); HTTP 503."""
 
 
 @dataclasses.dataclass
@@ -73,8 +78,9 @@ def abort_output(rid: str, prompt_ids: list[int], version: str) -> RequestOutput
 class AsyncEngine:
     """Owns `engine` through a loop thread; all public coroutines are safe to call from asyncio."""
 
-    def __init__(self, engine: Any):
+    def __init__(self, engine: Any, held_timeout: float | None = DEFAULT_HELD_TIMEOUT_S):
         self.engine = engine
+        self.held_timeout = held_timeout  # None: requests wait for as long as the engine is paused
         self.tokenizer = engine.tokenizer
         self.paused = False
         self.released: set[str] = set()
@@ -87,6 +93,7 @@ class AsyncEngine:
         # Loop-thread state.
         self._sinks: dict[str, _Sink] = {}
         self._held: dict[str, NewRequest] = {}
+        self._held_since: dict[str, float] = {}
         # Event-loop state: futures resolved by the next delivery of any output.
         self._progress_waiters: list[asyncio.Future] = []
         self._refresh_stats()
@@ -206,13 +213,15 @@ class AsyncEngine:
         while True:
             with self._cv:
                 while not self._commands and not self._stopping and not self._can_step():
-                    self._cv.wait()
+                    if self._cv.wait(self._next_expiry()) is False:
+                        break  # a held request's time is up
                 if self._stopping:
                     return
                 commands = list(self._commands)
                 self._commands.clear()
             for run in commands:
                 run()
+            self._expire_held()
             if self._can_step():
                 self._step()
             self._refresh_stats()
@@ -262,6 +271,7 @@ class AsyncEngine:
             for req in requests:
                 if self.paused or self.released:
                     self._held[req.rid] = req
+                    self._held_since[req.rid] = time.monotonic()
                 else:
                     self.engine.add_request(req.prompt_ids, req.params, req.rid, stream=req.stream)
                     in_engine.append(req.rid)
@@ -269,6 +279,7 @@ class AsyncEngine:
         except Exception:
             for req in requests:  # all or nothing: a batch with one bad prompt is rejected whole
                 self._held.pop(req.rid, None)
+                self._held_since.pop(req.rid, None)
                 self._sinks.pop(req.rid, None)
             for rid in in_engine:  # their abort outputs find no sink and are dropped
                 self.engine.abort_request(rid)
@@ -279,6 +290,7 @@ class AsyncEngine:
         stepping = not self.paused and not self.released
         for rid in rids:
             if self._held.pop(rid, None) is not None:
+                self._held_since.pop(rid, None)
                 self._finish_now(rid)
             else:
                 self.engine.abort_request(rid)
@@ -296,6 +308,7 @@ class AsyncEngine:
             if rid not in self._held:
                 self.engine.abort_request(rid)
             self._held.pop(rid, None)
+            self._held_since.pop(rid, None)
             self._finish_now(rid, RuntimeError(f"engine step failed: {error}"))
 
     def _pause(self, mode: str) -> None:
@@ -320,11 +333,31 @@ class AsyncEngine:
         if self.paused or self.released:
             return
         held, self._held = self._held, {}
+        self._held_since.clear()
         for rid, req in held.items():
             try:
-                self.engine.add_request(req.prompt_ids, req.params, rid)
+                self.engine.add_request(req.prompt_ids, req.params, rid, stream=req.stream)
             except ValueError as e:
                 self._finish_now(rid, e)
+
+    def _next_expiry(self) -> float | None:
+        """Seconds until the oldest held request's time is up (None: nothing held or no limit)."""
+        if self.held_timeout is None or not self._held_since:
+            return None
+        return max(0.0, min(self._held_since.values()) + self.held_timeout - time.monotonic())
+
+    def _expire_held(self) -> None:
+        """Finish held requests that waited longer than `held_timeout` with `Unavailable`."""
+        if self.held_timeout is None or not self._held_since:
+            return
+        now = time.monotonic()
+        why = "paused" if self.paused else f"released ({', '.join(sorted(self.released))})"
+        for rid, since in list(self._held_since.items()):
+            if now - since >= self.held_timeout:
+                del self._held[rid], self._held_since[rid]
+                self._finish_now(rid, Unavailable(
+                    f"request {rid} waited {now - since:.0f} s while the engine was {why} and was not served "
+                    f"(the server's held-request timeout is {self.held_timeout:g} s: --held-request-timeout)"))
 
     def _refresh_stats(self) -> None:
         stats = dict(self.engine.stats())

@@ -82,9 +82,26 @@ def native_error(message: str, status_code: int = 400) -> Response:
     return json_response({"error": {"message": message}}, status_code)
 
 
+class BodyTooLarge(Exception):
+    """A request body over the server's `max_request_bytes` (HTTP 413). Not a ValueError, so the routes'
+    400 handlers let it through to the app's handler."""
+
+
 async def json_body(request: Request) -> Any:
-    """The request body as JSON; an empty body is ``{}``. RequestError for malformed JSON."""
-    raw = await request.body()
+    """The request body as JSON; an empty body is ``{}``. RequestError for malformed JSON, BodyTooLarge
+    for a body over the server's limit (checked on Content-Length first, then while reading)."""
+    limit = state_of(request).args.max_request_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"request body of {int(declared)} bytes is over this server's limit of {limit} bytes "
+                           "(--max-request-bytes)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body is over this server's limit of {limit} bytes (--max-request-bytes)")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     if not raw.strip():
         return {}
     try:

@@ -146,6 +146,13 @@ def plan_generate(
     return subs, batch
 
 
+def check_n(subs: list[SubRequest], cap: int, field: str) -> None:
+    """RequestError when a prompt asks for more than `cap` samples (the server's --max-n)."""
+    n = max((s.sampling.n for s in subs), default=1)
+    if n > cap:
+        raise RequestError(f"{field}: {n} samples per prompt is over this server's limit of {cap} (--max-n)")
+
+
 class SubRequestRun:
     """Drives the sub-requests of one HTTP request through the engine.
 

@@ -23,7 +23,8 @@ def build_state(args: ServerArgs, engine: Any = None) -> ServerState:
         from temper.engine import LLMEngine
 
         engine = LLMEngine(args.engine_args())
-    return ServerState(engine=AsyncEngine(engine), args=args, context_len=context_length(engine))
+    return ServerState(engine=AsyncEngine(engine, held_timeout=args.held_request_timeout), args=args,
+                       context_len=context_length(engine))
 
 
 def _uvicorn_config(state: ServerState) -> uvicorn.Config:

@@ -32,6 +32,7 @@ from temper.engine.server.context import (
 from temper.engine.server.generation import (
     SubRequest,
     SubRequestRun,
+    check_n,
     collect_final,
     format_output,
     new_rid,
@@ -128,6 +129,7 @@ def _plan(state: ServerState, prompts: list[list[int]], req, max_tokens: int | N
             rid = base if len(prompts) * choice.n == 1 else f"{base}_{index}"
             subs.append(SubRequest(index=index, rid=rid, prompt_ids=list(ids), sampling=choice, return_logprob=logprobs,
                                    first_copy=j == 0 or not state.prefix_caching, stream=bool(req.stream)))
+    check_n(subs, state.args.max_n, "n")
     return subs
 
 

@@ -36,6 +36,10 @@ class ServerArgs:
     skip_server_warmup: bool = False
     health_check_timeout: float = 20.0  # seconds a /health probe may wait for engine output
     api_key: str | None = None
+    max_request_bytes: int = 64 * 2**20  # request bodies larger than this get a 413
+    max_n: int = 1024  # most samples (`n`) one prompt may ask for
+    max_client_requests: int = 4096  # most generation requests in flight from one client address (429 beyond)
+    held_request_timeout: float = 1800.0  # seconds a request waits while the engine is paused or released (503)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -47,6 +51,16 @@ class ServerArgs:
             raise ValueError(f"tp_size must be a positive integer, got {self.tp_size!r}")
         if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static <= 1:
             raise ValueError(f"mem_fraction_static must be in (0, 1], got {self.mem_fraction_static}")
+        for name in ("max_request_bytes", "max_n", "max_client_requests"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.held_request_timeout > 0:
+            raise ValueError(f"held_request_timeout must be positive seconds, got {self.held_request_timeout}")
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether the server listens on the loopback interface only."""
+        return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
 
     @property
     def model_name(self) -> str:
@@ -94,7 +108,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
       help="tensor-parallel all-reduces through NCCL instead of symmetric memory (EngineArgs.symmetric_memory)")
     a("--log-level", default="info", type=_log_level, choices=LOG_LEVELS, help="any case")
     a("--skip-server-warmup", action="store_true", help="mark the server ready without a warmup generation")
-    a("--api-key", default=None, help="require 'Authorization: Bearer KEY' (health and metrics stay open)")
+    a("--api-key", default=None,
+      help="require 'Authorization: Bearer KEY' on every route but /health and /ping; without it, a server that "
+           "listens beyond loopback refuses the weight, memory and control routes")
+    a("--max-request-bytes", type=int, default=64 * 2**20, help="largest request body (413 beyond)")
+    a("--max-n", type=int, default=1024, help="most samples (n) per prompt (400 beyond)")
+    a("--max-client-requests", type=int, default=4096,
+      help="most generation requests in flight from one client address (429 beyond)")
+    a("--held-request-timeout", type=float, default=1800.0,
+      help="seconds a request may wait while the engine is paused or its memory released (then 503)")
     return parser
 
 

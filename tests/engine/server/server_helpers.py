@@ -17,7 +17,7 @@ TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 
 def start_server(model: str, **overrides) -> ServerThread:
     """A started server for checkpoint folder `model` (stop it when done)."""
-    args = ServerArgs(model=str(model), host="127.0.0.1", port=0, log_level="warning", **overrides)
+    args = ServerArgs(**{"model": str(model), "host": "127.0.0.1", "port": 0, "log_level": "warning", **overrides})
     return ServerThread(args).start()
 
 

@@ -96,8 +96,13 @@ def test_api_key(model_dir):
 
     server = start_server(model_dir("qwen3", seed=0), api_key="sekret", skip_server_warmup=True)
     try:
-        assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200
-        assert httpx.get(f"{server.url}/metrics", timeout=30).status_code == 200
+        assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200  # liveness stays open
+        assert httpx.get(f"{server.url}/ping", timeout=30).status_code == 200
+        for path in ("/metrics", "/ready", "/get_model_info", "/health_generate"):
+            assert httpx.get(f"{server.url}{path}", timeout=30).status_code == 401, path
+        assert httpx.post(f"{server.url}/release_memory_occupation", json={}, timeout=30).status_code == 401
+        auth = {"Authorization": "Bearer sekret"}
+        assert httpx.get(f"{server.url}/metrics", headers=auth, timeout=30).status_code == 200
         body = {"input_ids": [1, 2], "sampling_params": {"max_new_tokens": 1}}
         r = httpx.post(f"{server.url}/generate", json=body, timeout=30)
         assert r.status_code == 401 and r.json() == {"error": "Unauthorized"}
