@@ -54,7 +54,7 @@ class Check:
     detail: str
 
     def line(self) -> str:
-        return f"{self.verdict:<5} {self.name:<16} {self.detail}"
+        return f"{self.verdict:<5} {self.name:<20} {self.detail}"
 
 
 def run_checks() -> list[Check]:
