@@ -5,14 +5,17 @@ One engine, the rollout of issue 13's end-to-end workload (8 prompts × 8 sample
 three ways in one process, each `--repeats` times with the prefix cache flushed before each:
 
   offline  `LLMEngine.generate` (one loop, only finished requests reported): the engine's own time
+  shuffled the same with the requests added in a random order (a group's samples no longer side by side
+           in the batch, as when they arrive over HTTP in any order)
   stream   the same requests stepped as the server steps them (`engine.step()`: every request gets an
            output with its text each step), without HTTP
   server   the engine behind its HTTP server (`ServerThread`, as a colocated `train.py` runs it) with 64
            concurrent non-streaming `/generate` requests, one per sample, `return_logprob` on, as temper's
            rollout sends them
 
-For each: seconds (median), decode steps, ms a step, and for `server` the time from the first request
-sent to the last one admitted. The differences are the costs of per-step outputs and of the HTTP path.
+For each (median run): seconds, engine steps (prefill and decode), the time until the last request was
+admitted, and ms a step once all run together. The differences are the costs of per-step outputs and of
+the HTTP path.
 
     python benchmarks/rollout_server.py                                   # GPU, Qwen3-0.6B shape
     python benchmarks/rollout_server.py --model tiny --prompt-len 64 --response-len 64 --device cpu
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -44,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompt-len", type=int, default=512)
     p.add_argument("--response-len", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--modes", default="offline,stream,server")
+    p.add_argument("--modes", default="offline,shuffled,stream,server")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
     return p.parse_args(argv)
@@ -55,18 +59,42 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+class StepLog:
+    """Every launched step of the engine: (seconds since `start`, batch size, prefill or not)."""
+
+    def __init__(self, engine):
+        self.steps: list[tuple[float, int, bool]] = []
+        self.start = time.perf_counter()
+        launched = engine.scheduler.launched
+
+        def record(batch):
+            self.steps.append((time.perf_counter() - self.start, len(batch.seqs), batch.is_prefill))
+            return launched(batch)
+
+        engine.scheduler.launched = record
+
+    def reset(self) -> None:
+        self.steps, self.start = [], time.perf_counter()
+
+    def summary(self, requests: int) -> dict:
+        prefill = [s for s in self.steps if s[2]]
+        full = [t for t, size, is_prefill in self.steps if not is_prefill and size == requests]
+        admitted = prefill[-1][0] if prefill else None
+        per_step = 1000 * (full[-1] - full[0]) / (len(full) - 1) if len(full) > 1 else None
+        return {"steps": len(self.steps), "prefill_steps": len(prefill), "first_step_s": self.steps[0][0] if self.steps else None,
+                "last_admitted_s": admitted, "full_batch_steps": len(full), "full_batch_ms_per_step": per_step}
+
+
 def run_offline(engine, prompts, params, stream: bool) -> dict:
     engine.flush_cache()
     for prompt in prompts:
         engine.add_request(prompt, params)
-    steps = 0
     _sync(engine.model_runner.device)
     start = time.perf_counter()
     while engine.has_unfinished_requests():
         engine._step(stream=stream)
-        steps += 1
     _sync(engine.model_runner.device)
-    return {"seconds": time.perf_counter() - start, "steps": steps}
+    return {"seconds": time.perf_counter() - start}
 
 
 async def _server_once(url: str, prompts, sampling: dict) -> dict:
@@ -83,7 +111,7 @@ async def _server_once(url: str, prompts, sampling: dict) -> dict:
     for r in responses:
         r.raise_for_status()
     tokens = sum(len(o["output_ids"]) for o in outs)
-    return {"seconds": seconds, "output_tokens": tokens}
+    return {"seconds": seconds, "output_tokens": tokens, "sent_at": start}
 
 
 def run_server(engine, url: str, prompts, sampling: dict) -> dict:
@@ -113,6 +141,7 @@ def main(argv=None) -> dict:
     engine = LLMEngine(EngineArgs(model=str(model), device=str(device), max_model_len=max_len, seed=0))
     params = SamplingParams(temperature=1.0, max_new_tokens=args.response_len, ignore_eos=True)
     engine.generate(prompts[:3], SamplingParams(temperature=1.0, max_new_tokens=16, ignore_eos=True))  # warm
+    log = StepLog(engine)
     modes = args.modes.split(",")
     results: dict[str, list[dict]] = {m: [] for m in modes}
     server = None
@@ -122,11 +151,17 @@ def main(argv=None) -> dict:
     try:
         for _ in range(args.repeats + 1):  # the first round warms every path up and is dropped
             for mode in modes:
+                log.reset()
+                start = log.start
                 if mode == "server":
                     r = run_server(engine, server.url, prompts, sampling)
+                    log.start = r.pop("sent_at")  # step times from the first request sent, not from the flush
+                    log.steps = [(t - (log.start - start), size, pre) for t, size, pre in log.steps]
+                elif mode == "shuffled":
+                    r = run_offline(engine, random.Random(len(results[mode])).sample(prompts, len(prompts)), params, False)
                 else:
                     r = run_offline(engine, prompts, params, stream=mode == "stream")
-                results[mode].append(r)
+                results[mode].append({**r, **log.summary(len(prompts))})
     finally:
         if server is not None:
             server.stop()
@@ -136,16 +171,15 @@ def main(argv=None) -> dict:
                "response_len": args.response_len, "modes": {}}
     for mode, runs in results.items():
         runs = runs[1:] or runs
-        seconds = statistics.median(r["seconds"] for r in runs)
-        row = {"seconds": seconds, "tok_s": tokens / seconds, "ms_per_token_step": 1000 * seconds / args.response_len,
-               "runs_s": [round(r["seconds"], 4) for r in runs]}
-        if "steps" in runs[0]:
-            row["steps"] = runs[0]["steps"]
-        if "output_tokens" in runs[0]:
-            row["output_tokens"] = runs[0]["output_tokens"]
+        median = sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
+        seconds = median["seconds"]
+        row = {**median, "tok_s": tokens / seconds, "runs_s": [round(r["seconds"], 4) for r in runs]}
         summary["modes"][mode] = row
-        print(f"{mode:8s} {seconds:7.3f} s  {tokens / seconds:9.0f} tok/s  {row['ms_per_token_step']:6.2f} ms/step  "
-              f"runs {row['runs_s']}", flush=True)
+        per_step = median["full_batch_ms_per_step"]
+        print(f"{mode:8s} {seconds:7.3f} s  {tokens / seconds:9.0f} tok/s  steps {median['steps']} "
+              f"(prefill {median['prefill_steps']}, first at {1000 * (median['first_step_s'] or 0):.0f} ms, last admitted "
+              f"at {1000 * (median['last_admitted_s'] or 0):.0f} ms)  full batch {median['full_batch_steps']} steps at "
+              f"{per_step or 0:.2f} ms  runs {row['runs_s']}", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=2) + "\n")

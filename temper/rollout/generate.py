@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
+from collections import OrderedDict
 from typing import Any
 
 from temper.rollout.engine_client import EngineClient, EngineError
@@ -87,6 +89,7 @@ class GenerateState:
         self.client = EngineClient(url, max_connections=self.concurrency) if url else None
         self.aborted = False
         self._tokenizer = None
+        self.prompt_ids: OrderedDict[str, list[int]] = OrderedDict()  # recent prompts' ids (see prompt_token_ids)
 
     @property
     def tokenizer(self) -> Any:
@@ -165,16 +168,27 @@ def _engines_from_args(args: Any) -> int:
     return max(gpus // max(int(getattr(args, "rollout_num_gpus_per_engine", 1)), 1), 1)
 
 
+PROMPT_CACHE_SIZE = 4096  # prompts whose ids GenerateState keeps (a group's n samples share one)
+
+
 def prompt_token_ids(state: GenerateState, sample: Sample) -> list[int]:
     """The prompt's ids: text as it is, a message list through the chat template (with the sample's
-    tools). Without special tokens added, as the rendered template already carries them."""
-    prompt = sample.prompt
-    if isinstance(prompt, list):
-        kwargs = dict(getattr(state.args, "apply_chat_template_kwargs", None) or {})
-        prompt = state.tokenizer.apply_chat_template(
-            prompt, tools=sample.metadata.get("tools"), tokenize=False, add_generation_prompt=True, **kwargs
-        )
-    return state.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    tools). Without special tokens added, as the rendered template already carries them. The n samples
+    of a group share their prompt, so it is rendered and tokenized once (a fresh list for each)."""
+    prompt, tools = sample.prompt, sample.metadata.get("tools")
+    key = prompt if isinstance(prompt, str) and tools is None else json.dumps([prompt, tools], sort_keys=True, default=str)
+    ids = state.prompt_ids.get(key)
+    if ids is None:
+        if isinstance(prompt, list):
+            kwargs = dict(getattr(state.args, "apply_chat_template_kwargs", None) or {})
+            prompt = state.tokenizer.apply_chat_template(
+                prompt, tools=tools, tokenize=False, add_generation_prompt=True, **kwargs
+            )
+        ids = state.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        state.prompt_ids[key] = ids
+        if len(state.prompt_ids) > PROMPT_CACHE_SIZE:
+            state.prompt_ids.popitem(last=False)
+    return list(ids)
 
 
 async def generate(args: Any, sample: Sample, sampling_params: dict[str, Any]) -> Sample:

@@ -73,6 +73,29 @@ def test_generate_posts_prompt_ids_and_group_routing_key():
     assert headers["x-routing-key"] == "group-5"
 
 
+def test_prompt_ids_are_rendered_once_per_prompt_and_never_shared():
+    """A group's samples share their prompt: the chat template and tokenizer run once for it, each
+    sample gets its own list, and prompts that differ (text, tools) get their own ids."""
+    args = make_args("--hf-checkpoint", str(tiny_dir()))
+    state = gen.GenerateState(args, None, 1, [])
+    calls = []
+    render = state.tokenizer.apply_chat_template
+    state.tokenizer.apply_chat_template = lambda *a, **k: calls.append(a) or render(*a, **k)
+    try:
+        group = [Sample(prompt=[{"role": "user", "content": "what is 2 + 2?"}], group_index=0, index=i) for i in range(4)]
+        ids = [gen.prompt_token_ids(state, s) for s in group]
+        tools = Sample(prompt=group[0].prompt, metadata={"tools": [{"type": "function", "function": {"name": "f"}}]})
+        other = gen.prompt_token_ids(state, Sample(prompt=[{"role": "user", "content": "what is 3 + 3?"}]))
+        with_tools = gen.prompt_token_ids(state, tools)
+    finally:
+        state.tokenizer.apply_chat_template = render
+    assert len(calls) == 3  # the group's prompt once, the other prompt, the prompt with tools
+    assert ids[0] == ids[3] and ids[0] is not ids[3]
+    ids[0].append(99)
+    assert ids[1][-1] != 99 and other != ids[1] and with_tools != ids[1]
+    assert gen.prompt_token_ids(state, Sample(prompt="plain text")) == state.tokenizer("plain text", add_special_tokens=False)["input_ids"]
+
+
 def test_generate_continues_a_partial_sample():
     app = fake_engine_app("engine")
     with serve(app) as url:
