@@ -126,7 +126,10 @@ def load_plug_point(cfg, name: str) -> Callable[..., Any] | None:
     path = getattr(cfg, point.field)
     if not path or path in BUILTIN_TIS:
         return None
-    fn = load_function(path, flag=point.flag)
+    try:
+        fn = load_function(path, flag=point.flag)
+    except PluginError as e:
+        raise PluginError(f"{e}; it must be slime's {point.signature}") from None
     problem = point.fits(fn)
     if problem:
         raise PluginError(f"{point.flag} {path!r}: {problem}; expected slime's signature {point.signature}")

@@ -194,9 +194,10 @@ NEEDS = {"--custom-tis-function-path": ["--use-tis"], "--custom-loss-function-pa
 
 @pytest.mark.parametrize("flag", sorted(SIGNATURES))
 def test_missing_file_and_wrong_signature_fail_at_parse_time(qwen3_dir, plugin, flag):
-    with pytest.raises(PluginError, match=f"{flag} .*nowhere.py.*not found"):
-        make_cfg(qwen3_dir, flag, "/nowhere/nowhere.py:f", *NEEDS.get(flag, []))
     source, signature = SIGNATURES[flag]
+    missing = f"{flag} .*nowhere.py.*not found; it must be slime's " + re.escape(signature)
+    with pytest.raises(PluginError, match=missing):
+        make_cfg(qwen3_dir, flag, "/nowhere/nowhere.py:f", *NEEDS.get(flag, []))
     path = plugin("wrong", source)
     with pytest.raises(PluginError, match=f"{flag} .*expected slime's signature " + re.escape(signature)):
         make_cfg(qwen3_dir, flag, f"{path}:f", *NEEDS.get(flag, []))
