@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -70,6 +71,38 @@ def sampling_seed(base_seed: int, group_index: int | None, position: int, salt: 
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") % SEED_MODULUS
 
 
+class RequestClock:
+    """When the default generate function's requests left and came back (monotonic seconds), for the
+    rollout's timing metrics: how long the requests took to go out and the answers to come in."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.first_sent = self.last_sent = self.first_answer = self.last_answer = None
+        self.requests = 0
+
+    def sent(self) -> None:
+        now = time.monotonic()
+        self.first_sent = now if self.first_sent is None else self.first_sent
+        self.last_sent = now
+        self.requests += 1
+
+    def answered(self) -> None:
+        now = time.monotonic()
+        self.first_answer = now if self.first_answer is None else self.first_answer
+        self.last_answer = now
+
+    def metrics(self, start: float) -> dict[str, float]:
+        """Seconds from `start` (the rollout's start) to the first and last request sent and answer
+        received; empty when no request went through the default generate function."""
+        if self.first_sent is None or self.last_answer is None:
+            return {}
+        return {"rollout/requests": float(self.requests),
+                "rollout/first_request_sent_s": self.first_sent - start, "rollout/last_request_sent_s": self.last_sent - start,
+                "rollout/first_answer_s": self.first_answer - start, "rollout/last_answer_s": self.last_answer - start}
+
+
 class GenerateState:
     """What all generate calls of this process share. Build with `get_state(args)`.
 
@@ -90,6 +123,7 @@ class GenerateState:
         self.aborted = False
         self._tokenizer = None
         self.prompt_ids: OrderedDict[str, list[int]] = OrderedDict()  # recent prompts' ids (see prompt_token_ids)
+        self.clock = RequestClock()
 
     @property
     def tokenizer(self) -> Any:
@@ -212,7 +246,10 @@ async def generate(args: Any, sample: Sample, sampling_params: dict[str, Any]) -
     if sample.response_length and getattr(args, "mask_offpolicy_in_partial_rollout", False):
         sample.loss_mask = [0] * sample.response_length
     payload = {"input_ids": sample.tokens, "sampling_params": params, "return_logprob": True}
-    output = await state.require_client().generate(payload, routing_key=routing_key(sample))
+    client = state.require_client()
+    state.clock.sent()
+    output = await client.generate(payload, routing_key=routing_key(sample))
+    state.clock.answered()
     append_output(sample, output)
     return sample
 

@@ -78,6 +78,7 @@ class DynamicSampler:
 
     async def run(self) -> RolloutFnTrainOutput:
         start = time.monotonic()
+        self.state.clock.reset()
         try:
             while len(self.kept) < self.target:
                 self._refill()
@@ -91,7 +92,8 @@ class DynamicSampler:
         leftovers = await self._abort() + self.kept[self.target :] + self.unfinished
         self.kept = sorted(self.kept[: self.target], key=_group_index)
         recycled = self._recycle(leftovers)
-        return RolloutFnTrainOutput(self.kept, self._metrics(time.monotonic() - start, len(leftovers), recycled))
+        metrics = self._metrics(time.monotonic() - start, len(leftovers), recycled) | self.state.clock.metrics(start)
+        return RolloutFnTrainOutput(self.kept, metrics)
 
     def _refill(self) -> None:
         """Pull groups while the kept plus in-flight ones cannot reach the target."""

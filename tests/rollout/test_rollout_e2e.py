@@ -52,7 +52,12 @@ def test_rollout_of_4_prompts_x_4_samples(tmp_path, engine_servers):
         f"group-{g}": (4, 0) for g in range(8)
     }
     assert sorted(w.total_requests for w in policy.workers.values()) == [16, 16]
-    assert manager.last_metrics["rollout/num_samples"] == 16 and "rollout/cached_token_ratio" in manager.last_metrics
+    metrics = manager.last_metrics
+    assert metrics["rollout/num_samples"] == 16 and "rollout/cached_token_ratio" in metrics
+    # when the 16 requests went out and their answers came back, within the rollout's own time
+    times = [metrics[f"rollout/{k}"] for k in ("first_request_sent_s", "last_request_sent_s", "last_answer_s")]
+    assert metrics["rollout/requests"] == 16 and 0 <= times[0] <= times[1] <= times[2] <= metrics["rollout/generation_time"]
+    assert times[0] <= metrics["rollout/first_answer_s"] <= times[2]
 
 
 def test_dynamic_filter_drops_zero_std_groups(tmp_path, engine_servers):

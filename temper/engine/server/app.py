@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -70,6 +71,10 @@ def create_app(state: ServerState) -> FastAPI:
                 state, timeout=max(state.args.health_check_timeout, 60.0), max_new_tokens=8)
             if not warm:
                 logger.warning("warmup generation produced no output in time; serving anyway")
+            # Everything built so far (model, kernels, libraries) lives as long as the server: keep it out of
+            # the collector's full passes, which would otherwise scan it between engine steps.
+            gc.collect()
+            gc.freeze()
             state.ready = True
             yield
         finally:
