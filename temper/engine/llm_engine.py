@@ -264,6 +264,8 @@ class LLMEngine:
             "cached_tokens": s.cached_tokens,
             "generated_tokens": s.generated_tokens,
             "num_preemptions": s.num_preemptions,
+            "prefill_steps": s.prefill_steps,
+            "decode_steps": s.decode_steps,
         }
 
 

@@ -54,6 +54,8 @@ class SchedulerStats:
     cached_tokens: int = 0
     generated_tokens: int = 0
     num_preemptions: int = 0
+    prefill_steps: int = 0
+    decode_steps: int = 0
 
 
 class Scheduler:
@@ -195,6 +197,9 @@ class Scheduler:
             seq.num_pending += sample
         if batch.is_prefill:
             self.stats.prefill_tokens_computed += sum(batch.num_new_tokens)
+            self.stats.prefill_steps += 1
+        else:
+            self.stats.decode_steps += 1
 
     def resolve(self, batch: ScheduledBatch, token_ids: list[int], logprobs: list[float],
                 text: bool = True) -> list[Sequence]:

@@ -143,6 +143,28 @@ class GenerateState:
             )
         return self.client
 
+    async def engine_counters(self) -> dict[str, float] | None:
+        """temper engines' cumulative step counters (`/v1/loads`: prefill and decode steps, the loop's
+        seconds inside them), summed over `engine_urls`; None when there are none or one does not
+        report them (an SGLang engine) or does not answer."""
+        if not self.engine_urls:
+            return None
+        keys = ("num_prefill_steps", "num_decode_steps", "step_busy_s")
+        total = dict.fromkeys(keys, 0.0)
+        for url in self.engine_urls:
+            try:
+                async with EngineClient(url, retries=0, timeout=10.0) as client:
+                    loads = await client.loads()
+            except (EngineError, ValueError, KeyError) as e:
+                logger.debug("engine counters of %s: %s", url, e)
+                return None
+            for entry in loads:
+                if not all(k in entry for k in keys):
+                    return None
+                for k in keys:
+                    total[k] += float(entry[k])
+        return total
+
     async def abort_engines(self) -> None:
         """POST abort_all to every engine (the router's current ``/workers``; the router itself when it
         does not list them); errors are logged. Without a router (custom generate functions only)

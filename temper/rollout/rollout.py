@@ -79,6 +79,7 @@ class DynamicSampler:
     async def run(self) -> RolloutFnTrainOutput:
         start = time.monotonic()
         self.state.clock.reset()
+        counters = await self.state.engine_counters()
         try:
             while len(self.kept) < self.target:
                 self._refill()
@@ -93,6 +94,7 @@ class DynamicSampler:
         self.kept = sorted(self.kept[: self.target], key=_group_index)
         recycled = self._recycle(leftovers)
         metrics = self._metrics(time.monotonic() - start, len(leftovers), recycled) | self.state.clock.metrics(start)
+        metrics |= engine_step_metrics(counters, await self.state.engine_counters())
         return RolloutFnTrainOutput(self.kept, metrics)
 
     def _refill(self) -> None:
@@ -192,6 +194,20 @@ class DynamicSampler:
         }
         metrics.update({f"rollout/dynamic_filter/drop_{reason}": count for reason, count in self.drop_reasons.items()})
         return metrics
+
+
+def engine_step_metrics(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float]:
+    """The engines' steps during the rollout (summed over engines) and the loop's ms a step: where a slow
+    rollout's time went, engine or elsewhere."""
+    if before is None or after is None:
+        return {}
+    delta = {k: after[k] - before[k] for k in after}
+    steps = delta["num_prefill_steps"] + delta["num_decode_steps"]
+    out = {"rollout/engine_prefill_steps": delta["num_prefill_steps"], "rollout/engine_decode_steps": delta["num_decode_steps"],
+           "rollout/engine_busy_s": delta["step_busy_s"]}
+    if steps > 0:
+        out["rollout/engine_ms_per_step"] = 1000 * delta["step_busy_s"] / steps
+    return out
 
 
 def _run_hooks(args: Any, kept: list[Group], dropped: list[Group], data_source: Any) -> None:

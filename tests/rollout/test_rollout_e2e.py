@@ -58,6 +58,10 @@ def test_rollout_of_4_prompts_x_4_samples(tmp_path, engine_servers):
     times = [metrics[f"rollout/{k}"] for k in ("first_request_sent_s", "last_request_sent_s", "last_answer_s")]
     assert metrics["rollout/requests"] == 16 and 0 <= times[0] <= times[1] <= times[2] <= metrics["rollout/generation_time"]
     assert times[0] <= metrics["rollout/first_answer_s"] <= times[2]
+    # the engines' steps in the rollout: at least one prefill, and a decode step for each of the 12 tokens
+    assert metrics["rollout/engine_prefill_steps"] >= 1 and metrics["rollout/engine_decode_steps"] >= 11
+    assert 0 < metrics["rollout/engine_busy_s"] <= 2 * metrics["rollout/generation_time"]  # two engines
+    assert metrics["rollout/engine_ms_per_step"] > 0
 
 
 def test_dynamic_filter_drops_zero_std_groups(tmp_path, engine_servers):

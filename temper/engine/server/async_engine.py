@@ -86,6 +86,7 @@ class AsyncEngine:
         self.released: set[str] = set()
         self.stats: dict[str, Any] = {}
         self.num_weight_updates = 0
+        self.step_seconds = 0.0  # wall time spent in engine.step() (the loop thread's busy time)
         self._cv = threading.Condition()
         self._commands: deque[Callable[[], None]] = deque()
         self._stopping = False
@@ -227,12 +228,15 @@ class AsyncEngine:
             self._refresh_stats()
 
     def _step(self) -> None:
+        started = time.perf_counter()
         try:
             outputs = self.engine.step()
         except Exception as e:  # keep serving: fail the in-flight requests instead of the server
             logger.exception("engine.step() failed; aborting %d in-flight requests", len(self._sinks))
             self._fail_all(e)
             return
+        finally:
+            self.step_seconds += time.perf_counter() - started
         self._deliver(outputs)
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
@@ -362,6 +366,7 @@ class AsyncEngine:
     def _refresh_stats(self) -> None:
         stats = dict(self.engine.stats())
         stats.update(num_held=len(self._held), num_in_flight=len(self._sinks), paused=self.paused,
+                     step_seconds=self.step_seconds,
                      released=sorted(self.released), weight_version=self.engine.weight_version,
                      updated_at=time.time())
         self.stats = stats
