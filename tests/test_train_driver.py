@@ -262,6 +262,9 @@ def test_quickstart_short(tmp_path, capsys):
         "step 2/3",
     ]
     assert "temper quickstart: reward" in printed and len(steps) == 3
+    started = printed.split("train.py started:\n", 1)[1].splitlines()[:2]  # what the run started with
+    assert started[0].startswith("  memory plan (CPU run)")
+    assert "kernels PyTorch reference; decode CUDA graphs off" in started[1] and "KV cache" in started[1]
     run = next(tmp_path.glob("run-*"))
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3 and (run / "summary.json").is_file()
     minutes = f"{json.loads((run / 'summary.json').read_text())['wall_minutes']:.1f} min"

@@ -65,6 +65,7 @@ class Cluster:
         self.critic: CriticGroup | None = None
         self.engines = EngineGroup([])
         self.memory = MemoryPlan(offload_train=False, release=(), outcome="flags", why="not started")
+        self.started_lines: list[str] = []  # the memory plan and each engine, once started (the driver prints them)
         self.rollout: Any = None
         self._owns_ray = False
 
@@ -126,6 +127,7 @@ class Cluster:
                 self.engines.release_memory(self.memory.release)
         self.engines.urls += external_engine_urls(cfg.rollout_external_engine_addrs or [])
         urls = self.engines.urls
+        self.started_lines = [self.memory.describe(), *self.engines.describe()]  # the driver prints them
         self.rollout = RolloutManager(cfg, self._router(urls), data_source=self.data_source)
         if self.actor is not None and urls:
             self.actor.connect(

@@ -52,6 +52,7 @@ def run_driver(loop: Loop, argv: list[str] | None, prog: str, check=None) -> lis
             Cluster.start(cfg, data_source) as cluster,
             RunLog(cfg, shlex.join(["python", prog, *argv]), started=started) as log,
         ):
+            print("\n".join([f"{prog} started:", *(f"  {x}" for x in cluster.started_lines)]), flush=True)
             return loop(cfg, cluster, log)
     except (ConfigError, DataError, PluginError) as e:
         sys.exit(f"{prog}: error: {e}")

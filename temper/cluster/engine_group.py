@@ -219,6 +219,27 @@ class EngineGroup:
 
         return min(ray.get([w.device_memory.remote() for w in self.workers])) if self.workers else None
 
+    def describe(self) -> list[str]:
+        """One line per engine: its kernels, decode CUDA graphs, decode tile and KV cache, as its
+        `/get_server_info` reports them (an engine that does not say, e.g. SGLang, gets its URL only)."""
+        lines = []
+        for url in self.urls:
+            try:
+                info = self._http.get(f"{url}/get_server_info", timeout=30.0).json()
+            except (httpx.HTTPError, ValueError) as e:
+                lines.append(f"engine {url}: no server info ({type(e).__name__})")
+                continue
+            if info.get("engine") != "temper":
+                lines.append(f"engine {url}: {info.get('engine', 'not temper')}, context {info.get('context_length')}")
+                continue
+            lines.append(
+                f"engine {url}: kernels {', '.join(info.get('engine_kernels') or [])}; decode CUDA graphs "
+                f"{'on' if info.get('decode_cuda_graphs') else 'off'}; decode tile {info.get('decode_tile')}; "
+                f"KV cache {info.get('max_total_num_tokens')} tokens; context {info.get('context_length')}; "
+                f"tensor parallel {info.get('tp_size')}"
+            )
+        return lines
+
     def weight_versions(self) -> list[str]:
         """The weight version each engine serves (`/get_weight_version`)."""
         return [str(self._http.get(f"{url}/get_weight_version").json()["weight_version"]) for url in self.urls]

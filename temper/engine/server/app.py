@@ -305,6 +305,7 @@ async def get_server_info(request: Request) -> Response:
     state = state_of(request)
     args = state.args
     stats = state.engine.stats
+    runner = getattr(state.engine.engine, "model_runner", None)
     core = core_load(stats, state.block_size, state.max_running_requests, state.metrics)
     info = {k: v for k, v in vars(args).items() if k != "api_key"}
     info.update(
@@ -317,6 +318,10 @@ async def get_server_info(request: Request) -> Response:
         weight_version=state.engine.weight_version, version=temper.__version__, engine="temper", frontend="python",
         startup_time=state.started_at, paused=state.engine.paused, released_memory=sorted(state.engine.released),
         cuda_ipc_buffers_mapped=state.ipc_buffers.opened,
+        engine_kernels=sorted(getattr(runner, "kernel_groups", ())) or ["PyTorch reference"],
+        decode_cuda_graphs=getattr(runner, "graphs", None) is not None,
+        decode_tile=getattr(getattr(runner, "attention_backend", None), "decode_config", None),
+        num_kv_blocks=getattr(runner, "num_kv_blocks", None), max_model_len=state.engine.engine.max_model_len,
         internal_states=[{"last_gen_throughput": core["gen_throughput"],
                           "effective_max_running_requests_per_dp": state.max_running_requests,
                           "num_running_reqs": core["num_running_reqs"], "num_waiting_reqs": core["num_waiting_reqs"]}],

@@ -157,6 +157,9 @@ def test_model_and_server_info(client, served):
             assert key in info, key
         assert info["dp_size"] == 1 and info["max_total_num_tokens"] > 0 and "api_key" not in info
         assert info["cuda_ipc_buffers_mapped"] == 0  # trainer buffers mapped by the ipc weight transport
+        # what the engine runs with: on CPU the PyTorch reference kernels and no CUDA graphs
+        assert info["engine_kernels"] == ["PyTorch reference"] and info["decode_cuda_graphs"] is False
+        assert info["num_kv_blocks"] > 0 and info["max_model_len"] == info["context_length"]
 
 
 def test_loads_and_metrics(client):
