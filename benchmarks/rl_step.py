@@ -131,6 +131,12 @@ def step_figures(s: dict) -> dict[str, float]:
         "logprob_abs_diff": s.get("train/train_rollout_logprob_abs_diff", float("nan")),
         "ppo_kl": s.get("train/ppo_kl", float("nan")),
         "pg_clipfrac": s.get("train/pg_clipfrac", float("nan")),
+        # where a rollout's time goes: requests out, answers in, the engines' steps; the sender's own share of sync
+        "last_sent_s": s.get("rollout/last_request_sent_s", float("nan")),
+        "last_answer_s": s.get("rollout/last_answer_s", float("nan")),
+        "engine_steps": s.get("rollout/engine_prefill_steps", float("nan")) + s.get("rollout/engine_decode_steps", float("nan")),
+        "engine_ms_per_step": s.get("rollout/engine_ms_per_step", float("nan")),
+        "send_s": s.get("sync/send_s", float("nan")),
     }
 
 
@@ -177,6 +183,9 @@ STEP_COLUMNS = [
     ("check s", "check_s", "{:.2f}"), ("step s", "step_s", "{:.2f}"), ("response tokens", "response_tokens", "{:.0f}"),
     ("sync GB/s", "sync_gb_s", "{:.2f}"), ("log-prob gap", "logprob_abs_diff", "{:.2e}"),
     ("ppo_kl", "ppo_kl", "{:.1e}"), ("clipfrac", "pg_clipfrac", "{:.1e}"),
+    ("last request sent s", "last_sent_s", "{:.3f}"), ("last answer s", "last_answer_s", "{:.2f}"),
+    ("engine steps", "engine_steps", "{:.0f}"), ("engine ms/step", "engine_ms_per_step", "{:.2f}"),
+    ("sync send s", "send_s", "{:.3f}"),
 ]  # fmt: skip
 """(header, key, format) of each run's table of rollouts."""
 
