@@ -102,7 +102,7 @@ class EngineWorker:
 
         settings, _ = builtin_server_settings(self.cfg)
         args = ServerArgs(model=self.cfg.hf_checkpoint, host=self.host, port=0, device=self.device,
-                          tp_size=self.cfg.rollout_num_gpus_per_engine, **settings)
+                          tp_size=self.cfg.rollout_num_gpus_per_engine, remote_control=True, **settings)
         self.server = ServerThread(args, startup_timeout=START_TIMEOUT_S).start()
         return f"http://{self.host}:{self.server.port}"
 

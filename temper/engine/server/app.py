@@ -133,7 +133,7 @@ class Access:
 
     def __init__(self, app: Any, args: Any, admin_paths: frozenset[str]):
         self.app, self.key, self.admin_paths = app, args.api_key, admin_paths
-        self.open_admin = args.loopback_only
+        self.open_admin = args.control_open
         self.host = args.host
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:

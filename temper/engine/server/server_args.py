@@ -40,6 +40,9 @@ class ServerArgs:
     max_n: int = 1024  # most samples (`n`) one prompt may ask for
     max_client_requests: int = 4096  # most generation requests in flight from one client address (429 beyond)
     held_request_timeout: float = 1800.0  # seconds a request waits while the engine is paused or released (503)
+    # The control routes beyond loopback without an API key: refused (403) for `temper serve`; allowed for the
+    # engines a run's cluster starts on other nodes (its trainer and router drive them over the network).
+    remote_control: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -56,6 +59,11 @@ class ServerArgs:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.held_request_timeout > 0:
             raise ValueError(f"held_request_timeout must be positive seconds, got {self.held_request_timeout}")
+
+    @property
+    def control_open(self) -> bool:
+        """Whether the weight, memory and control routes answer without an API key."""
+        return self.remote_control or self.loopback_only
 
     @property
     def loopback_only(self) -> bool:

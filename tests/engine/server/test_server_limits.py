@@ -105,6 +105,13 @@ def test_control_routes_refused_beyond_loopback_without_a_key(model_dir):
         assert r.status_code == 200  # generation stays open
     finally:
         server.stop()
+    # the engines a run's cluster starts on other nodes stay drivable by its trainer and router
+    cluster_engine = start_server(model_dir("qwen3", seed=0), host="0.0.0.0", remote_control=True, skip_server_warmup=True)
+    try:
+        r = httpx.post(f"http://127.0.0.1:{cluster_engine.port}/flush_cache", json={}, timeout=TIMEOUT)
+        assert r.status_code == 200
+    finally:
+        cluster_engine.stop()
 
 
 def test_no_route_unpickles_request_data(client):
