@@ -6,6 +6,7 @@ says what is wrong and what to do.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from temper.config import ConfigError
@@ -43,6 +44,11 @@ def _batch_sizes(cfg: Config) -> None:
         raise ConfigError("--rollout-batch-size is required (prompts per rollout step)")
     if rbs <= 0 or n <= 0:
         raise ConfigError(f"--rollout-batch-size ({rbs}) and --n-samples-per-prompt ({n}) must be positive")
+    for name in ("global_batch_size", "num_steps_per_rollout", "micro_batch_size"):
+        if (value := getattr(cfg, name)) is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if cfg.num_rollout is not None and cfg.num_rollout < 0:
+        raise ConfigError(f"--num-rollout must be >= 0 (rollout steps to run), got {cfg.num_rollout}")
     samples = rbs * n
     gbs, steps = cfg.global_batch_size, cfg.num_steps_per_rollout
     if gbs is None and steps is None:
@@ -159,8 +165,10 @@ def _algorithm(cfg: Config) -> None:
 
 
 def _sampling(cfg: Config) -> None:
-    if cfg.rollout_temperature <= 0:
+    if not 0 < cfg.rollout_temperature < math.inf:  # also refuses nan
         raise ConfigError(f"--rollout-temperature must be > 0 (it also divides training logits), got {cfg.rollout_temperature}")
+    if cfg.rollout_max_response_len is not None and cfg.rollout_max_response_len < 1:
+        raise ConfigError(f"--rollout-max-response-len must be at least 1 token, got {cfg.rollout_max_response_len}")
     if not 0 < cfg.rollout_top_p <= 1:
         raise ConfigError(f"--rollout-top-p must be in (0, 1], got {cfg.rollout_top_p}")
     if cfg.rollout_max_prompt_len is None and cfg.rollout_max_context_len is not None:

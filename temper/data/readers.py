@@ -20,6 +20,7 @@ from temper.data.errors import DataError, row_error, type_name
 Row = dict[str, Any]
 _SPEC = re.compile(r"^(?P<path>.+)@\[(?P<start>[+-]?\d*):(?P<end>[+-]?\d*)\]$")
 _BOM = b"\xef\xbb\xbf"
+_SURROGATE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 _EXTENSIONS = ".jsonl or .parquet"
 
 
@@ -127,7 +128,26 @@ class JsonlRows(Rows):
             return row_error(
                 where, f"a JSON {type_name(row)}, expected a JSON object ({{...}}) per line", reason="not_an_object"
             )
+        if _SURROGATE.search(text) and (field := _unencodable_field(row)) is not None:
+            return row_error(
+                where,
+                "a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair), which is no character; "
+                "expected valid Unicode text",
+                field=field,
+                reason="bad_encoding",
+                fix="write the character itself, or both halves of its surrogate pair",
+            )
         return row
+
+
+def _unencodable_field(row: Row) -> str | None:
+    """The first top-level field of `row` holding a lone surrogate (text that no tokenizer can encode)."""
+    for key, value in row.items():
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return key
+    return None
 
 
 def _index_lines(path: str) -> tuple[array, array]:
