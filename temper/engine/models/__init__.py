@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from temper.engine.models.decoder import DecoderForCausalLM
+from temper.engine.models.glm4 import Glm4ForCausalLM
 from temper.engine.models.llama import LlamaForCausalLM
 from temper.engine.models.qwen2 import Qwen2ForCausalLM
 from temper.engine.models.qwen3 import Qwen3ForCausalLM
+from temper.engine.models.qwen3_moe import Qwen3MoeForCausalLM
 
 MODEL_CLASSES: dict[str, type[DecoderForCausalLM]] = {
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "LlamaForCausalLM": LlamaForCausalLM,
+    "Qwen3MoeForCausalLM": Qwen3MoeForCausalLM,
+    "Glm4ForCausalLM": Glm4ForCausalLM,
 }
 
 

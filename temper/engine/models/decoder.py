@@ -6,7 +6,9 @@ q/k/v and gate/up are fused projections internally; `packed_modules` maps HF nam
 place that knows about the fusion besides `MergedLinear`). Each residual add is done by the next
 RMSNorm (`RMSNorm(x, residual)`), which is the same arithmetic as HF's order and one kernel on the
 fast path; q/k norm and RoPE are one in-place kernel there too. The model sees packed tokens [T] with
-their positions and an `AttentionMetadata`; it knows nothing of scheduling or devices.
+their positions and an `AttentionMetadata`; it knows nothing of scheduling or devices. Architectures
+whose layers or RoPE differ (Qwen3-MoE's expert blocks, GLM4's partial RoPE and extra norms) override
+`DecoderForCausalLM.build_layer` / `build_rotary` and keep the rest.
 
 Tensor parallelism (`tp`, a `TPGroup`; see `layers.py`): each rank builds the model with its share of
 the attention heads (q/k/v column-parallel, o_proj row-parallel) and of the MLP (gate/up
@@ -17,6 +19,7 @@ all-gathers them, so every rank ends with the same full logits.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -109,10 +112,13 @@ class DecoderMLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, hf_config, spec: DecoderSpec, rotary: RotaryEmbedding, tp: TPGroup):
+    """`mlp`: the feed-forward block when it is not the dense `DecoderMLP` (a mixture of experts)."""
+
+    def __init__(self, hf_config, spec: DecoderSpec, rotary: RotaryEmbedding, tp: TPGroup,
+                 mlp: nn.Module | None = None):
         super().__init__()
         self.self_attn = DecoderAttention(hf_config, spec, rotary, tp)
-        self.mlp = DecoderMLP(hf_config, spec, tp)
+        self.mlp = mlp if mlp is not None else DecoderMLP(hf_config, spec, tp)
         self.input_layernorm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
 
@@ -130,13 +136,12 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    def __init__(self, hf_config, spec: DecoderSpec, max_len: int, tp: TPGroup):
+    """Embedding, the layers `build_layer(0..num_hidden_layers-1)` (each shares `rotary`), final norm."""
+
+    def __init__(self, hf_config, rotary: nn.Module, build_layer: Callable[[int], nn.Module]):
         super().__init__()
-        inv_freq = inverse_frequencies(rope_parameters(hf_config), head_dim_of(hf_config),
-                                       hf_config.max_position_embeddings)
-        rotary = RotaryEmbedding(head_dim_of(hf_config), max_len, inv_freq)
         self.embed_tokens = Embedding(hf_config.vocab_size, hf_config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(hf_config, spec, rotary, tp) for _ in range(hf_config.num_hidden_layers))
+        self.layers = nn.ModuleList(build_layer(i) for i in range(hf_config.num_hidden_layers))
         self.norm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
         self.rotary = rotary
 
@@ -148,7 +153,8 @@ class DecoderModel(nn.Module):
 
 
 class DecoderForCausalLM(nn.Module):
-    """Base of the engine's model classes; subclasses define `spec(hf_config)`."""
+    """Base of the engine's model classes; subclasses define `spec(hf_config)`, and override
+    `build_rotary` / `build_layer` where their RoPE or layers differ from the Llama layout."""
 
     # HF module name -> (engine module name, shard id) for projections the engine fuses.
     packed_modules: ClassVar[dict[str, tuple[str, str]]] = {
@@ -163,10 +169,23 @@ class DecoderForCausalLM(nn.Module):
     def spec(hf_config) -> DecoderSpec:
         raise NotImplementedError
 
+    @staticmethod
+    def build_rotary(hf_config, max_len: int) -> nn.Module:
+        """The RoPE tables every layer shares: `forward(positions [T], q, k) -> (q, k)` rotated."""
+        inv_freq = inverse_frequencies(rope_parameters(hf_config), head_dim_of(hf_config),
+                                       hf_config.max_position_embeddings)
+        return RotaryEmbedding(head_dim_of(hf_config), max_len, inv_freq)
+
+    def build_layer(self, hf_config, spec: DecoderSpec, rotary: nn.Module, layer_idx: int) -> nn.Module:
+        """Decoder layer `layer_idx`: `forward(positions, x, residual, meta) -> (x, residual)` as
+        `DecoderLayer`'s, with its attention at ``.self_attn.attn`` (the runner binds the KV cache there)."""
+        return DecoderLayer(hf_config, spec, rotary, self.tp)
+
     def __init__(self, hf_config, max_len: int, tp: TPGroup | None = None):
         super().__init__()
         self.tp = tp or TPGroup()
-        self.model = DecoderModel(hf_config, self.spec(hf_config), max_len, self.tp)
+        spec, rotary = self.spec(hf_config), self.build_rotary(hf_config, max_len)
+        self.model = DecoderModel(hf_config, rotary, lambda i: self.build_layer(hf_config, spec, rotary, i))
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         self.vocab_size = hf_config.vocab_size
         self.vocab_rows = self.tp.shard_range(self.vocab_size)  # (start, count) of this rank's LM-head rows
