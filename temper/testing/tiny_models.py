@@ -7,7 +7,12 @@ network. Weights are random (``from_config``) and seeded: the same arguments giv
 
 Shapes are `ModelShape` values, named in `PRESETS`: "tiny" (the default, ~0.5M parameters, builds in
 well under a second), "qwen3-0.6b" and "qwen3-4b" (Qwen3-0.6B's and Qwen3-4B's exact shapes with
-random weights, for GPU benchmarks). Any field can be overridden by keyword.
+random weights, for GPU benchmarks), "qwen3-30b-a3b" (arch qwen3_moe) and "glm4-9b" (arch glm4): the
+shapes of Qwen3-30B-A3B and GLM-4-9B-0414. Any field can be overridden by keyword.
+
+Architectures (`ARCHITECTURES`): the dense qwen3, qwen2 and llama; qwen3_moe (Qwen3-MoE: top-k routed
+experts in place of the MLP, shaped by the ``num_experts``/``moe_*`` fields); glm4 (GLM-4: partial
+interleaved RoPE, q/k/v biases, fused gate-up, the extra post-attention and post-MLP norms).
 
 Command line: ``python -m temper.testing.tiny_models OUT_DIR [--arch qwen3] [--preset tiny] [--seed 0]``.
 """
@@ -33,7 +38,11 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "qwen3": ("qwen3", "Qwen3ForCausalLM"),
     "qwen2": ("qwen2", "Qwen2ForCausalLM"),
     "llama": ("llama", "LlamaForCausalLM"),
+    "qwen3_moe": ("qwen3_moe", "Qwen3MoeForCausalLM"),
+    "glm4": ("glm4", "Glm4ForCausalLM"),
 }
+# Archs whose attention projects to head_dim explicitly (num_heads * head_dim may differ from hidden_size).
+EXPLICIT_HEAD_DIM = ("qwen3", "qwen3_moe", "glm4")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +51,11 @@ class ModelShape:
 
     vocab_size may exceed the tokenizer's `TOKENIZER_SIZE` (as Qwen's 151936 exceeds its 151669); the
     extra embedding rows are never produced by the tokenizer. ``num_heads * head_dim`` may differ from
-    hidden_size only for qwen3, whose attention projects to head_dim explicitly.
+    hidden_size only for the archs in `EXPLICIT_HEAD_DIM`, whose attention projects to head_dim explicitly.
+
+    The MoE fields shape qwen3_moe only (HF's names; layer i has experts unless it is in
+    ``mlp_only_layers``, and only when ``(i + 1) % decoder_sparse_step == 0``); ``partial_rotary_factor``
+    (the share of head_dim that RoPE rotates) applies to glm4 only. Dense archs ignore them.
     """
 
     vocab_size: int = 1024
@@ -56,6 +69,13 @@ class ModelShape:
     rope_theta: float = 1_000_000.0
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = True
+    num_experts: int = 8
+    num_experts_per_tok: int = 2
+    moe_intermediate_size: int = 64
+    norm_topk_prob: bool = True
+    decoder_sparse_step: int = 1
+    mlp_only_layers: tuple[int, ...] = ()
+    partial_rotary_factor: float = 0.5
 
     def __post_init__(self) -> None:
         if self.vocab_size < TOKENIZER_SIZE:
@@ -71,6 +91,16 @@ class ModelShape:
             raise ValueError(
                 f"ModelShape.head_dim={self.head_dim}: use an even head_dim >= 32 (fused attention and "
                 "rotary kernels reject smaller heads)"
+            )
+        if not 0 < self.num_experts_per_tok <= self.num_experts:
+            raise ValueError(
+                f"ModelShape.num_experts_per_tok={self.num_experts_per_tok} must be in 1..num_experts={self.num_experts}"
+            )
+        rotary_dim = self.head_dim * self.partial_rotary_factor
+        if rotary_dim != int(rotary_dim) or int(rotary_dim) % 2 or not 0 < rotary_dim <= self.head_dim:
+            raise ValueError(
+                f"ModelShape.partial_rotary_factor={self.partial_rotary_factor} of head_dim={self.head_dim} must "
+                "give an even number of rotary dimensions"
             )
 
 
@@ -100,6 +130,36 @@ PRESETS: dict[str, ModelShape] = {
         rope_theta=1_000_000.0,
         tie_word_embeddings=True,
     ),
+    "qwen3-30b-a3b": ModelShape(
+        vocab_size=151936,
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_layers=48,
+        num_heads=32,
+        num_kv_heads=4,
+        head_dim=128,
+        max_position_embeddings=40960,
+        rope_theta=1_000_000.0,
+        tie_word_embeddings=False,
+        num_experts=128,
+        num_experts_per_tok=8,
+        moe_intermediate_size=768,
+        norm_topk_prob=True,
+    ),
+    "glm4-9b": ModelShape(
+        vocab_size=151552,
+        hidden_size=4096,
+        intermediate_size=13696,
+        num_layers=40,
+        num_heads=32,
+        num_kv_heads=2,
+        head_dim=128,
+        max_position_embeddings=32768,
+        rope_theta=10_000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        partial_rotary_factor=0.5,
+    ),
 }
 
 
@@ -117,7 +177,7 @@ def resolve_shape(preset: str | ModelShape = "tiny", **overrides) -> ModelShape:
 
 
 def make_config(arch: str = "qwen3", shape: ModelShape | None = None) -> PretrainedConfig:
-    """The HF config for `arch` ("qwen3", "qwen2", "llama") at `shape`, with Qwen's bos/eos ids.
+    """The HF config for `arch` (a name in `ARCHITECTURES`) at `shape`, with Qwen's bos/eos ids.
 
     Builds no weights, so it is cheap even for large presets.
     """
@@ -125,7 +185,7 @@ def make_config(arch: str = "qwen3", shape: ModelShape | None = None) -> Pretrai
         raise ValueError(f"unknown tiny-model arch {arch!r}; expected one of {sorted(ARCHITECTURES)}")
     shape = shape or PRESETS["tiny"]
     model_type, architecture = ARCHITECTURES[arch]
-    if model_type != "qwen3" and shape.num_heads * shape.head_dim != shape.hidden_size:
+    if arch not in EXPLICIT_HEAD_DIM and shape.num_heads * shape.head_dim != shape.hidden_size:
         # Qwen2 on transformers 4.x derives head_dim from hidden_size and ignores the field.
         raise ValueError(
             f"arch {arch!r} needs num_heads * head_dim == hidden_size, got {shape.num_heads} * "
@@ -150,7 +210,25 @@ def make_config(arch: str = "qwen3", shape: ModelShape | None = None) -> Pretrai
         eos_token_id=ids[EOS_TOKEN],
         # No pad_token_id, as in Qwen's config.json: with one, the embedding row would get padding_idx
         # (zeroed at init and never trained). The pad id lives in generation_config and the tokenizer.
+        # (GLM4's config class defaults it to its own 151329, so it is cleared explicitly.)
+        **_arch_fields(arch, shape),
     )
+
+
+def _arch_fields(arch: str, shape: ModelShape) -> dict:
+    """The HF config fields that only `arch` has."""
+    if arch == "qwen3_moe":
+        return dict(
+            num_experts=shape.num_experts,
+            num_experts_per_tok=shape.num_experts_per_tok,
+            moe_intermediate_size=shape.moe_intermediate_size,
+            norm_topk_prob=shape.norm_topk_prob,
+            decoder_sparse_step=shape.decoder_sparse_step,
+            mlp_only_layers=list(shape.mlp_only_layers),
+        )
+    if arch == "glm4":
+        return dict(partial_rotary_factor=shape.partial_rotary_factor, attention_bias=True, pad_token_id=None)
+    return {}
 
 
 def make_generation_config() -> GenerationConfig:
@@ -192,16 +270,21 @@ def build_tiny_model(
     model.to(dtype)
     model.generation_config = make_generation_config()
     model.save_pretrained(out_dir, safe_serialization=True)
-    _add_legacy_rope_theta(out_dir / "config.json", shape.rope_theta)
+    _add_legacy_rope_fields(out_dir / "config.json", shape, arch)
     save_tokenizer(out_dir, model_max_length=shape.max_position_embeddings)
     return out_dir
 
 
-def _add_legacy_rope_theta(config_path: Path, rope_theta: float) -> None:
-    """transformers 5 writes only ``rope_parameters``; 4.x and hub-style readers look for ``rope_theta``."""
+def _add_legacy_rope_fields(config_path: Path, shape: ModelShape, arch: str) -> None:
+    """transformers 5 writes only ``rope_parameters``; 4.x and hub-style readers look for ``rope_theta``
+    (and, for GLM4, ``partial_rotary_factor``) at the top level, where the published configs have them."""
     config = json.loads(config_path.read_text())
-    if "rope_theta" not in config:
-        config["rope_theta"] = rope_theta
+    legacy = {"rope_theta": shape.rope_theta}
+    if arch == "glm4":
+        legacy["partial_rotary_factor"] = shape.partial_rotary_factor
+    missing = {key: value for key, value in legacy.items() if key not in config}
+    if missing:
+        config.update(missing)
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
