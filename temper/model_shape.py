@@ -11,6 +11,7 @@ never a Hugging Face Hub lookup for a model named "None".
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +90,11 @@ def check_hf_checkpoint(cfg: Any) -> None:
     """ConfigError (one line) when the run loads a model but --hf-checkpoint is not set.
 
     Not one of `Config.validate`'s rules: a part tested alone (the data, the placement) needs no model,
-    but a run does. The folder itself is checked with the shape flags (`check_model_shape`)."""
+    but a run does. The folder itself is checked with the shape flags (`check_model_shape`), its weights
+    by `check_weights`."""
     if cfg.hf_checkpoint:
+        if (Path(cfg.hf_checkpoint) / "config.json").is_file():
+            check_weights(Path(cfg.hf_checkpoint))
         return
     needed_by = _model_needed_by(cfg)
     if needed_by:
@@ -122,3 +126,53 @@ def _not_a_model_folder(folder: Path) -> str:
     if not folder.is_dir():
         return "is a file; point it at the Hugging Face model folder that holds config.json, weights and tokenizer"
     return "no config.json there (expected a Hugging Face model folder); point it at the folder that holds config.json"
+
+
+def check_weights(folder: Path) -> None:
+    """ConfigError when the *.safetensors files of a Hugging Face `folder` are missing, cut short, or of
+    another shape than its config.json (embedding size, layer count). Reads the files' headers only."""
+    index = folder / "model.safetensors.index.json"
+    named = set(json.loads(index.read_text()).get("weight_map", {}).values()) if index.is_file() else set()
+    absent = sorted(name for name in named if not (folder / name).is_file())
+    files = sorted(folder.glob("*.safetensors"))
+    if absent or not files:
+        what = f"{', '.join(absent)} (named in {index.name}) missing" if absent else "no *.safetensors weights"
+        raise ConfigError(f"--hf-checkpoint {folder}: {what}; copy the complete model folder again (temper "
+                          f"reads safetensors weights only)")
+    shapes: dict[str, list[int]] = {}
+    for file in files:
+        shapes.update(_safetensors_shapes(file))
+    config = json.loads((folder / "config.json").read_text())
+    expected = hf_shape(config)
+    mtp = config.get("text_config", config).get("num_nextn_predict_layers") or 0  # stored after the others
+    embed = next((shape for name, shape in shapes.items() if name.endswith("embed_tokens.weight")), None)
+    layers = {int(m[1]) for name in shapes if (m := re.search(r"\.layers\.(\d+)\.", name))}
+    wrong = []
+    if embed is not None and embed != [expected["vocab_size"], expected["hidden_size"]]:
+        wrong.append(f"embed_tokens {embed} (config: [{expected['vocab_size']}, {expected['hidden_size']}])")
+    if layers and not expected["num_layers"] <= max(layers) + 1 <= expected["num_layers"] + mtp:
+        wrong.append(f"{max(layers) + 1} layers (config: num_hidden_layers {expected['num_layers']})")
+    if wrong:
+        raise ConfigError(f"--hf-checkpoint {folder}: the weights disagree with config.json: {'; '.join(wrong)}; the "
+                          f"config.json belongs to another model: put the model's own config.json back")
+
+
+def _safetensors_shapes(file: Path) -> dict[str, list[int]]:
+    """{tensor name: shape} from a safetensors header; ConfigError when the file is shorter than its
+    header says (an interrupted copy or download) or is no safetensors file."""
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        try:
+            header = json.loads(f.read(length)) if 8 + length <= size else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            header = None
+    if not isinstance(header, dict):
+        raise ConfigError(f"--hf-checkpoint {file}: not a safetensors file, or cut short inside its header "
+                          f"({size:,} bytes); copy it again")
+    tensors = {name: t for name, t in header.items() if name != "__metadata__"}
+    end = 8 + length + max((t["data_offsets"][1] for t in tensors.values()), default=0)
+    if size < end:
+        raise ConfigError(f"--hf-checkpoint {file}: truncated, {size:,} of {end:,} bytes (an interrupted copy or "
+                          f"download?); copy it again")
+    return {name: t["shape"] for name, t in tensors.items()}
