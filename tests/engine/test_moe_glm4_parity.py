@@ -1,0 +1,98 @@
+"""Qwen3-MoE and GLM4 in the engine against Hugging Face (CPU, fp32, tiny spread checkpoints): all-position
+logits, greedy tokens (with and without prefix-cache hits, under preemption), and the log-probs of
+sampled tokens, n samples of one prompt sharing its cached prefix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_models import assert_matches_hf
+
+from temper.engine import EngineArgs, LLMEngine, SamplingParams
+
+ARCHS = ["qwen3_moe", "glm4"]
+NEW_TOKENS = 24
+GREEDY = SamplingParams(temperature=0, max_new_tokens=NEW_TOKENS, ignore_eos=True)
+# Qwen3-MoE with dense layers between sparse ones: layer 1 is in mlp_only_layers, layers 0, 2 have experts.
+MIXED_MOE = dict(num_layers=3, mlp_only_layers=(1,), num_experts_per_tok=3, norm_topk_prob=False)
+
+
+def engine_for(path, **kwargs) -> LLMEngine:
+    kwargs.setdefault("num_kv_blocks", 256)
+    kwargs.setdefault("max_model_len", 128)
+    return LLMEngine(EngineArgs(model=str(path), **kwargs))
+
+
+@pytest.fixture(scope="module")
+def prompts(hf):
+    """16 random prompts of 3..60 tokens, 6 sharing a 40-token prefix, and 4 copies of one prompt."""
+    mixed = hf.prompts(16, 3, 60, seed=0)
+    prefix = hf.prompts(1, 40, 40, seed=1)[0]
+    shared = [prefix + suffix for suffix in hf.prompts(6, 1, 20, seed=2)]
+    return mixed + shared + [mixed[3]] * 4
+
+
+def check_greedy(engine, path, prompts, hf):
+    outs = engine.generate(prompts, GREEDY)
+    for i, (prompt, out) in enumerate(zip(prompts, outs)):
+        assert out.output_token_ids == hf.greedy(path, prompt, NEW_TOKENS), f"prompt {i} (len {len(prompt)})"
+        assert out.finish_reason == "length" and len(out.output_logprobs) == NEW_TOKENS
+    assert engine.stats()["kv_blocks_used"] == 0 and not engine.has_unfinished_requests()
+    return outs
+
+
+@pytest.mark.parametrize(
+    "arch, overrides",
+    [
+        ("qwen3_moe", {}),
+        ("qwen3_moe", MIXED_MOE),
+        ("qwen3_moe", dict(num_layers=4, decoder_sparse_step=2, tie_word_embeddings=False)),
+        ("glm4", {}),
+        ("glm4", dict(tie_word_embeddings=False, partial_rotary_factor=1.0)),
+    ],
+    ids=["qwen3_moe", "qwen3_moe-mixed", "qwen3_moe-step2-untied", "glm4", "glm4-untied-full-rope"],
+)
+def test_logits_match_hf(arch, overrides, model_dir):
+    assert_matches_hf(model_dir(arch, **overrides))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_matches_hf(arch, model_dir, hf, prompts):
+    path = model_dir(arch)
+    engine = engine_for(path, enable_prefix_caching=False)
+    check_greedy(engine, path, prompts, hf)
+    assert engine.stats()["prefill_tokens_computed"] == sum(map(len, prompts))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_with_prefix_cache_hits_matches_hf(arch, model_dir, hf, prompts):
+    path = model_dir(arch)
+    engine = engine_for(path)
+    outs = check_greedy(engine, path, prompts, hf)
+    assert all(o.cached_tokens >= 32 for o in outs[17:22])  # shared 40-token prefix: 2 full blocks
+    assert all(o.cached_tokens > 0 for o in outs[22:])  # copies of one prompt
+    total = sum(map(len, prompts))
+    assert engine.stats()["prefill_tokens_computed"] == total - engine.stats()["cached_tokens"] < total
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_under_preemption_matches_hf(arch, model_dir, hf, prompts):
+    path = model_dir(arch)
+    engine = engine_for(path, num_kv_blocks=8, max_model_len=96)
+    check_greedy(engine, path, prompts[:16], hf)
+    assert engine.stats()["num_preemptions"] > 0
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("arch, overrides", [("qwen3_moe", MIXED_MOE), ("glm4", {})], ids=ARCHS)
+def test_logprobs_of_n_samples_match_hf_forward(arch, overrides, temperature, model_dir, hf, prompts):
+    """n=4 samples of a 40+-token prompt: the first prefills it, the other three hit its cached blocks."""
+    path = model_dir(arch, **overrides)
+    params = SamplingParams(n=4, temperature=temperature, max_new_tokens=16, ignore_eos=True, seed=11)
+    outs = engine_for(path).generate([prompts[16], prompts[0]], params)
+    assert [o.cached_tokens >= 32 for o in outs[:4]] == [False, True, True, True]
+    assert len({tuple(o.output_token_ids) for o in outs[:4]}) > 1
+    for out in outs:
+        prompt = out.prompt_token_ids
+        expected = hf.logprobs(path, prompt + out.output_token_ids, len(prompt), temperature)
+        assert (torch.tensor(out.output_logprobs) - expected).abs().max() <= 1e-4
