@@ -53,6 +53,11 @@ class ClusterConfig:
     train_backend: str = opt("fsdp", "training backend", choices=["fsdp", "megatron"])
     distributed_backend: str | None = opt(None, "torch.distributed backend (default: nccl on GPU, gloo on CPU)")
     distributed_timeout_minutes: int = opt(10, "timeout of torch.distributed collectives")
+    ray_call_timeout: float = opt(
+        3600.0,
+        "seconds the driver waits for any call to its train and engine workers (start, train, weight sync, "
+        "memory moves, save) before it stops the run naming them; their stacks go to <run dir>/stacks/",
+    )
     use_fault_tolerance: bool = opt(False, "monitor engines with /health_generate and restart dead ones")
     rollout_health_check_interval: float = opt(30.0, "seconds between engine health checks")
     rollout_health_check_timeout: float = opt(30.0, "seconds before an unresponsive engine is restarted")

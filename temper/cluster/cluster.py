@@ -48,6 +48,7 @@ from temper.cluster.placement import (
     ray_cluster_gpus,
     start_ray,
 )
+from temper.cluster.remote import remove_empty_stack_files, wait_for
 from temper.cluster.train_group import ActorGroup, CriticGroup, fraction
 from temper.cluster.weight_sync import plan_sync
 
@@ -147,9 +148,8 @@ class Cluster:
 
     def _wait(self, refs: list) -> None:
         """Wait for the starts in `refs`; engines' starts return their URLs, which go into `engines`."""
-        import ray
-
-        for result in ray.get(refs):
+        started = wait_for(refs, [], "starting the train ranks and engines", self.cfg.ray_call_timeout)
+        for result in started:
             if isinstance(result, str):
                 self.engines.urls.append(result)
 
@@ -207,6 +207,7 @@ class Cluster:
             if group is not None:
                 group.stop()
         self.engines.stop()
+        remove_empty_stack_files(self.cfg)
         if self.placement is not None:
             self.placement.remove()
             self.placement = None

@@ -48,6 +48,7 @@ def run_driver(loop: Loop, argv: list[str] | None, prog: str, check=None) -> lis
             return []
         data_source = data_source if data_source is not None else load_data(cfg)
         announce(cfg, prog)  # the run's plan as its first lines: batches, placement, memory, staleness
+        cfg.run_dir = str(run_dir_of(cfg))  # fixed once: the workers' stack files and the run log share it
         with (
             Cluster.start(cfg, data_source) as cluster,
             RunLog(cfg, shlex.join(["python", prog, *argv]), started=started) as log,

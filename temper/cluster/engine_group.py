@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from temper.cluster.placement import stop_workers
+from temper.cluster.remote import enable_stack_dumps
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class EngineWorker:
 
         torch.set_num_threads(threads)
         self.cfg, self.host, self.device, self.gpu_ids = cfg, host, device, gpu_ids or []
+        self.id = enable_stack_dumps(cfg, f"engine pid {os.getpid()}")
         self.server: Any = None
         self.process: subprocess.Popen | None = None
         if cfg.rollout_backend == "builtin" and len(self.gpu_ids) > 1:
@@ -217,7 +219,7 @@ class EngineGroup:
         """The smallest total memory (bytes) of the GPUs under the engines temper started; None if none."""
         import ray
 
-        return min(ray.get([w.device_memory.remote() for w in self.workers])) if self.workers else None
+        return min(ray.get([w.device_memory.remote() for w in self.workers], timeout=300)) if self.workers else None
 
     def describe(self) -> list[str]:
         """One line per engine: its kernels, decode CUDA graphs, decode tile and KV cache, as its

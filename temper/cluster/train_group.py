@@ -17,6 +17,7 @@ import logging
 from typing import Any
 
 from temper.cluster.placement import WORKER_ENV, Placement, ResourcePlan, stop_workers
+from temper.cluster.remote import WorkerId, enable_stack_dumps, wait_for
 
 logger = logging.getLogger(__name__)
 
@@ -24,12 +25,19 @@ logger = logging.getLogger(__name__)
 class TrainWorker:
     """One rank: joins the group, builds its model (`build`), moves it on and off the device."""
 
+    ROLE = "train"
+
     def __init__(self, cfg, rank: int, world_size: int, device: str, threads: int):
         import torch
 
         torch.set_num_threads(threads)
         self.cfg, self.rank, self.world_size, self.device = cfg, rank, world_size, device
         self.model: Any = None
+        self.id = enable_stack_dumps(cfg, f"{self.ROLE} rank {rank}")
+
+    def identity(self) -> WorkerId:
+        """Who this rank is, for the driver's error messages and stack dumps."""
+        return self.id
 
     def rendezvous_port(self) -> int:
         """Rank 0: a free port on this node for the process group's store."""
@@ -82,6 +90,8 @@ class TrainWorker:
 class ActorWorker(TrainWorker):
     """A rank of the policy: trains it, checkpoints it, sends its weights to the engines."""
 
+    ROLE = "actor"
+
     def build(self) -> Any:
         from temper.train import Actor
 
@@ -126,6 +136,8 @@ class ActorWorker(TrainWorker):
 class CriticWorker(TrainWorker):
     """A rank of the PPO critic."""
 
+    ROLE = "critic"
+
     def build(self) -> Any:
         from temper.train import Critic
 
@@ -148,8 +160,10 @@ class TrainGroup:
     def __init__(self, worker_cls: type, cfg, plan: ResourcePlan, placement: Placement):
         import ray
 
-        self.placement = placement
+        self.cfg, self.placement = cfg, placement
+        self.ROLE = worker_cls.ROLE
         self.workers = []
+        self.ids: list[WorkerId] = []
         for rank in range(plan.train_ranks):
             share = plan.workers_in_bundle(rank)
             options: dict[str, Any] = {
@@ -164,9 +178,10 @@ class TrainGroup:
 
     def start(self) -> list:
         """Join the process group and build the models; returns the refs to wait on."""
-        import ray
-
-        port = ray.get(self.workers[0].rendezvous_port.remote())
+        timeout = self.cfg.ray_call_timeout
+        self.ids = wait_for([w.identity.remote() for w in self.workers], [], f"starting the {self.ROLE} ranks", timeout)
+        port = wait_for([self.workers[0].rendezvous_port.remote()], self.ids, f"{self.ROLE} rank 0's rendezvous port",
+                        timeout)[0]
         address = self.placement.address(0)
         return [w.init.remote(address, port) for w in self.workers]
 
@@ -175,7 +190,8 @@ class TrainGroup:
         import ray
 
         args = tuple(a if isinstance(a, (int, float, str, type(None))) else ray.put(a) for a in args)
-        return ray.get([getattr(w, method).remote(*args) for w in self.workers])[0]
+        refs = [getattr(w, method).remote(*args) for w in self.workers]
+        return wait_for(refs, self.ids, f"{self.ROLE} {method}", self.cfg.ray_call_timeout)[0]
 
     def load(self):
         return self.run("load")
@@ -217,9 +233,8 @@ class ActorGroup(TrainGroup):
         return self.run("update_weights", version)
 
     def check_weights(self) -> int:
-        import ray
-
-        return sum(ray.get([w.check_weights.remote() for w in self.workers]))
+        refs = [w.check_weights.remote() for w in self.workers]
+        return sum(wait_for(refs, self.ids, "actor check_weights", self.cfg.ray_call_timeout))
 
 
 class CriticGroup(TrainGroup):
