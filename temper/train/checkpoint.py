@@ -129,11 +129,12 @@ def load_checkpoint(
     """
     path = Path(path)
     model_state = get_model_state_dict(model)
-    dcp.load(model_state, checkpoint_id=path / "model")
+    _check_matches(path / "model", model_state)
+    _read(model_state, path / "model")
     set_model_state_dict(model, model_state)
     if optimizer is not None and (path / "optimizer").is_dir():
         optim_state = get_optimizer_state_dict(model, optimizer)
-        dcp.load(optim_state, checkpoint_id=path / "optimizer")
+        _read(optim_state, path / "optimizer")
         set_optimizer_state_dict(model, optimizer, optim_state)
     trainer_state = torch.load(path / "trainer_state.pt", weights_only=False)
     rng_file = path / "rng" / f"rank_{env.rank}.pt"
@@ -141,6 +142,39 @@ def load_checkpoint(
         _set_rng_state(torch.load(rng_file, weights_only=False))
     env.barrier()
     return trainer_state
+
+
+def _check_matches(folder: Path, model_state: dict[str, Any]) -> None:
+    """ValueError unless the checkpoint in `folder` holds exactly the model's parameters, shape for shape
+    (a checkpoint of another model would otherwise load in part, or fail deep inside DCP)."""
+    try:
+        stored = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
+    except Exception as e:  # noqa: BLE001 -- a missing or unreadable .metadata file, in whatever form
+        raise ValueError(f"{folder}: no readable checkpoint metadata ({type(e).__name__}: {e}); the checkpoint is "
+                         f"incomplete: load an earlier iter_* folder, or drop --load to start from --hf-checkpoint") from e
+    ours = {name: tuple(t.shape) for name, t in model_state.items() if isinstance(t, torch.Tensor)}
+    theirs = {name: tuple(md.size) for name, md in stored.items() if hasattr(md, "size")}
+    wrong = [f"missing {n}" for n in sorted(ours.keys() - theirs.keys())]
+    wrong += [f"unexpected {n}" for n in sorted(theirs.keys() - ours.keys())]
+    wrong += [f"{n} {list(theirs[n])} (model: {list(ours[n])})" for n in sorted(ours.keys() & theirs.keys())
+              if ours[n] != theirs[n]]  # fmt: skip
+    if wrong:
+        shown = "; ".join(wrong[:4]) + (f"; and {len(wrong) - 4} more" if len(wrong) > 4 else "")
+        raise ValueError(f"{folder}: this checkpoint is of another model than --hf-checkpoint ({len(wrong)} "
+                         f"differences: {shown}); pass the --hf-checkpoint it was trained from, or another --load")
+
+
+def _read(state: dict[str, Any], folder: Path) -> None:
+    """dcp.load, with a shard that cannot be read (cut short, overwritten) named as such."""
+    try:
+        dcp.load(state, checkpoint_id=folder)
+    except dcp.CheckpointException as e:
+        cause = next(iter(e.failures.values()), None)
+        cause = cause[0] if isinstance(cause, tuple) else cause
+        text = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
+        detail = f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+        raise ValueError(f"{folder}: its shards cannot be read ({detail}); the checkpoint is truncated or corrupt: "
+                         f"load an earlier iter_* folder, or drop --load to start from --hf-checkpoint") from e
 
 
 def _rng_state() -> dict[str, Any]:
