@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import random
 import threading
 from collections.abc import Awaitable, Callable
@@ -80,9 +81,29 @@ async def async_rm(args: Any, sample: Sample, **kwargs: Any) -> Reward:
     if custom and inspect.isclass(load_function(custom, flag="--custom-rm-path")):
         return (await model_rewards(args, [sample], custom))[0]
     if custom:
-        return await call_maybe_async(load_function(custom, flag="--custom-rm-path"), args, sample, **kwargs)
+        try:
+            reward = await call_maybe_async(load_function(custom, flag="--custom-rm-path"), args, sample, **kwargs)
+        except Exception as e:  # the user's own error, kept as it is, told where it came from
+            e.add_note(f"raised by the --custom-rm-path function {custom!r} on sample {sample.index}")
+            raise
+        return checked_reward(reward, f"--custom-rm-path {custom!r}", sample)
     rm_type = sample.metadata.get("rm_type") or getattr(args, "rm_type", None)
     return await builtin_rm(args, sample, rm_type)
+
+
+def checked_reward(reward: Any, source: str, sample: Sample) -> Reward:
+    """`reward` when it is a number (not NaN) or a dict; a TypeError naming `source` and the sample else
+    (a string or None would fail later, far from the function, or a "0.5" pass as a number)."""
+    if isinstance(reward, dict):
+        return reward
+    try:
+        if not isinstance(reward, (str, bytes)) and not math.isnan(float(reward)):
+            return reward
+    except (TypeError, ValueError, RuntimeError):  # None, a list, a tensor of several values
+        pass
+    raise TypeError(f"{source} returned {type(reward).__name__} {reward!r:.60} for sample {sample.index}; a reward "
+                    f"function must return a number (not NaN) or a dict of them (with --reward-key naming the one "
+                    f"to train on)")
 
 
 async def builtin_rm(args: Any, sample: Sample, rm_type: str | None) -> Reward:
@@ -116,7 +137,7 @@ async def batched_async_rm(args: Any, samples: list[Sample]) -> list[Reward]:
                 f"--group-rm reward function {path!r} returned {got} for a group of {len(samples)} samples; "
                 "return one per sample"
             )
-        return list(rewards)
+        return [checked_reward(r, f"--group-rm reward function {path!r}", s) for r, s in zip(rewards, samples)]
     return list(await asyncio.gather(*(async_rm(args, s) for s in samples)))
 
 
