@@ -180,7 +180,8 @@ def _load_yaml(path: str) -> dict[str, Any]:
     if not file.is_file():
         raise ConfigError(f"--config {path}: file not found")
     try:
-        data = yaml.safe_load(file.read_text()) or {}
+        text = file.read_text()
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -194,8 +195,55 @@ def _load_yaml(path: str) -> dict[str, Any]:
             close = difflib.get_close_matches(name, FIELD_GROUP, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(f"--config {path}: unknown key {key!r}{hint}")
+        if (problem := _yaml_value_problem(name, value)) is not None:
+            line = _key_lines(text).get(str(key))
+            shown = "null" if value is None else f"{type(value).__name__} {value!r:.60}"
+            raise ConfigError(f"--config {path}{f':{line}' if line else ''}: {key} is {shown}; {problem} (as "
+                              f"--{name.replace('_', '-')} takes)")
         values[name] = value
     return values
+
+
+_EXPECTED = {bool: "true or false", int: "a whole number", float: "a number", str: "text (quote it)",
+             list: "a list [a, b]", dict: "a mapping {key: value}"}  # fmt: skip
+
+
+def _yaml_value_problem(name: str, value: Any) -> str | None:
+    """What is wrong with a --config file's `value` for config field `name` (its type, its choices), or None."""
+    f = next(f for f in dataclasses.fields(GROUPS[FIELD_GROUP[name]]) if f.name == name)
+    kind, _ = _kind(f.type)
+    if value is None:
+        return None if _optional(f.type) else "expected a value, not null"
+    if not _fits(kind, value):
+        return f"expected {_EXPECTED[kind]}"
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        return f"expected one of {', '.join(map(str, choices))}"
+    return None
+
+
+def _fits(kind: type, value: Any) -> bool:
+    if kind in (int, float) and isinstance(value, str):  # PyYAML reads 1e-6 as text; argparse converts it
+        try:
+            kind(value)
+        except ValueError:
+            return False
+        return True
+    if kind in (int, float):
+        return isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    return kind not in _EXPECTED or isinstance(value, kind)
+
+
+def _optional(annotation: Any) -> bool:
+    hint = eval(annotation, {"Any": Any}) if isinstance(annotation, str) else annotation  # noqa: S307
+    return _is_union(hint) and type(None) in typing.get_args(hint)
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """1-based line of each top-level key of a YAML mapping."""
+    node = yaml.compose(text)
+    pairs = node.value if isinstance(node, yaml.MappingNode) else []
+    return {str(k.value): k.start_mark.line + 1 for k, _ in pairs}
 
 
 def _split_passthrough(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], dict[str, dict]]:
