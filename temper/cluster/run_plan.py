@@ -10,7 +10,8 @@ Five parts, a line or two each, from the validated config and the machine it is 
   the memory plan a run would decide); on CPU, host memory.
 - staleness: which weight version generates each rollout (train.py: the current one; train_async.py:
   up to --async-buffer-size + --update-weights-interval - 1 versions behind).
-- warnings: settings that will cost memory, time or learning (one line each).
+- warnings: settings that will cost memory, time or learning (one line each), and a --load that holds
+  no checkpoint.
 
 The estimate needs the checkpoint's config.json and *.safetensors headers (no weights are read) and the
 GPU's memory: this machine's (nvidia-smi; no CUDA context is created) or the one `temper plan
@@ -114,6 +115,7 @@ class RunPlan:
         self._memory()
         self._staleness()
         self._algorithm()
+        self._resume()
 
     @property
     def train_ranks(self) -> int:
@@ -380,6 +382,30 @@ class RunPlan:
                 f"sample, its own mean, so every advantage is 0 and nothing is learned from the rewards; use several "
                 f"samples per prompt (4-16)"
             )
+
+    def _resume(self) -> None:
+        """A --load without a checkpoint starts from --hf-checkpoint (a first run with --load = --save):
+        said, so that a mistyped path does not start a fresh run without a word."""
+        cfg = self.cfg
+        if cfg.load and (missing := _no_checkpoint(Path(cfg.load))) is not None:
+            self.warnings.append(
+                f"--load {cfg.load} holds no checkpoint ({missing}): the run starts from --hf-checkpoint "
+                f"{cfg.hf_checkpoint}, as a first run with --load = --save does; check the path if you meant to resume"
+            )
+
+
+def _no_checkpoint(path: Path) -> str | None:
+    """Why `path` (--load) holds no checkpoint to resume from, or None when it holds one."""
+    from temper.train.checkpoint import TRACKER_FILE  # imported here: torch.distributed
+
+    if not path.exists():
+        return "no such folder"
+    held = (path / TRACKER_FILE, path / "model", path / "actor", path / "rollout")  # rollout: the data source's
+    if any(p.exists() for p in held):
+        return None
+    if (path / "config.json").is_file():
+        return "it is a Hugging Face model folder; pass that as --hf-checkpoint"
+    return f"no {TRACKER_FILE} there"
 
 
 def _resources(cfg, target: Target) -> ResourcePlan:
