@@ -87,7 +87,8 @@ def _import_file(file: str, path: str, flag: str) -> ModuleType:
     sys.modules[module_name] = module  # registered first so that pickling and dataclasses can find it
     try:
         spec.loader.exec_module(module)
-    except BaseException:
+    except BaseException as e:
         del sys.modules[module_name]
+        e.add_note(f"raised while importing {full} for {flag} {path!r}")
         raise
     return module
