@@ -53,6 +53,11 @@ class ClusterConfig:
     train_backend: str = opt("fsdp", "training backend", choices=["fsdp", "megatron"])
     distributed_backend: str | None = opt(None, "torch.distributed backend (default: nccl on GPU, gloo on CPU)")
     distributed_timeout_minutes: int = opt(10, "timeout of torch.distributed collectives")
+    engine_call_timeout: float = opt(
+        600.0,
+        "seconds the driver waits for each engine's answer to a control call (pause, weight version, memory "
+        "release/resume) before it stops the run naming the engine",
+    )
     ray_call_timeout: float = opt(
         3600.0,
         "seconds the driver waits for any call to its train and engine workers (start, train, weight sync, "

@@ -64,7 +64,7 @@ class Cluster:
         self.placement: Placement | None = None
         self.actor: ActorGroup | None = None
         self.critic: CriticGroup | None = None
-        self.engines = EngineGroup([])
+        self.engines = EngineGroup([], timeout_s=cfg.engine_call_timeout)
         self.memory = MemoryPlan(offload_train=False, release=(), outcome="flags", why="not started")
         self.started_lines: list[str] = []  # the memory plan and each engine, once started (the driver prints them)
         self.rollout: Any = None

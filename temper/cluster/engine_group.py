@@ -179,27 +179,47 @@ def wait_healthy(url: str, timeout_s: float, alive=lambda: True) -> None:
     raise RuntimeError(f"the engine server {url} did not become healthy within {timeout_s:.0f}s")
 
 
+class EngineCallError(RuntimeError):
+    """A control call to an engine that failed or got no answer in time; names the engine and the call."""
+
+
 class EngineGroup:
     """The run's engines: URLs (and the Ray actors of those temper started), with control calls.
 
     `dtype` is the dtype the engines hold weights in when temper started built-in engines (None:
-    unknown), for `--check-weight-update-equal`.
+    unknown), for `--check-weight-update-equal`. Every control call waits at most `timeout_s` seconds
+    for each engine's answer (--engine-call-timeout); past that, or when an engine cannot be reached,
+    `EngineCallError` names the engine and the call.
     """
 
-    def __init__(self, urls: list[str], workers: list[Any] = (), dtype: str | None = None):
+    def __init__(self, urls: list[str], workers: list[Any] = (), dtype: str | None = None, timeout_s: float = 600.0):
         self.urls = [u.rstrip("/") for u in urls]
         self.workers = list(workers)
         self.dtype = dtype
-        self._http = httpx.Client(timeout=httpx.Timeout(300.0, connect=10.0), trust_env=False)
+        self.timeout_s = timeout_s
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0), trust_env=False)
 
     def __len__(self) -> int:
         return len(self.urls)
 
+    def _call(self, method: str, url: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One control call to one engine; EngineCallError naming both when it fails or does not answer."""
+        try:
+            response = self._http.request(method, f"{url}{path}", **kwargs)
+        except httpx.TimeoutException as e:
+            raise EngineCallError(
+                f"engine {url} did not answer {method} {path} within {self.timeout_s:g} s (--engine-call-timeout): "
+                f"it is stuck or overloaded ({type(e).__name__})"
+            ) from e
+        except httpx.HTTPError as e:
+            raise EngineCallError(f"engine {url}: {method} {path} failed: {type(e).__name__}: {e}") from e
+        if response.status_code >= 400:
+            raise EngineCallError(f"engine {url}: {method} {path} failed ({response.status_code}): {response.text[:300]}")
+        return response
+
     def _post(self, path: str, body: dict | None = None) -> None:
         for url in self.urls:
-            response = self._http.post(f"{url}{path}", json=body or {})
-            if response.status_code >= 400:
-                raise RuntimeError(f"POST {url}{path} failed ({response.status_code}): {response.text[:300]}")
+            self._call("POST", url, path, json=body or {})
 
     def pause(self) -> None:
         """Stop stepping every engine; requests in flight keep their state (mode in_place)."""
@@ -244,7 +264,7 @@ class EngineGroup:
 
     def weight_versions(self) -> list[str]:
         """The weight version each engine serves (`/get_weight_version`)."""
-        return [str(self._http.get(f"{url}/get_weight_version").json()["weight_version"]) for url in self.urls]
+        return [str(self._call("GET", url, "/get_weight_version").json()["weight_version"]) for url in self.urls]
 
     def expect_version(self, version: str) -> None:
         """RuntimeError unless every engine serves `version` (checked after each weight sync)."""
