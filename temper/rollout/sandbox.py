@@ -198,24 +198,27 @@ def describe_isolation() -> str:
     """One line: what the kernel adds to the audit hook here."""
     iso = isolation()
     parts = [
-        "network namespace (no network)" if iso.network_namespace else "no network namespace (the audit hook alone refuses sockets)",
+        "network namespace (no network)" if iso.network_namespace
+        else "no network namespace (the audit hook alone refuses sockets)",
         "PID namespace" if iso.pid_namespace else "no PID namespace",
         "RLIMIT_NPROC" if iso.nproc_enforced else "no RLIMIT_NPROC (root): the watchdog counts processes",
-    ]  # fmt: skip
+    ]
     return "sandbox: " + ", ".join(parts)
 
 
 def _write_files(workdir: str, code: str, files: Mapping[str, str | bytes]) -> None:
+    if "main.py" in files:
+        raise ValueError("sandbox files: main.py is the code itself; give the file another name")
     for name, content in {**files, "main.py": code}.items():
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ValueError(f"sandbox files: {name!r} must be a relative path inside the working directory")
         path = Path(workdir, name)
-        if Path(name).is_absolute() or ".." in Path(name).parts or (name == "main.py" and content is not code):
-            raise ValueError(f"sandbox files: {name!r} must be a relative path inside the working directory, not main.py")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content.encode() if isinstance(content, str) else content)
 
 
 async def _run(workdir: str, limits: Limits, stdin: bytes) -> SandboxResult:
-    iso = isolation()
+    iso = await asyncio.to_thread(isolation)  # the first call probes unshare (a subprocess)
     status_r, status_w = os.pipe()
     command = [*iso.wrapper, sys.executable, "-I", "-B", "-X", "utf8", "-c", _child_source(),
                _child_config(workdir, limits, status_w, iso)]  # fmt: skip

@@ -3,6 +3,7 @@
 The parent starts ``python -I -B -X utf8 -c <this file's text> <config json>`` in a fresh temporary
 directory that holds the user's code as ``main.py``. Before that code runs, this bootstrap
 
+- in a PID namespace, forks once and stays behind as the namespace's first process (see `_init_shim`);
 - sets the kernel limits (RLIMIT_CPU, RLIMIT_DATA, RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE,
   and RLIMIT_NPROC when the parent asks for it);
 - installs an audit hook (PEP 578) that refuses, with a `SandboxViolation` (a PermissionError):
@@ -18,7 +19,8 @@ The kernel limits, the namespaces and the parent's watchdog are what hold agains
 
 Status goes to the parent on a pipe (fd in the config), one JSON object a line: ``{"cpu": true}`` when
 the CPU limit is hit, and at the end ``{"end": kind, ...}`` with kind one of ok, exit, exception,
-memory, forbidden, cpu, plus the operations the hook refused.
+memory, forbidden, cpu, plus the operations the hook refused; ``{"signal": N}`` from the PID
+namespace's first process when the code died by signal N.
 """
 
 import json
