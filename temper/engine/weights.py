@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from temper.engine.models.decoder import DecoderForCausalLM
 
@@ -29,7 +29,12 @@ def iter_safetensors(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
     if not files:
         raise FileNotFoundError(f"no *.safetensors files in {path}; expected a Hugging Face checkpoint folder")
     for file in files:
-        with safe_open(str(file), framework="pt", device="cpu") as f:
+        try:
+            opened = safe_open(str(file), framework="pt", device="cpu")
+        except SafetensorError as e:
+            raise ValueError(f"{file}: cannot be read as safetensors ({e}); the file is truncated or corrupt, "
+                             f"copy it again") from e
+        with opened as f:
             for name in f.keys():  # noqa: SIM118 (safe_open is not iterable)
                 yield name, f.get_tensor(name)
 
