@@ -219,22 +219,24 @@ def _write_files(workdir: str, code: str, files: Mapping[str, str | bytes]) -> N
 
 async def _run(workdir: str, limits: Limits, stdin: bytes) -> SandboxResult:
     iso = await asyncio.to_thread(isolation)  # the first call probes unshare (a subprocess)
+    command = [*iso.wrapper, sys.executable, "-I", "-B", "-X", "utf8", "-c", _child_source()]
     status_r, status_w = os.pipe()
-    command = [*iso.wrapper, sys.executable, "-I", "-B", "-X", "utf8", "-c", _child_source(),
-               _child_config(workdir, limits, status_w, iso)]  # fmt: skip
     start = time.monotonic()
     try:
         proc = await asyncio.create_subprocess_exec(
-            *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, cwd=workdir, env=_child_env(workdir), start_new_session=True,
-            pass_fds=(status_w,),
+            *command, _child_config(workdir, limits, status_w, iso), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=workdir, env=_child_env(workdir),
+            start_new_session=True, pass_fds=(status_w,),
         )  # fmt: skip
+    except BaseException:
+        os.close(status_r)
+        raise
     finally:
         os.close(status_w)
     watch = WATCHDOG.watch(proc.pid, limits.max_processes, iso.helpers)
+    streams = asyncio.gather(_feed(proc, stdin), _read_capped(proc.stdout, limits.max_output_bytes),
+                             _read_capped(proc.stderr, limits.max_output_bytes))  # fmt: skip
     try:
-        streams = asyncio.gather(_feed(proc, stdin), _read_capped(proc.stdout, limits.max_output_bytes),
-                                 _read_capped(proc.stderr, limits.max_output_bytes))  # fmt: skip
         timed_out = await _wait(proc, limits.timeout_s)
         duration = time.monotonic() - start
         _, out, err = await _drain(streams)
@@ -243,6 +245,7 @@ async def _run(workdir: str, limits: Limits, stdin: bytes) -> SandboxResult:
         if proc.returncode is None:  # cancelled: leave nothing running
             kill_all(proc.pid)
             await proc.wait()
+        streams.cancel()
         status = _read_status(status_r)
     return _result(limits, proc.returncode, timed_out, watch, status, out, err, duration)
 

@@ -290,3 +290,11 @@ def test_watchdog_counts_a_process_tree(marker):
     finally:
         dog.unwatch(watch)
         tree.kill()
+
+
+def test_a_sandbox_that_cannot_start_is_a_result(monkeypatch):
+    monkeypatch.setattr(sandbox, "isolation", lambda: Isolation((), False, False, os.geteuid() != 0))
+    monkeypatch.setattr(sandbox.sys, "executable", "/nonexistent/python")
+    result = run_python("print(1)")
+    assert (result.ok, result.error, result.exit_code) == (False, "sandbox", None)
+    assert "could not run the code" in result.message and "/nonexistent/python" in result.message
