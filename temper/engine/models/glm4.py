@@ -64,8 +64,8 @@ class PartialInterleavedRotary(nn.Module):
 
 
 class FusedGateUp(MergedLinear):
-    """`MergedLinear` (gate, up) that also loads HF's one fused tensor (shard None): each rank keeps its
-    rows of each half. Reading it back whole (shard None) is supported on one rank only."""
+    """`MergedLinear` (gate, up) that also loads and reads HF's one fused tensor (shard None); each rank
+    keeps its rows of each half."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, tp: TPGroup):
         super().__init__(hidden_size, {"gate": intermediate_size, "up": intermediate_size}, False, tp)
@@ -73,9 +73,14 @@ class FusedGateUp(MergedLinear):
     def _shard_view(self, param: nn.Parameter, shard_id: str | None) -> torch.Tensor:
         if shard_id is not None:
             return super()._shard_view(param, shard_id)
-        if self.tp.size > 1:
-            raise ValueError("the fused gate_up_proj cannot be read back whole under tensor parallelism")
-        return param.data
+        if self.tp.size == 1:
+            return param.data
+        # `WeightMap.get` concatenates the ranks' views along dim 0, but this rank's rows ([its gate rows; its
+        # up rows]) are not a block of HF's [gate; up]: return that block instead, assembled from both halves
+        # gathered whole (collectives, like `get` itself: every rank calls this).
+        halves = [self.tp.all_gather(MergedLinear._shard_view(self, param, shard), 0, size)
+                  for shard, size in self.full_sizes.items()]
+        return torch.cat(halves).narrow(0, *self.tp.shard_range(sum(self.full_sizes.values())))
 
     def _load_shard(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str | None) -> None:
         if shard_id is not None:
