@@ -94,7 +94,8 @@ class ModelShape:
             )
         if not 0 < self.num_experts_per_tok <= self.num_experts:
             raise ValueError(
-                f"ModelShape.num_experts_per_tok={self.num_experts_per_tok} must be in 1..num_experts={self.num_experts}"
+                f"ModelShape.num_experts_per_tok={self.num_experts_per_tok} must be in "
+                f"1..num_experts={self.num_experts}"
             )
         rotary_dim = self.head_dim * self.partial_rotary_factor
         if rotary_dim != int(rotary_dim) or int(rotary_dim) % 2 or not 0 < rotary_dim <= self.head_dim:

@@ -89,8 +89,8 @@ class FusedGateUp(MergedLinear):
         total = sum(self.full_sizes.values())
         if loaded.dim() != 2 or loaded.shape[0] != total:
             raise ValueError(f"expected shape ({total}, {param.shape[1]}), got {tuple(loaded.shape)}")
-        for shard_id, part in zip(self.full_sizes, loaded.split(list(self.full_sizes.values()))):
-            super()._load_shard(param, part, shard_id)
+        for shard, part in zip(self.full_sizes, loaded.split(list(self.full_sizes.values()))):
+            super()._load_shard(param, part, shard)
 
 
 class Glm4MLP(nn.Module):

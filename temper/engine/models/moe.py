@@ -73,6 +73,11 @@ class SparseMoeBlock(nn.Module):
         return out if self.tp.size == 1 else self.tp.all_reduce(out)
 
     def _dispatch(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                "the MoE reference path reads its per-expert token counts on the host and cannot be captured in "
+                "a CUDA graph; start the engine with EngineArgs(cuda_graphs=False)"
+            )
         flat = ids.flatten()
         order = torch.argsort(flat, stable=True)  # (token, slot) pairs grouped by expert
         tokens, pair_weights = order // self.top_k, weights.flatten()[order]
