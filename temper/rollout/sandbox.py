@@ -162,12 +162,11 @@ async def run_python_async(
     """
     limits = Limits(timeout_s, cpu_s, memory_mb, max_output_bytes, max_processes, max_file_mb)
     stdin = stdin.encode() if isinstance(stdin, str) else bytes(stdin)
+    files = {**_checked(files or {}), "main.py": code}
     workdir = tempfile.mkdtemp(prefix="temper-sandbox-")
     try:
-        _write_files(workdir, code, files or {})
+        _write_files(workdir, files)
         return await _run(workdir, limits, stdin)
-    except ValueError:
-        raise
     except Exception as e:  # noqa: BLE001 - the sandbox's own failure is a result, not an exception
         return SandboxResult(False, "sandbox", f"the sandbox could not run the code: {type(e).__name__}: {e}",
                              "", "", None, 0.0)  # fmt: skip
@@ -206,12 +205,17 @@ def describe_isolation() -> str:
     return "sandbox: " + ", ".join(parts)
 
 
-def _write_files(workdir: str, code: str, files: Mapping[str, str | bytes]) -> None:
+def _checked(files: Mapping[str, str | bytes]) -> Mapping[str, str | bytes]:
     if "main.py" in files:
         raise ValueError("sandbox files: main.py is the code itself; give the file another name")
-    for name, content in {**files, "main.py": code}.items():
+    for name in files:
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise ValueError(f"sandbox files: {name!r} must be a relative path inside the working directory")
+    return files
+
+
+def _write_files(workdir: str, files: Mapping[str, str | bytes]) -> None:
+    for name, content in files.items():
         path = Path(workdir, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content.encode() if isinstance(content, str) else content)
