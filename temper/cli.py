@@ -1,4 +1,5 @@
-"""The ``temper`` command: one subcommand per tool (``temper serve``, ``convert``, ``eval``, ``doctor``, ``plan``).
+"""The ``temper`` command: one subcommand per tool (``temper serve``, ``convert``, ``eval``, ``doctor``, ``plan``,
+``report``).
 
 Each subcommand registers its flags with `argparse` subparsers and imports its implementation only
 when run, so ``temper --help`` stays fast.
@@ -46,6 +47,19 @@ def _doctor(args: argparse.Namespace) -> int:
     from temper.doctor import main as doctor
 
     return doctor()
+
+
+def _report(args: argparse.Namespace) -> int:
+    from temper.observe.report_html import write_html_report
+
+    try:
+        files = write_html_report(Path(args.run_dir))
+    except FileNotFoundError as e:
+        print(f"temper report: {e}", file=sys.stderr)
+        return 2
+    print(f"temper report: wrote {files.html}, {files.combined or 'no combined image'} and "
+          f"{len(files.plots)} plots in {Path(args.run_dir) / 'plots'}")  # fmt: skip
+    return 0
 
 
 DRIVERS = ("train.py", "train_async.py")
@@ -128,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_plan_arguments(plan)
     plan.set_defaults(run=_plan)
+    report = sub.add_parser(
+        "report", help="plots and a self-contained HTML page of a run folder (report.html, report.png, plots/)",
+        description="Read RUN_DIR/metrics.jsonl (and samples.jsonl) and write the run report again: plots/*.png, "
+                    "report.png (the main plots in one image) and report.html (health checks, plots, samples). "
+                    "Every run writes them at its end; this redraws them, e.g. during a run or after a crash.",
+    )  # fmt: skip
+    report.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (--run-dir, --save or runs/<date-time>)")
+    report.set_defaults(run=_report)
     return parser
 
 

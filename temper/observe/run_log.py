@@ -3,7 +3,7 @@
     with RunLog(cfg, command) as log:
         with log.phase("rollout"): batch = ...
         log.step(rollout_id, metrics)       # sinks + progress line; returns the step's record
-    # on exit: summary.json and report.md in the run folder
+    # on exit: summary.json, report.md, and the plots with report.html (report_html.py) in the run folder
 
 The run folder is --run-dir, else --save, else runs/<date-time>. Each step's record is the driver's
 metrics plus time/<phase> (seconds spent in each `phase` block during the step), time/step (from the end of the previous step, or the start of
@@ -25,6 +25,8 @@ from typing import Any, Self
 
 from temper.observe.progress import ProgressPrinter, progress_line
 from temper.observe.report import RUN_TIME, summarize, write_report
+from temper.observe.report_html import write_html_report
+from temper.observe.samples import SAMPLES_FILE, append_samples, sample_rows
 from temper.observe.sinks import open_sinks
 
 logger = logging.getLogger(__name__)
@@ -84,6 +86,13 @@ class RunLog:
             f"eval before training: {', '.join(f'{k} {v:.3f}' for k, v in record.items() if k.count('/') == 1)}"
         )
 
+    def samples(self, rollout_id: int, samples: list, rewards: list[float] | None = None) -> None:
+        """Keep a few of the step's samples for the report (samples.py): the best and worst by `rewards`
+        (default: each sample's reward, --reward-key picking from a dict)."""
+        if rewards is None:
+            rewards = [s.get_reward_value(self.cfg.reward_key) for s in samples]
+        append_samples(self.run_dir / SAMPLES_FILE, sample_rows(rollout_id, samples, rewards))
+
     def _write(self, step: int, record: dict[str, Any]) -> None:
         for sink in self.sinks:
             sink.write(step, record)
@@ -94,16 +103,26 @@ class RunLog:
         return self.steps[-1]["time/elapsed"] if self.steps else time.monotonic() - self.started
 
     def close(self) -> Path:
-        """Close the sinks and write the end-of-run report; returns its path."""
+        """Close the sinks and write the end-of-run report; returns the path of report.md."""
         for sink in self.sinks:
             sink.close()
         summary = summarize(self.steps, self.run_seconds())
         path = write_report(self.run_dir, summary, self.command)
+        page = self._html_report()
         self.printer.print(
             f"run time {summary['wall_minutes']:.1f} min ({RUN_TIME})  metrics: {self.run_dir / 'metrics.jsonl'}  "
-            f"report: {path}"
+            f"report: {path}" + (f", {page}" if page else "")
         )
         return path
+
+    def _html_report(self) -> Path | None:
+        """Plots and report.html; a failure there is logged, not raised: the run's work is done and
+        report.md is written (`temper report RUN_DIR` tries again)."""
+        try:
+            return write_html_report(self.run_dir).html
+        except Exception as e:  # noqa: BLE001 -- any plotting error: the run itself succeeded
+            logger.warning("the run report's plots were not written (temper report %s retries): %r", self.run_dir, e)
+            return None
 
     def __enter__(self) -> Self:
         return self
