@@ -88,7 +88,7 @@ def reward_panel(run: RunMetrics) -> Panel | None:
 
 def pass_at_k_panel(run: RunMetrics) -> Panel | None:
     lines = [
-        _line(run, key, f"train {key}" if key.startswith("passrate/") else key.removeprefix("eval/"))
+        _line(run, key, key.replace("passrate/", "train ").replace("eval/", "eval ").replace("/pass@", " pass@"))
         for key in run.pass_at_k_keys()
     ]
     return _panel("pass_at_k", "pass@k", "pass@k (share of prompts)", lines, ylim=(-0.02, 1.02))
@@ -154,7 +154,7 @@ def step_time_panel(run: RunMetrics) -> Panel | None:
     lines = [Line(key.removeprefix("time/"), xs, [_number(r.get(key)) for r in steps]) for key in ordered]
     other = [max(r["time/step"] - sum(_number(r.get(k)) for k in ordered), 0.0) for r in steps]
     if max(other) > 0.01 * max(r["time/step"] for r in steps):
-        lines.append(Line("other (save, eval, ...)", xs, other))
+        lines.append(Line("other (save, eval, ...)" if ordered else "whole step (no phases logged)", xs, other))
     return _panel("step_time", "Step time split", "seconds", lines, stacked=True,
                   note="Seconds per step in each phase (time/<phase>); other = time/step minus the phases.")  # fmt: skip
 
@@ -164,8 +164,9 @@ def memory_panel(run: RunMetrics) -> Panel | None:
     lines = []
     for key in keys:
         xs, ys = run.series(key)
-        lines.append(Line(key, xs, [y * _memory_scale(key) for y in ys]))
-    return _panel("memory", "Memory", "GiB", lines)
+        label = key if key.lower().endswith(("_gb", "_gib")) else f"{key}, as GiB"
+        lines.append(Line(label, xs, [y * _memory_scale(key) for y in ys]))
+    return _panel("memory", "Memory", "GiB", lines, from_zero=True)
 
 
 PANELS = [
@@ -215,6 +216,7 @@ def write_combined_image(panels: list[Panel], path: Path, title: str, columns: i
     main = sorted((p for p in panels if p.name in MAIN), key=lambda p: MAIN.index(p.name))
     if not main:
         return None
+    columns = min(columns, len(main))
     rows = -(-len(main) // columns)
     fig = _figure((5.2 * columns, 3.4 * rows + 0.4))
     fig.suptitle(title, fontsize=14)
@@ -244,7 +246,7 @@ def draw(ax, panel: Panel) -> None:
     ax.set_ylabel(panel.ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    if len(panel.lines) > 1:
+    if len(panel.lines) > 1 or panel.stacked:
         ax.legend(fontsize="small", ncols=min(len(panel.lines), 3) if panel.stacked else 1,
                   loc="upper center" if panel.stacked else "best")  # fmt: skip
 
@@ -259,7 +261,7 @@ def _draw_stacked(ax, lines: list[Line]) -> None:
             ax.bar(xs, line.ys, bottom=bottom, width=0.8, label=line.label)
             bottom = [b + y for b, y in zip(bottom, line.ys, strict=True)]
     totals = [sum(ys) for ys in zip(*(line.ys for line in lines), strict=True)]
-    ax.set_ylim(0, max(max(totals, default=0.0), 1e-9) * (1.45 if len(lines) > 1 else 1.05))  # room for the legend
+    ax.set_ylim(0, max(max(totals, default=0.0), 1e-9) * 1.45)  # room for the legend above the bars
 
 
 def _figure(size: tuple[float, float]):

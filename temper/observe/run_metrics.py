@@ -1,8 +1,8 @@
 """A run's metrics.jsonl, read back for the report: step records, eval points and named series.
 
 The file holds one JSON object per line (sinks.JsonlSink): a step record ("step", the driver's metrics,
-time/<phase>, time/step, time/elapsed) after each rollout step, and an eval-only record (no time/step)
-for an evaluation before training. A resumed run appends to the same file, so a step can appear twice:
+time/<phase>, time/step, time/elapsed) after each rollout step, and an eval-only record (eval/* keys
+only) for an evaluation before training. A resumed run appends to the same file, so a step can appear twice:
 the later record wins. A line that is not a JSON object is skipped, counted and logged.
 
 Eval points sit at the weight version they measured, so that they line up with the train reward
@@ -55,10 +55,10 @@ class RunMetrics:
                 skipped += 1
                 logger.warning("%s:%d: not a metrics record (a JSON object with an integer step); skipped", path, number)
                 continue
-            if "time/step" in record:
-                by_step[record["step"]] = record
-            else:
+            if all(k.startswith("eval/") for k in record if k != "step"):
                 evals.append(record)
+            else:
+                by_step[record["step"]] = record
         return cls(steps=[by_step[s] for s in sorted(by_step)], evals=evals, skipped_lines=skipped)
 
     def keys(self) -> set[str]:
