@@ -2,7 +2,10 @@
 
 This is the trainer's side of the weight-sync contract: engines load parameters by HF name
 (`model.layers.0.self_attn.q_proj.weight`), so the trainer sends exactly the tensors that
-`save_pretrained` would write — a tied lm-head is not sent twice (it is the embedding).
+`save_pretrained` would write — a tied lm-head is not sent twice (it is the embedding), and a parameter
+that transformers keeps in another layout than its checkpoint (Qwen3-MoE's experts, fused in memory as
+`experts.gate_up_proj` [E, 2I, H], one `gate_proj`/`up_proj` per expert on disk) goes out under the
+checkpoint's names and shapes, through transformers' own reverse conversion.
 """
 
 from __future__ import annotations
@@ -26,11 +29,51 @@ def iter_full_parameters(model: nn.Module, dtype: torch.dtype | None = None) -> 
     every full tensor. Tensors are detached
     and cast to `dtype` (default: the parameter's dtype).
     """
+    converted = _converted_names(model)
     for name, param in model.named_parameters():  # remove_duplicate: a tied lm-head is the embedding
         tensor = param.detach()
         if isinstance(tensor, DTensor):
             tensor = _full(tensor)
-        yield hf_name(name), tensor.to(dtype) if dtype is not None else tensor
+        tensor = tensor.to(dtype) if dtype is not None else tensor
+        name = hf_name(name)
+        if name in converted:
+            yield from _revert_conversion(model, name, tensor).items()
+        else:
+            yield name, tensor
+
+
+def _revert_conversion(model: nn.Module, name: str, tensor: Tensor) -> dict[str, Tensor]:
+    from transformers.core_model_loading import revert_weight_conversion
+
+    return revert_weight_conversion(model, {name: tensor})
+
+
+def _converted_names(model: nn.Module) -> frozenset[str]:
+    """HF names of the parameters whose checkpoint names or shapes differ from the model's own (found
+    once per model, on meta tensors; none with a transformers that converts nothing)."""
+    cached = getattr(model, "_temper_converted_names", None)
+    if cached is not None:
+        return cached
+    try:
+        from transformers.core_model_loading import revert_weight_conversion  # noqa: F401
+    except ImportError:
+        names = frozenset()
+    else:
+        names = frozenset(
+            name for name, param in ((hf_name(n), p) for n, p in model.named_parameters())
+            if _changes(model, name, param)
+        )
+    model._temper_converted_names = names
+    return names
+
+
+def _changes(model: nn.Module, name: str, param: Tensor) -> bool:
+    shape = param.shape  # a DTensor's is the whole tensor's
+    try:
+        out = _revert_conversion(model, name, torch.empty(shape, dtype=param.dtype, device="meta"))
+    except Exception:  # noqa: BLE001 -- a model transformers cannot map back: sent as it is
+        return False
+    return list(out) != [name] or tuple(out[name].shape) != tuple(shape)
 
 
 def _full(tensor: DTensor) -> Tensor:
