@@ -145,8 +145,11 @@ class ModelRunner:
         self.sampler = Sampler()
         self.inputs = StepInputs(self.device, self.block_size, max_model_len, args.max_num_seqs,
                                  args.max_num_batched_tokens, self.vocab_size)
+        # A model whose decode step cannot be captured (the MoE reference path reads expert counts on the
+        # host) says so with CUDA_GRAPHS = False and decodes eagerly.
         self.graphs = (DecodeGraphs(self, args.max_num_seqs)
                        if self.device.type == "cuda" and args.cuda_graphs and "attention" in self.kernel_groups
+                       and getattr(self.model, "CUDA_GRAPHS", True)
                        else None)
         self.kv_cache: torch.Tensor | None = None
         self.weights_on_device = True

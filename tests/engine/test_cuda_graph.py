@@ -61,3 +61,18 @@ def test_graphs_match_eager_and_survive_weight_updates_and_release(model_dir, hf
     assert not graphs.captured
     engine.resume_memory()
     assert agree(run(engine), expected) and graphs.captured
+
+
+@pytest.mark.gpu
+@gpu
+def test_a_model_that_cannot_be_captured_decodes_eagerly_on_cuda(hf):
+    """Qwen3-MoE's reference dispatch reads expert counts on the host: no graphs, HF's greedy tokens."""
+    from temper.testing.tiny_models import tiny_model_dir
+
+    path = tiny_model_dir("qwen3_moe")
+    engine = LLMEngine(EngineArgs(model=str(path), device="cuda", dtype="float32", num_kv_blocks=128, max_model_len=128))
+    assert engine.model_runner.graphs is None
+    prompts = hf.prompts(4, 3, 30, seed=1)
+    greedy = SamplingParams(temperature=0, max_new_tokens=8, ignore_eos=True)
+    outputs = [o.output_token_ids for o in engine.generate(prompts, greedy)]
+    assert agree(outputs, [hf.greedy(path, p, 8) for p in prompts])

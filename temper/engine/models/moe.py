@@ -76,7 +76,7 @@ class SparseMoeBlock(nn.Module):
         if x.is_cuda and torch.cuda.is_current_stream_capturing():
             raise RuntimeError(
                 "the MoE reference path reads its per-expert token counts on the host and cannot be captured in "
-                "a CUDA graph; start the engine with EngineArgs(cuda_graphs=False)"
+                "a CUDA graph; its model class sets CUDA_GRAPHS = False so that the engine decodes it eagerly"
             )
         flat = ids.flatten()
         order = torch.argsort(flat, stable=True)  # (token, slot) pairs grouped by expert

@@ -23,6 +23,8 @@ def is_sparse_layer(hf_config, layer_idx: int) -> bool:
 
 
 class Qwen3MoeForCausalLM(Qwen3ForCausalLM):
+    CUDA_GRAPHS = False  # the experts' dispatch reads its token counts on the host (moe.py)
+
     @staticmethod
     def spec(hf_config) -> DecoderSpec:
         if getattr(hf_config, "use_sliding_window", False):
