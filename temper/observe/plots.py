@@ -239,8 +239,9 @@ def draw(ax, panel: Panel) -> None:
         ax.set_yscale("log")
     if panel.ylim:
         ax.set_ylim(*panel.ylim)
-    elif panel.from_zero:
-        ax.set_ylim(bottom=0)
+    elif panel.from_zero:  # autoscale's margin is a share of the data's range: a flat top line would sit on the edge
+        top = max((max(line.ys) for line in panel.lines if line.ys), default=0.0)
+        ax.set_ylim(0, top * 1.12 if top > 0 else 1.0)
     ax.set_title(panel.title, fontsize=11)
     ax.set_xlabel(panel.xlabel)
     ax.set_ylabel(panel.ylabel)
