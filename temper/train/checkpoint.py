@@ -151,7 +151,8 @@ def _check_matches(folder: Path, model_state: dict[str, Any]) -> None:
         stored = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
     except Exception as e:  # noqa: BLE001 -- a missing or unreadable .metadata file, in whatever form
         raise ValueError(f"{folder}: no readable checkpoint metadata ({type(e).__name__}: {e}); the checkpoint is "
-                         f"incomplete: load an earlier iter_* folder, or drop --load to start from --hf-checkpoint") from e
+                         f"incomplete: load an earlier iter_* folder, or drop --load to start from "
+                         f"--hf-checkpoint") from e
     ours = {name: tuple(t.shape) for name, t in model_state.items() if isinstance(t, torch.Tensor)}
     theirs = {name: tuple(md.size) for name, md in stored.items() if hasattr(md, "size")}
     wrong = [f"missing {n}" for n in sorted(ours.keys() - theirs.keys())]

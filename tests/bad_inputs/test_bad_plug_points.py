@@ -49,7 +49,8 @@ def test_plug_trainer_missing_file(refused, model, tmp_path):
 def test_plug_trainer_wrong_signature(refused, model, plugin):
     path = plugin("def advantages(args):\n    pass\n")
     refused([*BASE, "--hf-checkpoint", model, ADVANTAGE, f"{path}:advantages"],
-            f"{ADVANTAGE} ", "expected slime's signature fn(args, rollout_data)")
+            f"{ADVANTAGE} '{path}:advantages': advantages(args) cannot be called so: too many positional arguments; "
+            "expected slime's signature fn(args, rollout_data)")
 
 
 def test_plug_missing_module(refused, model):
