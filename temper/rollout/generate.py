@@ -149,7 +149,7 @@ class GenerateState:
         report them (an SGLang engine) or does not answer."""
         if not self.engine_urls:
             return None
-        keys = ("num_prefill_steps", "num_decode_steps", "step_busy_s")
+        keys = ("num_prefill_steps", "num_decode_steps", "step_busy_s", "num_preemptions")
         total = dict.fromkeys(keys, 0.0)
         for url in self.engine_urls:
             try:

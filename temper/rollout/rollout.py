@@ -204,7 +204,7 @@ def engine_step_metrics(before: dict[str, float] | None, after: dict[str, float]
     delta = {k: after[k] - before[k] for k in after}
     steps = delta["num_prefill_steps"] + delta["num_decode_steps"]
     out = {"rollout/engine_prefill_steps": delta["num_prefill_steps"], "rollout/engine_decode_steps": delta["num_decode_steps"],
-           "rollout/engine_busy_s": delta["step_busy_s"]}
+           "rollout/engine_busy_s": delta["step_busy_s"], "rollout/engine_preemptions": delta["num_preemptions"]}
     if steps > 0:
         out["rollout/engine_ms_per_step"] = 1000 * delta["step_busy_s"] / steps
     return out

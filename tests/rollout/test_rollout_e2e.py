@@ -61,7 +61,7 @@ def test_rollout_of_4_prompts_x_4_samples(tmp_path, engine_servers):
     # the engines' steps in the rollout: at least one prefill, and a decode step for each of the 12 tokens
     assert metrics["rollout/engine_prefill_steps"] >= 1 and metrics["rollout/engine_decode_steps"] >= 11
     assert 0 < metrics["rollout/engine_busy_s"] <= 2 * metrics["rollout/generation_time"]  # two engines
-    assert metrics["rollout/engine_ms_per_step"] > 0
+    assert metrics["rollout/engine_ms_per_step"] > 0 and metrics["rollout/engine_preemptions"] == 0
 
 
 def test_dynamic_filter_drops_zero_std_groups(tmp_path, engine_servers):

@@ -75,7 +75,7 @@ def core_load(stats: dict[str, Any], block_size: int, max_running: int, metrics:
         "decode_moments": {},
         # temper's own counters (cumulative): engine steps by kind and the loop's time inside them
         "num_prefill_steps": int(stats.get("prefill_steps", 0)), "num_decode_steps": int(stats.get("decode_steps", 0)),
-        "step_busy_s": float(stats.get("step_seconds", 0.0)),
+        "step_busy_s": float(stats.get("step_seconds", 0.0)), "num_preemptions": int(stats.get("num_preemptions", 0)),
     }
 
 
