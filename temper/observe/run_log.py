@@ -3,6 +3,7 @@
     with RunLog(cfg, command) as log:
         with log.phase("rollout"): batch = ...
         log.step(rollout_id, metrics)       # sinks + progress line; returns the step's record
+        log.samples(rollout_id, samples)    # optional: a few prompts and responses for the report
     # on exit: summary.json, report.md, and the plots with report.html (report_html.py) in the run folder
 
 The run folder is --run-dir, else --save, else runs/<date-time>. Each step's record is the driver's

@@ -185,3 +185,16 @@ def test_report_help_loads_neither_torch_nor_matplotlib():
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.splitlines()[-1] == "LOADED=", out
+
+
+def test_a_failed_report_page_leaves_the_run_and_report_md(tmp_path, monkeypatch, caplog):
+    def broken(run_dir):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr("temper.observe.run_log.write_html_report", broken)
+    cfg = parse_config(["--rollout-batch-size", "2", "--num-rollout", "1", "--run-dir", str(tmp_path / "run")],
+                       check_shape=False)  # fmt: skip
+    with RunLog(cfg, stream=io.StringIO()) as log:
+        log.step(0, {"rollout/raw_reward": 0.5})
+    assert (tmp_path / "run" / "report.md").is_file() and not (tmp_path / "run" / "report.html").exists()
+    assert "the run report's plots were not written" in caplog.text and "no fonts" in caplog.text
