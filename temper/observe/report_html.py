@@ -143,6 +143,8 @@ def _samples_section(samples: list[tuple[str, list[dict]]] | None) -> list[str]:
             "(RunLog.samples).</p>",
         ]
     parts = ["<h2>Samples</h2>"]
+    if not samples:
+        parts.append(f'<p class="note">{SAMPLES_FILE} holds no sample rows.</p>')
     for heading, rows in samples:
         parts.append(f"<h3>{_esc(heading)}</h3>")
         parts.append("<table><tr><th>reward</th><th>prompt</th><th>response</th><th>status, tokens</th></tr>")
