@@ -45,6 +45,7 @@ def train(cfg, cluster: Cluster, log: RunLog) -> list[dict]:
         if due(rollout_id, cfg.eval_interval):
             metrics |= rollout.eval(rollout_id)
         log.step(rollout_id, metrics)
+        log.samples(rollout_id, rollout.last_samples)  # a few of them, for the run report
     return log.steps
 
 

@@ -42,6 +42,7 @@ def train(cfg, cluster: Cluster, log: RunLog) -> list[dict]:
                 with ahead.paused():
                     metrics |= rollout.eval(rollout_id)
             log.step(rollout_id, metrics)
+            log.samples(rollout_id, generated.samples)  # a few of them, for the run report
     finally:
         ahead.close()
     return log.steps

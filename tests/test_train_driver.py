@@ -267,6 +267,10 @@ def test_quickstart_short(tmp_path, capsys):
     assert "kernels PyTorch reference; decode CUDA graphs off" in started[1] and "KV cache" in started[1]
     run = next(tmp_path.glob("run-*"))
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3 and (run / "summary.json").is_file()
+    kept = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]  # for the report
+    assert [row["step"] for row in kept] == [0] * 4 + [1] * 4 + [2] * 4
+    page = (run / "report.html").read_text()
+    assert all(row["response"] is not None for row in kept) and "<h2>Samples</h2>" in page and "No samples.jsonl" not in page
     minutes = f"{json.loads((run / 'summary.json').read_text())['wall_minutes']:.1f} min"
     assert f"run time {minutes} (start-up included" in printed
     assert f"in {minutes} (wall time" in (run / "report.md").read_text()

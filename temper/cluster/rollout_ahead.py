@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from temper.types import RolloutBatch
@@ -28,6 +28,7 @@ class Generated:
     batch: RolloutBatch
     metrics: dict[str, float]
     data_state: dict[str, Any]
+    samples: list = field(default_factory=list)  # the trained samples, with their text
 
 
 class RolloutsAhead:
@@ -59,7 +60,8 @@ class RolloutsAhead:
             try:
                 batch = self.rollout.generate(k)
                 result: Generated | BaseException = Generated(
-                    batch, dict(self.rollout.last_metrics), copy.deepcopy(self.rollout.data_source.state_dict())
+                    batch, dict(self.rollout.last_metrics), copy.deepcopy(self.rollout.data_source.state_dict()),
+                    list(getattr(self.rollout, "last_samples", [])),
                 )
             except BaseException as e:  # noqa: BLE001 -- handed to the trainer's get()
                 result = e

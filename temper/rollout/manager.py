@@ -14,7 +14,8 @@ rewards are normalized within each prompt group, (R − mean) / (std + 1e-6) (me
 `--disable-grpo-std-normalization`), for reinforce_plus_plus_baseline the group mean is subtracted;
 nothing is done with `--disable-rewards-normalization`, or for ppo, reinforce_plus_plus and rloo (rloo
 takes its leave-one-out baseline from raw rewards in the trainer). `--custom-reward-post-process-path`
-replaces all of this: ``fn(args, samples) -> (raw_rewards, rewards)``.
+replaces all of this: ``fn(args, samples) -> (raw_rewards, rewards)``; `--custom-convert-samples-to-train-data-path`
+replaces it and the conversion too (`train_data_conversion`).
 
 Departure from slime: groups are found by `Sample.group_index`, not by cutting the batch into rows
 of n_samples_per_prompt, so fan-out, recycled or reordered samples are normalized within their own
@@ -48,6 +49,7 @@ from temper.rollout.generate_and_rm import generate_function, is_list_style
 from temper.rollout.pass_at_k import pass_at_k_metrics
 from temper.rollout.plugins import load_plugin
 from temper.rollout.router import RouterThread, start_router
+from temper.rollout.train_data_conversion import batch_from_train_data, load_converter
 from temper.types import RolloutBatch, Sample
 
 logger = logging.getLogger(__name__)
@@ -82,7 +84,9 @@ class RolloutManager:
         self.rollout_fn = load_plugin(args.rollout_function_path, flag="--rollout-function-path")
         eval_path = getattr(args, "eval_function_path", None)
         self.eval_fn = load_plugin(eval_path, flag="--eval-function-path") if eval_path else self.rollout_fn
+        self.convert_fn = load_converter(args)
         self.last_metrics: dict[str, float] = {}
+        self.last_samples: list[Sample] = []  # the last rollout's trained samples (the run report shows a few)
         self.last_eval_data: dict[str, dict[str, list]] = {}
 
     @property
@@ -115,6 +119,7 @@ class RolloutManager:
         if getattr(self.args, "save_debug_rollout_data", None):
             save_debug_rollout(self.args.save_debug_rollout_data, rollout_id, samples)
         batch, metrics = self.to_batch(samples)
+        self.last_samples = [s for s in samples if s.status not in EXCLUDED]  # the trained ones, with their text
         self.last_metrics = {**fn_metrics, **metrics, "rollout/time": time.monotonic() - start}
         logger.info("rollout %d: %s", rollout_id, _summary(self.last_metrics))
         return batch
@@ -127,8 +132,12 @@ class RolloutManager:
             hint = " (pending: the rollout function never set their status)" if excluded["pending"] else ""
             total = sum(excluded.values())
             logger.warning("%d of %d samples excluded from training: %s%s", total, len(samples), dict(excluded), hint)
-        raw, rewards = post_process_rewards(self.args, trainable)
-        batch = RolloutBatch.from_samples(trainable, rewards, raw)
+        if self.convert_fn is not None:  # the user's conversion replaces post-processing and conversion (slime)
+            batch = batch_from_train_data(self.convert_fn(self.args, trainable), trainable)
+            raw = [s.get_reward_value(getattr(self.args, "reward_key", None)) for s in trainable]
+        else:
+            raw, rewards = post_process_rewards(self.args, trainable)
+            batch = RolloutBatch.from_samples(trainable, rewards, raw)
         metrics = rollout_metrics(trainable, raw)
         metrics.update({f"rollout/num_excluded_{status}": count for status, count in excluded.items()})
         if getattr(self.args, "log_passrate", False):  # slime's name: passrate/pass@k
