@@ -2,7 +2,11 @@
 
 slime users `source scripts/models/MODEL.sh` and pass `${MODEL_ARGS[@]}`; temper builds the model from
 `--hf-checkpoint`, so a shape flag that disagrees with the checkpoint means the user pointed at the
-wrong model or the wrong script. Only flags that were given are checked.
+wrong model or the wrong script. Only flags that were given are checked; a flag that states an
+architecture by its presence (`--swiglu`, `--qk-layernorm`, ...) counts as given, present or absent, when
+a shape script was (`--num-layers` set), as Megatron reads its absence as the opposite choice. What
+config.json leaves implicit comes from its `model_type` (Qwen2's q/k/v biases, Qwen3's q/k norms, GLM4's
+interleaved RoPE and post-norms); a model type not listed below leaves those flags unchecked.
 
 `check_hf_checkpoint` says, before anything starts, when a run needs `--hf-checkpoint` and has none:
 never a Hugging Face Hub lookup for a model named "None".
@@ -18,8 +22,23 @@ from typing import Any
 from temper.config import ConfigError, ModelConfig
 
 
+# What config.json leaves to the model class, by model_type: q/k RMSNorm (Qwen3), GLM4's interleaved
+# partial RoPE and its norms after attention and after the MLP. Every type here uses RoPE.
+ARCH_TRAITS: dict[str, dict[str, bool]] = {
+    "llama": dict(qk_layernorm=False, rotary_interleaved=False, post_norms=False),
+    "mistral": dict(qk_layernorm=False, rotary_interleaved=False, post_norms=False),
+    "qwen2": dict(qk_layernorm=False, rotary_interleaved=False, post_norms=False),
+    "qwen2_moe": dict(qk_layernorm=False, rotary_interleaved=False, post_norms=False),
+    "qwen3": dict(qk_layernorm=True, rotary_interleaved=False, post_norms=False),
+    "qwen3_moe": dict(qk_layernorm=True, rotary_interleaved=False, post_norms=False),
+    "glm4": dict(qk_layernorm=False, rotary_interleaved=True, post_norms=True),
+}
+LEARNED_POSITIONS = ("gpt2", "gpt_bigcode", "opt")
+"""Model types with learned absolute position embeddings (Megatron's --position-embedding-type learned_absolute)."""
+
+
 def hf_shape(hf_config: dict[str, Any]) -> dict[str, Any]:
-    """The Megatron view of an HF config: {ModelConfig field: value}."""
+    """The Megatron view of an HF config: {ModelConfig field: value}, None where config.json does not say."""
     cfg = hf_config.get("text_config", hf_config)
     heads = cfg["num_attention_heads"]
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
@@ -31,14 +50,55 @@ def hf_shape(hf_config: dict[str, Any]) -> dict[str, Any]:
         "num_query_groups": cfg.get("num_key_value_heads", heads),
         "kv_channels": cfg.get("head_dim") or cfg["hidden_size"] // heads,
         "vocab_size": cfg["vocab_size"],
+        "padded_vocab_size": cfg["vocab_size"],  # the embedding's rows: HF checkpoints store them padded
         "rotary_base": cfg.get("rope_theta", rope.get("rope_theta")),
         "norm_epsilon": cfg.get("rms_norm_eps", cfg.get("layer_norm_eps")),
         "untie_embeddings_and_output_weights": not cfg.get("tie_word_embeddings", True),
+        "max_position_embeddings": cfg.get("max_position_embeddings"),
+        "attention_dropout": float(cfg.get("attention_dropout") or 0.0),
+        "hidden_dropout": float(cfg.get("hidden_dropout") or 0.0),
+        **_architecture(cfg, rope),
     }
-    partial = cfg.get("partial_rotary_factor", rope.get("partial_rotary_factor"))
-    if partial is not None:
-        shape["rotary_percent"] = partial
+    if shape["position_embedding_type"] == "rope":
+        shape["rotary_percent"] = cfg.get("partial_rotary_factor", rope.get("partial_rotary_factor")) or 1.0
     return shape
+
+
+def _architecture(cfg: dict[str, Any], rope: dict[str, Any]) -> dict[str, Any]:
+    """The boolean and named architecture choices of Megatron's flags, as `cfg` states or implies them."""
+    model_type = cfg.get("model_type")
+    traits = ARCH_TRAITS.get(model_type, {})
+    act = cfg.get("hidden_act")
+    norm = "RMSNorm" if cfg.get("rms_norm_eps") else "LayerNorm" if cfg.get("layer_norm_eps") else None
+    if traits or cfg.get("rope_theta") is not None or rope:
+        positions = "rope"
+    else:
+        positions = "learned_absolute" if model_type in LEARNED_POSITIONS else None
+    qkv_bias, linear_bias = _biases(cfg, model_type)
+    return {
+        "swiglu": None if act is None else act in ("silu", "swish"),
+        "normalization": norm,
+        "add_qkv_bias": qkv_bias,
+        "disable_bias_linear": None if linear_bias is None else not linear_bias,
+        "qk_layernorm": cfg.get("use_qk_norm", traits.get("qk_layernorm")),
+        "rotary_interleaved": cfg.get("rope_interleave", traits.get("rotary_interleaved")),
+        "post_self_attn_layernorm": traits.get("post_norms"),
+        "post_mlp_layernorm": traits.get("post_norms"),
+        "position_embedding_type": positions,
+        "use_rotary_position_embeddings": None if positions is None else positions == "rope",
+        "no_position_embedding": None if positions is None else positions != "learned_absolute",
+    }
+
+
+def _biases(cfg: dict[str, Any], model_type: str | None) -> tuple[bool | None, bool | None]:
+    """(bias on q/k/v, bias on the other linear layers: o_proj and the MLP), as the HF model class builds them."""
+    if model_type in ("qwen2", "qwen2_moe"):  # q/k/v biases always, no attention_bias key
+        return True, False
+    if model_type not in ARCH_TRAITS and "attention_bias" not in cfg:
+        return None, None
+    attention = bool(cfg.get("attention_bias", model_type == "glm4"))  # HF's defaults
+    o_proj = attention and model_type != "glm4"  # GLM4's o_proj has no bias
+    return attention, o_proj or bool(cfg.get("mlp_bias", False))
 
 
 def check_model_shape(model: ModelConfig, hf_checkpoint: str) -> None:
@@ -53,6 +113,7 @@ def check_model_shape(model: ModelConfig, hf_checkpoint: str) -> None:
         for name in given
         if expected.get(name) is not None and not _same(given[name], expected[name])
     ]
+    wrong += _vocab_and_length(model, expected)
     if wrong:
         raise ConfigError(
             f"model flags disagree with {path}: {'; '.join(wrong)}; source the scripts/models file that matches "
@@ -73,11 +134,48 @@ def _given_shape(model: ModelConfig) -> dict[str, Any]:
         given["num_query_groups"] = model.num_query_groups
     elif model.num_attention_heads is not None and not model.group_query_attention:
         given["num_query_groups"] = model.num_attention_heads
-    if model.num_layers is not None:  # a shape script was given: tying is stated by the flag's presence
-        given["untie_embeddings_and_output_weights"] = model.untie_embeddings_and_output_weights
     if model.rotary_percent != 1.0:
         given["rotary_percent"] = model.rotary_percent
+    script = model.num_layers is not None
+    for name in PRESENCE_FLAGS:
+        if getattr(model, name) or script:
+            given[name] = getattr(model, name)
+    if model.add_qkv_bias or model.disable_bias_linear:  # else Megatron's biases are everywhere
+        given["add_qkv_bias"] = model.add_qkv_bias
+    if model.normalization != "LayerNorm" or script:  # Megatron's default is LayerNorm
+        given["normalization"] = model.normalization
+    for name in ("use_rotary_position_embeddings", "no_position_embedding"):
+        if getattr(model, name):
+            given[name] = True
+    if model.position_embedding_type != "rope" and not model.use_rotary_position_embeddings:  # the latter wins
+        given["position_embedding_type"] = model.position_embedding_type
+    for name in ("attention_dropout", "hidden_dropout"):
+        if getattr(model, name) != 0.0:
+            given[name] = getattr(model, name)
+    for name in ("padded_vocab_size", "max_position_embeddings"):
+        if getattr(model, name) is not None:
+            given[name] = getattr(model, name)
     return given
+
+
+PRESENCE_FLAGS = (
+    "untie_embeddings_and_output_weights", "swiglu", "disable_bias_linear", "qk_layernorm", "rotary_interleaved",
+    "post_self_attn_layernorm", "post_mlp_layernorm",
+)  # fmt: skip
+"""Megatron flags that state an architecture by being there: absent from a shape script means the opposite."""
+
+
+def _vocab_and_length(model: ModelConfig, expected: dict[str, Any]) -> list[str]:
+    """--make-vocab-size-divisible-by must divide the embedding's rows (temper trains the checkpoint's embedding
+    as it is, Megatron would pad it to a multiple); --seq-length must fit max_position_embeddings."""
+    wrong = []
+    rows, multiple = expected["vocab_size"], model.make_vocab_size_divisible_by
+    if multiple != 128 and (multiple < 1 or rows % multiple):  # 128: Megatron's default, not a user's choice
+        wrong.append(f"--make-vocab-size-divisible-by {multiple} (checkpoint: {rows} embedding rows, not a multiple)")
+    limit = model.max_position_embeddings or expected.get("max_position_embeddings")
+    if model.seq_length is not None and limit is not None and model.seq_length > limit:
+        wrong.append(f"--seq-length {model.seq_length} (checkpoint: max_position_embeddings {limit})")
+    return wrong
 
 
 def _same(a: Any, b: Any) -> bool:
