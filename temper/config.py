@@ -63,10 +63,20 @@ class ClusterConfig:
         "seconds the driver waits for any call to its train and engine workers (start, train, weight sync, "
         "memory moves, save) before it stops the run naming them; their stacks go to <run dir>/stacks/",
     )
-    use_fault_tolerance: bool = opt(False, "monitor engines with /health_generate and restart dead ones")
-    rollout_health_check_interval: float = opt(30.0, "seconds between engine health checks")
-    rollout_health_check_timeout: float = opt(30.0, "seconds before an unresponsive engine is restarted")
-    rollout_health_check_first_wait: float = opt(0.0, "grace seconds after each engine resume")
+    use_fault_tolerance: bool = opt(
+        False,
+        "the router skips engines that fail their health checks; restarting dead engines is not implemented yet "
+        "(the run says so once)",
+    )
+    rollout_health_check_interval: float = opt(
+        30.0, "seconds between engine health checks (with --use-fault-tolerance; not used until restarts exist)"
+    )
+    rollout_health_check_timeout: float = opt(
+        30.0, "seconds before an unresponsive engine is restarted (with --use-fault-tolerance; not used yet)"
+    )
+    rollout_health_check_first_wait: float = opt(
+        0.0, "grace seconds after each engine resume (with --use-fault-tolerance; not used yet)"
+    )
 
     @property
     def actor_num_gpus(self) -> int:
@@ -75,7 +85,8 @@ class ClusterConfig:
 
 @dataclass
 class ModelConfig:
-    """Megatron model-shape flags (slime's scripts/models/*.sh). Checked against --hf-checkpoint's config."""
+    """Megatron model-shape flags (slime's scripts/models/*.sh). temper builds the model from --hf-checkpoint;
+    each given flag is checked against its config.json (temper.model_shape) and a mismatch stops the run."""
 
     num_layers: int | None = opt(None, "transformer layers (HF num_hidden_layers)")
     hidden_size: int | None = opt(None, "hidden size")
@@ -85,28 +96,36 @@ class ModelConfig:
     num_query_groups: int | None = opt(None, "key/value heads (HF num_key_value_heads)")
     kv_channels: int | None = opt(None, "head dimension (HF head_dim)")
     vocab_size: int | None = opt(None, "vocabulary size")
-    padded_vocab_size: int | None = opt(None, "vocabulary size after padding")
-    make_vocab_size_divisible_by: int = opt(128, "pad the vocabulary to a multiple of this (Megatron)")
+    padded_vocab_size: int | None = opt(None, "vocabulary size after padding: the embedding's rows")
+    make_vocab_size_divisible_by: int = opt(
+        128,
+        "Megatron pads the vocabulary to a multiple of this; temper trains the checkpoint's embedding as it is, so "
+        "another value must divide its rows",
+    )
     rotary_base: float | None = opt(None, "RoPE theta (HF rope_theta)")
     rotary_percent: float = opt(1.0, "share of the head dimension that is rotated")
-    rotary_interleaved: bool = opt(False, "interleaved RoPE (GLM)")
+    rotary_interleaved: bool = opt(False, "interleaved RoPE (GLM4)")
     use_rotary_position_embeddings: bool = opt(False, "RoPE position embeddings")
     position_embedding_type: str = opt("rope", "position embeddings", choices=["rope", "learned_absolute", "none"])
     no_position_embedding: bool = opt(False, "no learned absolute position embeddings")
-    no_rope_fusion: bool = opt(False, "accepted; kernel choice of the Megatron backend")
+    no_rope_fusion: bool = opt(
+        False, "no effect: temper's trainer applies RoPE inside the Hugging Face model, never Megatron's fused kernel"
+    )
     max_position_embeddings: int | None = opt(None, "maximum positions")
-    seq_length: int | None = opt(None, "accepted; temper packs variable-length sequences")
-    normalization: str = opt("LayerNorm", "norm layer", choices=["LayerNorm", "RMSNorm"])
+    seq_length: int | None = opt(
+        None, "temper packs variable-length sequences, so this only has to fit the checkpoint's max_position_embeddings"
+    )
+    normalization: str = opt("LayerNorm", "norm layer (RMSNorm: HF rms_norm_eps)", choices=["LayerNorm", "RMSNorm"])
     norm_epsilon: float | None = opt(None, "norm epsilon (HF rms_norm_eps)")
     swiglu: bool = opt(False, "SwiGLU MLP (HF hidden_act silu)")
     untie_embeddings_and_output_weights: bool = opt(False, "separate output layer (HF tie_word_embeddings false)")
-    disable_bias_linear: bool = opt(False, "no biases in linear layers")
-    add_qkv_bias: bool = opt(False, "bias on the QKV projection (Qwen2, GLM4)")
+    disable_bias_linear: bool = opt(False, "no biases in linear layers (HF: none on o_proj and the MLP)")
+    add_qkv_bias: bool = opt(False, "bias on the QKV projection (Qwen2, GLM4: HF attention_bias)")
     qk_layernorm: bool = opt(False, "RMSNorm on queries and keys (Qwen3)")
     post_self_attn_layernorm: bool = opt(False, "norm after self-attention (GLM4)")
     post_mlp_layernorm: bool = opt(False, "norm after the MLP (GLM4)")
-    attention_dropout: float = opt(0.0, "attention dropout (RL uses 0)")
-    hidden_dropout: float = opt(0.0, "hidden dropout (RL uses 0)")
+    attention_dropout: float = opt(0.0, "attention dropout: the checkpoint's (RL uses 0)")
+    hidden_dropout: float = opt(0.0, "hidden dropout: the checkpoint's (RL uses 0)")
 
 
 @dataclass
@@ -120,7 +139,9 @@ class DataConfig:
     apply_chat_template_kwargs: dict = opt({}, "JSON dict of extra chat-template arguments", json=True)
     skip_invalid_data: bool = opt(False, "skip (count and log) bad dataset rows instead of stopping")
     streaming_data: bool = opt(False, "read prompt files lazily (datasets larger than memory)")
-    num_data_workers: int = opt(1, "workers reading and templating prompts")
+    num_data_workers: int = opt(
+        1, "only 1 (or 0): temper reads and templates prompts in the rollout process; another value stops the run"
+    )
     rollout_shuffle: bool = opt(False, "shuffle prompts each epoch (seed: rollout-seed + epoch)")
     rollout_seed: int = opt(42, "shuffle seed and base sampling seed")
     num_rollout: int | None = opt(None, "rollout steps to run (or give --num-epoch)")
@@ -156,7 +177,9 @@ class RolloutConfig:
     rollout_all_samples_process_path: str | None = opt(None, "fn(args, all_samples, data_source) (import path)")
     partial_rollout: bool = opt(False, "recycle aborted, unfinished groups into the buffer")
     mask_offpolicy_in_partial_rollout: bool = opt(False, "no loss on tokens generated by an older policy")
-    max_turns: int | None = opt(None, "turn limit for multi-turn / agentic generate functions")
+    max_turns: int | None = opt(
+        None, "turn limit of a multi-turn --custom-generate-function-path (it reads args.max_turns); needs one"
+    )
     sglang_server_concurrency: int = opt(512, "in-flight requests per engine")
     update_weights_interval: int = opt(1, "rollouts between weight syncs (train_async)")
     async_buffer_size: int = opt(1, "rollouts generated ahead of training (train_async staleness bound)")
@@ -256,18 +279,38 @@ class TrainConfig:
     bf16: bool = opt(False, "bf16 parameters (default on GPU)")
     recompute_activations: bool = opt(False, "activation checkpointing")
     recompute_granularity: str | None = opt(None, "accepted; any value turns on activation checkpointing")
-    recompute_method: str | None = opt(None, "accepted with --recompute-granularity")
-    recompute_num_layers: int | None = opt(None, "accepted with --recompute-granularity")
+    recompute_method: str | None = opt(
+        None,
+        "with --recompute-granularity full: uniform (temper recomputes every decoder layer, one checkpoint per "
+        "layer); block (only --recompute-num-layers layers) stops the run unless it covers every layer",
+        choices=["uniform", "block"],
+    )
+    recompute_num_layers: int | None = opt(
+        None, "with --recompute-granularity full: layers per recompute chunk (uniform) or recomputed (block)"
+    )
     tensor_model_parallel_size: int = opt(1, "Megatron backend only; must be 1 with FSDP")
     pipeline_model_parallel_size: int = opt(1, "Megatron backend only; must be 1 with FSDP")
     context_parallel_size: int = opt(1, "Megatron backend only; must be 1 with FSDP")
     expert_model_parallel_size: int = opt(1, "Megatron backend only; must be 1 with FSDP")
     sequence_parallel: bool = opt(False, "Megatron backend only; must be off with FSDP")
-    accumulate_allreduce_grads_in_fp32: bool = opt(False, "accepted; FSDP always reduces gradients in fp32")
-    attention_softmax_in_fp32: bool = opt(False, "accepted; attention softmax runs in fp32")
-    attention_backend: str | None = opt(None, "accepted; attention kernel of the Megatron backend")
-    use_precision_aware_optimizer: bool = opt(False, "accepted; optimizer state is fp32")
-    optimizer_cpu_offload: bool = opt(False, "keep optimizer state on CPU")
+    accumulate_allreduce_grads_in_fp32: bool = opt(
+        False, "no effect: temper's FSDP trainer always reduces and accumulates gradients in fp32"
+    )
+    attention_softmax_in_fp32: bool = opt(
+        False, "no effect: temper's attention always keeps its softmax in fp32 (Flash Attention on GPU, fp32 on CPU)"
+    )
+    attention_backend: str | None = opt(
+        None,
+        "flash or auto: temper's trainer runs Flash Attention over packed rows on GPU; fused, unfused and local "
+        "stop the run",
+        choices=["flash", "fused", "unfused", "local", "auto"],
+    )
+    use_precision_aware_optimizer: bool = opt(
+        False, "not supported: AdamW's master weights and state stay fp32 (setting it stops the run)"
+    )
+    optimizer_cpu_offload: bool = opt(
+        False, "keep AdamW's state in CPU memory outside the optimizer step (GPU runs; CPU runs have it there already)"
+    )
 
 
 @dataclass
@@ -329,7 +372,12 @@ class RewardConfig:
     rm_url: str | None = opt(None, "URL of a remote reward model (remote_rm)")
     reward_key: str | None = opt(None, "key into dict rewards")
     custom_reward_post_process_path: str | None = opt(None, "fn(args, samples) -> (raw, normalized) rewards")
-    custom_convert_samples_to_train_data_path: str | None = opt(None, "fn(args, samples) -> train data")
+    custom_convert_samples_to_train_data_path: str | None = opt(
+        None,
+        'fn(args, samples) -> dict of "tokens", "response_lengths", "rewards", "loss_masks" (and optionally '
+        '"raw_reward", "truncated", "sample_indices", "rollout_log_probs"), replacing reward post-processing and '
+        "conversion (import path)",
+    )
 
 
 @dataclass

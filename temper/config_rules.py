@@ -6,10 +6,11 @@ says what is wrong and what to do.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING
 
-from temper.config import ConfigError
+from temper.config import ClusterConfig, ConfigError
 from temper.eval_config import load_eval_config
 
 if TYPE_CHECKING:
@@ -20,7 +21,10 @@ GROUP_NORMALIZED = {"grpo", "gspo", "cispo", "rloo", "reinforce_plus_plus_baseli
 
 
 def validate(cfg: Config) -> None:
-    for rule in (_modes, _batch_sizes, _gpus, _parallelism, _algorithm, _sampling, _checkpoint, _eval):
+    for rule in (
+        _modes, _batch_sizes, _gpus, _parallelism, _trainer_options, _algorithm, _sampling, _data, _fault_tolerance,
+        _checkpoint, _eval,
+    ):  # fmt: skip
         rule(cfg)
 
 
@@ -137,6 +141,34 @@ def _parallelism(cfg: Config) -> None:
         cfg.recompute_activations = True
 
 
+def _trainer_options(cfg: Config) -> None:
+    """Megatron's recompute and optimizer options, as far as temper's FSDP trainer has them: it recomputes
+    every decoder layer (one checkpoint per layer) and keeps AdamW's master weights and state in fp32."""
+    if cfg.use_precision_aware_optimizer:
+        raise ConfigError(
+            "--use-precision-aware-optimizer is not supported by temper's FSDP trainer: AdamW's master weights and "
+            "state stay fp32 (use --optimizer-cpu-offload to take the state off the GPU); drop it"
+        )
+    if cfg.attention_backend in ("fused", "unfused", "local"):
+        raise ConfigError(
+            f"--attention-backend {cfg.attention_backend} is not supported by temper's FSDP trainer, which runs "
+            "Flash Attention over packed rows on GPU; use --attention-backend flash (or auto) or drop it"
+        )
+    method, layers = cfg.recompute_method, cfg.recompute_num_layers
+    if (method is not None or layers is not None) and cfg.recompute_granularity != "full":
+        raise ConfigError(
+            "--recompute-method and --recompute-num-layers apply to --recompute-granularity full (as in Megatron); "
+            "add it or drop them"
+        )
+    if layers is not None and layers < 1:
+        raise ConfigError(f"--recompute-num-layers must be >= 1, got {layers}")
+    if method == "block" and not (layers is not None and cfg.num_layers is not None and layers >= cfg.num_layers):
+        raise ConfigError(
+            f"--recompute-method block --recompute-num-layers {layers} (recompute only the first layers) is not "
+            "supported by temper's FSDP trainer, which recomputes every decoder layer; use --recompute-method uniform"
+        )
+
+
 def _algorithm(cfg: Config) -> None:
     if cfg.eps_clip_high is None:
         cfg.eps_clip_high = cfg.eps_clip
@@ -180,6 +212,44 @@ def _sampling(cfg: Config) -> None:
         )
     if cfg.update_weights_interval < 1 or cfg.async_buffer_size < 1:
         raise ConfigError("--update-weights-interval and --async-buffer-size must be >= 1")
+
+
+DEFAULT_ROLLOUT_FUNCTIONS = ("temper.rollout.generate_rollout", "slime.rollout.sglang_rollout.generate_rollout")
+
+
+def _data(cfg: Config) -> None:
+    if cfg.num_data_workers not in (0, 1):
+        raise ConfigError(
+            f"--num-data-workers {cfg.num_data_workers} is not supported: temper reads and templates prompts in the "
+            "rollout process, one row at a time (--streaming-data reads files larger than memory lazily); drop it"
+        )
+    if cfg.max_turns is None:
+        return
+    if cfg.max_turns < 1:
+        raise ConfigError(f"--max-turns must be >= 1, got {cfg.max_turns}")
+    if not cfg.custom_generate_function_path and cfg.rollout_function_path in DEFAULT_ROLLOUT_FUNCTIONS:
+        raise ConfigError(
+            f"--max-turns {cfg.max_turns} is the turn limit of a multi-turn generate function (it reads "
+            "args.max_turns); temper's default generate makes one turn: add --custom-generate-function-path "
+            "(or --rollout-function-path) or drop --max-turns"
+        )
+
+
+HEALTH_CHECK_FLAGS = ("rollout_health_check_interval", "rollout_health_check_timeout", "rollout_health_check_first_wait")
+
+
+def _fault_tolerance(cfg: Config) -> None:
+    """The health-check flags mean something only with --use-fault-tolerance (whose engine restarts are not
+    built yet: the cluster says so once at start)."""
+    if cfg.use_fault_tolerance:
+        return
+    defaults = {f.name: f.default for f in dataclasses.fields(ClusterConfig)}
+    changed = [f"--{name.replace('_', '-')} {getattr(cfg, name)}" for name in HEALTH_CHECK_FLAGS
+               if getattr(cfg, name) != defaults[name]]  # fmt: skip
+    if changed:
+        raise ConfigError(
+            f"{', '.join(changed)}: engine health checks are part of --use-fault-tolerance; add it or drop them"
+        )
 
 
 def _checkpoint(cfg: Config) -> None:

@@ -315,8 +315,9 @@ class Cluster:
 def _warn_ignored_engine_flags(cfg) -> None:
     if cfg.use_fault_tolerance:
         logger.warning(
-            "--use-fault-tolerance: the router stops sending requests to an engine that fails its health checks; "
-            "restarting dead engines is not implemented yet"
+            "--use-fault-tolerance: the router stops sending requests to an engine that fails its health checks "
+            "(temper's router checks every 10 s, 20 s timeout); restarting dead engines is not implemented yet, so "
+            "--rollout-health-check-interval/-timeout/-first-wait are not used"
         )
     if cfg.rollout_backend != "builtin":
         return
