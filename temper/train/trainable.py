@@ -9,9 +9,10 @@ gradient equals the gradient of the aggregate over all samples of the step on al
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,9 @@ class TrainableModel:
         self.global_step = 0
         self.skipped_steps = 0
         self.offloaded = False
+        # --optimizer-cpu-offload: AdamW's state waits in pinned CPU memory outside the optimizer step, so the
+        # forward and backward have its GPU memory (on a CPU run it is there already).
+        self.optimizer_host = HostCopy() if cfg.optimizer_cpu_offload and env.is_cuda else None
 
     def step(self, micro_batches: list[MicroBatch], loss_fn: LossFn) -> dict[str, float]:
         """One optimizer step: forward+backward of each micro-batch, clip, NaN/inf guard, AdamW, LR.
@@ -158,7 +162,8 @@ class TrainableModel:
         metrics["lr"] = self.scheduler.lr
         metrics["grad_norm"] = grad_norm
         if math.isfinite(grad_norm) and math.isfinite(metrics.get("loss", 0.0)):
-            self.optimizer.step()
+            with self.optimizer_state_on_device():
+                self.optimizer.step()
             self.scheduler.step()
         else:
             self.skipped_steps += 1
@@ -203,12 +208,14 @@ class TrainableModel:
         }
 
     def save(self, path: str | Path, *, save_optimizer: bool, extra: dict[str, Any]) -> None:
-        save_checkpoint(
-            path, self.model, self.optimizer if save_optimizer else None, {**self.state(), **extra}, self.env
-        )
+        with self.optimizer_state_on_device():
+            save_checkpoint(
+                path, self.model, self.optimizer if save_optimizer else None, {**self.state(), **extra}, self.env
+            )
 
     def load(self, path: str | Path) -> dict[str, Any]:
-        state = load_checkpoint(path, self.model, self.optimizer, self.env)
+        with self.optimizer_state_on_device():
+            state = load_checkpoint(path, self.model, self.optimizer, self.env)
         self.global_step = state["global_step"]
         self.skipped_steps = state["skipped_steps"]
         self.scheduler.load_state_dict(state["scheduler"])
@@ -244,6 +251,21 @@ class TrainableModel:
         if self.env.is_cuda:
             self._host.onload()
         self.offloaded = False
+
+    @contextlib.contextmanager
+    def optimizer_state_on_device(self) -> Iterator[None]:
+        """With --optimizer-cpu-offload, AdamW's state on the GPU inside the block and back in CPU memory after
+        it (the state made at the first step included); a plain block otherwise."""
+        host = self.optimizer_host
+        if host is None:
+            yield
+            return
+        if host.parked:
+            host.onload()
+        try:
+            yield
+        finally:
+            host.offload([t for state in self.optimizer.state.values() for t in state.values() if isinstance(t, Tensor)])
 
     def _state_tensors(self) -> list[Tensor]:
         """What offload moves: parameters, their gradients (None between steps) and the optimizer's
