@@ -1,0 +1,216 @@
+"""Every flag that `train.py --help` lists is honoured, or a rule checks or rejects it (issue 14, point 2).
+
+The test walks the parser. A flag is honoured when temper's code reads its field (an attribute or a string
+equal to its name) outside the files that define and check the configuration, and outside the engine and
+the tiny-model factory, whose own namespaces (ServerArgs, Hugging Face configs) share many of its names.
+Every other flag needs probes here: command lines (and for model-shape flags, a checkpoint's config.json)
+on which its rule must fire. The Megatron model-shape flags always need probes, since their names are
+Hugging Face config names too. A few flags ask for what temper always does (`ALWAYS`); their --help says
+"no effect: temper ...".
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from temper.command_line import build_parser, parse_config
+from temper.config import ConfigError, ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ["--rollout-batch-size", "2", "--num-rollout", "1"]
+CONFIG_FILES = {"temper/config.py", "temper/command_line.py", "temper/config_rules.py", "temper/model_shape.py"}
+OTHER_NAMESPACES = ("temper/engine/", "temper/testing/")
+MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
+
+# A Qwen3 config.json (tiny sizes); a probe's `hf` changes keys of it (None removes one).
+QWEN3 = dict(model_type="qwen3", architectures=["Qwen3ForCausalLM"], num_hidden_layers=2, hidden_size=128,
+             intermediate_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=1024,
+             hidden_act="silu", attention_bias=False, attention_dropout=0.0, rms_norm_eps=1e-6, rope_theta=1e6,
+             max_position_embeddings=4096, tie_word_embeddings=True)  # fmt: skip
+GPT2_LIKE = {"model_type": "gpt2", "rope_theta": None}  # learned absolute positions
+
+
+@dataclass
+class Probe:
+    """`argv` after BASE (with --hf-checkpoint when `hf` is given) makes the rule fire: a ConfigError holding
+    `error`, or `check(cfg)` true."""
+
+    argv: list[str]
+    error: str | None = None
+    hf: dict | None = None
+    check: Callable | None = field(default=None, repr=False)
+
+
+def shape(flags: list[str], error: str, **hf) -> Probe:
+    return Probe(flags, error, hf=hf)
+
+
+def rejects(flags: list[str], error: str | None = None) -> Probe:
+    return Probe(flags, error or flags[0])
+
+
+# Flags that nothing but a rule reads: the model-shape check (temper.model_shape) or Config.validate's rules.
+PROBES: dict[str, list[Probe]] = {
+    # -- model shape, against the checkpoint's config.json
+    "num_layers": [shape(["--num-layers", "3"], "--num-layers 3 (checkpoint: 2)")],
+    "hidden_size": [shape(["--hidden-size", "64"], "--hidden-size 64 (checkpoint: 128)")],
+    "ffn_hidden_size": [shape(["--ffn-hidden-size", "64"], "--ffn-hidden-size 64 (checkpoint: 256)")],
+    "num_attention_heads": [shape(["--num-attention-heads", "8", "--group-query-attention"],
+                                  "--num-attention-heads 8 (checkpoint: 4)")],
+    "group_query_attention": [shape(["--num-attention-heads", "4"], "--num-query-groups 4 (checkpoint: 2)")],
+    "num_query_groups": [shape(["--num-query-groups", "4"], "--num-query-groups 4 (checkpoint: 2)")],
+    "kv_channels": [shape(["--kv-channels", "64"], "--kv-channels 64 (checkpoint: 32)")],
+    "vocab_size": [shape(["--vocab-size", "2048"], "--vocab-size 2048 (checkpoint: 1024)")],
+    "padded_vocab_size": [shape(["--padded-vocab-size", "1152"], "--padded-vocab-size 1152 (checkpoint: 1024)")],
+    "make_vocab_size_divisible_by": [shape(["--make-vocab-size-divisible-by", "384"],
+                                           "--make-vocab-size-divisible-by 384 (checkpoint: 1024 embedding rows")],
+    "rotary_base": [shape(["--rotary-base", "10000"], "--rotary-base 10000.0 (checkpoint: 1000000.0)")],
+    "rotary_percent": [shape(["--rotary-percent", "0.5"], "--rotary-percent 0.5 (checkpoint: 1.0)")],
+    "rotary_interleaved": [shape(["--rotary-interleaved"], "--rotary-interleaved True (checkpoint: False)"),
+                           shape(["--num-layers", "2"], "--rotary-interleaved False (checkpoint: True)",
+                                 model_type="glm4")],
+    "use_rotary_position_embeddings": [shape(["--use-rotary-position-embeddings"],
+                                             "--use-rotary-position-embeddings True (checkpoint: False)", **GPT2_LIKE)],
+    "position_embedding_type": [shape(["--position-embedding-type", "learned_absolute"],
+                                      "--position-embedding-type learned_absolute (checkpoint: rope)")],
+    "no_position_embedding": [shape(["--no-position-embedding"], "--no-position-embedding True (checkpoint: False)",
+                                    **GPT2_LIKE)],
+    "max_position_embeddings": [shape(["--max-position-embeddings", "8192"],
+                                      "--max-position-embeddings 8192 (checkpoint: 4096)")],
+    "seq_length": [shape(["--seq-length", "8192"], "--seq-length 8192 (checkpoint: max_position_embeddings 4096)")],
+    "normalization": [shape(["--normalization", "RMSNorm"], "--normalization RMSNorm (checkpoint: LayerNorm)",
+                            rms_norm_eps=None, layer_norm_eps=1e-5),
+                      shape(["--num-layers", "2"], "--normalization LayerNorm (checkpoint: RMSNorm)")],
+    "norm_epsilon": [shape(["--norm-epsilon", "1e-5"], "--norm-epsilon 1e-05 (checkpoint: 1e-06)")],
+    "swiglu": [shape(["--swiglu"], "--swiglu True (checkpoint: False)", hidden_act="gelu"),
+               shape(["--num-layers", "2"], "--swiglu False (checkpoint: True)")],
+    "untie_embeddings_and_output_weights": [shape(["--untie-embeddings-and-output-weights"],
+                                                  "--untie-embeddings-and-output-weights True (checkpoint: False)")],
+    "disable_bias_linear": [shape(["--disable-bias-linear"], "--disable-bias-linear True (checkpoint: False)",
+                                  model_type="llama", attention_bias=True),
+                            shape(["--num-layers", "2"], "--disable-bias-linear False (checkpoint: True)")],
+    "add_qkv_bias": [shape(["--add-qkv-bias"], "--add-qkv-bias True (checkpoint: False)"),
+                     shape(["--disable-bias-linear"], "--add-qkv-bias False (checkpoint: True)",
+                           model_type="qwen2", attention_bias=None)],
+    "qk_layernorm": [shape(["--qk-layernorm"], "--qk-layernorm True (checkpoint: False)", model_type="llama"),
+                     shape(["--num-layers", "2"], "--qk-layernorm False (checkpoint: True)")],
+    "post_self_attn_layernorm": [shape(["--post-self-attn-layernorm"],
+                                       "--post-self-attn-layernorm True (checkpoint: False)")],
+    "post_mlp_layernorm": [shape(["--post-mlp-layernorm"], "--post-mlp-layernorm True (checkpoint: False)")],
+    "attention_dropout": [shape(["--attention-dropout", "0.1"], "--attention-dropout 0.1 (checkpoint: 0.0)")],
+    "hidden_dropout": [shape(["--hidden-dropout", "0.1"], "--hidden-dropout 0.1 (checkpoint: 0.0)")],
+    # -- Megatron parallelism and kernels, which temper's FSDP trainer does not have
+    "train_backend": [rejects(["--train-backend", "megatron"])],
+    "tensor_model_parallel_size": [rejects(["--tensor-model-parallel-size", "2"])],
+    "pipeline_model_parallel_size": [rejects(["--pipeline-model-parallel-size", "2"])],
+    "context_parallel_size": [rejects(["--context-parallel-size", "2"])],
+    "expert_model_parallel_size": [rejects(["--expert-model-parallel-size", "2"])],
+    "sequence_parallel": [rejects(["--sequence-parallel"])],
+    "attention_backend": [rejects(["--attention-backend", "unfused"], "not supported by temper's FSDP trainer")],
+    "use_precision_aware_optimizer": [rejects(["--use-precision-aware-optimizer"], "not supported")],
+    "recompute_granularity": [Probe(["--recompute-granularity", "full"], check=lambda cfg: cfg.recompute_activations)],
+    "recompute_method": [rejects(["--recompute-granularity", "full", "--recompute-method", "block",
+                                  "--recompute-num-layers", "1"], "--recompute-method block"),
+                         rejects(["--recompute-method", "uniform"], "apply to --recompute-granularity full")],
+    "recompute_num_layers": [rejects(["--recompute-granularity", "full", "--recompute-num-layers", "0"],
+                                     "--recompute-num-layers must be >= 1")],
+    "optimizer": [rejects(["--optimizer", "sgd"], "invalid choice: 'sgd'")],  # AdamW only; `.optimizer` is read
+    # -- the rest
+    "num_data_workers": [rejects(["--num-data-workers", "4"], "--num-data-workers 4 is not supported")],
+    "max_turns": [rejects(["--max-turns", "4"], "--max-turns 4 is the turn limit of a multi-turn generate"),
+                  rejects(["--max-turns", "0", "--custom-generate-function-path", "m.f"], "--max-turns must be >= 1")],
+    "rollout_health_check_interval": [rejects(["--rollout-health-check-interval", "5"], "--use-fault-tolerance")],
+    "rollout_health_check_timeout": [rejects(["--rollout-health-check-timeout", "5"], "--use-fault-tolerance")],
+    "rollout_health_check_first_wait": [rejects(["--rollout-health-check-first-wait", "300"], "--use-fault-tolerance")],
+}  # fmt: skip
+
+# Flags that ask for what temper always does; accepted, and their --help says "no effect: temper ...".
+ALWAYS = {
+    "no_rope_fusion": "temper's trainer runs RoPE inside the Hugging Face model, never Megatron's fused kernel",
+    "attention_softmax_in_fp32": "Flash Attention (GPU) and fp32 SDPA (CPU) keep the softmax in fp32",
+    "accumulate_allreduce_grads_in_fp32": "FSDP2 reduces gradients in fp32 (test_grads_reduce_in_fp32)",
+}
+
+
+def flag_fields() -> dict[str, str]:
+    """{field: --flag} of every flag the parser lists (--help and --config aside)."""
+    return {a.dest: a.option_strings[0] for a in build_parser()._actions if a.dest not in ("help", "config")}
+
+
+def names_read_by_temper() -> set[str]:
+    files = [*ROOT.glob("temper/**/*.py"), ROOT / "train.py", ROOT / "train_async.py"]
+    names: set[str] = set()
+    for file in files:
+        rel = file.relative_to(ROOT).as_posix()
+        if rel in CONFIG_FILES or rel.startswith(OTHER_NAMESPACES):
+            continue
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.Attribute):
+                names.add(node.attr)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names.add(node.value)
+    return names
+
+
+def test_every_flag_is_read_or_checked():
+    read = names_read_by_temper()
+    unread = [
+        flag for name, flag in flag_fields().items()
+        if name not in PROBES and name not in ALWAYS and (name in MODEL_FIELDS or name not in read)
+    ]  # fmt: skip
+    assert not unread, (
+        f"flags that nothing reads and no rule checks: {unread}; honour them, or reject them in temper/config_rules.py "
+        "(or check them in temper/model_shape.py) and add probes to PROBES"
+    )
+    assert not (set(PROBES) | set(ALWAYS)) - set(flag_fields()), "PROBES/ALWAYS name fields that are no flags"
+
+
+def _probe_cases():
+    return [pytest.param(name, probe, id=f"{name}-{i}") for name, probes in PROBES.items() for i, probe in enumerate(probes)]
+
+
+@pytest.mark.parametrize("name, probe", _probe_cases())
+def test_rule_fires(name, probe, tmp_path):
+    argv = BASE + probe.argv
+    if probe.hf is not None:
+        config = {k: v for k, v in {**QWEN3, **probe.hf}.items() if v is not None}
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        argv += ["--hf-checkpoint", str(tmp_path)]
+        parse_config(BASE + ["--hf-checkpoint", str(tmp_path)])  # the checkpoint alone passes
+    if probe.check is not None:
+        assert probe.check(parse_config(argv))
+        return
+    with pytest.raises(ConfigError) as e:
+        parse_config(argv)
+    assert probe.error in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", sorted(ALWAYS))
+def test_always_flags_are_accepted_and_say_so(name, tmp_path):
+    flag = flag_fields()[name]
+    action = next(a for a in build_parser()._actions if a.dest == name)
+    assert action.help.startswith("no effect: temper"), action.help
+    (tmp_path / "config.json").write_text(json.dumps(QWEN3))
+    assert getattr(parse_config(BASE + [flag, "--hf-checkpoint", str(tmp_path)]), name) is True
+
+
+def test_grads_reduce_in_fp32(monkeypatch):
+    """--accumulate-allreduce-grads-in-fp32 is what temper's mixed precision does anyway."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from temper.testing import make_config
+    from temper.train import parallelize as module
+
+    policies = []
+    monkeypatch.setattr(module, "fully_shard", lambda layer, mesh, mp_policy, **kw: policies.append(mp_policy))
+    model = AutoModelForCausalLM.from_config(make_config("qwen3"))
+    module.parallelize(model, mesh=None, mixed_precision=True)
+    assert policies and all(p.param_dtype == torch.bfloat16 and p.reduce_dtype == torch.float32 for p in policies)
