@@ -173,7 +173,8 @@ def test_every_flag_is_read_or_checked():
 
 
 def _probe_cases():
-    return [pytest.param(name, probe, id=f"{name}-{i}") for name, probes in PROBES.items() for i, probe in enumerate(probes)]
+    cases = [(name, i, probe) for name, probes in PROBES.items() for i, probe in enumerate(probes)]
+    return [pytest.param(name, probe, id=f"{name}-{i}") for name, i, probe in cases]
 
 
 @pytest.mark.parametrize("name, probe", _probe_cases())

@@ -44,7 +44,8 @@ def test_script_passes_on_its_complete_config(name, tmp_path):
 
 @pytest.mark.parametrize("script, model, wrong", [
     ("qwen3-8B", "llama3-8B", ["--qk-layernorm True (checkpoint: False)"]),
-    ("llama3-8B", "glm4-9B", ["--rotary-interleaved False (checkpoint: True)", "--add-qkv-bias False (checkpoint: True)",
+    ("llama3-8B", "glm4-9B", ["--rotary-interleaved False (checkpoint: True)",
+                              "--add-qkv-bias False (checkpoint: True)",
                               "--post-self-attn-layernorm False (checkpoint: True)"]),
     ("glm4-9B", "qwen3-8B", ["--qk-layernorm False (checkpoint: True)", "--add-qkv-bias True (checkpoint: False)",
                              "--post-mlp-layernorm True (checkpoint: False)"]),

@@ -80,7 +80,9 @@ def batch_from_train_data(data: Any, samples: list[Sample]) -> RolloutBatch:
         raw_rewards=torch.tensor([float(r) for r in data.get("raw_reward", rewards.tolist())], dtype=torch.float32),
         group_indices=[by_index[i].group_index if i in by_index else i for i in indices],
         sample_indices=indices,
-        rollout_log_probs=_per_token(data, "rollout_log_probs", lengths, tokens) if "rollout_log_probs" in data else None,
+        rollout_log_probs=(
+            _per_token(data, "rollout_log_probs", lengths, tokens) if "rollout_log_probs" in data else None
+        ),
         truncated=[bool(t) for t in data.get("truncated", [False] * n)],
         weight_versions=[list(by_index[i].weight_versions) if i in by_index else [] for i in indices],
     )

@@ -265,7 +265,8 @@ class TrainableModel:
         try:
             yield
         finally:
-            host.offload([t for state in self.optimizer.state.values() for t in state.values() if isinstance(t, Tensor)])
+            state = [t for per_param in self.optimizer.state.values() for t in per_param.values()]
+            host.offload([t for t in state if isinstance(t, Tensor)])
 
     def _state_tensors(self) -> list[Tensor]:
         """What offload moves: parameters, their gradients (None between steps) and the optimizer's
