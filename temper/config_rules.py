@@ -23,7 +23,7 @@ GROUP_NORMALIZED = {"grpo", "gspo", "cispo", "rloo", "reinforce_plus_plus_baseli
 def validate(cfg: Config) -> None:
     for rule in (
         _modes, _batch_sizes, _gpus, _parallelism, _trainer_options, _algorithm, _sampling, _data, _fault_tolerance,
-        _checkpoint, _eval,
+        _checkpoint, _eval, _router,
     ):  # fmt: skip
         rule(cfg)
 
@@ -236,6 +236,17 @@ def _data(cfg: Config) -> None:
 
 
 HEALTH_CHECK_FLAGS = ("rollout_health_check_interval", "rollout_health_check_timeout", "rollout_health_check_first_wait")
+
+
+def _router(cfg: Config) -> None:
+    """The --router-* values temper's router takes must be positive numbers (the others are named once by
+    the rollout manager as unused)."""
+    from temper.rollout.router_flags import router_settings
+
+    try:
+        router_settings(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _fault_tolerance(cfg: Config) -> None:

@@ -27,6 +27,7 @@ class Engines:
 
 class Rollout:
     last_metrics: dict = {}
+    last_samples: list = []  # RolloutManager's: the report's sample rows (none here)
 
     def __init__(self, calls: list):
         self.calls = calls

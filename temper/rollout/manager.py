@@ -49,6 +49,7 @@ from temper.rollout.generate_and_rm import generate_function, is_list_style
 from temper.rollout.pass_at_k import pass_at_k_metrics
 from temper.rollout.plugins import load_plugin
 from temper.rollout.router import RouterThread, start_router
+from temper.rollout.router_flags import ROUTER_ARG_OF, router_settings
 from temper.rollout.train_data_conversion import batch_from_train_data, load_converter
 from temper.types import RolloutBatch, Sample
 
@@ -76,7 +77,11 @@ class RolloutManager:
         if isinstance(engines, str):
             self.router_url = engines.rstrip("/")
         else:
-            self._router = start_router(list(engines))
+            settings, ignored = router_settings(args)
+            if ignored:
+                logger.warning("temper's router does not use %s (it takes --router-%s)", ", ".join(ignored),
+                               ", --router-".join(name.replace("_", "-") for name in ROUTER_ARG_OF))
+            self._router = start_router(list(engines), **settings)
             self.router_url = self._router.url
         address = urlparse(self.router_url)
         args.sglang_router_ip, args.sglang_router_port = address.hostname, address.port

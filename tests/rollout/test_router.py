@@ -142,3 +142,28 @@ def test_command_line_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0 and "--workers" in capsys.readouterr().out
+
+
+def test_router_flags_reach_temper_router_and_the_others_are_named(caplog, tmp_path):
+    """--router-* (sglang-router's names): the ones temper's router has set it; the rest are named once as
+    unused; a bad value stops the run at parse time."""
+    import logging
+
+    from rollout_helpers import make_args, write_jsonl
+
+    from temper.config import ConfigError
+    from temper.rollout import RolloutManager
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"input": "q"}])
+    args = make_args("--prompt-data", prompts, "--router-health-check-interval-secs", "3", "--router-request-timeout-secs", "7.5",
+                     "--router-max-concurrent-requests", "64", "--router-policy", "cache_aware")
+    with serve(fake_engine_app("engine")) as url, caplog.at_level(logging.WARNING, logger="temper.rollout.manager"):
+        manager = RolloutManager(args, [url])
+        try:
+            router = manager._router.router
+            assert (router.health_check_interval, router.request_timeout, router.max_connections) == (3, 7.5, 64)
+        finally:
+            manager.close()
+    assert "temper's router does not use --router-policy" in caplog.text
+    with pytest.raises(ConfigError, match="--router-health-check-timeout-secs must be a positive number, got 0"):
+        make_args("--router-health-check-timeout-secs", "0")

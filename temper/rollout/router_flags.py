@@ -1,0 +1,33 @@
+"""sglang-router's ``--router-*`` flags that temper's router takes (light: the config rules import it).
+
+``--router-NAME VALUE`` lands in ``cfg.engine.router["NAME"]``; `router_settings` maps the ones temper's
+`Router` has to its argument names and lists the rest, which the rollout manager names in one warning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# sglang-router's flags (``--router-NAME`` lands in cfg.engine.router["NAME"]) that temper's router takes,
+# as its own argument names; every other --router-* flag is not used by temper's router (`router_settings`).
+ROUTER_ARG_OF = {
+    "health_check_interval_secs": "health_check_interval",
+    "health_check_timeout_secs": "health_check_timeout",
+    "worker_startup_timeout_secs": "worker_startup_timeout",
+    "request_timeout_secs": "request_timeout",
+    "max_concurrent_requests": "max_connections",
+}
+
+
+def router_settings(args: Any) -> tuple[dict[str, Any], list[str]]:
+    """(`Router` arguments from the run's --router-* flags, the flags temper's router does not use)."""
+    given = dict(getattr(getattr(args, "engine", None), "router", None) or {})
+    settings = {ROUTER_ARG_OF[name]: value for name, value in given.items() if name in ROUTER_ARG_OF}
+    ignored = ["--router-" + name.replace("_", "-") for name in given if name not in ROUTER_ARG_OF]
+    for name, value in settings.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            flag = next(f for f, arg in ROUTER_ARG_OF.items() if arg == name)
+            raise ValueError(f"--router-{flag.replace('_', '-')} must be a positive number, got {value!r}")
+    if "max_connections" in settings:
+        settings["max_connections"] = int(settings["max_connections"])
+    return settings, ignored
