@@ -68,7 +68,7 @@ class WandbSink:
         )
 
     def write(self, step: int, record: dict[str, Any]) -> None:
-        self.run.log(record, step=step)
+        self.run.log(record, step=step, commit=True)  # each step whole at once, not when the next one comes
 
     def close(self) -> None:
         self.run.finish()

@@ -65,20 +65,48 @@ def test_empty_run_summary():
 
 
 @pytest.mark.parametrize("flag, package", [("--use-tensorboard", "tensorboard"), ("--use-wandb", "wandb")])
-def test_optional_sink_without_its_package_is_a_config_error(tmp_path, flag, package):
-    if importlib.util.find_spec(package) is not None:
-        pytest.skip(f"{package} is installed")
+def test_optional_sink_without_its_package_is_a_config_error(tmp_path, flag, package, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else find_spec(name, *a))
     with pytest.raises(ConfigError, match=f"{flag} needs the {package} package: pip install {package}"):
         RunLog(cfg_of(tmp_path, flag))
 
 
-def test_tensorboard_sink_writes_events(tmp_path):
+STEPS = [{"rollout/raw_reward": 0.25, "train/loss": 1.5, "time/rollout": 2.0},
+         {"rollout/raw_reward": 0.75, "train/loss": 1.25, "time/rollout": 1.5}]
+
+
+def test_tensorboard_sink_writes_every_key_at_its_step(tmp_path):
     pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     with RunLog(
         cfg_of(tmp_path, "--use-tensorboard", "--tb-project-name", str(tmp_path / "tb")), stream=io.StringIO()
     ) as log:
-        log.step(0, {"rollout/raw_reward": 0.5})
-    assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+        for step, record in enumerate(STEPS):
+            log.step(step, record)
+    (events,) = {p.parent for p in (tmp_path / "tb").rglob("events.out.tfevents.*")}
+    scalars = EventAccumulator(str(events)).Reload()
+    for key in STEPS[0]:
+        assert [(e.step, e.value) for e in scalars.Scalars(key)] == [(i, r[key]) for i, r in enumerate(STEPS)], key
+
+
+def test_wandb_offline_run_holds_every_key_and_the_config(tmp_path, monkeypatch):
+    """--use-wandb --wandb-mode offline: no network; the offline run's history has each step's values."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = cfg_of(tmp_path, "--use-wandb", "--wandb-mode", "offline", "--wandb-project", "temper-test",
+                 "--wandb-dir", str(tmp_path / "wb"))
+    with RunLog(cfg, stream=io.StringIO()) as log:
+        (sink,) = [s for s in log.sinks if type(s).__name__ == "WandbSink"]
+        for step, record in enumerate(STEPS):
+            log.step(step, record)
+            for key, value in record.items():  # what the run holds after each step
+                assert sink.run.summary[key] == value, key
+        assert sink.run.offline and sink.run.step == len(STEPS)
+        assert sink.run.config["rollout_batch_size"] == cfg.rollout_batch_size  # the whole config goes along
+    (run_file,) = (tmp_path / "wb" / "wandb").glob("offline-run-*/run-*.wandb")  # synced later with `wandb sync`
+    assert run_file.stat().st_size > 0
 
 
 def test_one_run_time_everywhere(tmp_path):
