@@ -42,6 +42,7 @@ def run_driver(loop: Loop, argv: list[str] | None, prog: str, check=None) -> lis
         if check is not None:
             check(cfg)
         check_sinks(cfg)
+        check_rollout_plugins(cfg)
         data_source = load_data(cfg) if cfg.num_rollout is None else None  # --num-epoch: counted from the data
         if (done := finished(cfg)) is not None:
             print(f"{prog}: {done}")
@@ -82,6 +83,26 @@ def load_data(cfg) -> DataSource:
                     fix="eval files are read with --eval-input-key/--eval-label-key (default: the training keys)",
                 ) from None
     return data_source
+
+
+ROLLOUT_PLUG_POINTS = (
+    "rollout_function_path", "eval_function_path", "custom_generate_function_path", "dynamic_sampling_filter_path",
+    "rollout_sample_filter_path", "rollout_all_samples_process_path", "custom_reward_post_process_path",
+)  # fmt: skip
+
+
+def check_rollout_plugins(cfg) -> None:
+    """Every rollout-side plug point given on the command line loads before Ray starts (a missing file,
+    module or name is a PluginError naming its flag, not a failure once the engines run); the rollout
+    loads them again where it calls them."""
+    from temper.data import load_function
+    from temper.rollout.plugins import load_plugin
+
+    for name in ROLLOUT_PLUG_POINTS:
+        if path := getattr(cfg, name, None):
+            load_plugin(path, flag="--" + name.replace("_", "-"))
+    if cfg.custom_rm_path:
+        load_function(cfg.custom_rm_path, flag="--custom-rm-path")
 
 
 def _default_eval(cfg) -> bool:

@@ -3,7 +3,7 @@ other test folder uses): the driver's checks before Ray, and the one-line messag
 
 from __future__ import annotations
 
-from temper.cluster.driver import load_data
+from temper.cluster.driver import check_rollout_plugins, load_data
 from temper.command_line import parse_config
 from temper.config import ConfigError
 from temper.data import DataError, PluginError
@@ -15,9 +15,11 @@ DRIVER_ERRORS = (ConfigError, DataError, PluginError)  # what run_driver turns i
 
 def driver_checks(argv: list[str]):
     """What `train.py` runs before anything starts (temper/cluster/driver.py: parse_config,
-    check_hf_checkpoint, load_data) on `argv`; returns the data source (None without --prompt-data)."""
+    check_hf_checkpoint, check_rollout_plugins, load_data) on `argv`; returns the data source (None
+    without --prompt-data)."""
     cfg = parse_config(argv)
     check_hf_checkpoint(cfg)
+    check_rollout_plugins(cfg)
     return load_data(cfg) if cfg.prompt_data else None
 
 

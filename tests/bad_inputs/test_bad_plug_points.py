@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 import torch
-from bad_input_helpers import BASE, driver_checks
+from bad_input_helpers import BASE, assert_message, driver_checks
 
 from temper.command_line import parse_config
 from temper.data import PluginError
@@ -106,6 +106,18 @@ def test_plug_trainer_wrong_result(model, plugin, single_rank_group):
     with pytest.raises(PluginResultError, match="--custom-loss-function-path: the returned loss is a float, "
                                                 "expected a scalar tensor"):
         Actor(cfg).train(0, batch)
+
+
+# -- rollout plug points: loaded before Ray starts ------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["--custom-generate-function-path", "--rollout-function-path", "--custom-rm-path",
+                                  "--dynamic-sampling-filter-path", "--custom-reward-post-process-path"])
+def test_plug_rollout_missing_file_before_ray(tmp_path, flag, model):
+    missing = tmp_path / "nowhere.py"
+    with pytest.raises(PluginError) as caught:
+        driver_checks([*BASE, "--hf-checkpoint", model, flag, f"{missing}:fn"])
+    assert_message(caught.value, f"{flag} '{missing}:fn': file {missing} not found")
 
 
 # -- reward functions: called as the rollout calls them ----------------------------------------------
