@@ -33,6 +33,19 @@ from temper.observe.sinks import open_sinks
 logger = logging.getLogger(__name__)
 
 
+def throughput(record: dict[str, Any], steps_per_rollout: int) -> dict[str, float]:
+    """perf/rollout_response_tok_s (response tokens over the rollout phase) and perf/train_tok_s (tokens
+    trained over the train phase: train/tokens is a mean over the rollout's optimizer steps), where the
+    record has what they need."""
+    out = {}
+    rollout_s, train_s = record.get("time/rollout", 0.0), record.get("time/train", 0.0)
+    if rollout_s > 0 and "rollout/num_samples" in record and "rollout/response_len_mean" in record:
+        out["perf/rollout_response_tok_s"] = record["rollout/num_samples"] * record["rollout/response_len_mean"] / rollout_s
+    if train_s > 0 and "train/tokens" in record:
+        out["perf/train_tok_s"] = record["train/tokens"] * steps_per_rollout / train_s
+    return out
+
+
 def run_dir_of(cfg) -> Path:
     if cfg.run_dir:
         return Path(cfg.run_dir)
@@ -73,6 +86,7 @@ class RunLog:
         record.update({f"time/{k}": v for k, v in self._times.items()})
         record["time/step"] = now - (self._step_started or now)
         record["time/elapsed"] = now - self.started
+        record.update(throughput(record, int(getattr(self.cfg, "num_steps_per_rollout", None) or 1)))
         self.steps.append({"step": rollout_id, **record})
         self._write(rollout_id, record)
         self.printer.print(progress_line(rollout_id, self.cfg.num_rollout, record))

@@ -215,11 +215,19 @@ def normalize_rewards(args: Any, raw: list[float], group_index: list[Any]) -> li
 
 
 def rollout_metrics(samples: list[Sample], raw_rewards: list[float]) -> dict[str, float]:
-    """Reward mean, response length mean/max, truncated ratio, prefix-cache hit ratio, counts."""
+    """Reward mean, response length mean/max/median/p90, truncated ratio, prefix-cache hit ratio, groups
+    whose rewards are all equal (no GRPO signal), counts."""
     n = max(len(samples), 1)
     lengths = [s.response_length for s in samples]
+    ordered = sorted(lengths) or [0]
     prompt_tokens = sum(s.prompt_length for s in samples)
+    groups: dict[Any, set[float]] = {}
+    for s, r in zip(samples, raw_rewards):
+        groups.setdefault(s.group_index if s.group_index is not None else ("sample", s.index), set()).add(r)
     return {
+        "rollout/response_len_p50": float(ordered[(len(ordered) - 1) // 2]),
+        "rollout/response_len_p90": float(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]),
+        "rollout/zero_std_groups": float(sum(len(v) == 1 for v in groups.values())),
         "rollout/num_samples": len(samples),
         "rollout/raw_reward": sum(raw_rewards) / n,
         "rollout/response_len_mean": sum(lengths) / n,

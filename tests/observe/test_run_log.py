@@ -127,3 +127,14 @@ def test_one_run_time_everywhere(tmp_path):
     assert f"in {minutes} (wall time from the start, start-up included, to the end of the last step)" in (
         (tmp_path / "run" / "report.md").read_text()
     )
+
+
+def test_throughput_per_phase(tmp_path):
+    """perf/rollout_response_tok_s and perf/train_tok_s from the step's own counts and phase times
+    (train/tokens is a mean over the rollout's optimizer steps)."""
+    with RunLog(cfg_of(tmp_path, "--global-batch-size", "1", "--num-steps-per-rollout", "2"), stream=io.StringIO()) as log:
+        record = log.step(0, {"rollout/num_samples": 4, "rollout/response_len_mean": 5.0, "time/rollout": 2.0,
+                              "train/tokens": 100.0, "time/train": 0.5})
+        bare = log.step(1, {"rollout/raw_reward": 0.5})
+    assert record["perf/rollout_response_tok_s"] == 10.0 and record["perf/train_tok_s"] == 400.0
+    assert not any(k.startswith("perf/") for k in bare)

@@ -191,3 +191,13 @@ def test_log_passrate_gives_pass_at_k_over_training_groups_and_eval_always_has_i
     args = make_args("--prompt-data", prompts, "--rollout-function-path", f"{plugin}:typed", "--reward-key", "acc")
     metrics = RolloutManager(args, "http://127.0.0.1:9").eval(0)
     assert metrics["eval/toy/pass@1"] == 0.5 and metrics["eval/toy/pass@2"] == 1.0
+
+
+def test_rollout_metrics_lengths_quantiles_and_groups_without_signal():
+    from temper.rollout.manager import rollout_metrics
+
+    samples = [Sample(group_index=g, index=i, response_length=n) for i, (g, n) in enumerate([(0, 1), (0, 2), (1, 3), (1, 10)])]
+    metrics = rollout_metrics(samples, [1.0, 1.0, 0.0, 1.0])
+    assert metrics["rollout/response_len_mean"] == 4.0 and metrics["rollout/response_len_max"] == 10
+    assert (metrics["rollout/response_len_p50"], metrics["rollout/response_len_p90"]) == (2.0, 10.0)
+    assert metrics["rollout/zero_std_groups"] == 1.0  # group 0 rewards all 1.0: no GRPO signal
