@@ -99,3 +99,12 @@ def model_dir():
 def hf():
     """HF references: hf.model(path), hf.greedy(path, prompt, n), hf.logprobs(path, tokens, num_prompt, T)."""
     return SimpleNamespace(model=hf_model, greedy=hf_greedy, logprobs=hf_logprobs, prompts=random_prompts)
+
+
+@pytest.fixture(scope="module")
+def prompts(hf):
+    """16 random prompts of 3..60 tokens, 6 sharing a 40-token prefix, and 4 copies of one prompt."""
+    mixed = hf.prompts(16, 3, 60, seed=0)
+    prefix = hf.prompts(1, 40, 40, seed=1)[0]
+    shared = [prefix + suffix for suffix in hf.prompts(6, 1, 20, seed=2)]
+    return mixed + shared + [mixed[3]] * 4

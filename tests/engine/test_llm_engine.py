@@ -5,37 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_helpers import GREEDY, NEW_TOKENS, check_greedy, engine_for
 
-from temper.engine import EngineArgs, LLMEngine, SamplingParams
+from temper.engine import SamplingParams
 from temper.engine.weights import iter_safetensors
 
 ARCHS = ["qwen3", "qwen2", "llama"]
-NEW_TOKENS = 24
-GREEDY = SamplingParams(temperature=0, max_new_tokens=NEW_TOKENS, ignore_eos=True)
-
-
-def engine_for(path, **kwargs) -> LLMEngine:
-    kwargs.setdefault("num_kv_blocks", 256)
-    kwargs.setdefault("max_model_len", 128)
-    return LLMEngine(EngineArgs(model=str(path), **kwargs))
-
-
-@pytest.fixture(scope="module")
-def prompts(hf):
-    """16 random prompts of 3..60 tokens, 6 sharing a 40-token prefix, and 4 copies of one prompt."""
-    mixed = hf.prompts(16, 3, 60, seed=0)
-    prefix = hf.prompts(1, 40, 40, seed=1)[0]
-    shared = [prefix + suffix for suffix in hf.prompts(6, 1, 20, seed=2)]
-    return mixed + shared + [mixed[3]] * 4
-
-
-def check_greedy(engine, path, prompts, hf):
-    outs = engine.generate(prompts, GREEDY)
-    for i, (prompt, out) in enumerate(zip(prompts, outs)):
-        assert out.output_token_ids == hf.greedy(path, prompt, NEW_TOKENS), f"prompt {i} (len {len(prompt)})"
-        assert out.finish_reason == "length" and len(out.output_logprobs) == NEW_TOKENS
-    assert engine.stats()["kv_blocks_used"] == 0 and not engine.has_unfinished_requests()
-    return outs
 
 
 @pytest.mark.parametrize("arch", ARCHS)
