@@ -93,8 +93,7 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         # Loop-thread state.
         self._sinks: dict[str, _Sink] = {}
-        self._held: dict[str, NewRequest] = {}
-        self._held_since: dict[str, float] = {}
+        self._held: dict[str, tuple[NewRequest, float]] = {}  # request and when it was held, oldest first
         # Event-loop state: futures resolved by the next delivery of any output.
         self._progress_waiters: list[asyncio.Future] = []
         self._refresh_stats()
@@ -274,8 +273,7 @@ class AsyncEngine:
         try:
             for req in requests:
                 if self.paused or self.released:
-                    self._held[req.rid] = req
-                    self._held_since[req.rid] = time.monotonic()
+                    self._held[req.rid] = (req, time.monotonic())
                 else:
                     self.engine.add_request(req.prompt_ids, req.params, req.rid, stream=req.stream)
                     in_engine.append(req.rid)
@@ -283,7 +281,6 @@ class AsyncEngine:
         except Exception:
             for req in requests:  # all or nothing: a batch with one bad prompt is rejected whole
                 self._held.pop(req.rid, None)
-                self._held_since.pop(req.rid, None)
                 self._sinks.pop(req.rid, None)
             for rid in in_engine:  # their abort outputs find no sink and are dropped
                 self.engine.abort_request(rid)
@@ -294,7 +291,6 @@ class AsyncEngine:
         stepping = not self.paused and not self.released
         for rid in rids:
             if self._held.pop(rid, None) is not None:
-                self._held_since.pop(rid, None)
                 self._finish_now(rid)
             else:
                 self.engine.abort_request(rid)
@@ -312,7 +308,6 @@ class AsyncEngine:
             if rid not in self._held:
                 self.engine.abort_request(rid)
             self._held.pop(rid, None)
-            self._held_since.pop(rid, None)
             self._finish_now(rid, RuntimeError(f"engine step failed: {error}"))
 
     def _pause(self, mode: str) -> None:
@@ -337,8 +332,7 @@ class AsyncEngine:
         if self.paused or self.released:
             return
         held, self._held = self._held, {}
-        self._held_since.clear()
-        for rid, req in held.items():
+        for rid, (req, _) in held.items():
             try:
                 self.engine.add_request(req.prompt_ids, req.params, rid, stream=req.stream)
             except ValueError as e:
@@ -346,19 +340,20 @@ class AsyncEngine:
 
     def _next_expiry(self) -> float | None:
         """Seconds until the oldest held request's time is up (None: nothing held or no limit)."""
-        if self.held_timeout is None or not self._held_since:
+        if self.held_timeout is None or not self._held:
             return None
-        return max(0.0, min(self._held_since.values()) + self.held_timeout - time.monotonic())
+        _, oldest = next(iter(self._held.values()))
+        return max(0.0, oldest + self.held_timeout - time.monotonic())
 
     def _expire_held(self) -> None:
         """Finish held requests that waited longer than `held_timeout` with `Unavailable`."""
-        if self.held_timeout is None or not self._held_since:
+        if self.held_timeout is None or not self._held:
             return
         now = time.monotonic()
         why = "paused" if self.paused else f"released ({', '.join(sorted(self.released))})"
-        for rid, since in list(self._held_since.items()):
+        for rid, (_, since) in list(self._held.items()):
             if now - since >= self.held_timeout:
-                del self._held[rid], self._held_since[rid]
+                del self._held[rid]
                 self._finish_now(rid, Unavailable(
                     f"request {rid} waited {now - since:.0f} s while the engine was {why} and was not served "
                     f"(the server's held-request timeout is {self.held_timeout:g} s: --held-request-timeout)"))
