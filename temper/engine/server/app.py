@@ -244,13 +244,7 @@ async def _probe(state: ServerState, timeout: float, max_new_tokens: int = 1) ->
 async def health(request: Request) -> Response:
     """200 once the server is ready and the engine produces output; 503 otherwise. A paused server (or
     one whose memory is released) is alive by choice and answers 200 without a probe."""
-    state = state_of(request)
-    if not state.ready:
-        return Response(status_code=503)
-    if state.engine.paused or state.engine.released:
-        return Response(status_code=200)
-    ok = await _probe(state, state.args.health_check_timeout)
-    return Response(status_code=200 if ok else 503)
+    return await _health(state_of(request), idle_is_healthy=True)
 
 
 @router.get("/health_generate")
@@ -258,13 +252,17 @@ async def health_generate(request: Request) -> Response:
     """Whether a generation request would be served now: 200 once the engine produces output; 503 while
     it is not ready, paused or its memory released (requests sent meanwhile wait up to
     --held-request-timeout, then get a 503), with the reason in the body."""
-    state = state_of(request)
+    return await _health(state_of(request), idle_is_healthy=False)
+
+
+async def _health(state: ServerState, idle_is_healthy: bool) -> Response:
     if not state.ready:
         return Response(status_code=503)
     engine = state.engine
-    if engine.paused or engine.released:
-        why = "paused" if engine.paused else f"memory released ({', '.join(sorted(engine.released))})"
-        return native_error(f"the engine is {why}; requests wait up to {engine.held_timeout:g} s", 503)
+    if (why := engine.not_serving) is not None:
+        if idle_is_healthy:
+            return Response(status_code=200)
+        return native_error(f"not serving (engine {why}); requests wait up to {engine.held_timeout:g} s", 503)
     ok = await _probe(state, state.args.health_check_timeout)
     return Response(status_code=200 if ok else 503)
 

@@ -102,6 +102,15 @@ class AsyncEngine:
     def weight_version(self) -> str:
         return self.engine.weight_version
 
+    @property
+    def not_serving(self) -> str | None:
+        """Why requests are held rather than run ("paused", "memory released (kv_cache)"), else None."""
+        if self.paused:
+            return "paused"
+        if self.released:
+            return f"memory released ({', '.join(sorted(self.released))})"
+        return None
+
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="temper-engine-loop", daemon=True)
@@ -350,12 +359,12 @@ class AsyncEngine:
         if self.held_timeout is None or not self._held:
             return
         now = time.monotonic()
-        why = "paused" if self.paused else f"released ({', '.join(sorted(self.released))})"
+        why = self.not_serving
         for rid, (_, since) in list(self._held.items()):
             if now - since >= self.held_timeout:
                 del self._held[rid]
                 self._finish_now(rid, Unavailable(
-                    f"request {rid} waited {now - since:.0f} s while the engine was {why} and was not served "
+                    f"request {rid} waited {now - since:.0f} s and was not served (engine {why}) "
                     f"(the server's held-request timeout is {self.held_timeout:g} s: --held-request-timeout)"))
 
     def _refresh_stats(self) -> None:
