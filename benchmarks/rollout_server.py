@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -60,29 +59,28 @@ def _sync(device) -> None:
 
 
 class StepLog:
-    """Every launched step of the engine: (seconds since `start`, batch size, prefill or not)."""
+    """Every launched step of the engine: (perf_counter time, batch size, prefill or not)."""
 
     def __init__(self, engine):
         self.steps: list[tuple[float, int, bool]] = []
-        self.start = time.perf_counter()
         launched = engine.scheduler.launched
 
         def record(batch):
-            self.steps.append((time.perf_counter() - self.start, len(batch.seqs), batch.is_prefill))
+            self.steps.append((time.perf_counter(), len(batch.seqs), batch.is_prefill))
             return launched(batch)
 
         engine.scheduler.launched = record
 
-    def reset(self) -> None:
-        self.steps, self.start = [], time.perf_counter()
-
-    def summary(self, requests: int) -> dict:
-        prefill = [s for s in self.steps if s[2]]
+    def summary(self, requests: int, origin: float) -> dict:
+        """Steps, prefill steps, the first step and the last admission in seconds after `origin` (when
+        the run started), and ms a step while all `requests` ran together."""
+        prefill = [t for t, _, is_prefill in self.steps if is_prefill]
         full = [t for t, size, is_prefill in self.steps if not is_prefill and size == requests]
-        admitted = prefill[-1][0] if prefill else None
         per_step = 1000 * (full[-1] - full[0]) / (len(full) - 1) if len(full) > 1 else None
-        return {"steps": len(self.steps), "prefill_steps": len(prefill), "first_step_s": self.steps[0][0] if self.steps else None,
-                "last_admitted_s": admitted, "full_batch_steps": len(full), "full_batch_ms_per_step": per_step}
+        return {"steps": len(self.steps), "prefill_steps": len(prefill),
+                "first_step_s": self.steps[0][0] - origin if self.steps else None,
+                "last_admitted_s": prefill[-1] - origin if prefill else None, "full_batch_steps": len(full),
+                "full_batch_ms_per_step": per_step}
 
 
 def run_offline(engine, prompts, params, stream: bool) -> dict:
@@ -151,17 +149,16 @@ def main(argv=None) -> dict:
     try:
         for _ in range(args.repeats + 1):  # the first round warms every path up and is dropped
             for mode in modes:
-                log.reset()
-                start = log.start
+                log.steps.clear()
+                origin = time.perf_counter()
                 if mode == "server":
                     r = run_server(engine, server.url, prompts, sampling)
-                    log.start = r.pop("sent_at")  # step times from the first request sent, not from the flush
-                    log.steps = [(t - (log.start - start), size, pre) for t, size, pre in log.steps]
+                    origin = r.pop("sent_at")  # step times from the first request sent, not from the flush
                 elif mode == "shuffled":
                     r = run_offline(engine, random.Random(len(results[mode])).sample(prompts, len(prompts)), params, False)
                 else:
                     r = run_offline(engine, prompts, params, stream=mode == "stream")
-                results[mode].append({**r, **log.summary(len(prompts))})
+                results[mode].append({**r, **log.summary(len(prompts), origin)})
     finally:
         if server is not None:
             server.stop()
