@@ -118,13 +118,6 @@ async def _unavailable(request: Request, exc: Unavailable) -> Response:
     return native_error(str(exc), 503)
 
 
-async def _send_json(send, status: int, obj: Any) -> None:
-    body = dumps(obj).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
 class Access:
     """Who may call what (ASGI middleware). With ``--api-key``, every route but /health and /ping needs
     ``Authorization: Bearer KEY`` (401). Without one, a server listening beyond loopback refuses the
@@ -142,11 +135,12 @@ class Access:
         if self.key is not None:
             headers = dict(scope.get("headers") or [])
             if headers.get(b"authorization") != f"Bearer {self.key}".encode():
-                return await _send_json(send, 401, {"error": "Unauthorized"})
+                return await json_response({"error": "Unauthorized"}, 401)(scope, receive, send)
         elif not self.open_admin and scope["path"] in self.admin_paths:
-            return await _send_json(send, 403, {"error": {"message": (
+            return await native_error(
                 f"{scope['path']} is refused: this server listens on {self.host} (beyond loopback) without an API "
-                "key; start it with --api-key KEY to allow the weight, memory and control routes")}})
+                "key; start it with --api-key KEY to allow the weight, memory and control routes", 403,
+            )(scope, receive, send)
         return await self.app(scope, receive, send)
 
 
@@ -163,9 +157,10 @@ class ClientLimit:
             return await self.app(scope, receive, send)
         host = (scope.get("client") or ("unknown", 0))[0]
         if self.in_flight.get(host, 0) >= self.limit:
-            return await _send_json(send, 429, {"error": {"message": (
+            return await native_error(
                 f"client {host} already has {self.limit} generation requests in flight, this server's limit "
-                "(--max-client-requests); retry when some have finished")}})
+                "(--max-client-requests); retry when some have finished", 429,
+            )(scope, receive, send)
         self.in_flight[host] = self.in_flight.get(host, 0) + 1
         try:
             await self.app(scope, receive, send)
