@@ -11,6 +11,13 @@ Pause: ``in_place`` and ``retract`` stop stepping and keep every request's state
 move running requests back to the queue, so ``retract`` behaves as ``in_place``); ``abort`` aborts
 everything first. Requests that arrive while paused, or while memory is released, are held outside the
 engine and added on `continue_generation` / `resume_memory`.
+
+Bursts: an RL rollout sends its whole batch at once, but the requests reach the engine one by one over
+tens of milliseconds. An idle engine that stepped on the first arrival would prefill the batch in many
+small steps and decode it at staggered starts (extra steps for every late arrival). So an idle engine
+that gets requests keeps taking arrivals until none has come for `burst_quiet_s` (at most `burst_max_s`
+in all) before its first step; the waiting loop thread holds no GIL meanwhile, so the HTTP thread
+admits the rest of the burst at full speed. A lone request pays at most `burst_quiet_s`.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 _MAX_DRAIN_STEPS = 1000  # bound on steps spent delivering aborts (each aborted request needs one)
 DEFAULT_HELD_TIMEOUT_S = 1800.0  # how long a request may wait while the engine is paused or released
+DEFAULT_BURST_QUIET_S = 0.003  # an idle engine's first step waits until no request arrived for this long
+DEFAULT_BURST_MAX_S = 0.05  # ... but at most this long after the first arrival
 
 
 class Unavailable(RuntimeError):
@@ -78,9 +87,15 @@ def abort_output(rid: str, prompt_ids: list[int], version: str) -> RequestOutput
 class AsyncEngine:
     """Owns `engine` through a loop thread; all public coroutines are safe to call from asyncio."""
 
-    def __init__(self, engine: Any, held_timeout: float | None = DEFAULT_HELD_TIMEOUT_S):
+    def __init__(self, engine: Any, held_timeout: float | None = DEFAULT_HELD_TIMEOUT_S,
+                 burst_quiet_s: float = DEFAULT_BURST_QUIET_S, burst_max_s: float = DEFAULT_BURST_MAX_S):
+        if burst_quiet_s < 0 or burst_max_s < 0:
+            raise ValueError(f"burst_quiet_s and burst_max_s must be >= 0 seconds, got {burst_quiet_s}, {burst_max_s}")
         self.engine = engine
         self.held_timeout = held_timeout  # None: requests wait for as long as the engine is paused
+        self.burst_quiet_s = burst_quiet_s  # 0: an idle engine steps on its first arrival
+        self.burst_max_s = burst_max_s
+        self.requests_added = 0  # requests that went into the engine (loop thread)
         self.tokenizer = engine.tokenizer
         self.paused = False
         self.released: set[str] = set()
@@ -228,12 +243,33 @@ class AsyncEngine:
                     return
                 commands = list(self._commands)
                 self._commands.clear()
+            idle, added = not self.engine.has_unfinished_requests(), self.requests_added
             for run in commands:
                 run()
+            if idle and self.requests_added > added:
+                self._gather_burst()
             self._expire_held()
             if self._can_step():
                 self._step()
             self._refresh_stats()
+
+    def _gather_burst(self) -> None:
+        """Run arriving commands until no request has come for `burst_quiet_s` (see the module docstring)."""
+        deadline = time.monotonic() + self.burst_max_s
+        while True:
+            with self._cv:
+                left = deadline - time.monotonic()
+                if not self._commands and not self._stopping and left > 0:
+                    self._cv.wait(min(self.burst_quiet_s, left))
+                if self._stopping or not self._commands:
+                    return
+                commands = list(self._commands)
+                self._commands.clear()
+            added = self.requests_added
+            for run in commands:
+                run()
+            if self.requests_added == added or time.monotonic() >= deadline:
+                return
 
     def _step(self) -> None:
         started = time.perf_counter()
@@ -286,6 +322,7 @@ class AsyncEngine:
                 else:
                     self.engine.add_request(req.prompt_ids, req.params, req.rid, stream=req.stream)
                     in_engine.append(req.rid)
+                    self.requests_added += 1
                 self._sinks[req.rid] = _Sink(loop, queue, req.index, req.prompt_ids)
         except Exception:
             for req in requests:  # all or nothing: a batch with one bad prompt is rejected whole

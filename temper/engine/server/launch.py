@@ -23,7 +23,9 @@ def build_state(args: ServerArgs, engine: Any = None) -> ServerState:
         from temper.engine import LLMEngine
 
         engine = LLMEngine(args.engine_args())
-    return ServerState(engine=AsyncEngine(engine, held_timeout=args.held_request_timeout), args=args,
+    return ServerState(engine=AsyncEngine(engine, held_timeout=args.held_request_timeout,
+                                                   burst_quiet_s=args.burst_wait_ms / 1e3,
+                                                   burst_max_s=args.burst_max_wait_ms / 1e3), args=args,
                        context_len=context_length(engine))
 
 
