@@ -102,6 +102,15 @@ class ModelSize:
         return max(self.params - self.embedding_params, 0) // max(self.layers, 1)
 
 
+KEEP_GATHERED_MAX_PARAMS = 2_000_000_000
+
+
+def keeps_gathered(world_size: int, params: int) -> bool:
+    """Whether a model of `params` parameters trains with its decoder layers kept gathered through a step
+    (one rank, a model small enough that 2 bytes a parameter of bf16 copies are cheap: parallelize.py)."""
+    return world_size == 1 and params <= KEEP_GATHERED_MAX_PARAMS
+
+
 def trainer_bytes(
     model: ModelSize,
     *,
@@ -126,12 +135,15 @@ def trainer_bytes(
     `tokens` (ACTIVATION_WIDTHS per layer, or with `recompute` each layer's bf16 input plus one layer
     in full); and one log-prob chunk of `chunk_tokens` rows over the vocabulary (bf16 logits, turned
     into their gradient in place by the CUDA kernels: 2 bytes per entry). Not counted: the CUDA context
-    (TRAINER_RESERVE_BYTES).
+    (TRAINER_RESERVE_BYTES). A model that one rank trains with its layers kept gathered
+    (`keeps_gathered`) holds every layer's bf16 copy through a step instead of two.
     """
+
     copies = 1 + (1 if critic else 0)
     resident = (12 * copies + (2 if reference else 0)) * model.params // ranks + sync_buffer
     gradients = 4 * model.params // ranks
-    compute = 2 * (model.embedding_params + 2 * model.layer_params) + 4 * model.layer_params
+    gathered_layers = model.layers if keeps_gathered(ranks, model.params) else 2
+    compute = 2 * (model.embedding_params + gathered_layers * model.layer_params) + 4 * model.layer_params
     hidden, mlp, attention = ACTIVATION_WIDTHS
     layer = 2 * tokens * (hidden * model.hidden + mlp * model.intermediate + attention * model.attention)
     saved = model.layers * 2 * tokens * model.hidden + layer if recompute else model.layers * layer

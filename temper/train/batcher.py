@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from temper.train.env import TrainEnv
 from temper.train.packing import MicroBatch, Plan, pack, plan_micro_batches
-from temper.train.trainable import StepTotals
+from temper.train.trainable import StepTotals, reshard
 from temper.types import RolloutBatch
 
 
@@ -63,7 +63,7 @@ class Batcher:
                 out = fn(mb).float().cpu()
                 if not mb.is_padding:
                     local.update(zip(mb.positions, mb.split(out)))
-        model.reshard()  # the root stays unsharded after a forward (parallelize.py); shard it again
+        reshard(model)  # the root (and, on one rank, every layer) stays gathered after a forward: parallelize.py
         merged: dict[int, Tensor] = {}
         for part in self.env.all_gather_objects(local):
             merged.update(part)

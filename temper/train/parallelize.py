@@ -10,6 +10,13 @@
    the train worker reads the unsharded lm-head weight after the forward to compute chunked
    log-probs (`log_probs.py`), and backward needs it anyway.
 
+One rank (`memory_plan.keeps_gathered`): FSDP's gathers and reduce-scatters are copies there, one per parameter
+per micro-batch each way. A model of up to KEEP_GATHERED_MAX_PARAMS parameters on one rank keeps its
+layers gathered after forward, and `TrainableModel.step` keeps them gathered across a step's
+micro-batches and accumulates their gradients unsharded (fp32, FSDP's no-sync accumulation), reducing once
+at the last micro-batch: the bf16 compute copy of every layer (2 bytes a parameter) stays allocated
+through a step instead of two layers' worth.
+
 Mixed precision (GPU): bf16 parameters for compute, fp32 gradient reduction; the sharded master
 parameters — and so AdamW's state — stay in the dtype the model was loaded in (fp32).
 """
@@ -67,6 +74,7 @@ def parallelize(
     mixed_precision: bool = False,
     activation_checkpointing: bool = False,
     compile_layers: bool = False,
+    keep_gathered: bool = False,
 ) -> FSDPModule:
     """Shard `model` in place over `mesh` (see the module docstring) and return it."""
     mp_policy = (
@@ -81,6 +89,6 @@ def parallelize(
             if compile_layers:
                 layer = torch.compile(layer, dynamic=True)  # packed rows vary in length: one graph for all
             layers[i] = layer
-            fully_shard(layer, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=True)
+            fully_shard(layer, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=not keep_gathered)
     fully_shard(model, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=False)
     return model

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
+from temper.cluster.memory_plan import keeps_gathered
 from temper.train.checkpoint import load_checkpoint, save_checkpoint
 from temper.train.env import TrainEnv
 from temper.train.lr_schedule import LRSchedule, LRScheduler
@@ -98,21 +99,25 @@ class TrainableModel:
 
         `total_steps` (for the LR schedule) defaults to every optimizer step of the run.
         """
+        keep_gathered = keeps_gathered(env.world_size, sum(p.numel() for p in model.parameters()))
         sharded = parallelize(
             model,  # fully_shard moves each layer to the mesh's device as it shards it
             env.mesh,
             mixed_precision=env.is_cuda or cfg.bf16,
             activation_checkpointing=cfg.recompute_activations,
             compile_layers=compile_by_default(env.device),
+            keep_gathered=keep_gathered,
         )
         if total_steps is None and cfg.num_rollout is not None:
             total_steps = cfg.num_rollout * (cfg.num_steps_per_rollout or 1)
-        return cls(sharded, cfg, env, lr=lr, total_steps=total_steps)
+        return cls(sharded, cfg, env, lr=lr, total_steps=total_steps, keep_gathered=keep_gathered)
 
     def __init__(
-        self, model: nn.Module, cfg, env: TrainEnv, *, lr: float | None = None, total_steps: int | None = None
+        self, model: nn.Module, cfg, env: TrainEnv, *, lr: float | None = None, total_steps: int | None = None,
+        keep_gathered: bool = False,
     ):
         self.model = model
+        self.keep_gathered = keep_gathered  # parallelize.py: one rank, layers gathered through a step
         self.env = env
         self.clip_grad = cfg.clip_grad
         # Megatron's rule: no weight decay on biases and norm weights (the 1-D parameters).
@@ -152,11 +157,15 @@ class TrainableModel:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, Tensor] = {}
-        for mb in micro_batches:
-            loss, metrics = loss_fn(mb)
-            loss.backward()
-            for name, value in metrics.items():  # summed on the device: no sync per micro-batch
-                sums[name] = sums.get(name, 0.0) + value.detach().double()
+        try:
+            for i, mb in enumerate(micro_batches):
+                self._accumulate_gathered(self.keep_gathered and i < len(micro_batches) - 1)
+                loss, metrics = loss_fn(mb)
+                loss.backward()
+                for name, value in metrics.items():  # summed on the device: no sync per micro-batch
+                    sums[name] = sums.get(name, 0.0) + value.detach().double()
+        finally:
+            self._accumulate_gathered(False)
         metrics = self._reduce(sums)
         grad_norm = self._clip_grad_norm()
         metrics["lr"] = self.scheduler.lr
@@ -178,6 +187,13 @@ class TrainableModel:
         self.global_step += 1
         metrics["skipped_steps"] = float(self.skipped_steps)
         return metrics
+
+    def _accumulate_gathered(self, on: bool) -> None:
+        """On: this micro-batch's backward keeps the parameters gathered and its gradients unsharded, to
+        be reduced with the next one's (parallelize.py, one rank). Off: FSDP's default."""
+        if self.keep_gathered:
+            self.model.set_requires_gradient_sync(not on)
+            self.model.set_reshard_after_backward(not on)
 
     def _reduce(self, sums: dict[str, Tensor]) -> dict[str, float]:
         names = sorted(sums)

@@ -229,3 +229,31 @@ def test_reference_follows_the_actor_every_ref_update_interval(qwen3_dir):
     assert all(torch.equal(policy[n], reference[n]) for n in policy)
     actor.train(1, toy_batch(8, seed=1))
     assert actor.step_metrics[0]["kl_loss"] == 0.0  # the reference was refreshed after rollout 0
+
+
+def test_one_rank_keeps_layers_gathered_through_a_step_with_the_same_gradients(qwen3_dir, monkeypatch):
+    """One rank: the layers stay gathered across a step's micro-batches and their gradients accumulate
+    unsharded (memory_plan.keeps_gathered); the gradients equal FSDP's per-micro-batch reduction bit for
+    bit, and every parameter is sharded again once the step is over."""
+    import temper.train.trainable as trainable_module
+
+    batch = toy_batch(8, seed=3, max_len=24)
+    grads = {}
+    for keep in (True, False):
+        monkeypatch.setattr(trainable_module, "keeps_gathered", lambda world_size, params, keep=keep: keep)
+        captured = []
+        original = TrainableModel._clip_grad_norm
+
+        def spy(self, captured=captured, original=original):
+            captured.append({n: p.grad.full_tensor().clone() for n, p in self.model.named_parameters()})
+            return original(self)
+
+        monkeypatch.setattr(TrainableModel, "_clip_grad_norm", spy)
+        actor = Actor(make_cfg(qwen3_dir, rollout_batch_size=4, micro_batch_size=1, clip_grad=0))
+        assert actor.trainable.keep_gathered is keep
+        actor.train(0, batch)
+        assert all(isinstance(p, DTensor) for p in actor.trainable.model.parameters())
+        grads[keep] = captured[0]
+    assert grads[True].keys() == grads[False].keys()
+    for name, grad in grads[True].items():
+        assert torch.equal(grad, grads[False][name]), name
