@@ -136,6 +136,10 @@ def step_figures(s: dict) -> dict[str, float]:
         "last_answer_s": s.get("rollout/last_answer_s", float("nan")),
         "engine_steps": s.get("rollout/engine_prefill_steps", float("nan")) + s.get("rollout/engine_decode_steps", float("nan")),
         "engine_ms_per_step": s.get("rollout/engine_ms_per_step", float("nan")),
+        "engine_prefills": s.get("rollout/engine_prefill_steps", float("nan")),
+        "engine_busy_s": s.get("rollout/engine_busy_s", float("nan")),
+        "engine_start_s": s.get("rollout/engine_busy_start_s", float("nan")),
+        "engine_idle_s": s.get("rollout/engine_idle_at_s", float("nan")),
         "send_s": s.get("sync/send_s", float("nan")),
     }
 
@@ -184,7 +188,9 @@ STEP_COLUMNS = [
     ("sync GB/s", "sync_gb_s", "{:.2f}"), ("log-prob gap", "logprob_abs_diff", "{:.2e}"),
     ("ppo_kl", "ppo_kl", "{:.1e}"), ("clipfrac", "pg_clipfrac", "{:.1e}"),
     ("last request sent s", "last_sent_s", "{:.3f}"), ("last answer s", "last_answer_s", "{:.2f}"),
-    ("engine steps", "engine_steps", "{:.0f}"), ("engine ms/step", "engine_ms_per_step", "{:.2f}"),
+    ("engine steps", "engine_steps", "{:.0f}"), ("prefill steps", "engine_prefills", "{:.0f}"),
+    ("engine ms/step", "engine_ms_per_step", "{:.2f}"), ("engine busy s", "engine_busy_s", "{:.2f}"),
+    ("engine first step s", "engine_start_s", "{:.3f}"), ("engine idle at s", "engine_idle_s", "{:.2f}"),
     ("sync send s", "send_s", "{:.3f}"),
 ]  # fmt: skip
 """(header, key, format) of each run's table of rollouts."""

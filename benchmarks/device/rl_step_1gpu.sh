@@ -5,7 +5,7 @@
 # (benchmarks/trl_grpo.py), then the temper/TRL table; PARTS may add the Qwen3-4B temper run ("4b": it
 # needs about 4 minutes, so give it a call of its own). Each part runs under a timeout that the
 # call's budget (BUDGET seconds, default 560) also caps; logs and JSON under $OUT.
-# Usage (repo root, one GPU, carry [".device"]: pack.tar.xz from ../shared/tools/device-pack and
+# Usage (repo root, one GPU, carry [".device"]: pack.tar.xz from `../shared/tools/device-pack orjson` and
 # trl.tar.xz from benchmarks/device/trl_pack.sh):
 #   bash benchmarks/device/rl_step_1gpu.sh                  # PARTS=temper,trl
 #   PARTS=4b bash benchmarks/device/rl_step_1gpu.sh         # the Qwen3-4B temper run alone

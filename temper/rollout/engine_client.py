@@ -21,6 +21,7 @@ import logging
 from typing import Any
 
 import httpx
+import orjson
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class EngineClient:
         """
         headers = {ROUTING_KEY_HEADER: routing_key} if routing_key else None
         response = await self.request("POST", "/generate", json=payload, headers=headers)
-        return response.json()
+        return orjson.loads(response.content)  # a tenth of json.loads's time on a rollout's log-probs
 
     async def abort_all(self) -> None:
         """Abort every request the endpoint is running or queueing (`/abort_request` abort_all)."""

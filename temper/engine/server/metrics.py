@@ -76,6 +76,10 @@ def core_load(stats: dict[str, Any], block_size: int, max_running: int, metrics:
         # temper's own counters (cumulative): engine steps by kind and the loop's time inside them
         "num_prefill_steps": int(stats.get("prefill_steps", 0)), "num_decode_steps": int(stats.get("decode_steps", 0)),
         "step_busy_s": float(stats.get("step_seconds", 0.0)), "num_preemptions": int(stats.get("num_preemptions", 0)),
+        # busy periods: idle-to-stepping transitions, and (Unix seconds) the last one's first step and the
+        # last time the engine ran out of work
+        "num_busy_periods": int(stats.get("busy_periods", 0)), "busy_since": float(stats.get("busy_since", 0.0)),
+        "idle_since": float(stats.get("idle_since", 0.0)),
     }
 
 
