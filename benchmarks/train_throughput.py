@@ -65,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--naive-no-recompute", action="store_true", help="no HF gradient checkpointing in the naive loop")
     p.add_argument("--profile", help="write a torch.profiler table of one extra rollout into this folder")
     p.add_argument("--skip-hf", action="store_true", help="skip the naive HF baseline")
+    p.add_argument("--no-keep-gathered", action="store_true",
+                   help="FSDP's per-micro-batch gathers and reduce-scatters on one GPU too: the A/B of memory_plan.keeps_gathered")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak per GPU (H100/H200 SXM)")
     p.add_argument("--out", help="write the results as JSON here (rank 0)")
     p.add_argument("--compare-to", help="JSON of another run: check its per-rollout metrics against this run's")
@@ -182,6 +184,10 @@ def bench_temper(args, path: Path, device: torch.device, hf_config) -> dict:
         flags.append("--recompute-activations")
     cfg = parse_config(flags, check_shape=False)
     torch._logging.set_logs(recompiles=True)  # a recompilation inside the measured rollouts is reported
+    if args.no_keep_gathered:
+        import temper.train.trainable as trainable
+
+        trainable.keeps_gathered = lambda world_size, params: False
     actor = Actor(cfg, attn_implementation=args.attn)
     log(f"temper: attention {actor.model.config._attn_implementation}, recompute {args.recompute}")
     # Warm-up rollouts: the workload's, then rows of about 2k, 4k, 8k and 16k tokens. Inductor's compiled

@@ -2,8 +2,9 @@
 # Trainer speed (issue 13) on one GPU, for the device tool: the trainer's GPU tests (varlen attention,
 # logit kernels, bf16 training), then benchmarks/train_throughput.py on the Qwen3-0.6B shape with the
 # naive HF loop in the same run, a profile of one rollout, and (PARTS) the uncompiled layers, the old sdpa
-# attention and the Qwen3-4B shape. Logs under $OUT.
-# Usage (repo root): PARTS="tests,0.6b,profile,sdpa,4b" bash benchmarks/device/train_speed.sh
+# attention, FSDP's per-micro-batch gathers on one GPU ("keep,nokeep": the A/B of memory_plan.keeps_gathered, no HF loop) and the
+# Qwen3-4B shape. Logs under $OUT.
+# Usage (repo root): PARTS="tests,0.6b,profile,nokeep,sdpa,4b" bash benchmarks/device/train_speed.sh
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -17,6 +18,8 @@ has tests && run gpu_tests 240 python -m pytest -q -rA -p no:cacheprovider tests
   tests/train/test_logit_kernels.py tests/train/test_gpu.py tests/train/test_trainable.py
 has 0.6b && run train_0.6b 300 python $B --out "$OUT/train_0.6b.json"
 has profile && TAIL=45 run train_profile 200 python $B --skip-hf --rollouts 1 --profile "$OUT"
+has keep && run train_0.6b_keep 200 python $B --skip-hf --rollouts 4
+has nokeep && run train_0.6b_nokeep 200 python $B --skip-hf --rollouts 4 --no-keep-gathered
 has eager && TEMPER_COMPILE=0 run train_0.6b_eager 200 python $B --skip-hf --rollouts 2
 has sdpa && run train_0.6b_sdpa 200 python $B --skip-hf --rollouts 2 --attn sdpa
 has 4b && run train_4b 300 python $B --model-shape qwen3-4b --skip-hf --rollouts 2 ${ARGS_4B:---max-tokens-per-gpu 8192}

@@ -14,11 +14,13 @@ pass-through values.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from typing import Any
 
 from temper.rollout.engine_client import EngineClient, EngineError
@@ -80,13 +82,15 @@ class RequestClock:
 
     def reset(self) -> None:
         self.first_sent = self.last_sent = self.first_answer = self.last_answer = None
-        self.requests = 0
+        self.requests = self.samples = 0
 
-    def sent(self) -> None:
+    def sent(self, samples: int = 1) -> None:
+        """One request, for `samples` samples, went out."""
         now = time.monotonic()
         self.first_sent = now if self.first_sent is None else self.first_sent
         self.last_sent = now
         self.requests += 1
+        self.samples += samples
 
     def answered(self) -> None:
         now = time.monotonic()
@@ -98,7 +102,7 @@ class RequestClock:
         received; empty when no request went through the default generate function."""
         if self.first_sent is None or self.last_answer is None:
             return {}
-        return {"rollout/requests": float(self.requests),
+        return {"rollout/requests": float(self.requests), "rollout/requested_samples": float(self.samples),
                 "rollout/first_request_sent_s": self.first_sent - start, "rollout/last_request_sent_s": self.last_sent - start,
                 "rollout/first_answer_s": self.first_answer - start, "rollout/last_answer_s": self.last_answer - start}
 
@@ -119,11 +123,29 @@ class GenerateState:
         self.engine_urls = engine_urls
         self.concurrency = int(getattr(args, "sglang_server_concurrency", 512)) * num_engines
         self.semaphore = asyncio.Semaphore(self.concurrency)
+        self._slot_lock = asyncio.Lock()  # one multi-slot acquisition at a time (see `slots`)
         self.client = EngineClient(url, max_connections=self.concurrency) if url else None
         self.aborted = False
         self._tokenizer = None
         self.prompt_ids: OrderedDict[str, list[int]] = OrderedDict()  # recent prompts' ids (see prompt_token_ids)
         self.clock = RequestClock()
+
+    @contextlib.asynccontextmanager
+    async def slots(self, count: int) -> AsyncIterator[None]:
+        """Hold `count` (at most `concurrency`) slots of the semaphore. Acquisitions of several slots take
+        turns, so two of them never each hold part of what both wait for."""
+        if not 0 < count <= self.concurrency:
+            raise ValueError(f"slots: count must be in [1, {self.concurrency}], got {count}")
+        held = 0
+        try:
+            async with self._slot_lock:
+                while held < count:
+                    await self.semaphore.acquire()
+                    held += 1
+            yield
+        finally:
+            for _ in range(held):
+                self.semaphore.release()
 
     @property
     def tokenizer(self) -> Any:
@@ -260,7 +282,28 @@ async def generate(args: Any, sample: Sample, sampling_params: dict[str, Any]) -
     sample's group as routing key. Sets tokens, response, response_length, rollout_log_probs,
     status (from finish_reason), weight_versions and cached_tokens.
     """
+    await generate_many(args, [sample], [sampling_params])
+    return sample
+
+
+async def generate_many(args: Any, samples: list[Sample], sampling_params: list[dict[str, Any]]) -> list[Sample]:
+    """`generate` for several samples at once: one batched `/generate` call per routing key (a group's
+    samples share theirs), each sample with its own sampling parameters. A rollout's requests then reach
+    the engines a group at a time instead of a sample at a time (the rollout process's HTTP client and
+    the in-process router cost about a millisecond each per request). Returns `samples`."""
     state = await get_state(args)
+    by_key: dict[str | None, list[tuple[Sample, dict[str, Any]]]] = {}
+    for sample, params in zip(samples, sampling_params, strict=True):
+        params = _request_params(args, state, sample, params)
+        if params is not None:
+            by_key.setdefault(routing_key(sample), []).append((sample, params))
+    await asyncio.gather(*(_send(state, key, todo) for key, todo in by_key.items()))
+    return samples
+
+
+def _request_params(args: Any, state: GenerateState, sample: Sample, sampling_params: dict[str, Any]) -> dict | None:
+    """The sampling parameters of `sample`'s request (the rest of its token budget), its prompt tokenized
+    and partial-rollout mask set; None when its budget is spent (then it is TRUNCATED)."""
     if not sample.tokens:
         sample.tokens = prompt_token_ids(state, sample)
     params = dict(sampling_params)
@@ -268,16 +311,27 @@ async def generate(args: Any, sample: Sample, sampling_params: dict[str, Any]) -
         params["max_new_tokens"] -= sample.response_length
         if params["max_new_tokens"] <= 0:
             sample.status = Sample.Status.TRUNCATED
-            return sample
+            return None
     if sample.response_length and getattr(args, "mask_offpolicy_in_partial_rollout", False):
         sample.loss_mask = [0] * sample.response_length
-    payload = {"input_ids": sample.tokens, "sampling_params": params, "return_logprob": True}
+    return params
+
+
+async def _send(state: GenerateState, key: str | None, todo: list[tuple[Sample, dict[str, Any]]]) -> None:
     client = state.require_client()
-    state.clock.sent()
-    output = await client.generate(payload, routing_key=routing_key(sample))
+    if len(todo) == 1:
+        payload = {"input_ids": todo[0][0].tokens, "sampling_params": todo[0][1], "return_logprob": True}
+    else:
+        payload = {"input_ids": [s.tokens for s, _ in todo], "sampling_params": [p for _, p in todo],
+                   "return_logprob": True}
+    state.clock.sent(len(todo))
+    output = await client.generate(payload, routing_key=key)
     state.clock.answered()
-    append_output(sample, output)
-    return sample
+    outputs = [output] if len(todo) == 1 else output
+    if not isinstance(outputs, list) or len(outputs) != len(todo):
+        raise EngineError(client.base_url, f"/generate: a batch of {len(todo)} prompts got {outputs!r:.200} back")
+    for (sample, _), out in zip(todo, outputs):
+        append_output(sample, out)
 
 
 def routing_key(sample: Sample) -> str | None:

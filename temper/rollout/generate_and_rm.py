@@ -7,6 +7,8 @@ with a deterministic sampling seed per sample, and the group reward (`--group-rm
 reward model: one `compute_reward` call per group, in evaluation too) after. A list-style generate
 function (`custom_generate(args, samples, evaluation=False)`, see `is_list_style`) gets the group's
 unfinished samples in one call instead, holding one slot of the semaphore; the scoring is the same.
+With temper's default generate function, a group's unfinished samples go out as one batched request
+(`generate_many`), holding one slot per sample.
 
 Contract on statuses: COMPLETED/TRUNCATED samples get a reward (unless the generate function set one);
 ABORTED and FAILED samples get none. A sample that arrives COMPLETED/TRUNCATED with a reward (a
@@ -22,7 +24,7 @@ import typing
 from typing import Any
 
 from temper.data import PluginError
-from temper.rollout.generate import GenerateState, default_sampling_params, generate, sampling_seed
+from temper.rollout.generate import GenerateState, default_sampling_params, generate, generate_many, sampling_seed
 from temper.rollout.plugins import accepts_kwarg, load_plugin
 from temper.rollout.rewards import async_rm, batched_async_rm, call_maybe_async
 from temper.rollout.rewards.hub import model_rewards, reward_model
@@ -185,10 +187,33 @@ async def generate_and_rm_group(
     seeded = [
         {**params, "sampling_seed": sampling_seed(base_seed, s.group_index, i, seed_salt)} for i, s in enumerate(group)
     ]
+    if generate_function(args) is generate and 1 < len(group) <= state.concurrency:
+        samples = await generate_group_and_rm(args, group, seeded, state, evaluation=evaluation)
+        return await _group_scored(args, samples, evaluation)
     results = await asyncio.gather(
         *(generate_and_rm(args, s, p, state, evaluation=evaluation) for s, p in zip(group, seeded))
     )
     return await _group_scored(args, [s for produced in results for s in produced], evaluation)
+
+
+async def generate_group_and_rm(
+    args: Any, group: list[Sample], params: list[dict[str, Any]], state: GenerateState, *, evaluation: bool
+) -> list[Sample]:
+    """`generate_and_rm` for a group's samples with temper's default generate function: the unfinished
+    ones in one batched request (`generate_many`) under one semaphore slot each, then each scored."""
+    todo = [(s, p) for s, p in zip(group, params) if s.status not in FINISHED]
+    if todo and state.aborted:
+        for s, _ in todo:
+            s.status = Sample.Status.ABORTED
+    elif todo:
+        async with state.slots(len(todo)):
+            if state.aborted:  # the rollout had enough while these waited for slots
+                for s, _ in todo:
+                    s.status = Sample.Status.ABORTED
+            else:
+                await generate_many(args, [s for s, _ in todo], [p for _, p in todo])
+    await _score_each(args, group, evaluation)
+    return group
 
 
 async def _group_scored(args: Any, samples: list[Sample], evaluation: bool) -> list[Sample]:

@@ -47,16 +47,17 @@ def test_rollout_of_4_prompts_x_4_samples(tmp_path, engine_servers):
         assert all(0 < n <= 12 for n in batch.response_lengths)
         assert all(v == ["default"] for v in batch.weight_versions)
         assert batch.raw_rewards.tolist() == [0.0] * 16  # a random tiny model does not box answers
-    # One engine per group: every group's 4 requests went to the engine its first one went to.
+    # A group's 4 samples go out as one batched request, to one engine (the group's routing key).
     assert {key: (a.requests, a.reassigned) for key, a in policy.affinity.items()} == {
-        f"group-{g}": (4, 0) for g in range(8)
+        f"group-{g}": (1, 0) for g in range(8)
     }
-    assert sorted(w.total_requests for w in policy.workers.values()) == [16, 16]
+    assert sorted(w.total_requests for w in policy.workers.values()) == [4, 4]
     metrics = manager.last_metrics
     assert metrics["rollout/num_samples"] == 16 and "rollout/cached_token_ratio" in metrics
-    # when the 16 requests went out and their answers came back, within the rollout's own time
+    # when the 4 requests went out and their answers came back, within the rollout's own time
     times = [metrics[f"rollout/{k}"] for k in ("first_request_sent_s", "last_request_sent_s", "last_answer_s")]
-    assert metrics["rollout/requests"] == 16 and 0 <= times[0] <= times[1] <= times[2] <= metrics["rollout/generation_time"]
+    assert metrics["rollout/requests"] == 4 and metrics["rollout/requested_samples"] == 16
+    assert 0 <= times[0] <= times[1] <= times[2] <= metrics["rollout/generation_time"]
     assert times[0] <= metrics["rollout/first_answer_s"] <= times[2]
     # the engines' steps in the rollout: at least one prefill, and a decode step for each of the 12 tokens
     assert metrics["rollout/engine_prefill_steps"] >= 1 and metrics["rollout/engine_decode_steps"] >= 11

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 _MAX_DRAIN_STEPS = 1000  # bound on steps spent delivering aborts (each aborted request needs one)
 DEFAULT_HELD_TIMEOUT_S = 1800.0  # how long a request may wait while the engine is paused or released
-DEFAULT_BURST_QUIET_S = 0.005  # an idle engine's first step waits until no request arrived for this long
+DEFAULT_BURST_QUIET_S = 0.01  # an idle engine's first step waits until no request arrived for this long
 DEFAULT_BURST_MAX_S = 0.2  # ... but at most this long after the first arrival
 
 

@@ -42,7 +42,7 @@ class ServerArgs:
     held_request_timeout: float = 1800.0  # seconds a request waits while the engine is paused or released (503)
     # An idle engine's first step waits until no request arrived for burst_wait_ms (at most burst_max_wait_ms):
     # a rollout's batch, which arrives over tens of milliseconds, is then prefilled together (async_engine.py).
-    burst_wait_ms: float = 5.0
+    burst_wait_ms: float = 10.0
     burst_max_wait_ms: float = 200.0
     # The control routes beyond loopback without an API key: refused (403) for `temper serve`; allowed for the
     # engines a run's cluster starts on other nodes (its trainer and router drive them over the network).
@@ -132,7 +132,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
       help="most generation requests in flight from one client address (429 beyond)")
     a("--held-request-timeout", type=float, default=1800.0,
       help="seconds a request may wait while the engine is paused or its memory released (then 503)")
-    a("--burst-wait-ms", type=float, default=5.0,
+    a("--burst-wait-ms", type=float, default=10.0,
       help="an idle engine that gets a request waits until none has arrived for this long before its first step, "
            "so that a batch sent at once is prefilled together (0: step at once)")
     a("--burst-max-wait-ms", type=float, default=200.0, help="the longest --burst-wait-ms may hold the first step")
