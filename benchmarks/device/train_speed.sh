@@ -22,5 +22,8 @@ has keep && run train_0.6b_keep 200 python $B --skip-hf --rollouts 4
 has nokeep && run train_0.6b_nokeep 200 python $B --skip-hf --rollouts 4 --no-keep-gathered
 has eager && TEMPER_COMPILE=0 run train_0.6b_eager 200 python $B --skip-hf --rollouts 2
 has sdpa && run train_0.6b_sdpa 200 python $B --skip-hf --rollouts 2 --attn sdpa
-has 4b && run train_4b 300 python $B --model-shape qwen3-4b --skip-hf --rollouts 2 ${ARGS_4B:---max-tokens-per-gpu 8192}
+# the 4B shape without activation checkpointing needs more than an 80 GB card (seen: out of memory on an H100)
+GPU_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1)
+DEFAULT_4B="--max-tokens-per-gpu 8192"; ((GPU_MIB < 100000)) && DEFAULT_4B="$DEFAULT_4B --recompute"
+has 4b && run train_4b 300 python $B --model-shape qwen3-4b --skip-hf --rollouts 2 ${ARGS_4B:-$DEFAULT_4B}
 exit 0
