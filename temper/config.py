@@ -246,6 +246,14 @@ class AlgorithmConfig:
         "term (e.g. Dr.GRPO's constant denominator; README)",
     )
     calculate_per_token_loss: bool = opt(False, "average the loss over all tokens of a step, not per sample")
+    use_routing_replay: bool = opt(
+        False, "MoE: record each token's experts in the old-log-prob forward and replay them in training"
+    )
+    use_rollout_routing_replay: bool = opt(
+        False, "MoE (R3): replay the engine's routed experts in training (not supported yet: the run stops)"
+    )
+    moe_aux_loss_coeff: float = opt(0.0, "MoE: weight of the routers' load-balancing loss, summed over MoE layers")
+    moe_z_loss_coeff: float | None = opt(None, "MoE: weight of the routers' z-loss, summed over MoE layers")
     num_critic_only_steps: int = opt(0, "first rollouts train only the critic (PPO)")
 
     @property

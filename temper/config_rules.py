@@ -197,6 +197,15 @@ def _algorithm(cfg: Config) -> None:
 
 
 def _sampling(cfg: Config) -> None:
+    if cfg.use_rollout_routing_replay:
+        raise ConfigError(
+            "--use-rollout-routing-replay (R3) needs the engine to return each token's routed experts, which temper's "
+            "engine does not yet; --use-routing-replay replays the routing of the old-log-prob forward instead"
+        )
+    if cfg.moe_aux_loss_coeff < 0 or (cfg.moe_z_loss_coeff or 0.0) < 0:
+        raise ConfigError(
+            f"--moe-aux-loss-coeff and --moe-z-loss-coeff must be >= 0, got {cfg.moe_aux_loss_coeff}, {cfg.moe_z_loss_coeff}"
+        )
     if not 0 < cfg.rollout_temperature < math.inf:  # also refuses nan
         raise ConfigError(f"--rollout-temperature must be > 0 (it also divides training logits), got {cfg.rollout_temperature}")
     if cfg.rollout_max_response_len is not None and cfg.rollout_max_response_len < 1:

@@ -27,6 +27,7 @@ from temper.train.checkpoint import Resumed, iteration_dir, resolve_checkpoint, 
 from temper.train.env import TrainEnv
 from temper.train.hf_export import checkpoint_dtype, export_hf
 from temper.train.hf_model import final_hidden_states, load_causal_lm, policy_log_probs
+from temper.train.moe_routing import RouterHooks
 from temper.train.packing import MicroBatch, to_device
 from temper.train.plugins import (
     TrainPlugins,
@@ -62,6 +63,11 @@ class Actor:
         model = load_causal_lm(cfg.hf_checkpoint, torch.float32, attn_implementation)
         self.trainable = TrainableModel.shard(model, cfg, self.env, total_steps=total_steps)
         self.model = self.trainable.model
+        self.routing = None  # MoE routing replay and router losses (moe_routing.py)
+        z_coeff = cfg.moe_z_loss_coeff or 0.0
+        if cfg.use_routing_replay or cfg.moe_aux_loss_coeff or z_coeff:
+            why = "--use-routing-replay" if cfg.use_routing_replay else "--moe-aux-loss-coeff/--moe-z-loss-coeff"
+            self.routing = RouterHooks(self.model, aux_loss_coeff=cfg.moe_aux_loss_coeff, z_loss_coeff=z_coeff, why=why)
         self.batcher = Batcher(cfg, self.env)
         self.reference = None
         if _needs_reference(cfg):
@@ -74,9 +80,21 @@ class Actor:
 
     # -- log-probs -----------------------------------------------------------------------------------
 
-    def compute_log_probs(self, batch: RolloutBatch) -> list[Tensor]:
-        """Current-policy log-probs [R_i] of every sample's response tokens (forward only, fp32)."""
-        return self.batcher.forward_only(self.model, batch, self._log_probs)
+    def compute_log_probs(self, batch: RolloutBatch, *, record_routing: bool = False) -> list[Tensor]:
+        """Current-policy log-probs [R_i] of every sample's response tokens (forward only, fp32). With
+        `record_routing` (the old-log-prob pass under --use-routing-replay) each micro-batch's MoE routing is
+        recorded for training to replay."""
+        if not record_routing or self.routing is None:
+            return self.batcher.forward_only(self.model, batch, self._log_probs)
+        self.routing.clear()
+        try:
+            return self.batcher.forward_only(self.model, batch, self._recorded_log_probs)
+        finally:
+            self.routing.route_freely()
+
+    def _recorded_log_probs(self, mb: MicroBatch) -> Tensor:
+        self.routing.record(tuple(mb.positions))
+        return self._log_probs(mb)
 
     def _log_probs(self, mb: MicroBatch) -> Tensor:
         return policy_log_probs(
@@ -110,7 +128,9 @@ class Actor:
                 raise ValueError("--use-rollout-logprobs: the rollout batch carries no engine log-probs")
             data.old_log_probs = [t.float() for t in batch.rollout_log_probs]
         elif (cfg.num_steps_per_rollout or 1) > 1 or cfg.kl_coef != 0 or self.plugins.advantage or self.plugins.loss:
-            data.old_log_probs = self.compute_log_probs(batch)
+            data.old_log_probs = self.compute_log_probs(batch, record_routing=cfg.use_routing_replay)
+        elif self.routing is not None:
+            self.routing.clear()  # the only step's own forward is the old policy: nothing to replay
         if cfg.advantage_estimator == "ppo" and values is None:
             raise ValueError("--advantage-estimator ppo: pass the critic's values (critic.compute_values(batch))")
         if self.plugins.advantage is not None:
@@ -126,10 +146,14 @@ class Actor:
         batch = data.batch
         self.trainable.require_onloaded("Actor.update")
         self.step_metrics = []
-        for micro_batches, totals in self.batcher.steps(batch, self.cfg.calculate_per_token_loss):
-            metrics = self.trainable.step(micro_batches, functools.partial(self._loss, data=data, totals=totals))
-            metrics["tokens"] = float(totals.tokens)
-            self.step_metrics.append(metrics)
+        try:
+            for micro_batches, totals in self.batcher.steps(batch, self.cfg.calculate_per_token_loss):
+                metrics = self.trainable.step(micro_batches, functools.partial(self._loss, data=data, totals=totals))
+                metrics["tokens"] = float(totals.tokens)
+                self.step_metrics.append(metrics)
+        finally:
+            if self.routing is not None:
+                self.routing.clear()
         interval = self.cfg.ref_update_interval
         if self.reference is not None and interval and (data.rollout_id + 1) % interval == 0:
             self.reference.copy_from(self.model)
@@ -138,11 +162,14 @@ class Actor:
     def _loss(self, mb: MicroBatch, data: TrainData, totals: StepTotals) -> tuple[Tensor, dict[str, Tensor]]:
         """This micro-batch's loss scaled to its share of the step, and its weighted metrics."""
         cfg = self.cfg
+        if self.routing is not None:  # the routing recorded for this micro-batch (kept for a recomputing backward)
+            self.routing.replay(tuple(mb.positions))
         if self.plugins.loss is not None:
             return self._custom_loss(mb, data, totals)
         log_probs, entropy = policy_log_probs(
             self.model, mb, temperature=cfg.rollout_temperature, chunk_size=cfg.log_probs_chunk_size, with_entropy=True
         )
+        router_loss, router_metrics = self.routing.losses() if self.routing is not None else (None, {})
         if cfg.entropy_coef == 0:
             entropy = entropy.detach()
         log_probs = pad_flat(log_probs, mb.response_lengths)
@@ -169,6 +196,9 @@ class Actor:
             metrics["entropy"] = metrics.pop("entropy_loss")
         else:
             metrics["entropy"] = _masked_entropy(entropy, mask, cfg.calculate_per_token_loss)
+        if router_loss is not None:
+            loss = loss + router_loss
+            metrics |= router_metrics
         return weigh(loss, metrics, totals.shares(data.batch, mb), self.env.world_size)
 
     def _policy_plugins(self, mb: MicroBatch, data: TrainData, mask: Tensor) -> dict[str, Any]:

@@ -44,11 +44,20 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype, attn_implementation: st
     """`AutoModelForCausalLM.from_pretrained(path)` in `dtype`, on CPU, with the KV cache off."""
     config = AutoConfig.from_pretrained(path)
     _check_supported(config, path)
+    extra = {"experts_implementation": "grouped_mm"} if is_moe(config) else {}
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, attn_implementation=resolve_attention(attn_implementation)
+        path, dtype=dtype, attn_implementation=resolve_attention(attn_implementation), **extra
     )
     model.config.use_cache = False
     return model
+
+
+def is_moe(config) -> bool:
+    """Whether `config` is a mixture-of-experts model. Its routed experts then run as grouped GEMMs over the
+    tokens sorted by expert (transformers' ``grouped_mm`` experts: `torch._grouped_mm` on GPU, the same sums
+    in a loop elsewhere), not Hugging Face's default loop over the experts."""
+    text = getattr(config, "text_config", None) or config
+    return any(getattr(text, name, None) for name in ("num_experts", "n_routed_experts", "num_local_experts"))
 
 
 def _check_supported(config, path: str | Path) -> None:

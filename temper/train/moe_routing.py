@@ -1,0 +1,146 @@
+"""MoE routers in training: routing replay and the routers' auxiliary losses.
+
+Hugging Face's MoE blocks call a router module that returns ``(router_logits, scores, expert_indices)``
+(Qwen3-MoE's `Qwen3MoeTopKRouter`, and the routers written like it: a softmax over the logits, the top k,
+optionally renormalized with ``norm_topk_prob``). `RouterHooks` puts a forward hook on each such router:
+
+- routing replay (slime's ``--use-routing-replay``, arXiv 2507.18071): the old-log-prob forward records
+  every router's expert indices per micro-batch; the training forward of the same micro-batch replays
+  them, the scores recomputed from the current logits at the recorded experts (so gradients still reach
+  the router). Training then routes every token as the policy that computed the old log-probs did, which
+  keeps the importance ratio free of routing flips. Keyed by micro-batch and router, a replay also serves
+  the recomputation of activation checkpointing. A micro-batch with no record routes as usual.
+- the routers' losses (Megatron's ``--moe-aux-loss-coeff`` and ``--moe-z-loss-coeff``, summed over the
+  MoE layers as Megatron applies them per layer): the Switch load-balancing loss
+  ``coeff x E x sum_e f_e P_e`` (f_e: the share of the micro-batch's top-k assignments that went to
+  expert e, P_e: its mean router probability) and the z-loss ``coeff x mean(logsumexp(logits)^2)``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Hashable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def find_routers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of the model's top-k routers that `RouterHooks` handles (see the module docstring)."""
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if type(module).__name__.endswith("TopKRouter") and hasattr(module, "top_k")
+    ]
+
+
+class RouterHooks:
+    """Routing replay and router losses over `model`'s routers (see the module docstring).
+
+    `record(key)` / `replay(key)` / `route_freely()` set what the routers do until the next call: a
+    training forward and the backward that may recompute it both run under one setting. `losses()`
+    returns the router losses of the forward since the last `record`/`replay`/`route_freely` call.
+    """
+
+    def __init__(self, model: nn.Module, *, aux_loss_coeff: float = 0.0, z_loss_coeff: float = 0.0, why: str = ""):
+        self.routers = find_routers(model)
+        if not self.routers:
+            kinds = sorted({type(m).__name__ for m in model.modules() if "router" in type(m).__name__.lower()})
+            arch = (getattr(getattr(model, "config", None), "architectures", None) or [type(model).__name__])[0]
+            raise ValueError(
+                f"{why or 'routing replay and router losses'}: {arch} has no top-k router temper "
+                f"knows (a module named *TopKRouter returning (logits, scores, indices)); found {kinds or 'none'}"
+            )
+        self.aux_loss_coeff = aux_loss_coeff
+        self.z_loss_coeff = z_loss_coeff
+        self.mode: str | None = None
+        self.key: Hashable = None
+        self.recorded: dict[tuple[Hashable, str], Tensor] = {}
+        self._seen: list[tuple[Tensor, Tensor, int]] = []  # (logits, indices, experts) of the current forward
+        self._handles = [r.register_forward_hook(functools.partial(self._hook, name)) for name, r in self.routers]
+
+    # -- settings ------------------------------------------------------------------------------------
+
+    def record(self, key: Hashable) -> None:
+        self.mode, self.key, self._seen = "record", key, []
+
+    def replay(self, key: Hashable) -> None:
+        """Replay `key`'s recorded routing if there is one, else route freely."""
+        recorded = (key, self.routers[0][0]) in self.recorded
+        self.mode, self.key, self._seen = ("replay" if recorded else None), key, []
+
+    def route_freely(self) -> None:
+        self.mode, self.key, self._seen = None, None, []
+
+    def clear(self) -> None:
+        """Forget every record (a new rollout)."""
+        self.recorded.clear()
+        self.route_freely()
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    # -- the hook ------------------------------------------------------------------------------------
+
+    def _hook(self, name: str, module: nn.Module, args: Any, output: Any) -> Any:
+        logits, scores, indices = output
+        if self.mode == "record":
+            self.recorded[(self.key, name)] = indices.detach()
+        elif self.mode == "replay":
+            indices = self.recorded[(self.key, name)]
+            if indices.shape[0] != logits.shape[0]:
+                raise RuntimeError(
+                    f"routing replay: router {name} recorded {indices.shape[0]} tokens for micro-batch {self.key!r} "
+                    f"but routes {logits.shape[0]} now (the old-log-prob and training passes must pack alike)"
+                )
+            scores = replayed_scores(module, logits, indices)
+        if torch.is_grad_enabled() and (self.aux_loss_coeff or self.z_loss_coeff):
+            self._seen.append((logits, indices, int(getattr(module, "num_experts", logits.shape[-1]))))
+        return logits, scores, indices
+
+    # -- losses --------------------------------------------------------------------------------------
+
+    def losses(self) -> tuple[Tensor | None, dict[str, Tensor]]:
+        """(the router losses to add to the micro-batch's loss, or None; their metrics) of the forward
+        since the last setting. A recomputation during backward does not count twice: only the routers'
+        first call per forward is used."""
+        if not self._seen:
+            return None, {}
+        calls = self._seen[: len(self.routers)]
+        total = torch.zeros((), device=calls[0][0].device, dtype=torch.float32)
+        metrics: dict[str, Tensor] = {}
+        if self.aux_loss_coeff:
+            aux = sum(load_balancing_loss(logits, indices, experts) for logits, indices, experts in calls)
+            total = total + self.aux_loss_coeff * aux
+            metrics["moe_aux_loss"] = (aux / len(calls)).detach()
+        if self.z_loss_coeff:
+            z = sum(z_loss(logits) for logits, _, _ in calls)
+            total = total + self.z_loss_coeff * z
+            metrics["moe_z_loss"] = (z / len(calls)).detach()
+        return total, metrics
+
+
+def replayed_scores(router: nn.Module, logits: Tensor, indices: Tensor) -> Tensor:
+    """The scores a softmax top-k router gives the experts `indices` under `logits` (renormalized over the
+    k when the router's ``norm_topk_prob`` says so), in the logits' dtype."""
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+    scores = probs.gather(-1, indices.long())
+    if getattr(router, "norm_topk_prob", False):
+        scores = scores / scores.sum(dim=-1, keepdim=True)
+    return scores.to(logits.dtype)
+
+
+def load_balancing_loss(logits: Tensor, indices: Tensor, num_experts: int) -> Tensor:
+    """Switch load balancing: E x sum_e f_e P_e (f_e: share of top-k assignments, P_e: mean probability)."""
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+    counts = torch.zeros(num_experts, device=logits.device, dtype=torch.float32)
+    counts.scatter_add_(0, indices.reshape(-1).long(), torch.ones(indices.numel(), device=logits.device))
+    share = counts / max(indices.numel(), 1)
+    return num_experts * torch.sum(share * probs.mean(dim=0))
+
+
+def z_loss(logits: Tensor) -> Tensor:
+    """The router z-loss: mean over tokens of logsumexp(logits)^2."""
+    return torch.logsumexp(logits.float(), dim=-1).square().mean()

@@ -1,0 +1,129 @@
+"""MoE in the trainer: grouped-GEMM experts, routing replay (--use-routing-replay) and the routers' losses
+(--moe-aux-loss-coeff, --moe-z-loss-coeff), on the tiny Qwen3-MoE."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from train_helpers import make_cfg, toy_batch
+from transformers import AutoModelForCausalLM
+
+from temper.config import ConfigError
+from temper.testing import tiny_model_dir
+from temper.train import Actor
+from temper.train.hf_model import load_causal_lm
+from temper.train.moe_routing import RouterHooks, find_routers, load_balancing_loss, z_loss
+
+
+@pytest.fixture(scope="module")
+def moe_dir():
+    return tiny_model_dir("qwen3_moe")
+
+
+def test_trainer_runs_the_experts_as_grouped_gemms_with_hf_logits(moe_dir):
+    reference = AutoModelForCausalLM.from_pretrained(moe_dir, dtype=torch.float32, attn_implementation="sdpa")
+    model = load_causal_lm(moe_dir, torch.float32, "sdpa")
+    assert model.config._experts_implementation == "grouped_mm"
+    ids = torch.randint(0, 200, (2, 19), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model(ids).logits, reference(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_replay_routes_as_recorded_with_scores_from_the_current_logits(moe_dir):
+    """Recorded in one forward, the routing is replayed after the routers changed: the experts are the
+    recorded ones, their scores the new softmax at those experts (renormalized); free routing differs."""
+    model = load_causal_lm(moe_dir, torch.float32, "sdpa")
+    hooks = RouterHooks(model)
+    ids = torch.randint(0, 200, (1, 23), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        hooks.record("mb")
+        model(ids)
+        recorded = {name: hooks.recorded[("mb", name)].clone() for name, _ in hooks.routers}
+        for _, router in hooks.routers:
+            router.weight.add_(torch.randn_like(router.weight, generator=torch.Generator().manual_seed(2)))
+        seen = {}
+
+        def spy(name, module, args, output):
+            seen[name] = output
+
+        spies = [r.register_forward_hook(lambda m, a, o, n=n: spy(n, m, a, o)) for n, r in hooks.routers]
+        hooks.replay("mb")
+        model(ids)
+        replayed = dict(seen)
+        hooks.route_freely()
+        model(ids)
+        free = dict(seen)
+        for s in spies:
+            s.remove()
+    assert len(recorded) == len(find_routers(model)) > 0
+    for name, router in hooks.routers:
+        logits, scores, indices = replayed[name]
+        assert torch.equal(indices, recorded[name])
+        probs = torch.softmax(logits, dim=-1).gather(-1, indices)
+        torch.testing.assert_close(scores, probs / probs.sum(-1, keepdim=True) if router.norm_topk_prob else probs)
+    assert any(not torch.equal(free[n][2], recorded[n]) for n in recorded)  # the change does move tokens
+
+
+def test_router_losses_match_their_formulas():
+    logits = torch.tensor([[2.0, 0.0, -1.0, 0.5], [0.0, 3.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    indices = torch.tensor([[0, 3], [1, 0], [2, 1]])
+    probs = torch.softmax(logits, -1)
+    share = torch.tensor([2, 2, 1, 1]) / 6
+    assert load_balancing_loss(logits, indices, 4).item() == pytest.approx(4 * (share * probs.mean(0)).sum().item())
+    assert z_loss(logits).item() == pytest.approx(torch.logsumexp(logits, -1).square().mean().item())
+
+
+def _router_grads(actor):
+    return {n: p.grad.full_tensor().clone() for n, p in actor.model.named_parameters() if "gate.weight" in n}
+
+
+def test_actor_replays_the_old_log_prob_routing_and_adds_router_losses(moe_dir, monkeypatch):
+    """Two optimizer steps per rollout: the old-log-prob pass records every micro-batch's routing, training
+    replays it (every router call of the training forwards is a replay), and the record is dropped after
+    the rollout. With --moe-aux-loss-coeff / --moe-z-loss-coeff the losses show in the metrics."""
+    from temper.train import moe_routing
+
+    modes = []
+    original = moe_routing.RouterHooks._hook
+
+    def spy(self, name, module, args, output):
+        if torch.is_grad_enabled():
+            modes.append(self.mode)
+        return original(self, name, module, args, output)
+
+    monkeypatch.setattr(moe_routing.RouterHooks, "_hook", spy)
+    cfg = make_cfg(moe_dir, num_steps_per_rollout=2, use_routing_replay=True, moe_aux_loss_coeff=0.01,
+                   moe_z_loss_coeff=0.001, micro_batch_size=2)  # fmt: skip
+    actor = Actor(cfg)
+    metrics = actor.train(0, toy_batch(8))
+    assert modes and set(modes) == {"replay"}
+    assert actor.routing.recorded == {}
+    assert metrics["moe_aux_loss"] > 0 and metrics["moe_z_loss"] > 0
+    assert actor.step_metrics[0]["ppo_kl"] == 0.0
+
+
+def test_the_aux_loss_reaches_the_routers(moe_dir, monkeypatch):
+    from temper.train.trainable import TrainableModel
+
+    grads = {}
+    for coeff in (0.0, 1.0):
+        captured = []
+        original = TrainableModel._clip_grad_norm
+        monkeypatch.setattr(TrainableModel, "_clip_grad_norm",
+                            lambda self, c=captured, o=original: c.append(_router_grads_of(self)) or o(self))  # fmt: skip
+        Actor(make_cfg(moe_dir, moe_aux_loss_coeff=coeff or None, clip_grad=0)).train(0, toy_batch(8))
+        grads[coeff] = captured[0]
+    assert grads[0.0].keys() == grads[1.0].keys() and grads[0.0]
+    assert any(not torch.allclose(grads[0.0][n], grads[1.0][n]) for n in grads[0.0])
+
+
+def _router_grads_of(trainable):
+    return {n: p.grad.full_tensor().clone() for n, p in trainable.model.named_parameters() if "gate.weight" in n}
+
+
+def test_routing_flags_are_checked(qwen3_dir):
+    with pytest.raises(ConfigError, match="--use-rollout-routing-replay"):
+        make_cfg(qwen3_dir, use_rollout_routing_replay=True)
+    with pytest.raises(ConfigError, match="--moe-aux-loss-coeff"):
+        make_cfg(qwen3_dir, moe_aux_loss_coeff=-1)
+    with pytest.raises(ValueError, match="--use-routing-replay: Qwen3ForCausalLM has no top-k router"):
+        Actor(make_cfg(qwen3_dir, use_routing_replay=True))
