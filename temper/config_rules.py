@@ -33,9 +33,12 @@ def _modes(cfg: Config) -> None:
         cfg.debug_train_only = True
     if cfg.debug_rollout_only and cfg.debug_train_only:
         raise ConfigError("--debug-rollout-only and --debug-train-only exclude each other; pick one")
-    if cfg.debug_train_only and not cfg.load_debug_rollout_data:
+    needs_engines = cfg.rollout_function_path in DEFAULT_ROLLOUT_FUNCTIONS
+    if cfg.debug_train_only and not cfg.load_debug_rollout_data and needs_engines:
         raise ConfigError(
-            "--debug-train-only starts no engines, so rollouts must come from --load-debug-rollout-data PATH_{rollout_id}.pt"
+            "--debug-train-only starts no engines, so rollouts must come from --load-debug-rollout-data "
+            "PATH_{rollout_id}.pt or a rollout function that needs none (--rollout-function-path, e.g. "
+            "temper.rollout.sft_rollout.generate_rollout)"
         )
     if cfg.train_backend == "megatron":
         raise ConfigError("--train-backend megatron is not available in this build; use --train-backend fsdp")

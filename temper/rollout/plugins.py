@@ -18,6 +18,7 @@ SLIME_ALIASES = {
     "slime.rollout.sglang_rollout.generate_rollout": "temper.rollout.rollout.generate_rollout",
     "slime.rollout.sglang_rollout.generate": "temper.rollout.generate.generate",
     "slime.rollout.sglang_rollout.eval_rollout": "temper.rollout.evaluation.eval_rollout_sync",
+    "slime.rollout.sft_rollout.generate_rollout": "temper.rollout.sft_rollout.generate_rollout",
     f"{_FILTERS}.check_reward_nonzero_std": "temper.rollout.filters.check_reward_nonzero_std",
     f"{_FILTERS}.check_reward_nonzero_std_with_fallback": (
         "temper.rollout.filters.check_reward_nonzero_std_with_fallback"
