@@ -36,7 +36,6 @@ from temper.engine.attention import TorchPagedAttention
 from temper.engine.cuda_graph import DecodeGraphs
 from temper.engine.engine_args import EngineArgs
 from temper.engine.models import model_class
-from temper.engine.models.decoder import head_dim_of
 from temper.engine.sampler import Sampler
 from temper.engine.sampling_params import SamplingParams
 from temper.engine.scheduler import ScheduledBatch
@@ -134,7 +133,9 @@ class ModelRunner:
         self.weight_map = WeightMap(self.model)
         self._load_all(iter_safetensors(args.model), args.model)
         tp = self.tp.size
-        self.kv_shape = (hf_config.num_hidden_layers, hf_config.num_key_value_heads // tp, head_dim_of(hf_config))
+        # K and V per layer, or one latent that is both (DeepSeek's MLA): the model class says which.
+        self.kv_tensors, kv_heads, kv_dim = self.model.kv_cache_layout(hf_config, tp)
+        self.kv_shape = (hf_config.num_hidden_layers, kv_heads, kv_dim)
         self.num_heads = hf_config.num_attention_heads // tp
         self._enable_symmetric_memory(hf_config)
         self.kernel_groups = self._enable_kernels(hf_config)
@@ -195,7 +196,8 @@ class ModelRunner:
                                qk_norm=getattr(self.model.model.layers[0].self_attn, "qk_norm", False))
 
     def _attention_backend(self):
-        if "attention" not in self.kernel_groups:
+        # A model whose attention the paged kernel does not serve (MLA) says PAGED_ATTENTION_KERNEL = False.
+        if "attention" not in self.kernel_groups or not getattr(self.model, "PAGED_ATTENTION_KERNEL", True):
             return self.reference_backend
         from temper.engine.kernels.paged_attention import TritonPagedAttention
 
@@ -309,7 +311,7 @@ class ModelRunner:
     # ---- KV cache ---------------------------------------------------------------------------
     def block_bytes(self) -> int:
         num_layers, num_kv_heads, head_dim = self.kv_shape
-        return 2 * num_layers * self.block_size * num_kv_heads * head_dim * self.dtype.itemsize
+        return self.kv_tensors * num_layers * self.block_size * num_kv_heads * head_dim * self.dtype.itemsize
 
     def min_kv_blocks(self) -> int:
         return -(-self.max_model_len // self.block_size)
@@ -369,10 +371,10 @@ class ModelRunner:
         self._reset_graphs()
         num_layers, num_kv_heads, head_dim = self.kv_shape
         # Zeros, not empty: padded decode slots are masked, but NaN garbage would still leak through.
-        self.kv_cache = torch.zeros(2, num_layers, self.num_kv_blocks, self.block_size, num_kv_heads, head_dim,
-                                    dtype=self.dtype, device=self.device)
+        self.kv_cache = torch.zeros(self.kv_tensors, num_layers, self.num_kv_blocks, self.block_size, num_kv_heads,
+                                    head_dim, dtype=self.dtype, device=self.device)
         for i, layer in enumerate(self.model.model.layers):
-            layer.self_attn.attn.k_cache, layer.self_attn.attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
+            layer.self_attn.attn.k_cache, layer.self_attn.attn.v_cache = self.kv_cache[0, i], self.kv_cache[-1, i]
 
     def free_kv_cache(self) -> None:
         with self._mirrored("free_kv_cache", reply=True):

@@ -7,12 +7,16 @@ network. Weights are random (``from_config``) and seeded: the same arguments giv
 
 Shapes are `ModelShape` values, named in `PRESETS`: "tiny" (the default, ~0.5M parameters, builds in
 well under a second), "qwen3-0.6b" and "qwen3-4b" (Qwen3-0.6B's and Qwen3-4B's exact shapes with
-random weights, for GPU benchmarks), "qwen3-30b-a3b" (arch qwen3_moe) and "glm4-9b" (arch glm4): the
-shapes of Qwen3-30B-A3B and GLM-4-9B-0414. Any field can be overridden by keyword.
+random weights, for GPU benchmarks), "qwen3-30b-a3b" (arch qwen3_moe), "glm4-9b" (arch glm4),
+"moonlight-16b-a3b" and "deepseek-v3" (arch deepseek_v3): the shapes of Qwen3-30B-A3B, GLM-4-9B-0414,
+Moonlight-16B-A3B and DeepSeek-V3. Any field can be overridden by keyword.
 
 Architectures (`ARCHITECTURES`): the dense qwen3, qwen2 and llama; qwen3_moe (Qwen3-MoE: top-k routed
 experts in place of the MLP, shaped by the ``num_experts``/``moe_*`` fields); glm4 (GLM-4: partial
-interleaved RoPE, q/k/v biases, fused gate-up, the extra post-attention and post-MLP norms).
+interleaved RoPE, q/k/v biases, fused gate-up, the extra post-attention and post-MLP norms); deepseek_v3
+(DeepSeek-V3: multi-head latent attention shaped by the ``*_lora_rank``/``*_head_dim`` fields, the first
+``first_k_dense_replace`` layers dense, the others sigmoid-routed experts with shared experts and grouped
+top-k; ``num_key_value_heads`` is always ``num_heads``, as MLA has no grouped K/V).
 
 Command line: ``python -m temper.testing.tiny_models OUT_DIR [--arch qwen3] [--preset tiny] [--seed 0]``.
 """
@@ -40,9 +44,10 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "llama": ("llama", "LlamaForCausalLM"),
     "qwen3_moe": ("qwen3_moe", "Qwen3MoeForCausalLM"),
     "glm4": ("glm4", "Glm4ForCausalLM"),
+    "deepseek_v3": ("deepseek_v3", "DeepseekV3ForCausalLM"),
 }
 # Archs whose attention projects to head_dim explicitly (num_heads * head_dim may differ from hidden_size).
-EXPLICIT_HEAD_DIM = ("qwen3", "qwen3_moe", "glm4")
+EXPLICIT_HEAD_DIM = ("qwen3", "qwen3_moe", "glm4", "deepseek_v3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,9 +58,12 @@ class ModelShape:
     extra embedding rows are never produced by the tokenizer. ``num_heads * head_dim`` may differ from
     hidden_size only for the archs in `EXPLICIT_HEAD_DIM`, whose attention projects to head_dim explicitly.
 
-    The MoE fields shape qwen3_moe only (HF's names; layer i has experts unless it is in
-    ``mlp_only_layers``, and only when ``(i + 1) % decoder_sparse_step == 0``); ``partial_rotary_factor``
-    (the share of head_dim that RoPE rotates) applies to glm4 only. Dense archs ignore them.
+    The MoE fields shape qwen3_moe (HF's names; layer i has experts unless it is in
+    ``mlp_only_layers``, and only when ``(i + 1) % decoder_sparse_step == 0``) and deepseek_v3
+    (``num_experts`` is its ``n_routed_experts``; layers from ``first_k_dense_replace`` on have experts);
+    ``partial_rotary_factor`` (the share of head_dim that RoPE rotates) applies to glm4 only. The MLA and
+    routing fields after it shape deepseek_v3 only (``q_lora_rank`` None: q is one projection, as in
+    Moonlight); its head_dim and num_kv_heads are unused. Dense archs ignore them all.
     """
 
     vocab_size: int = 1024
@@ -76,6 +84,17 @@ class ModelShape:
     decoder_sparse_step: int = 1
     mlp_only_layers: tuple[int, ...] = ()
     partial_rotary_factor: float = 0.5
+    q_lora_rank: int | None = 64
+    kv_lora_rank: int = 32
+    qk_nope_head_dim: int = 32
+    qk_rope_head_dim: int = 16
+    v_head_dim: int = 32
+    n_shared_experts: int = 1
+    n_group: int = 4
+    topk_group: int = 2
+    first_k_dense_replace: int = 1
+    routed_scaling_factor: float = 2.5
+    rope_interleave: bool = True
 
     def __post_init__(self) -> None:
         if self.vocab_size < TOKENIZER_SIZE:
@@ -161,6 +180,63 @@ PRESETS: dict[str, ModelShape] = {
         tie_word_embeddings=False,
         partial_rotary_factor=0.5,
     ),
+    # moonshotai/Moonlight-16B-A3B (DeepseekV3ForCausalLM): no q LoRA, one expert group.
+    "moonlight-16b-a3b": ModelShape(
+        vocab_size=163840,
+        hidden_size=2048,
+        intermediate_size=11264,
+        num_layers=27,
+        num_heads=16,
+        num_kv_heads=16,
+        head_dim=64,
+        max_position_embeddings=8192,
+        rope_theta=50_000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        num_experts=64,
+        num_experts_per_tok=6,
+        moe_intermediate_size=1408,
+        norm_topk_prob=True,
+        q_lora_rank=None,
+        kv_lora_rank=512,
+        qk_nope_head_dim=128,
+        qk_rope_head_dim=64,
+        v_head_dim=128,
+        n_shared_experts=2,
+        n_group=1,
+        topk_group=1,
+        first_k_dense_replace=1,
+        routed_scaling_factor=2.446,
+    ),
+    # deepseek-ai/DeepSeek-V3 without its YaRN rope scaling (factor 40 from 4096 positions), which the
+    # factory does not write; its multi-token-prediction layer is not part of the model either.
+    "deepseek-v3": ModelShape(
+        vocab_size=129280,
+        hidden_size=7168,
+        intermediate_size=18432,
+        num_layers=61,
+        num_heads=128,
+        num_kv_heads=128,
+        head_dim=64,
+        max_position_embeddings=163840,
+        rope_theta=10_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        num_experts=256,
+        num_experts_per_tok=8,
+        moe_intermediate_size=2048,
+        norm_topk_prob=True,
+        q_lora_rank=1536,
+        kv_lora_rank=512,
+        qk_nope_head_dim=128,
+        qk_rope_head_dim=64,
+        v_head_dim=128,
+        n_shared_experts=1,
+        n_group=8,
+        topk_group=4,
+        first_k_dense_replace=3,
+        routed_scaling_factor=2.5,
+    ),
 }
 
 
@@ -201,8 +277,8 @@ def make_config(arch: str = "qwen3", shape: ModelShape | None = None) -> Pretrai
         intermediate_size=shape.intermediate_size,
         num_hidden_layers=shape.num_layers,
         num_attention_heads=shape.num_heads,
-        num_key_value_heads=shape.num_kv_heads,
-        head_dim=shape.head_dim,
+        num_key_value_heads=shape.num_heads if arch == "deepseek_v3" else shape.num_kv_heads,
+        head_dim=shape.qk_rope_head_dim if arch == "deepseek_v3" else shape.head_dim,  # HF's RoPE width
         max_position_embeddings=shape.max_position_embeddings,
         rope_theta=shape.rope_theta,
         rms_norm_eps=shape.rms_norm_eps,
@@ -229,7 +305,43 @@ def _arch_fields(arch: str, shape: ModelShape) -> dict:
         )
     if arch == "glm4":
         return dict(partial_rotary_factor=shape.partial_rotary_factor, attention_bias=True, pad_token_id=None)
+    if arch == "deepseek_v3":
+        _check_grouped_routing(shape)
+        return dict(
+            n_routed_experts=shape.num_experts,
+            num_experts_per_tok=shape.num_experts_per_tok,
+            moe_intermediate_size=shape.moe_intermediate_size,
+            norm_topk_prob=shape.norm_topk_prob,
+            n_shared_experts=shape.n_shared_experts,
+            n_group=shape.n_group,
+            topk_group=shape.topk_group,
+            first_k_dense_replace=shape.first_k_dense_replace,
+            routed_scaling_factor=shape.routed_scaling_factor,
+            q_lora_rank=shape.q_lora_rank,
+            kv_lora_rank=shape.kv_lora_rank,
+            qk_nope_head_dim=shape.qk_nope_head_dim,
+            qk_rope_head_dim=shape.qk_rope_head_dim,
+            v_head_dim=shape.v_head_dim,
+            rope_interleave=shape.rope_interleave,
+            num_nextn_predict_layers=0,  # no multi-token-prediction layer: the model has none to save
+            pad_token_id=None,
+        )
     return {}
+
+
+def _check_grouped_routing(shape: ModelShape) -> None:
+    """DeepSeek-V3's routing ranks groups of >= 2 experts and picks its experts from the kept groups."""
+    per_group = shape.num_experts // shape.n_group
+    if shape.num_experts % shape.n_group or per_group < 2 or not 0 < shape.topk_group <= shape.n_group:
+        raise ValueError(
+            f"ModelShape.n_group={shape.n_group} must divide num_experts={shape.num_experts} into groups of at "
+            f"least 2, and topk_group={shape.topk_group} be in 1..n_group"
+        )
+    if shape.num_experts_per_tok > shape.topk_group * per_group:
+        raise ValueError(
+            f"ModelShape.num_experts_per_tok={shape.num_experts_per_tok} exceeds the {shape.topk_group * per_group} "
+            f"experts of topk_group={shape.topk_group} groups"
+        )
 
 
 def make_generation_config() -> GenerationConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from temper.engine.models.decoder import DecoderForCausalLM
+from temper.engine.models.deepseek_v3 import DeepseekV3ForCausalLM
 from temper.engine.models.glm4 import Glm4ForCausalLM
 from temper.engine.models.llama import LlamaForCausalLM
 from temper.engine.models.qwen2 import Qwen2ForCausalLM
@@ -15,6 +16,7 @@ MODEL_CLASSES: dict[str, type[DecoderForCausalLM]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
     "Qwen3MoeForCausalLM": Qwen3MoeForCausalLM,
     "Glm4ForCausalLM": Glm4ForCausalLM,
+    "DeepseekV3ForCausalLM": DeepseekV3ForCausalLM,
 }
 
 

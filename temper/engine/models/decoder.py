@@ -112,12 +112,13 @@ class DecoderMLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """`mlp`: the feed-forward block when it is not the dense `DecoderMLP` (a mixture of experts)."""
+    """`mlp`: the feed-forward block when it is not the dense `DecoderMLP` (a mixture of experts);
+    `attention`: the attention block when it is not `DecoderAttention` (DeepSeek's latent attention)."""
 
     def __init__(self, hf_config, spec: DecoderSpec, rotary: RotaryEmbedding, tp: TPGroup,
-                 mlp: nn.Module | None = None):
+                 mlp: nn.Module | None = None, attention: nn.Module | None = None):
         super().__init__()
-        self.self_attn = DecoderAttention(hf_config, spec, rotary, tp)
+        self.self_attn = attention if attention is not None else DecoderAttention(hf_config, spec, rotary, tp)
         self.mlp = mlp if mlp is not None else DecoderMLP(hf_config, spec, tp)
         self.input_layernorm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
@@ -168,6 +169,13 @@ class DecoderForCausalLM(nn.Module):
     @staticmethod
     def spec(hf_config) -> DecoderSpec:
         raise NotImplementedError
+
+    @staticmethod
+    def kv_cache_layout(hf_config, tp_size: int) -> tuple[int, int, int]:
+        """One token's cache entry per layer on one rank: (tensors, heads, dim) -- K and V of this rank's
+        K/V heads. The runner binds tensor 0 as the attention's ``k_cache`` and the last as ``v_cache``
+        (one tensor: both are the same cache, as for a latent that serves as key and value)."""
+        return 2, hf_config.num_key_value_heads // tp_size, head_dim_of(hf_config)
 
     @staticmethod
     def build_rotary(hf_config, max_len: int) -> nn.Module:

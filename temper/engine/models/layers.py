@@ -118,6 +118,19 @@ class MergedLinear(Linear):
         return list(out.split([size for _, size in self.offsets.values()], dim=-1))
 
 
+class ColumnParallelLinear(nn.Module):
+    """One projection whose output features are split over the ranks (each holds its
+    `tp.shard_range(out_features)` rows: its heads when the rows are head-major); no bias."""
+
+    def __init__(self, in_features: int, out_features: int, tp: TPGroup | None = None):
+        super().__init__()
+        self.tp = tp or TPGroup()
+        self.weight = sharded_param(out_features // self.tp.size, in_features, dim=0, tp=self.tp, full=out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
 class RowParallelLinear(nn.Module):
     """A projection whose input features are split over the ranks (the input is the output of a
     column-parallel layer): partial products are summed by an all-reduce, then the (replicated) bias

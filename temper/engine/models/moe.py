@@ -69,24 +69,28 @@ class SparseMoeBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, hidden] -> [T, hidden]."""
         weights, ids = softmax_topk(self.gate(x), self.top_k, self.norm_topk_prob)
-        out = self._dispatch(x, weights, ids)
+        out = dispatch(self.experts, x, weights, ids)
         return out if self.tp.size == 1 else self.tp.all_reduce(out)
 
-    def _dispatch(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(
-                "the MoE reference path reads its per-expert token counts on the host and cannot be captured in "
-                "a CUDA graph; its model class sets CUDA_GRAPHS = False so that the engine decodes it eagerly"
-            )
-        flat = ids.flatten()
-        order = torch.argsort(flat, stable=True)  # (token, slot) pairs grouped by expert
-        tokens, pair_weights = order // self.top_k, weights.flatten()[order]
-        counts = torch.bincount(flat, minlength=len(self.experts))
-        hit = counts.nonzero().flatten()
-        ends = counts.cumsum(0)[hit]
-        out = torch.zeros_like(x)
-        for expert, end, n in zip(hit.tolist(), ends.tolist(), counts[hit].tolist()):
-            rows = tokens[end - n : end]
-            y = self.experts[expert](x.index_select(0, rows))
-            out.index_add_(0, rows, y * pair_weights[end - n : end, None])
-        return out
+
+def dispatch(experts: nn.ModuleList, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """sum_k weights[t, k] * experts[ids[t, k]](x[t]) for each token t: x [T, hidden], weights/ids [T, top_k]
+    -> [T, hidden] in x's dtype (weighted in the weights' dtype first, as HF does), this rank's partial sum."""
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            "the MoE reference path reads its per-expert token counts on the host and cannot be captured in "
+            "a CUDA graph; its model class sets CUDA_GRAPHS = False so that the engine decodes it eagerly"
+        )
+    top_k = ids.shape[1]
+    flat = ids.flatten()
+    order = torch.argsort(flat, stable=True)  # (token, slot) pairs grouped by expert
+    tokens, pair_weights = order // top_k, weights.flatten()[order]
+    counts = torch.bincount(flat, minlength=len(experts))
+    hit = counts.nonzero().flatten()
+    ends = counts.cumsum(0)[hit]
+    out = torch.zeros_like(x)
+    for expert, end, n in zip(hit.tolist(), ends.tolist(), counts[hit].tolist()):
+        rows = tokens[end - n : end]
+        y = experts[expert](x.index_select(0, rows))
+        out.index_add_(0, rows, (y * pair_weights[end - n : end, None]).to(out.dtype))
+    return out

@@ -1,4 +1,5 @@
-"""Rotary position embeddings (RoPE): default, linear and llama3 scaling, as Hugging Face computes them.
+"""Rotary position embeddings (RoPE): default, linear and llama3 scaling, as Hugging Face computes them;
+YaRN (`yarn_parameters`) for the models that opt in (DeepSeek-V3).
 
 Reads the RoPE settings from either config layout: transformers 5 (``config.rope_parameters`` with
 ``rope_theta`` and ``rope_type`` inside) or 4.x (``config.rope_theta`` + ``config.rope_scaling``).
@@ -57,19 +58,55 @@ def _llama3_scaling(inv_freq: torch.Tensor, params: dict, max_position_embedding
     return torch.where(is_medium, smoothed, scaled)
 
 
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's attention temperature term, 0.1 * mscale * ln(factor) + 1 (1 when factor <= 1)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def yarn_parameters(params: dict, rotary_dim: int, max_position_embeddings: int) -> tuple[torch.Tensor, float]:
+    """YaRN ("NTK-by-parts" interpolation, arXiv 2309.00071) as HF's `_compute_yarn_parameters`: [rotary_dim // 2]
+    float32 inverse frequencies -- the original ones above the ``beta_fast`` rotations over the original context,
+    divided by ``factor`` below ``beta_slow``, a linear ramp between -- and the factor on cos/sin (from
+    ``mscale``/``mscale_all_dim`` when both are given, else from ``factor``)."""
+    base, factor = params["rope_theta"], params.get("factor")
+    original = params["original_max_position_embeddings"]
+    factor = factor if factor is not None else max_position_embeddings / original
+    attention_factor = params.get("attention_factor")
+    if attention_factor is None:
+        mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
+        attention_factor = (yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
+                            if mscale and mscale_all_dim else yarn_mscale(factor))
+
+    def correction_dim(rotations: float) -> float:  # the dimension that turns `rotations` times over `original`
+        return rotary_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(params.get("beta_fast") or 32), correction_dim(params.get("beta_slow") or 1)
+    if params.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, rotary_dim - 1)
+    high = high + 0.001 if low == high else high
+    ramp = ((torch.arange(rotary_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    pos_freqs = base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim)
+    extrapolated = 1 - ramp  # the share of each frequency kept as it was
+    inv_freq = 1.0 / (factor * pos_freqs) * (1 - extrapolated) + 1.0 / pos_freqs * extrapolated
+    return inv_freq, float(attention_factor)
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 
 
 class RotaryEmbedding(nn.Module):
-    def __init__(self, head_dim: int, max_len: int, inv_freq: torch.Tensor):
+    """`attention_factor`: multiplies cos and sin (YaRN's; 1 for the other RoPE types)."""
+
+    def __init__(self, head_dim: int, max_len: int, inv_freq: torch.Tensor, attention_factor: float = 1.0):
         super().__init__()
         positions = torch.arange(max_len, dtype=torch.float32, device=inv_freq.device)
         freqs = positions[:, None] * inv_freq[None, :].float()
         emb = torch.cat((freqs, freqs), dim=-1)
-        self.register_buffer("cos", emb.cos(), persistent=False)  # [max_len, head_dim] float32
-        self.register_buffer("sin", emb.sin(), persistent=False)
+        self.register_buffer("cos", emb.cos() * attention_factor, persistent=False)  # [max_len, head_dim] float32
+        self.register_buffer("sin", emb.sin() * attention_factor, persistent=False)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions [T]; q [T, Hq, D], k [T, Hkv, D]."""
