@@ -6,7 +6,8 @@ wrong model or the wrong script. Only flags that were given are checked; a flag 
 architecture by its presence (`--swiglu`, `--qk-layernorm`, ...) counts as given, present or absent, when
 a shape script was (`--num-layers` set), as Megatron reads its absence as the opposite choice. What
 config.json leaves implicit comes from its `model_type` (Qwen2's q/k/v biases, Qwen3's q/k norms, GLM4's
-interleaved RoPE and post-norms); a model type not listed below leaves those flags unchecked.
+interleaved RoPE and post-norms, DeepSeek-V3's latent attention); a model type not listed below leaves those
+flags unchecked.
 
 `check_hf_checkpoint` says, before anything starts, when a run needs `--hf-checkpoint` and has none:
 never a Hugging Face Hub lookup for a model named "None".
@@ -23,7 +24,8 @@ from temper.config import ConfigError, ModelConfig
 
 
 # What config.json leaves to the model class, by model_type: q/k RMSNorm (Qwen3), GLM4's interleaved
-# partial RoPE and its norms after attention and after the MLP. Every type here uses RoPE.
+# partial RoPE and its norms after attention and after the MLP, multi-head latent attention (DeepSeek-V3,
+# Moonlight, Kimi K2: its q/kv latent norms are Megatron's --qk-layernorm). Every type here uses RoPE.
 ARCH_TRAITS: dict[str, dict[str, bool]] = {
     "llama": dict(qk_layernorm=False, rotary_interleaved=False, post_norms=False),
     "mistral": dict(qk_layernorm=False, rotary_interleaved=False, post_norms=False),
@@ -32,6 +34,7 @@ ARCH_TRAITS: dict[str, dict[str, bool]] = {
     "qwen3": dict(qk_layernorm=True, rotary_interleaved=False, post_norms=False),
     "qwen3_moe": dict(qk_layernorm=True, rotary_interleaved=False, post_norms=False),
     "glm4": dict(qk_layernorm=False, rotary_interleaved=True, post_norms=True),
+    "deepseek_v3": dict(qk_layernorm=True, rotary_interleaved=False, post_norms=False, mla=True),
 }
 LEARNED_POSITIONS = ("gpt2", "gpt_bigcode", "opt")
 """Model types with learned absolute position embeddings (Megatron's --position-embedding-type learned_absolute)."""
@@ -48,7 +51,7 @@ def hf_shape(hf_config: dict[str, Any]) -> dict[str, Any]:
         "ffn_hidden_size": cfg.get("intermediate_size"),
         "num_attention_heads": heads,
         "num_query_groups": cfg.get("num_key_value_heads", heads),
-        "kv_channels": cfg.get("head_dim") or cfg["hidden_size"] // heads,
+        "kv_channels": _kv_channels(cfg),
         "vocab_size": cfg["vocab_size"],
         "padded_vocab_size": cfg["vocab_size"],  # the embedding's rows: HF checkpoints store them padded
         "rotary_base": cfg.get("rope_theta", rope.get("rope_theta")),
@@ -62,6 +65,22 @@ def hf_shape(hf_config: dict[str, Any]) -> dict[str, Any]:
     if shape["position_embedding_type"] == "rope":
         shape["rotary_percent"] = cfg.get("partial_rotary_factor", rope.get("partial_rotary_factor")) or 1.0
     return shape
+
+
+def _kv_channels(cfg: dict[str, Any]) -> int:
+    """Megatron's per-head width of the attention output (o_proj's input over the heads): head_dim, or
+    MLA's v_head_dim (its config.json's head_dim, if any, is the RoPE width; slime passes --kv-channels 128)."""
+    if ARCH_TRAITS.get(cfg.get("model_type"), {}).get("mla"):
+        return cfg["v_head_dim"]
+    return cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+
+
+def _rotary_interleaved(cfg: dict[str, Any], traits: dict[str, bool]) -> bool | None:
+    """Megatron's --rotary-interleaved. Its MLA reads the rope columns in DeepSeek's interleaved pairs by
+    itself with the flag off, which is HF's rope_interleave (default true); HF's other layout has no MLA flag."""
+    if traits.get("mla"):
+        return False if cfg.get("rope_interleave", True) else None
+    return cfg.get("rope_interleave", traits.get("rotary_interleaved"))
 
 
 def _architecture(cfg: dict[str, Any], rope: dict[str, Any]) -> dict[str, Any]:
@@ -81,7 +100,7 @@ def _architecture(cfg: dict[str, Any], rope: dict[str, Any]) -> dict[str, Any]:
         "add_qkv_bias": qkv_bias,
         "disable_bias_linear": None if linear_bias is None else not linear_bias,
         "qk_layernorm": cfg.get("use_qk_norm", traits.get("qk_layernorm")),
-        "rotary_interleaved": cfg.get("rope_interleave", traits.get("rotary_interleaved")),
+        "rotary_interleaved": _rotary_interleaved(cfg, traits),
         "post_self_attn_layernorm": traits.get("post_norms"),
         "post_mlp_layernorm": traits.get("post_norms"),
         "position_embedding_type": positions,

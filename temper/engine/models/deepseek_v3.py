@@ -12,8 +12,9 @@ query ``[W_UK^T q_nope, q_rope]``, and the value is the entry itself (its rope c
 the output before ``W_UV``). That entry is all the paged cache holds (`kv_cache_layout`: one tensor,
 one head); the reference attention backend serves it as multi-query attention, prefix caching
 included. The same arithmetic as HF's up to the order of the sums; the softmax scale is
-``qk_head_dim ** -0.5`` either way (with YaRN RoPE, times ``mscale(factor, mscale_all_dim) ** 2``). q is ``q_proj(x)``, or ``q_b_proj(RMSNorm(q_a_proj(x)))`` with a
-``q_lora_rank``; the two latent norms use eps 1e-6 (HF's and DeepSeek's default), not ``rms_norm_eps``.
+``qk_head_dim ** -0.5`` either way (with YaRN RoPE, times ``mscale(factor, mscale_all_dim) ** 2``). q is
+``q_proj(x)``, or ``q_b_proj(RMSNorm(q_a_proj(x)))`` with a ``q_lora_rank``; the two latent norms use
+eps 1e-6 (HF's and DeepSeek's default), not ``rms_norm_eps``.
 
 RoPE covers the ``qk_rope_head_dim`` columns only: default, linear, llama3 or YaRN (DeepSeek-V3's: factor
 40 over 4096 original positions), as HF computes them. With ``rope_interleave`` (true in DeepSeek's
