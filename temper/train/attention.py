@@ -51,8 +51,9 @@ def varlen_attention(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[Tensor, None]:
-    """Hugging Face attention-interface function: query [1, Hq, S, D], key/value [1, Hkv, S, D] of one
-    packed row; returns ([1, S, Hq, D], None). Needs `varlen_kwargs` in the model's forward kwargs."""
+    """Hugging Face attention-interface function: query/key [1, Hq or Hkv, S, D], value [1, Hkv, S, Dv] of one
+    packed row (Dv differs from D in DeepSeek's latent attention); returns ([1, S, Hq, Dv], None). Needs
+    `varlen_kwargs` in the model's forward kwargs."""
     cu_seqlens, max_seqlen = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
     if cu_seqlens is None or max_seqlen is None:
         raise ValueError(
@@ -66,16 +67,23 @@ def varlen_attention(
         )
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [S, H, D]
     if q.is_cuda and q.dtype in FLASH_DTYPES:
-        out = _flash_varlen(q, k, v, cu_seqlens, int(max_seqlen), scaling)
+        out = _flash_varlen(*_one_head_size(q, k, v), cu_seqlens, int(max_seqlen), scaling)[..., : v.shape[-1]]
     else:
         out = _sdpa_per_sequence(q, k, v, cu_seqlens, scaling)
     return out[None], None
 
 
+def _one_head_size(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k and v zero-padded to one head size, which Flash Attention needs: zero columns of q and k leave
+    the scores as they are (the scale is passed explicitly), those of v add output columns that are cut off."""
+    size = max(q.shape[-1], v.shape[-1])
+    return tuple(t if t.shape[-1] == size else F.pad(t, (0, size - t.shape[-1])) for t in (q, k, v))
+
+
 def _sdpa_per_sequence(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, scaling: float | None) -> Tensor:
-    """Causal attention of each sequence on its own; [S, Hq, D] in, [S, Hq, D] out."""
+    """Causal attention of each sequence on its own; [S, Hq, D] in, [S, Hq, Dv] out."""
     bounds = cu_seqlens.tolist()
-    out = torch.empty_like(q)
+    out = q.new_empty(*q.shape[:-1], v.shape[-1])
     gqa = q.shape[1] != k.shape[1]
     for start, end in zip(bounds[:-1], bounds[1:]):
         if end == start:
