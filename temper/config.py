@@ -402,8 +402,21 @@ class LoggingConfig:
     run_dir: str | None = opt(None, "folder for metrics.jsonl and the end-of-run report (default: --save, else runs/DATE-TIME)")
     debug_rollout_only: bool = opt(False, "run only the rollout engines (no trainer)")
     debug_train_only: bool = opt(False, "run only the trainer (no engines)")
-    save_debug_rollout_data: str | None = opt(None, "save each rollout's samples to this path template ({rollout_id})")
-    load_debug_rollout_data: str | None = opt(None, "replay saved rollouts from this template (implies train-only)")
+    save_debug_rollout_data: str | None = opt(
+        None,
+        "record each rollout's samples to this path template ({rollout_id}) instead of <run dir>/rollouts/; a .gz "
+        "name gets temper's compressed record, any other slime's torch.save file",
+    )
+    load_debug_rollout_data: str | None = opt(
+        None,
+        "replay recorded rollouts from this template or run folder into training, without engines (implies "
+        "--debug-train-only)",
+    )
+    disable_rollout_recording: bool = opt(
+        False,
+        "do not record rollouts to <run dir>/rollouts/{rollout_id:06d}.pkl.gz (on by default: token ids, log-probs, "
+        "rewards, weight versions and seeds of every sample, gzip'd, for --load-debug-rollout-data)",
+    )
 
 
 @dataclass

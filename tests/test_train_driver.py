@@ -1,8 +1,8 @@
 """The drivers end to end on CPU: Ray, engine servers, FSDP train ranks, weight sync, on the quickstart's
 learnable task (reward = share of digits in the response, about 0.005 for the random tiny model).
 
-Every run saves its rollouts (--save-debug-rollout-data), so the tests read back each sample's index
-and weight version. Sampling is seeded per sample (rollout seed, group, position), so runs are
+Every run records its rollouts (by default, in <run dir>/rollouts/), so the tests read back each
+sample's index and weight version. Sampling is seeded per sample (rollout seed, group, position), so runs are
 reproducible; "reward rose" asserts the last step's mean reward beats the first step's by a margin.
 
 Resume: the uninterrupted run and the resumed one must give the same per-step sample indices,
@@ -20,6 +20,7 @@ import torch
 from temper.cluster import CPU_OVERSUBSCRIPTION
 from temper.cluster.placement import local_resources
 from temper.quickstart import load_driver, prepare
+from temper.rollout.recording import load_recording
 from temper.testing import tiny_model_dir
 
 pytestmark = pytest.mark.slow
@@ -45,7 +46,7 @@ def task(tmp_path_factory):
 
 def task_flags(task, out: Path, *extra: str, steps: int = 4, save_rollouts: bool = True) -> list[str]:
     model, prompts = task
-    saved = ["--save-debug-rollout-data", str(out / "rollouts" / "{rollout_id}.pt")] if save_rollouts else []
+    saved = [] if save_rollouts else ["--disable-rollout-recording"]
     return [
         "--hf-checkpoint", str(model), "--prompt-data", str(prompts), "--input-key", "prompt", "--label-key", "label",
         "--apply-chat-template", "--rollout-shuffle", "--custom-rm-path", "temper.quickstart.reward",
@@ -56,7 +57,7 @@ def task_flags(task, out: Path, *extra: str, steps: int = 4, save_rollouts: bool
 
 
 def saved_samples(out: Path, rollout_id: int) -> list[dict]:
-    return torch.load(out / "rollouts" / f"{rollout_id}.pt", weights_only=False)["samples"]
+    return [s.to_dict() for s in load_recording(str(out / "run"), rollout_id)]
 
 
 def check_run(steps: list[dict], out: Path, *, staleness: int) -> None:
@@ -127,15 +128,30 @@ def test_resume_continues_exactly(sync_run, task, tmp_path):
         )
 
 
-def test_train_only_replays_saved_rollouts(sync_run, task, tmp_path):
+def test_replaying_a_runs_recording_trains_identically(sync_run, task, tmp_path):
+    """--load-debug-rollout-data RUN_DIR replays the run's default recording without engines: the same
+    rollout and train metrics, step by step, and the same weights after the steps (checkpoint of rollout 1)."""
+    from safetensors.torch import load_file
+
+    from temper.train.hf_export import convert_checkpoint_to_hf
+
     full, out = sync_run
-    saved = str(out / "rollouts" / "{rollout_id}.pt")
-    replayed = load_driver("train").main(
-        task_flags(task, tmp_path, "--load-debug-rollout-data", saved, steps=2, save_rollouts=False)
-    )
-    for want, got in zip(full[:2], replayed):
-        assert got["train/loss"] == want["train/loss"] and got["train/grad_norm"] == want["train/grad_norm"]
+    assert sorted(p.name for p in (out / "run" / "rollouts").iterdir()) == [f"00000{r}.pkl.gz" for r in range(4)]
+    ckpt = ["--save", str(tmp_path / "ckpt"), "--save-interval", "2"]
+    flags = task_flags(task, tmp_path, "--load-debug-rollout-data", str(out / "run"), *ckpt, steps=2)
+    replayed = load_driver("train").main(flags)
+    assert not (tmp_path / "run" / "rollouts").exists()  # a replay records nothing
+    for want, got in zip(full[:2], replayed, strict=True):
+        same = [k for k in want if k.startswith(("rollout/raw", "rollout/response", "rollout/zero", "train/"))]
+        assert {k: got[k] for k in same} == {k: want[k] for k in same}
         assert "sync/weight_version" not in got  # no engines to sync
+    model, _ = task
+    weights = [
+        load_file(convert_checkpoint_to_hf(ckpt / "iter_0000001", model, tmp_path / name) / "model.safetensors")
+        for ckpt, name in ((out / "ckpt", "original"), (tmp_path / "ckpt", "replayed"))
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_sync_colocated(task, tmp_path):

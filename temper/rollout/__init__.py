@@ -6,6 +6,7 @@
 - `generate.generate`: the default per-sample generate function over the engine HTTP API (not
   re-exported here, so that `temper.rollout.generate` stays the module);
 - `rewards/`: built-in reward functions (`--rm-type`) and the custom-reward dispatch;
+- `recording.py`: every rollout's samples on disk (replay: --load-debug-rollout-data);
 - `filters.py`: dynamic-sampling filters; `dp_split.py`: balanced data-parallel split;
 - `EngineClient` (engine_client.py) and the built-in router (router.py, routing_policy.py;
   ``python -m temper.rollout.router``).

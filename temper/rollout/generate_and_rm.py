@@ -187,6 +187,8 @@ async def generate_and_rm_group(
     seeded = [
         {**params, "sampling_seed": sampling_seed(base_seed, s.group_index, i, seed_salt)} for i, s in enumerate(group)
     ]
+    for s, p in zip(group, seeded):  # kept with the sample: the rollout recording stores it
+        s.metadata["sampling_seed"] = p["sampling_seed"]
     if generate_function(args) is generate and 1 < len(group) <= state.concurrency:
         samples = await generate_group_and_rm(args, group, seeded, state, evaluation=evaluation)
         return await _group_scored(args, samples, evaluation)

@@ -5,6 +5,10 @@
     metrics = manager.last_metrics            # reward, lengths, truncation, cache hits, timings
     manager.eval(rollout_id); manager.save(rollout_id); manager.load()
 
+Every rollout's samples are recorded (recording.py: <run dir>/rollouts/, compressed, written off the
+rollout's path; --save-debug-rollout-data's template instead when given) and `--load-debug-rollout-data`
+replays a recording instead of calling the rollout function.
+
 With `--log-passrate` the metrics hold passrate/pass@k (k = 1, 2, 4, ... up to the group size) over the
 prompt groups of the raw rewards (`pass_at_k`: a sample passes at reward 1).
 
@@ -30,7 +34,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -48,6 +51,7 @@ from temper.rollout.evaluation import eval_metrics
 from temper.rollout.generate_and_rm import generate_function, is_list_style
 from temper.rollout.pass_at_k import pass_at_k_metrics
 from temper.rollout.plugins import load_plugin
+from temper.rollout.recording import RolloutRecorder, load_recording, recording_template
 from temper.rollout.router import RouterThread, start_router
 from temper.rollout.router_flags import ROUTER_ARG_OF, router_settings
 from temper.rollout.train_data_conversion import batch_from_train_data, load_converter
@@ -93,6 +97,8 @@ class RolloutManager:
         self.last_metrics: dict[str, float] = {}
         self.last_samples: list[Sample] = []  # the last rollout's trained samples (the run report shows a few)
         self.last_eval_data: dict[str, dict[str, list]] = {}
+        template = recording_template(args)
+        self.recorder = RolloutRecorder(template, rollout_seed=getattr(args, "rollout_seed", 0)) if template else None
 
     @property
     def router(self) -> RouterThread | None:
@@ -100,6 +106,9 @@ class RolloutManager:
         return self._router
 
     def close(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+            self.recorder = None
         if self._router is not None:
             self._router.stop()
             self._router = None
@@ -113,16 +122,17 @@ class RolloutManager:
     # ---- rollout ---------------------------------------------------------------------------------
 
     def generate(self, rollout_id: int) -> RolloutBatch:
-        """One rollout step: samples from the rollout function (or replayed with
-        `--load-debug-rollout-data`), rewards post-processed, as the trainer's batch."""
+        """One rollout step: samples from the rollout function (or replayed from a recording with
+        `--load-debug-rollout-data`), recorded (recording.py), rewards post-processed, as the trainer's
+        batch."""
         start = time.monotonic()
         if getattr(self.args, "load_debug_rollout_data", None):
-            samples, fn_metrics = load_debug_rollout(self.args.load_debug_rollout_data, rollout_id), {}
+            samples, fn_metrics = load_recording(self.args.load_debug_rollout_data, rollout_id), {}
         else:
             output = wrap_rollout_output(self._call(self.rollout_fn, rollout_id, evaluation=False), evaluation=False)
             samples, fn_metrics = flatten_samples(output.samples), output.metrics
-        if getattr(self.args, "save_debug_rollout_data", None):
-            save_debug_rollout(self.args.save_debug_rollout_data, rollout_id, samples)
+        if self.recorder is not None:
+            fn_metrics = {**fn_metrics, "rollout/record_s": self.recorder.record(rollout_id, samples)}
         batch, metrics = self.to_batch(samples)
         self.last_samples = [s for s in samples if s.status not in EXCLUDED]  # the trained ones, with their text
         self.last_metrics = {**fn_metrics, **metrics, "rollout/time": time.monotonic() - start}
@@ -236,22 +246,6 @@ def rollout_metrics(samples: list[Sample], raw_rewards: list[float]) -> dict[str
         "rollout/cached_token_ratio": sum(s.cached_tokens for s in samples) / max(prompt_tokens, 1),
         "rollout/num_removed": sum(s.remove_sample for s in samples),
     }
-
-
-def save_debug_rollout(template: str, rollout_id: int, samples: list[Sample]) -> str:
-    """`--save-debug-rollout-data`: the samples of `rollout_id` to `template.format(rollout_id=...)`."""
-    path = template.format(rollout_id=rollout_id)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save({"rollout_id": rollout_id, "samples": [s.to_dict() for s in samples]}, path)
-    return path
-
-
-def load_debug_rollout(template: str, rollout_id: int) -> list[Sample]:
-    """`--load-debug-rollout-data`: the samples saved by `save_debug_rollout` for `rollout_id`."""
-    path = template.format(rollout_id=rollout_id)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--load-debug-rollout-data: no saved rollout {rollout_id} at {path}")
-    return [Sample.from_dict(d) for d in torch.load(path, weights_only=False)["samples"]]
 
 
 def _summary(metrics: dict[str, Any]) -> str:
