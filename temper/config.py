@@ -192,7 +192,20 @@ class RolloutConfig:
         choices=["broadcast", "ipc", "tensor", "disk", "nccl"],
     )
     update_weight_disk_dir: str | None = opt(None, "folder for --update-weight-transport disk (shared by all nodes)")
-    check_weight_update_equal: bool = opt(False, "verify engine weights equal the trainer's after a sync")
+    check_weight_update_equal: bool = opt(
+        False, "verify engine weights equal the trainer's after every sync (the preflight checks the first one)"
+    )
+    skip_preflight: bool = opt(
+        False,
+        "skip the step-0 preflight, which stops the run when the engines' weights differ from the trainer's after "
+        "the first sync, the first optimizer step's ratio is not 1 (ppo_kl 0), or the trainer-engine log-prob gap "
+        "is above --preflight-max-logprob-diff",
+    )
+    preflight_max_logprob_diff: float | None = opt(
+        None,
+        "largest train_rollout_logprob_abs_diff the preflight accepts on the first step (default: 1e-3 when "
+        "trainer and engines compute in fp32, 0.1 otherwise)",
+    )
 
 
 @dataclass

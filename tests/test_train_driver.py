@@ -225,6 +225,37 @@ def test_external_engine(task, tmp_path):
         assert server.state.engine.engine.weight_version == "2"
 
 
+def test_preflight_stops_a_run_whose_first_weight_sync_is_corrupted(task, tmp_path):
+    """An engine (started here, so the test can reach it) that perturbs one tensor after each real weight
+    load: the preflight's check of the first sync stops the run, before any rollout, saying what differs."""
+    from temper.engine.server import ServerArgs, ServerThread
+
+    model, _ = task
+    name = "model.layers.0.mlp.up_proj.weight"
+    with ServerThread(ServerArgs(model=str(model), port=0, log_level="warning")) as server:
+        engine = server.state.engine.engine
+        load = engine.load_weights_from_disk
+
+        def load_then_perturb(path: str) -> None:
+            load(path)
+            engine.load_weights([(name, engine.get_weights_by_name(name) + 0.5)])
+
+        engine.load_weights_from_disk = load_then_perturb
+        flags = task_flags(
+            task, tmp_path, "--rollout-external-engine-addrs", server.url.removeprefix("http://"),
+            "--update-weight-transport", "disk", steps=1,
+        )  # fmt: skip
+        flags[flags.index("--actor-num-gpus-per-node") + 1] = "1"
+        flags.remove("--check-weight-update-equal")  # the preflight checks the first sync without it
+        with pytest.raises(SystemExit) as stopped:
+            load_driver("train").main(flags)
+    message = str(stopped.value)
+    assert message.startswith("train.py: error: preflight: the engines' weights differ from the trainer's after the first")
+    assert f"{name}: max |diff| 0.5" in message or f"{name}: max |diff| 0.4999" in message  # +0.5, fp32 rounding
+    assert message.endswith("--skip-preflight.")
+    assert not (tmp_path / "run" / "metrics.jsonl").read_text()  # no step ran
+
+
 SEED_QUICK_START = [
     "--rm-type", "deepscaler", "--num-rollout", "2", "--rollout-batch-size", "2", "--n-samples-per-prompt", "4",
     "--rollout-max-response-len", "16", "--rollout-temperature", "0.8", "--global-batch-size", "8",

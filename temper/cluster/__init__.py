@@ -6,7 +6,8 @@
 - placement.py: the resource plan (GPU counts; CPU slots on machines without CUDA) and the one
   placement group; train_group.py: train ranks as Ray actors in one torch.distributed group;
   engine_group.py: engine servers as Ray actors; weight_sync.py: versioned, bucketed weight sync
-  (broadcast, tensor handoff, disk); rollout_ahead.py: train_async's generation ahead of training.
+  (broadcast, tensor handoff, disk); rollout_ahead.py: train_async's generation ahead of training;
+  preflight.py: the step-0 checks of every run (first sync's weights, first step's ratio and log-prob gap).
 
 Ray is imported when a run starts, not when this package is imported.
 """

@@ -37,6 +37,7 @@ from temper.cluster.engine_group import (
     external_engine_urls,
 )
 from temper.cluster.memory_plan import ALL_TAGS, MemoryPlan, plan_memory
+from temper.cluster.preflight import Preflight
 from temper.cluster.placement import (
     CPU_OVERSUBSCRIPTION,
     WORKER_ENV,
@@ -66,6 +67,7 @@ class Cluster:
         self.critic: CriticGroup | None = None
         self.engines = EngineGroup([], timeout_s=cfg.engine_call_timeout)
         self.memory = MemoryPlan(offload_train=False, release=(), outcome="flags", why="not started")
+        self.preflight = Preflight.of(cfg, fp32=False)  # the step-0 checks; fp32 known once the engines started
         self.started_lines: list[str] = []  # the memory plan and each engine, once started (the driver prints them)
         self.rollout: Any = None
         self._owns_ray = False
@@ -128,6 +130,8 @@ class Cluster:
                 self.engines.release_memory(self.memory.release)
         self.engines.urls += external_engine_urls(cfg.rollout_external_engine_addrs or [])
         urls = self.engines.urls
+        fp32 = plan.device == "cpu" and not cfg.bf16 and self.engines.dtype == "float32"
+        self.preflight = Preflight.of(cfg, fp32=fp32 and not cfg.rollout_external_engine_addrs)
         self.started_lines = [self.memory.describe(), *self.engines.describe()]  # the driver prints them
         self.rollout = RolloutManager(cfg, self._router(urls), data_source=self.data_source)
         if self.actor is not None and urls:
@@ -246,14 +250,21 @@ class Cluster:
     def train(self, rollout_id: int, batch) -> dict[str, float]:
         """One rollout's optimizer steps. GRPO-like estimators: the actor alone. PPO: critic values,
         then the actor's advantages and returns, then the critic's update, then the actor's (after
-        --num-critic-only-steps)."""
+        --num-critic-only-steps). The actor's first optimizer step of the run passes the preflight or
+        stops the run (PreflightError)."""
         metrics = _staleness(rollout_id, batch)
         if self.critic is None:
-            return metrics | _prefixed("train/", self.actor.train(rollout_id, batch))
+            return self._preflight(metrics | _prefixed("train/", self.actor.train(rollout_id, batch)))
         data = self.actor.prepare(rollout_id, batch, self.critic.compute_values(batch))
         metrics |= _prefixed("critic/", self.critic.update(data))
         if rollout_id >= self.cfg.num_critic_only_steps:
             metrics |= _prefixed("train/", self.actor.update())
+        return self._preflight(metrics)
+
+    def _preflight(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The preflight's checks of the actor's first optimizer step, once it has trained."""
+        if self.preflight.wants_first_step and "train/loss" in metrics:
+            self.preflight.first_step(self.actor.first_step_metrics())
         return metrics
 
     def save(self, rollout_id: int, data_state: dict | None = None) -> None:
@@ -277,7 +288,8 @@ class Cluster:
 
     def update_weights(self, version: int) -> dict[str, float]:
         """The actor's weights into every engine as `version`: engines paused in place meanwhile, then
-        checked to serve `version` (and, with --check-weight-update-equal, to hold the same tensors)."""
+        checked to serve `version` (and, with --check-weight-update-equal or on the preflight's first sync,
+        to hold the same tensors: PreflightError for the preflight's)."""
         if self.actor is None or not len(self.engines):
             return {}
         self.engines.pause()
@@ -287,9 +299,9 @@ class Cluster:
             self.engines.continue_generation()
         self.engines.expect_version(str(version))
         metrics["sync/weight_version"] = float(version)
-        if self.cfg.check_weight_update_equal:
+        if self.cfg.check_weight_update_equal or self.preflight.wants_weights:  # the preflight's: the first sync
             started = time.monotonic()
-            metrics["sync/checked_tensors"] = float(self.actor.check_weights())
+            metrics["sync/checked_tensors"] = float(self.preflight.weights(self.actor.check_weights, version))
             metrics["sync/check_s"] = time.monotonic() - started
         return metrics
 

@@ -2,7 +2,8 @@
 
 Parse the flags, check what the run reads, print the run's plan (run_plan.py), start the cluster, open
 the run log (its clock starts with the driver, so the report's minutes include start-up), run the
-loop, stop everything (also on errors and Ctrl-C). Mistakes exit at once with one line naming them,
+loop, stop everything (also on errors and Ctrl-C). A failed step-0 preflight (preflight.py) exits with
+its explanation. Mistakes exit at once with one line naming them,
 before Ray or any worker starts: a bad flag, more GPUs than the cluster has, no --hf-checkpoint where a
 model is loaded, a prompt file that is missing or has a bad line (every line of --prompt-data and of
 the eval files is read here, also with --streaming-data, which then keeps only their positions). A run whose --load checkpoint already holds
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from temper.cluster.cluster import Cluster
+from temper.cluster.preflight import PreflightError
 from temper.cluster.run_plan import announce
 from temper.command_line import parse_config
 from temper.config import ConfigError
@@ -56,7 +58,7 @@ def run_driver(loop: Loop, argv: list[str] | None, prog: str, check=None) -> lis
         ):
             print("\n".join([f"{prog} started:", *(f"  {x}" for x in cluster.started_lines)]), flush=True)
             return loop(cfg, cluster, log)
-    except (ConfigError, DataError, PluginError) as e:
+    except (ConfigError, DataError, PluginError, PreflightError) as e:
         sys.exit(f"{prog}: error: {e}")
 
 

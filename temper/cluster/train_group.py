@@ -124,6 +124,10 @@ class ActorWorker(TrainWorker):
     def update_weights(self, version: int) -> dict[str, float]:
         return self.sender.send(self.model.iter_weight_buckets(), str(version))
 
+    def first_step_metrics(self) -> dict[str, float]:
+        """The metrics of the last `train`/`update`'s first optimizer step (the preflight reads them)."""
+        return self.model.step_metrics[0] if self.model.step_metrics else {}
+
     def check_weights(self) -> int:
         return self.sender.check()
 
@@ -231,6 +235,9 @@ class ActorGroup(TrainGroup):
 
     def update_weights(self, version: int) -> dict[str, float]:
         return self.run("update_weights", version)
+
+    def first_step_metrics(self) -> dict[str, float]:
+        return self.run("first_step_metrics")
 
     def check_weights(self) -> int:
         refs = [w.check_weights.remote() for w in self.workers]

@@ -42,7 +42,7 @@ from temper.engine.scheduler import ScheduledBatch
 from temper.engine.sequence import Sequence
 from temper.engine.step_inputs import StepInputs, StepPlan
 from temper.engine.tp_group import TPGroup
-from temper.engine.weights import IGNORED_SUFFIXES, WeightMap, iter_safetensors
+from temper.engine.weights import WeightMap, iter_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ class ModelRunner:
         with self._mirrored("receive_weights", reply=True):
             try:
                 for name, tensor in named_tensors:
-                    if name.endswith(IGNORED_SUFFIXES):
+                    if self.weight_map.ignored(name):
                         continue
                     self.weight_map.resolve(name)  # an unknown name stops the load before it is sent
                     self.workers.send_weight_header(name, tuple(tensor.shape))

@@ -46,6 +46,11 @@ class WeightMap:
         self.packed = model.packed_modules
         self.tied = model.tie_word_embeddings
 
+    def ignored(self, hf_name: str) -> bool:
+        """A checkpoint tensor the engine does not use: a buffer it computes itself, or what the model class
+        names unused (DeepSeek-V3's multi-token-prediction layer)."""
+        return hf_name.endswith(IGNORED_SUFFIXES) or self.model.unused_weight(hf_name)
+
     def resolve(self, hf_name: str) -> tuple[torch.nn.Parameter, str | None]:
         """The engine parameter and shard id holding HF tensor `hf_name`; ValueError if none does."""
         name, shard_id = hf_name, None
@@ -85,7 +90,7 @@ class WeightMap:
         """Copy each (HF name, tensor) into the model (any dtype/device); returns the names loaded."""
         loaded = set()
         for hf_name, tensor in named_tensors:
-            if hf_name.endswith(IGNORED_SUFFIXES):
+            if self.ignored(hf_name):
                 continue
             param, shard_id = self.resolve(hf_name)
             try:

@@ -170,6 +170,10 @@ class DecoderForCausalLM(nn.Module):
     def spec(hf_config) -> DecoderSpec:
         raise NotImplementedError
 
+    def unused_weight(self, hf_name: str) -> bool:
+        """Whether checkpoint tensor `hf_name` belongs to no part of this model and is skipped when loading."""
+        return False
+
     @staticmethod
     def kv_cache_layout(hf_config, tp_size: int) -> tuple[int, int, int]:
         """One token's cache entry per layer on one rank: (tensors, heads, dim) -- K and V of this rank's

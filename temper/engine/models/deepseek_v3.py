@@ -35,10 +35,12 @@ Fast paths: the latent attention and the experts' dispatch are PyTorch only for 
 ``CUDA_GRAPHS = False`` (decode runs eagerly). Tensor parallelism: heads are split (q, kv_b column-
 parallel, o_proj row-parallel); the latent projections, the router and the cache entry are replicated;
 experts as in `moe.py`. Not supported: DeepSeek-V3's FP8 block-quantised checkpoint (``weight_scale_inv``
-tensors; a BF16 conversion loads) and its multi-token-prediction layer.
+tensors; a BF16 conversion loads) and its multi-token-prediction layer (skipped when loading).
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 import torch.nn.functional as F
@@ -210,6 +212,12 @@ class DeepseekV3ForCausalLM(DecoderForCausalLM):
         if getattr(hf_config, "hidden_act", "silu") != "silu":
             raise NotImplementedError(f"DeepSeek-V3 with hidden_act={hf_config.hidden_act!r}; temper supports silu")
         return DecoderSpec()
+
+    def unused_weight(self, hf_name: str) -> bool:
+        """The multi-token-prediction layers (``num_nextn_predict_layers``), stored after the others as
+        ``model.layers.{num_hidden_layers + i}.*``: a draft model for speculative decoding, not served."""
+        layer = re.match(r"model\.layers\.(\d+)\.", hf_name)
+        return layer is not None and int(layer[1]) >= len(self.model.layers)
 
     @staticmethod
     def kv_cache_layout(hf_config, tp_size: int) -> tuple[int, int, int]:
