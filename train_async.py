@@ -10,7 +10,8 @@ defaults: one step stale). Engines and trainer hold their memory at once, so not
 released: the --offload flags are refused, and with --colocate the memory plan logged at start says
 whether both fit (if not, lower --sglang-mem-fraction-static). Checkpoints store the data source as it
 was right after the rollout they follow, so a resumed run generates the next prompts, not those
-generated ahead.
+generated ahead. As in train.py, rollouts are recorded in <run dir>/rollouts/ and the first sync and
+the first optimizer step pass the step-0 preflight (`cluster/preflight.py`) or stop the run.
 """
 
 from temper.cluster import Cluster, RolloutsAhead, due, run_driver

@@ -23,7 +23,7 @@ GROUP_NORMALIZED = {"grpo", "gspo", "cispo", "rloo", "reinforce_plus_plus_baseli
 def validate(cfg: Config) -> None:
     for rule in (
         _modes, _batch_sizes, _gpus, _parallelism, _trainer_options, _algorithm, _sampling, _data, _fault_tolerance,
-        _checkpoint, _eval, _router,
+        _checkpoint, _eval, _router, _preflight,
     ):  # fmt: skip
         rule(cfg)
 
@@ -297,3 +297,12 @@ def _eval(cfg: Config) -> None:
         load_eval_config(cfg.eval_config)  # a bad file stops the run here, naming file, line and field
     if cfg.eval_interval is not None and not items and not cfg.eval_config:
         raise ConfigError("--eval-interval needs --eval-prompt-data NAME PATH or --eval-config FILE.yaml")
+
+
+def _preflight(cfg: Config) -> None:
+    limit = cfg.preflight_max_logprob_diff
+    if limit is not None and not 0 < limit < math.inf:  # also refuses nan
+        raise ConfigError(
+            f"--preflight-max-logprob-diff must be a positive number of nats, got {limit} (--skip-preflight turns "
+            "the checks off)"
+        )

@@ -76,6 +76,17 @@ def test_the_first_weight_check_failure_explains_itself():
     assert not isinstance(later.value, PreflightError)
 
 
+def test_a_threshold_must_be_positive():
+    from temper.command_line import parse_config
+    from temper.config import ConfigError
+
+    base = ["--rollout-batch-size", "2", "--num-rollout", "1"]
+    assert parse_config([*base, "--preflight-max-logprob-diff", "0.05"]).preflight_max_logprob_diff == 0.05
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(ConfigError, match="--preflight-max-logprob-diff must be a positive number"):
+            parse_config([*base, "--preflight-max-logprob-diff", bad])
+
+
 def test_skip_preflight_checks_nothing():
     check = preflight(skip=True)
     assert not check.wants_weights and not check.wants_first_step
