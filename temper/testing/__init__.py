@@ -1,4 +1,5 @@
-"""Tiny random Hugging Face checkpoints (Qwen3, Qwen2, Llama) with an offline tokenizer, for tests.
+"""Tiny random Hugging Face checkpoints (Qwen3, Qwen2, Llama, Qwen3-MoE, GLM4, DeepSeek-V3) with an offline
+tokenizer, for tests.
 
 Nothing here downloads: weights come from a seeded ``from_config``, the tokenizer is a byte-level BPE
 trained on a built-in corpus. See `tiny_models` for the checkpoint layout and `tokenizer` for ids.
