@@ -4,12 +4,10 @@ masked; the rewards; and the README's CPU command trains 2 steps on the tiny mod
 
 import asyncio
 import json
-from collections import OrderedDict
 
 import pytest
 import torch
-from example_helpers import EXAMPLES, ROOT, load_example, readme_train_commands, substituted
-from transformers import AutoTokenizer
+from example_helpers import EXAMPLES, ROOT, load_example, readme_train_commands, run_scripted, substituted
 
 from temper.command_line import parse_config
 from temper.quickstart import load_driver
@@ -59,46 +57,9 @@ def test_two_hop_questions_need_two_searches(data):
         assert row["label"] in bm25.search(f"{founder} born", topk=1)[0]["contents"]
 
 
-class ScriptedEngine:
-    """A router stand-in answering each /generate with the next scripted text (the tiny tokenizer's ids)
-    and finish reason `finish`."""
-
-    def __init__(self, tokenizer, texts, finish="stop"):
-        self.tokenizer, self.texts, self.finish, self.payloads = tokenizer, list(texts), finish, []
-
-    async def generate(self, payload, routing_key=None):
-        self.payloads.append(json.loads(json.dumps(payload)))
-        text = self.texts.pop(0)
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        meta = {"finish_reason": {"type": self.finish}, "output_token_logprobs": [[-0.5, i, None] for i in ids],
-                "weight_version": "3"}  # fmt: skip
-        return {"text": text, "output_ids": ids, "meta_info": meta}
-
-
-class ScriptedState:
-    def __init__(self, args, engine):
-        self.args, self.engine, self.prompt_ids = args, engine, OrderedDict()
-        self.tokenizer = engine.tokenizer
-
-    def require_client(self):
-        return self.engine
-
-
 def run_generate(module, monkeypatch, texts, *flags, finish="stop", label=None):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir("qwen3"))
-    args = parse_config(["--rollout-batch-size", "1", "--num-rollout", "1", "--hf-checkpoint",
-                         str(tiny_model_dir("qwen3")), "--custom-generate-function-path", "x.py:generate",
-                         *flags])  # fmt: skip
-    engine = ScriptedEngine(tokenizer, texts, finish)
-
-    async def state(_args):
-        return ScriptedState(_args, engine)
-
-    monkeypatch.setattr(module, "get_state", state)
-    sample = Sample(index=0, group_index=0, prompt=[{"role": "user", "content": "Where was X born?"}], label=label)
-    params = {"temperature": 1.0, "max_new_tokens": 32, "stop": ["<|im_end|>"]}
-    asyncio.run(module.generate(args, sample, params))
-    return sample, engine, tokenizer
+    prompt = [{"role": "user", "content": "Where was X born?"}]
+    return run_scripted(module, monkeypatch, texts, *flags, finish=finish, label=label, prompt=prompt)
 
 
 def test_search_turns_are_masked_and_answered(data, search_r1, monkeypatch):
