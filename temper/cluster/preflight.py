@@ -84,6 +84,8 @@ class Preflight:
         """Check the first optimizer step's metrics (ppo_kl, pg_clipfrac, train_rollout_logprob_abs_diff),
         then log what passed."""
         self.first_step_pending = False
+        if self.weights_pending:  # no sync came before the first step: no engines (a replay)
+            self.passed.append("engine weights not checked (no engines)")
         self._ratio(metrics)
         self._gap(metrics)
         print(f"preflight passed: {'; '.join(self.passed)}", flush=True)

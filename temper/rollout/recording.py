@@ -2,6 +2,7 @@
 
     recorder = RolloutRecorder(template, rollout_seed=42)
     recorder.record(rollout_id, samples)      # snapshot now; compressed and written by a background thread
+    recorder.flush()                          # waits for the writes so far (raises a failed one's error)
     recorder.close()                          # waits for the writes
     samples = load_recording(template, rollout_id)   # --load-debug-rollout-data
 
@@ -26,7 +27,8 @@ Any other name gets slime's file, ``torch.save({"rollout_id", "samples": [Sample
 slime's own --load-debug-rollout-data reads; `load_recording` reads both kinds.
 
 Cost: on the rollout's path only a snapshot (the light fields deep-copied, the three columns copied
-into flat lists: about 35 ns a token); numpy arrays, pickling and gzip (level 1) happen on the writer
+into flat lists: 0.65 ms a step in the CPU quickstart, 32 samples; about 0.1 µs a token for 4.7M
+tokens on a busy 2-core machine); numpy arrays, pickling and gzip (level 1) happen on the writer
 thread, one rollout at a time, about 6 bytes a token on disk. A write that fails is raised by the next
 `record`.
 """
@@ -93,6 +95,12 @@ class RolloutRecorder:
             data = {"rollout_id": rollout_id, "samples": [s.to_dict() for s in samples]}
             self._pending.append(self._pool.submit(self._write_slime, path, data))
         return time.perf_counter() - started
+
+    def flush(self) -> None:
+        """Wait for every queued write; RuntimeError for one that failed."""
+        for future in self._pending:
+            future.exception()  # waits
+        self._raise_failed()
 
     def close(self) -> None:
         """Wait for every queued write; a failed one is logged (the run is over)."""

@@ -27,7 +27,8 @@ def test_a_good_first_step_passes_once(capsys):
     assert check.wants_first_step
     check.first_step(GOOD)
     assert not check.wants_first_step
-    assert "preflight passed: first step ratio 1 (ppo_kl 0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.startswith("preflight passed: engine weights not checked (no engines); first step ratio 1 (ppo_kl 0")
 
 
 def test_bf16_gap_passes_on_gpu_and_fails_in_fp32():
@@ -85,6 +86,13 @@ def test_a_threshold_must_be_positive():
     for bad in ("0", "-1", "nan"):
         with pytest.raises(ConfigError, match="--preflight-max-logprob-diff must be a positive number"):
             parse_config([*base, "--preflight-max-logprob-diff", bad])
+
+
+def test_the_first_weight_check_passes_and_is_reported(capsys):
+    check = preflight()
+    assert check.weights(lambda: 24, version=0) == 24 and not check.wants_weights
+    check.first_step(GOOD)
+    assert "engine weights equal the trainer's after the first sync (24 tensors compared)" in capsys.readouterr().out
 
 
 def test_skip_preflight_checks_nothing():

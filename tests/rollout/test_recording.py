@@ -89,11 +89,13 @@ def test_slime_files_load(tmp_path):
     assert load_recording(str(tmp_path / "{rollout_id}.pt"), 0) == samples()
 
 
-def test_a_failed_write_stops_the_next_record(tmp_path):
+def test_a_failed_write_is_raised_by_flush(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     recorder = RolloutRecorder(str(tmp_path / "file" / "{rollout_id}.pkl.gz"))
     recorder.record(0, samples())
-    recorder._pool.submit(lambda: None).result()  # the writer is done with rollout 0
     with pytest.raises(RuntimeError, match="rollout recording: .*--disable-rollout-recording"):
-        recorder.record(1, samples())
+        recorder.flush()
+    recorder.record(1, samples())  # its write fails too, after this returned
+    with pytest.raises(RuntimeError, match="rollout recording"):
+        recorder.flush()
     recorder.close()
