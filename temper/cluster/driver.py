@@ -27,6 +27,7 @@ from temper.config import ConfigError
 from temper.data import DataError, DataSource, PluginError, build_data_source, num_rollout_from_epochs
 from temper.model_shape import check_hf_checkpoint
 from temper.observe import RunLog, check_sinks, run_dir_of
+from temper.observe.live import EngineWatcher
 
 Loop = Callable[..., list[dict]]
 
@@ -57,9 +58,19 @@ def run_driver(loop: Loop, argv: list[str] | None, prog: str, check=None) -> lis
             RunLog(cfg, shlex.join(["python", prog, *argv]), started=started) as log,
         ):
             print("\n".join([f"{prog} started:", *(f"  {x}" for x in cluster.started_lines)]), flush=True)
+            watch_rollouts(cfg, cluster, log)
             return loop(cfg, cluster, log)
     except (ConfigError, DataError, PluginError, PreflightError) as e:
         sys.exit(f"{prog}: error: {e}")
+
+
+def watch_rollouts(cfg, cluster, log) -> None:
+    """The rollout phase's live line: samples finished and tokens a second, read from the engines."""
+    engines = getattr(cluster, "engines", None)
+    if engines is None or not getattr(engines, "urls", None):
+        return
+    total = cfg.rollout_batch_size * cfg.n_samples_per_prompt
+    log.live.watch("rollout", lambda: EngineWatcher(engines.urls, total, cfg.rollout_max_response_len))
 
 
 def load_data(cfg) -> DataSource:

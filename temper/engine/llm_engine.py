@@ -263,6 +263,7 @@ class LLMEngine:
             "prefill_tokens_computed": s.prefill_tokens_computed,
             "cached_tokens": s.cached_tokens,
             "generated_tokens": s.generated_tokens,
+            "finished_requests": s.finished_requests,
             "num_preemptions": s.num_preemptions,
             "prefill_steps": s.prefill_steps,
             "decode_steps": s.decode_steps,

@@ -53,6 +53,7 @@ class SchedulerStats:
     prefill_tokens_computed: int = 0
     cached_tokens: int = 0
     generated_tokens: int = 0
+    finished_requests: int = 0  # sequences that finished by a stop condition (not aborted ones)
     num_preemptions: int = 0
     prefill_steps: int = 0
     decode_steps: int = 0
@@ -223,6 +224,7 @@ class Scheduler:
             if seq.finished:
                 self.block_manager.free_seq(seq)
                 del self.unfinished[seq.request_id]
+                self.stats.finished_requests += 1
         for seq in waiting:
             if seq.finished:
                 self.waiting.remove(seq)

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 
+from temper.observe.live import LiveProgress
 from temper.observe.progress import ProgressPrinter, progress_line
 from temper.observe.report import RUN_TIME, summarize, write_report
 from temper.observe.report_html import write_html_report
@@ -63,6 +64,7 @@ class RunLog:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.sinks = open_sinks(cfg, self.run_dir)
         self.printer = ProgressPrinter(stream)
+        self.live = LiveProgress(stream)  # what a long phase has done so far, while it runs (live.py)
         self.started = time.monotonic() if started is None else started
         self.steps: list[dict[str, Any]] = []
         self._times: dict[str, float] = {}
@@ -75,7 +77,8 @@ class RunLog:
         if self._step_started is None:
             self._step_started = start
         try:
-            yield
+            with self.live.phase(name):
+                yield
         finally:
             self._times[name] = self._times.get(name, 0.0) + time.monotonic() - start
 

@@ -78,6 +78,8 @@ def core_load(stats: dict[str, Any], block_size: int, max_running: int, metrics:
         "step_busy_s": float(stats.get("step_seconds", 0.0)), "num_preemptions": int(stats.get("num_preemptions", 0)),
         # busy periods: idle-to-stepping transitions, and (Unix seconds) the last one's first step and the
         # last time the engine ran out of work
+        "num_generated_tokens": int(stats.get("generated_tokens", 0)),
+        "num_finished_reqs": int(stats.get("finished_requests", 0)),
         "num_busy_periods": int(stats.get("busy_periods", 0)), "busy_since": float(stats.get("busy_since", 0.0)),
         "idle_since": float(stats.get("idle_since", 0.0)),
     }
