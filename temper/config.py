@@ -158,6 +158,12 @@ class DataConfig:
 @dataclass
 class RolloutConfig:
     rollout_function_path: str = opt("temper.rollout.generate_rollout", "rollout function (import path)")
+    loss_mask_type: str = opt(
+        "qwen",
+        "slime's SFT loss-mask family; temper's SFT rollout cuts the assistant turns out of the model's own chat "
+        "template for every family, so each value gives the same mask",
+        choices=["qwen", "qwen3", "qwen3_5", "distill_qwen"],
+    )
     custom_generate_function_path: str | None = opt(
         None, "async generate(args, sample, sampling_params), or custom_generate(args, samples, evaluation=False) "
         "over one group's samples (import path)"

@@ -21,7 +21,7 @@ Departure from slime: slime's `MultiTurnLossMaskGenerator` renders each message 
 system-prompt length measured per tokenizer family (`--loss-mask-type`); here the template is applied
 to whole prefixes, which works for any template whose rendering of a conversation starts with the
 rendering of its first turns (it is checked, and a template that is not is an error naming the turn).
-`--loss-mask-type` is not needed. As in slime, the response starts at the first trained token, so
+`--loss-mask-type` (slime's family switch) is accepted and changes nothing. As in slime, the response starts at the first trained token, so
 later user and tool turns are response tokens with mask 0.
 """
 
@@ -46,6 +46,7 @@ def generate_rollout(args: Any, rollout_id: int, data_source: Any, evaluation: b
             "--eval-interval"
         )
     tokenizer = _tokenizer(args.hf_checkpoint)
+    _announce(args.hf_checkpoint, getattr(args, "loss_mask_type", "qwen"))
     groups = data_source.get_samples(args.rollout_batch_size)
     for group in groups:
         for sample in group:
@@ -142,6 +143,13 @@ def _check_prefix(prefix: str, text: str, where: Any, turn: int) -> None:
             "cut out of it; use a template that renders each turn the same whatever follows (e.g. one that "
             "keeps reasoning in every assistant turn)"
         )
+
+
+@functools.cache
+def _announce(hf_checkpoint: str, loss_mask_type: str) -> None:
+    """Said once per run: where the masks come from, and that slime's family switch changes nothing."""
+    logger.info("sft rollout: loss masks from the chat template of %s (--loss-mask-type %s gives the same mask)",
+                hf_checkpoint, loss_mask_type)
 
 
 @functools.lru_cache(maxsize=4)

@@ -162,3 +162,17 @@ def test_train_only_runs_need_a_rollout_function_without_engines():
         parse_config(base)
     cfg = parse_config([*base, "--rollout-function-path", "slime.rollout.sft_rollout.generate_rollout"])
     assert cfg.debug_train_only
+
+
+def test_slimes_loss_mask_type_is_accepted_and_changes_nothing(tmp_path, tokenizer):
+    data = tmp_path / "chats.jsonl"
+    write_rows(data, 2)
+    masks = []
+    for family in ("qwen", "qwen3_5", "distill_qwen"):
+        args = parse_config([
+            "--hf-checkpoint", str(tiny_model_dir("qwen3")), "--prompt-data", str(data), "--input-key", "messages",
+            "--rollout-function-path", "slime.rollout.sft_rollout.generate_rollout", "--loss-mask-type", family,
+            "--debug-train-only", "--rollout-batch-size", "2", "--num-rollout", "1",
+        ])  # fmt: skip
+        masks.append([s.loss_mask for g in generate_rollout(args, 0, build_data_source(args)) for s in g])
+    assert masks[0] == masks[1] == masks[2]
