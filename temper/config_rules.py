@@ -226,7 +226,10 @@ def _sampling(cfg: Config) -> None:
         raise ConfigError("--update-weights-interval and --async-buffer-size must be >= 1")
 
 
-DEFAULT_ROLLOUT_FUNCTIONS = ("temper.rollout.generate_rollout", "slime.rollout.sglang_rollout.generate_rollout")
+DEFAULT_ROLLOUT_FUNCTIONS = (
+    "temper.rollout.generate_rollout", "temper.rollout.rollout.generate_rollout",
+    "slime.rollout.sglang_rollout.generate_rollout",
+)
 
 
 def _data(cfg: Config) -> None:

@@ -158,8 +158,9 @@ def test_train_only_runs_need_a_rollout_function_without_engines():
     from temper.config import ConfigError
 
     base = ["--rollout-batch-size", "2", "--num-rollout", "1", "--debug-train-only"]
-    with pytest.raises(ConfigError, match="starts no engines"):
-        parse_config(base)
+    for default in ([], ["--rollout-function-path", "temper.rollout.rollout.generate_rollout"]):
+        with pytest.raises(ConfigError, match="starts no engines"):
+            parse_config([*base, *default])
     cfg = parse_config([*base, "--rollout-function-path", "slime.rollout.sft_rollout.generate_rollout"])
     assert cfg.debug_train_only
 
