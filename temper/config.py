@@ -65,17 +65,19 @@ class ClusterConfig:
     )
     use_fault_tolerance: bool = opt(
         False,
-        "the router skips engines that fail their health checks; restarting dead engines is not implemented yet "
-        "(the run says so once)",
+        "health-check every engine with a generation; one that dies or stops answering leaves the router at once, "
+        "its requests go to the others, and it is restarted on its own bundle with the current weights (without "
+        "it, a failed engine stops the run naming it)",
     )
     rollout_health_check_interval: float = opt(
-        30.0, "seconds between engine health checks (with --use-fault-tolerance; not used until restarts exist)"
+        30.0, "seconds between engine health checks (with --use-fault-tolerance)"
     )
     rollout_health_check_timeout: float = opt(
-        30.0, "seconds before an unresponsive engine is restarted (with --use-fault-tolerance; not used yet)"
+        30.0, "seconds an engine's health check (a generation) may take before the engine is restarted "
+        "(with --use-fault-tolerance)"
     )
     rollout_health_check_first_wait: float = opt(
-        0.0, "grace seconds after each engine resume (with --use-fault-tolerance; not used yet)"
+        0.0, "seconds after an engine (re)joins the router before its health checks start (with --use-fault-tolerance)"
     )
 
     @property

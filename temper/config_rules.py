@@ -265,9 +265,13 @@ def _router(cfg: Config) -> None:
 
 
 def _fault_tolerance(cfg: Config) -> None:
-    """The health-check flags mean something only with --use-fault-tolerance (whose engine restarts are not
-    built yet: the cluster says so once at start)."""
+    """The health-check flags mean something only with --use-fault-tolerance; with it they are positive
+    (the first wait may be 0)."""
     if cfg.use_fault_tolerance:
+        for name in HEALTH_CHECK_FLAGS:
+            value = getattr(cfg, name)
+            if value < 0 or (value == 0 and name != "rollout_health_check_first_wait"):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of seconds, got {value}")
         return
     defaults = {f.name: f.default for f in dataclasses.fields(ClusterConfig)}
     changed = [f"--{name.replace('_', '-')} {getattr(cfg, name)}" for name in HEALTH_CHECK_FLAGS

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Self
@@ -31,11 +32,13 @@ import httpx
 
 from temper.cluster.engine_group import (
     EngineGroup,
-    EngineWorker,
+    EngineSlot,
     builtin_server_settings,
     engine_dtype,
+    engine_log_file,
     external_engine_urls,
 )
+from temper.cluster.fault_tolerance import EngineDoctor
 from temper.cluster.memory_plan import ALL_TAGS, MemoryPlan, plan_memory
 from temper.cluster.preflight import Preflight
 from temper.cluster.placement import (
@@ -70,6 +73,11 @@ class Cluster:
         self.preflight = Preflight.of(cfg, fp32=False)  # the step-0 checks; fp32 known once the engines started
         self.started_lines: list[str] = []  # the memory plan and each engine, once started (the driver prints them)
         self.rollout: Any = None
+        self.doctor: EngineDoctor | None = None  # --use-fault-tolerance
+        self.sync_lock = threading.RLock()  # training, weight syncs and engine restarts take turns
+        self.engine_version: int | None = None  # the weight version every engine serves (after the first sync)
+        self._trained_since_sync = False
+        self._synced_urls: list[str] = []  # the engines the weight sync was formed over
         self._owns_ray = False
 
     # ---- start and stop ------------------------------------------------------------------------------
@@ -128,20 +136,33 @@ class Cluster:
             self._wait(self._create_engines() + self._create_trainers())
             if self.memory.release:
                 self.engines.release_memory(self.memory.release)
+        self.engines.identify(cfg.ray_call_timeout)
         self.engines.urls += external_engine_urls(cfg.rollout_external_engine_addrs or [])
         urls = self.engines.urls
         fp32 = plan.device == "cpu" and not cfg.bf16 and self.engines.dtype == "float32"
         self.preflight = Preflight.of(cfg, fp32=fp32 and not cfg.rollout_external_engine_addrs)
         self.started_lines = [self.memory.describe(), *self.engines.describe()]  # the driver prints them
         self.rollout = RolloutManager(cfg, self._router(urls), data_source=self.data_source)
-        if self.actor is not None and urls:
-            self.actor.connect(
-                plan_sync(
-                    cfg, engine_urls=urls, train_ranks=plan.train_ranks, engine_bundles=plan.engine_bundles,
-                    device=plan.device, master_address=self.placement.address(0),
-                    single_node=self.placement.single_node, engine_dtype=self.engines.dtype,
-                )
-            )  # fmt: skip
+        if (thread := self.rollout.router) is not None:  # temper's router: errors naming an engine show its log
+            thread.router.describe_worker = self.engines.describe_failure
+            if cfg.use_fault_tolerance:
+                self.doctor = EngineDoctor(self)
+                thread.router.on_worker_failed = self.doctor.report
+        self._connect_sync()
+
+    def _connect_sync(self) -> None:
+        """Form the weight sync over the engines there are now (again after an engine restarted)."""
+        plan, urls = self.plan, list(self.engines.urls)
+        if self.actor is None or not urls or urls == self._synced_urls:
+            return
+        self.actor.connect(
+            plan_sync(
+                self.cfg, engine_urls=urls, train_ranks=plan.train_ranks, engine_bundles=plan.engine_bundles,
+                device=plan.device, master_address=self.placement.address(0),
+                single_node=self.placement.single_node, engine_dtype=self.engines.dtype,
+            )
+        )  # fmt: skip
+        self._synced_urls = urls
 
     def _plan_memory(self, total: int | None) -> None:
         """Decide the memory plan (GPU memory `total` per GPU, None: unknown), log it, and write its
@@ -169,12 +190,10 @@ class Cluster:
         return refs
 
     def _create_engines(self) -> list:
-        import ray
-
         plan, placement = self.plan, self.placement
         self.engines.dtype = engine_dtype(self.cfg, plan.device) if plan.num_engines else None
         refs = []
-        for bundles in plan.engine_bundles:
+        for index, bundles in enumerate(plan.engine_bundles):
             share = plan.workers_in_bundle(bundles[0])
             options: dict[str, Any] = {
                 "num_cpus": fraction(share),
@@ -185,11 +204,9 @@ class Cluster:
                 options["num_gpus"] = fraction(share)
             host = placement.address(bundles[0])
             gpu_ids = [placement.gpu_ids[b] for b in bundles] if plan.device == "cuda" else None
-            worker = (
-                ray.remote(EngineWorker).options(**options).remote(self.cfg, host, plan.device, plan.threads, gpu_ids)
-            )
-            self.engines.workers.append(worker)
-            refs.append(worker.start.remote())
+            name = f"engine-{index}"
+            args = (self.cfg, host, plan.device, plan.threads, gpu_ids, name)
+            refs.append(self.engines.launch(EngineSlot(name, options, args, engine_log_file(self.cfg, name))))
         return refs
 
     def _router(self, urls: list[str]) -> str | list[str]:
@@ -205,6 +222,8 @@ class Cluster:
 
     def close(self) -> None:
         """Stop every part (rollout manager, train ranks, engines), free the placement group, leave Ray."""
+        if self.doctor is not None:
+            self.doctor.close()
         if self.rollout is not None:
             self.rollout.close()
         for group in (self.actor, self.critic):
@@ -252,6 +271,8 @@ class Cluster:
         then the actor's advantages and returns, then the critic's update, then the actor's (after
         --num-critic-only-steps). The actor's first optimizer step of the run passes the preflight or
         stops the run (PreflightError)."""
+        with self.sync_lock:  # from here the trainer's weights are ahead of the engines' version
+            self._trained_since_sync = True
         metrics = _staleness(rollout_id, batch)
         if self.critic is None:
             return self._preflight(metrics | _prefixed("train/", self.actor.train(rollout_id, batch)))
@@ -292,18 +313,49 @@ class Cluster:
         to hold the same tensors: PreflightError for the preflight's)."""
         if self.actor is None or not len(self.engines):
             return {}
-        self.engines.pause()
-        try:
-            metrics = self.actor.update_weights(version)
-        finally:
-            self.engines.continue_generation()
-        self.engines.expect_version(str(version))
+        with self.sync_lock:
+            metrics = self._sync_engines(version)
+            self.engine_version, self._trained_since_sync = version, False
+            if self.doctor is not None:
+                self.doctor.admit()
         metrics["sync/weight_version"] = float(version)
         if self.cfg.check_weight_update_equal or self.preflight.wants_weights:  # the preflight's: the first sync
             started = time.monotonic()
             metrics["sync/checked_tensors"] = float(self.preflight.weights(self.actor.check_weights, version))
             metrics["sync/check_s"] = time.monotonic() - started
         return metrics
+
+    def _sync_engines(self, version: int) -> dict[str, float]:
+        """Pause, send, continue, check the version. An engine that is dead or stuck stops the run naming
+        it, or with --use-fault-tolerance is restarted (before the sync, or when it fails in the middle:
+        then the sync is sent again, at most `SYNC_ATTEMPTS` times)."""
+        for attempt in range(1, SYNC_ATTEMPTS + 1):
+            if self.doctor is not None:
+                self.doctor.heal()
+            self._connect_sync()  # formed again when an engine was restarted
+            try:
+                self.engines.pause()
+                try:
+                    metrics = self.actor.update_weights(version)
+                finally:
+                    self.engines.continue_generation()
+                self.engines.expect_version(str(version))
+                return metrics
+            except Exception as e:
+                failed = self.engines.unresponsive(self.cfg.rollout_health_check_timeout)
+                if not failed:
+                    raise
+                if self.doctor is None:
+                    raise EngineFailure(_failure_message(self.engines, failed, f"the weight sync to version {version}"))
+                if attempt == SYNC_ATTEMPTS:
+                    raise
+                logger.warning("the weight sync to version %s failed (%s): engines %s are down; restarting them and "
+                               "sending it again", version, e, ", ".join(failed))
+        raise AssertionError("unreachable")
+
+    def engines_current(self) -> bool:
+        """Whether the trainer holds exactly the weights the engines serve (no training since the last sync)."""
+        return self.engine_version is not None and not self._trained_since_sync
 
     def offload_train(self) -> None:
         """Every train rank's state to CPU (pinned buffers; see `TrainableModel.offload`)."""
@@ -324,13 +376,20 @@ class Cluster:
                 group.trim()
 
 
+SYNC_ATTEMPTS = 3
+
+
+class EngineFailure(RuntimeError):
+    """An engine died or stopped answering and --use-fault-tolerance is off."""
+
+
+def _failure_message(engines: EngineGroup, failed: list[str], during: str) -> str:
+    named = "; ".join(f"engine {url} does not answer{engines.describe_failure(url)}" for url in failed)
+    return (f"{during} failed: {named}. With --use-fault-tolerance temper takes a failed engine out of the router, "
+            "sends its requests to the others and restarts it")
+
+
 def _warn_ignored_engine_flags(cfg) -> None:
-    if cfg.use_fault_tolerance:
-        logger.warning(
-            "--use-fault-tolerance: the router stops sending requests to an engine that fails its health checks "
-            "(temper's router checks every 10 s, 20 s timeout); restarting dead engines is not implemented yet, so "
-            "--rollout-health-check-interval/-timeout/-first-wait are not used"
-        )
     if cfg.rollout_backend != "builtin":
         return
     _, ignored = builtin_server_settings(cfg)

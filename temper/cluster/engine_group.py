@@ -22,7 +22,9 @@ import os
 import socket
 import subprocess
 import sys
+import signal
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -83,12 +85,15 @@ class EngineWorker:
     same GPUs for its own tensor parallelism.
     """
 
-    def __init__(self, cfg, host: str, device: str, threads: int, gpu_ids: list[int] | None = None):
+    def __init__(self, cfg, host: str, device: str, threads: int, gpu_ids: list[int] | None = None,
+                 name: str = "engine"):
         import torch
 
         torch.set_num_threads(threads)
         self.cfg, self.host, self.device, self.gpu_ids = cfg, host, device, gpu_ids or []
-        self.id = enable_stack_dumps(cfg, f"engine pid {os.getpid()}")
+        self.id = enable_stack_dumps(cfg, f"{name} pid {os.getpid()}")
+        if log_file := engine_log_file(cfg, name):
+            _log_to(log_file, f"{name}: pid {os.getpid()} on {socket.gethostname()}, starting")
         self.server: Any = None
         self.process: subprocess.Popen | None = None
         if cfg.rollout_backend == "builtin" and len(self.gpu_ids) > 1:
@@ -128,6 +133,10 @@ class EngineWorker:
         wait_healthy(url, START_TIMEOUT_S, alive=lambda: self.process.poll() is None)
         return url
 
+    def identity(self):
+        """The process's `WorkerId` (name, host, pid, stack file)."""
+        return self.id
+
     def device_memory(self) -> int:
         """Total bytes of the engine's (first) GPU, for the colocated memory plan."""
         import torch
@@ -142,6 +151,32 @@ class EngineWorker:
             self.process.terminate()
             self.process.wait(30)
             self.process = None
+
+
+def engine_log_file(cfg, name: str) -> str | None:
+    """``<run dir>/engines/<name>.log``: the engine process's log, whose last lines name a failure."""
+    run_dir = getattr(cfg, "run_dir", None)
+    return os.path.join(os.path.abspath(run_dir), "engines", f"{name}.log") if run_dir else None
+
+
+def _log_to(path: str, first_line: str) -> None:
+    """The records this process logs (at the engine's --sglang-log-level) also go to `path`, after
+    `first_line` (appended: a restarted engine continues its predecessor's file)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {first_line}\n")
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
+def last_lines(path: str | None, count: int = 8) -> list[str]:
+    """The last `count` lines of the file at `path` ([] when there is none)."""
+    if not path or not os.path.isfile(path):
+        return []
+    with open(path, "rb") as f:
+        f.seek(max(os.path.getsize(path) - 16384, 0))
+        return f.read().decode("utf-8", "replace").splitlines()[-count:]
 
 
 def sglang_flags(values: dict[str, Any]) -> list[str]:
@@ -183,6 +218,21 @@ class EngineCallError(RuntimeError):
     """A control call to an engine that failed or got no answer in time; names the engine and the call."""
 
 
+@dataclass
+class EngineSlot:
+    """One engine temper started, and what starts it again: `name` ("engine-0"), the Ray actor
+    `options` (its bundle) and `EngineWorker` arguments `args`; `log_file` (see `engine_log_file`) and
+    the process `pid` and `host` of the current incarnation; `restarts` so far."""
+
+    name: str
+    options: dict[str, Any] = field(repr=False)
+    args: tuple = field(repr=False)
+    log_file: str | None = None
+    pid: int | None = None
+    host: str | None = None
+    restarts: int = 0
+
+
 class EngineGroup:
     """The run's engines: URLs (and the Ray actors of those temper started), with control calls.
 
@@ -195,6 +245,7 @@ class EngineGroup:
     def __init__(self, urls: list[str], workers: list[Any] = (), dtype: str | None = None, timeout_s: float = 600.0):
         self.urls = [u.rstrip("/") for u in urls]
         self.workers = list(workers)
+        self.slots: list[EngineSlot] = []  # temper's engines: slots[i] is workers[i], serving urls[i]
         self.dtype = dtype
         self.timeout_s = timeout_s
         self._http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0), trust_env=False)
@@ -272,6 +323,77 @@ class EngineGroup:
         wrong = {url: v for url, v in served.items() if v != version}
         if wrong:
             raise RuntimeError(f"after the weight sync to version {version}, engines serve {wrong}")
+
+    # ---- the engines temper started: start, identify, restart --------------------------------------
+
+    def launch(self, slot: EngineSlot) -> Any:
+        """Start the engine `slot` describes as a new Ray actor (appended, or in its slot's place when
+        the slot is known); returns the ref of its URL."""
+        import ray
+
+        worker = ray.remote(EngineWorker).options(**slot.options).remote(*slot.args)
+        if slot in self.slots:
+            self.workers[self.slots.index(slot)] = worker
+        else:
+            self.slots.append(slot)
+            self.workers.append(worker)
+        return worker.start.remote()
+
+    def identify(self, timeout_s: float = 300.0) -> None:
+        """Learn the process of every engine temper started (its pid, for restarts and tests)."""
+        import ray
+
+        for slot, worker_id in zip(self.slots, ray.get([w.identity.remote() for w in self.workers], timeout=timeout_s)):
+            slot.pid, slot.host = worker_id.pid, worker_id.host
+
+    def slot_of(self, url: str) -> int | None:
+        """The index of the engine temper started that serves `url` now (None: external or replaced)."""
+        url = url.rstrip("/")
+        return self.urls.index(url) if url in self.urls[: len(self.slots)] else None
+
+    def restart(self, index: int, timeout_s: float = START_TIMEOUT_S) -> str:
+        """Kill engine `index`'s process (a stuck one too) and start a new one on the same bundle with the
+        same arguments; returns its URL, which replaces the old one in `urls`."""
+        import ray
+
+        slot = self.slots[index]
+        if slot.pid is not None and slot.host == socket.gethostname():
+            try:
+                os.kill(slot.pid, signal.SIGKILL)
+            except OSError:
+                pass  # already gone
+        ray.kill(self.workers[index], no_restart=True)
+        slot.restarts += 1
+        url = ray.get(self.launch(slot), timeout=timeout_s)
+        self.urls[index] = url.rstrip("/")
+        worker_id = ray.get(self.workers[index].identity.remote(), timeout=60)
+        slot.pid, slot.host = worker_id.pid, worker_id.host
+        logger.warning("%s restarted (restart %d): now %s, pid %s", slot.name, slot.restarts, url, slot.pid)
+        return self.urls[index]
+
+    def unresponsive(self, timeout_s: float) -> list[str]:
+        """The engines whose ``/health`` gets no 2xx answer within `timeout_s` seconds (dead or stuck)."""
+        bad = []
+        for url in self.urls:
+            try:
+                if httpx.get(f"{url}/health", timeout=timeout_s, trust_env=False).is_success:
+                    continue
+            except httpx.HTTPError:
+                pass
+            bad.append(url)
+        return bad
+
+    def describe_failure(self, url: str) -> str:
+        """Words on engine `url` for an error naming it: which engine, its pid, and its log's last lines."""
+        index = self.slot_of(url)
+        if index is None:
+            return ""
+        slot = self.slots[index]
+        lines = last_lines(slot.log_file)
+        where = f" ({slot.name}, pid {slot.pid})"
+        if not lines:
+            return where + "; it wrote no log"
+        return where + f"; the last lines of its log {slot.log_file}:\n    " + "\n    ".join(lines)
 
     def stop(self) -> None:
         self._http.close()

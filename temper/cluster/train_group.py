@@ -116,9 +116,12 @@ class ActorWorker(TrainWorker):
         return str(self.model.save(rollout_id, extra=extra))
 
     def connect(self, spec) -> None:
-        """Become this rank's end of the weight sync described by `spec` (a `SyncSpec`)."""
+        """Become this rank's end of the weight sync described by `spec` (a `SyncSpec`), leaving the
+        previous one (formed again when an engine was restarted)."""
         from temper.cluster.weight_sync import WeightSender
 
+        if self.sender is not None:
+            self.sender.close()
         self.sender = WeightSender(spec, self.rank)
 
     def update_weights(self, version: int) -> dict[str, float]:

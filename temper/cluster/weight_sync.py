@@ -38,6 +38,7 @@ is ``sync/bytes`` over it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -57,6 +58,7 @@ logger = logging.getLogger(__name__)
 Bucket = list[tuple[str, torch.Tensor]]
 TRANSPORTS = ("broadcast", "ipc", "tensor", "disk")
 PROBE_ROWS = 4
+_GROUPS = itertools.count()  # broadcast groups get fresh names: a late destroy of the old one never hits the new
 """Rows (or elements, for 1-D tensors) of each tensor compared by --check-weight-update-equal."""
 
 
@@ -214,7 +216,7 @@ class WeightSender:
             device = torch.device("cuda", torch.cuda.current_device()) if self.spec.backend == "nccl" else None
             self._broadcaster = WeightBroadcaster(
                 self.targets, self.spec.master_address, backend=self.spec.backend,
-                group_name=f"temper_weights_{os.getpid()}", timeout_s=self.spec.timeout_s, device=device,
+                group_name=f"temper_weights_{os.getpid()}_{next(_GROUPS)}", timeout_s=self.spec.timeout_s, device=device,
             )  # fmt: skip
             self._broadcaster.init_group()
         pairs = (pair for bucket in buckets for pair in bucket)
@@ -299,6 +301,11 @@ class WeightSender:
 
     def close(self) -> None:
         if self._broadcaster is not None:
+            # Leave the group first: an engine still waiting in a broadcast (another engine died in the middle
+            # of it) then gets an error now instead of at the group's timeout.
+            group, self._broadcaster.group = self._broadcaster.group, None
+            if group is not None:
+                group.close()
             try:
                 self._broadcaster.destroy()
             except Exception as e:  # noqa: BLE001 -- engines may already be gone at shutdown

@@ -15,6 +15,17 @@ A worker that refuses a connection is marked unhealthy at once and the request g
 background loop health-checks every worker every `health_check_interval` seconds (unhealthy after 3
 failures in a row, healthy again after one success; an engine's /health runs a one-token generation,
 hence the generous `health_check_timeout`). Unhealthy workers are skipped while a healthy one is left.
+A worker that fails with a request in flight (the connection dropped: the engine died) fails that
+request with a 502 naming the worker and what `describe_worker` says of it.
+
+Fault tolerance (`fault_tolerant`, the driver's --use-fault-tolerance): health checks are real
+generations (``/health_generate``; an engine that answers it is paused or has released its memory is
+alive), every worker checked at once, starting `health_check_first_wait` seconds after it registered.
+A worker that fails one check, refuses a connection or drops a request is taken out of the router at
+once (`on_worker_failed(url, reason)` is told): the requests in flight on it are cancelled and sent
+again, whole, to another worker (a request's partial output is discarded, so no sample is counted
+twice). While no worker is left, requests wait up to `worker_startup_timeout` seconds for one to be
+added (a restarted engine registers through ``/add_worker``).
 
 Run it: ``python -m temper.rollout.router --workers URL [URL ...] --port N``; in-process (tests,
 `RolloutManager`) with `RouterThread`.
@@ -28,7 +39,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -52,6 +63,12 @@ INFO_ROUTES = (
     "/get_weight_version",
 )
 WORKER_HEADER = "X-Temper-Worker"  # on every forwarded response: which engine served it
+MAX_ATTEMPTS = 5  # fault tolerance: a request goes to at most this many workers before it fails
+DEAD = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)  # the connection broke mid-request
+
+
+class WorkerGone(Exception):
+    """The worker a request was in flight on was taken out of the router (fault tolerance)."""
 
 
 class Router:
@@ -66,11 +83,21 @@ class Router:
         worker_startup_timeout: float = 300.0,
         request_timeout: float | None = None,
         max_connections: int = 4096,
+        fault_tolerant: bool = False,
+        health_check_first_wait: float = 0.0,
     ) -> None:
         self.policy = RoutingPolicy()
         self.initial_workers = [u.rstrip("/") for u in worker_urls]
         self.health_check_interval = health_check_interval
         self.health_check_timeout = health_check_timeout
+        self.fault_tolerant = fault_tolerant
+        self.health_check_first_wait = health_check_first_wait
+        self.on_worker_failed: Callable[[str, str], None] | None = None
+        """Told (url, reason) when a worker is taken out (fault tolerance); runs on the router's loop."""
+        self.describe_worker: Callable[[str], str] = lambda url: ""
+        """More words on a worker for the errors that name it (the driver adds the engine's last log lines)."""
+        self._gone: dict[str, asyncio.Event] = {}  # set when the worker is taken out (fault tolerance)
+        self._checked_from: dict[str, float] = {}  # when each worker's health checks start
         self.worker_startup_timeout = worker_startup_timeout
         self.request_timeout = request_timeout
         self.max_connections = max_connections
@@ -84,7 +111,22 @@ class Router:
         ValueError if it never does."""
         url = await self._wait_healthy(url)
         logger.info("router: worker %s registered", url)
+        return self._add(url)
+
+    def _add(self, url: str) -> Worker:
+        self._checked_from[url] = time.monotonic() + self.health_check_first_wait
         return self.policy.add(url)
+
+    def take_out(self, url: str, reason: str) -> None:
+        """Fault tolerance: stop routing to `url` now, send its requests in flight elsewhere, tell the listener."""
+        if not self.policy.remove(url):
+            return
+        logger.warning("router: engine %s taken out: %s", url, reason)
+        self._checked_from.pop(url, None)
+        if (gone := self._gone.pop(url, None)) is not None:
+            gone.set()
+        if self.on_worker_failed is not None:
+            self.on_worker_failed(url, reason)
 
     async def _wait_healthy(self, url: str) -> str:
         url = url.rstrip("/")
@@ -103,11 +145,31 @@ class Router:
         except httpx.HTTPError:
             return False
 
+    async def _check(self, url: str) -> str | None:
+        """Fault tolerance's health check: None if `url` generated (or is paused or released by choice),
+        else why not."""
+        try:
+            response = await self.http.get(f"{url}/health_generate", timeout=self.health_check_timeout)
+        except httpx.TimeoutException:
+            return f"its health check (a generation) got no answer within {self.health_check_timeout:g} s"
+        except httpx.HTTPError as e:
+            return f"its health check failed: {type(e).__name__}: {e}"
+        if response.is_success or (response.status_code == 503 and "not serving" in response.text):
+            return None
+        return f"its health check (a generation) answered HTTP {response.status_code}: {response.text[:200]}"
+
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(self.health_check_interval)
-            for url in self.policy.urls():
-                if await self._healthy(url):
+            now = time.monotonic()
+            urls = [u for u in self.policy.urls() if self._checked_from.get(u, 0.0) <= now]
+            if self.fault_tolerant:
+                for url, why in zip(urls, await asyncio.gather(*(self._check(u) for u in urls))):
+                    if why is not None:
+                        self.take_out(url, why)
+                continue
+            for url, ok in zip(urls, await asyncio.gather(*(self._healthy(u) for u in urls))):
+                if ok:
                     self.policy.mark_healthy(url)
                 else:
                     self.policy.mark_failed(url)
@@ -115,7 +177,8 @@ class Router:
     # ---- forwarding ------------------------------------------------------------------------------
 
     async def forward(self, request: Request, path: str) -> Response:
-        """Send the request body to the chosen worker; on a refused connection try the next worker."""
+        """Send the request body to the chosen worker; on a refused connection try the next worker (with
+        fault tolerance, also when the worker dies or is taken out with the request in flight)."""
         body = await request.body()
         parsed = _json_or_none(body)
         key = request.headers.get(ROUTING_KEY_HEADER) or _session_id(parsed)
@@ -123,15 +186,62 @@ class Router:
         tried: list[str] = []
         while True:
             try:
-                worker = self.policy.choose(key, exclude=tried)
+                worker = await self._choose(key, tried)
             except NoWorkerError as e:
                 return _error(503, str(e))
             try:
-                return await self._send(worker, request, path, body, stream)
+                return await self._send_watched(worker, request, path, body, stream)
             except httpx.ConnectError as e:
                 logger.warning("router: worker %s refused the connection (%s); marked unhealthy", worker.url, e)
-                self.policy.mark_failed(worker.url, at_once=True)
-                tried.append(worker.url)
+                self._failed(worker.url, f"it refused the connection ({e})")
+            except httpx.TimeoutException as e:
+                return _error(504, f"engine {worker.url} did not answer {path} within the router's request timeout "
+                                   f"({type(e).__name__}){self.describe_worker(worker.url)}")
+            except (*DEAD, WorkerGone) as e:
+                reason = str(e) if isinstance(e, WorkerGone) else f"the connection broke ({type(e).__name__}: {e})"
+                if not self.fault_tolerant:
+                    self.policy.mark_failed(worker.url, at_once=True)
+                    return _error(502, _dead_engine_message(worker.url, path, reason, self.describe_worker(worker.url)))
+                logger.warning("router: %s on %s failed (%s); sending it again", path, worker.url, reason)
+                self.take_out(worker.url, reason)
+            tried.append(worker.url)
+            if self.fault_tolerant and len(tried) >= MAX_ATTEMPTS:
+                return _error(502, f"{path} failed on {len(tried)} engines in a row ({', '.join(tried)}); last: "
+                                   f"{worker.url}{self.describe_worker(worker.url)}")
+
+    def _failed(self, url: str, reason: str) -> None:
+        if self.fault_tolerant:
+            self.take_out(url, reason)
+        else:
+            self.policy.mark_failed(url, at_once=True)
+
+    async def _choose(self, key: str | None, tried: list[str]) -> Worker:
+        """The policy's worker; with fault tolerance, while none is left, wait for one to be added."""
+        deadline = time.monotonic() + self.worker_startup_timeout
+        while True:
+            try:
+                return self.policy.choose(key, exclude=tried)
+            except NoWorkerError:
+                if not self.fault_tolerant or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(0.2)
+
+    async def _send_watched(self, worker: Worker, request: Request, path: str, body: bytes, stream: bool) -> Response:
+        """`_send`, cancelled with WorkerGone when fault tolerance takes the worker out meanwhile."""
+        if not self.fault_tolerant:
+            return await self._send(worker, request, path, body, stream)
+        gone = self._gone.setdefault(worker.url, asyncio.Event())
+        send = asyncio.ensure_future(self._send(worker, request, path, body, stream))
+        taken_out = asyncio.ensure_future(gone.wait())
+        try:
+            done, _ = await asyncio.wait({send, taken_out}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            taken_out.cancel()
+            if not send.done():
+                send.cancel()  # closes the connection: a live engine aborts the request
+        if send in done:
+            return send.result()
+        raise WorkerGone(f"engine {worker.url} was taken out of the router with the request in flight")
 
     async def _send(self, worker: Worker, request: Request, path: str, body: bytes, stream: bool) -> Response:
         headers = {"content-type": request.headers.get("content-type", "application/json")}
@@ -187,7 +297,7 @@ class Router:
             health = None
             try:
                 for url in await asyncio.gather(*(self._wait_healthy(u) for u in self.initial_workers)):
-                    self.policy.add(url)  # in the given order, whichever answered first
+                    self._add(url)  # in the given order, whichever answered first
                 health = asyncio.create_task(self._health_loop())
                 yield
             finally:
@@ -282,6 +392,11 @@ async def _register_response(router: Router, url: Any) -> Response:
     except ValueError as e:
         return _error(400, str(e))
     return JSONResponse({"status": "ok", "url": worker.url})
+
+
+def _dead_engine_message(url: str, path: str, reason: str, notes: str) -> str:
+    return (f"engine {url} failed with {path} in flight: {reason}{notes}. With --use-fault-tolerance temper takes "
+            "a failed engine out of the router, sends its requests to the others and restarts it")
 
 
 def _fan_out_reply(results: list[tuple[str, httpx.Response | Exception]], what: str) -> Response:

@@ -2,6 +2,8 @@
 
 ``--router-NAME VALUE`` lands in ``cfg.engine.router["NAME"]``; `router_settings` maps the ones temper's
 `Router` has to its argument names and lists the rest, which the rollout manager names in one warning.
+With --use-fault-tolerance the router is fault tolerant and its health checks follow the
+--rollout-health-check-* flags (over --router-health-check-*).
 """
 
 from __future__ import annotations
@@ -30,4 +32,8 @@ def router_settings(args: Any) -> tuple[dict[str, Any], list[str]]:
             raise ValueError(f"--router-{flag.replace('_', '-')} must be a positive number, got {value!r}")
     if "max_connections" in settings:
         settings["max_connections"] = int(settings["max_connections"])
+    if getattr(args, "use_fault_tolerance", False):  # the engines' health checks are fault tolerance's
+        settings |= {"fault_tolerant": True, "health_check_interval": args.rollout_health_check_interval,
+                     "health_check_timeout": args.rollout_health_check_timeout,
+                     "health_check_first_wait": args.rollout_health_check_first_wait}
     return settings, ignored

@@ -128,6 +128,7 @@ def fake_engine_app(name: str, *, delay: float = 0.0, finish: str = "length"):
         return StreamingResponse(events(), media_type="text/event-stream")
 
     @app.get("/health")
+    @app.get("/health_generate")
     async def health():
         return PlainTextResponse("")
 

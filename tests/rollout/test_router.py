@@ -8,6 +8,7 @@ from contextlib import ExitStack
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from rollout_helpers import fake_engine_app, free_port_url, serve
 
 from temper.rollout.router import WORKER_HEADER, main, start_router
@@ -167,3 +168,55 @@ def test_router_flags_reach_temper_router_and_the_others_are_named(caplog, tmp_p
     assert "temper's router does not use --router-policy" in caplog.text
     with pytest.raises(ConfigError, match="--router-health-check-timeout-secs must be a positive number, got 0"):
         make_args("--router-health-check-timeout-secs", "0")
+
+
+def stuck_engine_app():
+    """An engine that registered and then stopped answering: /health answered once, then nothing answers."""
+    app = FastAPI()
+    app.state.answered = False
+
+    @app.get("/health")
+    async def health():
+        if app.state.answered:
+            await asyncio.sleep(3600)
+        app.state.answered = True
+        return {}
+
+    @app.get("/health_generate")
+    @app.post("/generate")
+    async def hang():
+        await asyncio.sleep(3600)
+
+    return app
+
+
+def test_fault_tolerance_takes_a_stuck_worker_out_and_sends_its_request_elsewhere():
+    """The request in flight on the worker whose health check (a generation) times out is sent again, whole,
+    to the other worker; the listener hears which worker left and why."""
+    failed = []
+    with serve(stuck_engine_app()) as stuck, serve(fake_engine_app("alive")) as alive:
+        with start_router([stuck, alive], worker_startup_timeout=5, fault_tolerant=True, health_check_interval=0.2,
+                          health_check_timeout=0.5) as router:
+            router.router.on_worker_failed = lambda url, reason: failed.append((url, reason))
+            with httpx.Client(base_url=router.url, timeout=TIMEOUT, trust_env=False) as client:
+                reply = client.post("/generate", json={"input_ids": [1, 2]})
+            assert reply.status_code == 200 and reply.headers[WORKER_HEADER] == alive
+            assert router.router.policy.urls() == [alive]
+    assert failed == [(stuck, "its health check (a generation) got no answer within 0.5 s")]
+
+
+def test_fault_tolerance_flags_reach_the_router(tmp_path):
+    from rollout_helpers import make_args
+
+    from temper.config import ConfigError
+    from temper.rollout.router_flags import router_settings
+
+    args = make_args("--use-fault-tolerance", "--rollout-health-check-interval", "2",
+                     "--rollout-health-check-timeout", "7", "--rollout-health-check-first-wait", "3")
+    settings, _ = router_settings(args)
+    assert settings == {"fault_tolerant": True, "health_check_interval": 2, "health_check_timeout": 7,
+                        "health_check_first_wait": 3}
+    with pytest.raises(ConfigError, match="--rollout-health-check-timeout must be a positive number of seconds"):
+        make_args("--use-fault-tolerance", "--rollout-health-check-timeout", "0")
+    with pytest.raises(ConfigError, match="engine health checks are part of --use-fault-tolerance"):
+        make_args("--rollout-health-check-interval", "5")
