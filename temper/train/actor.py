@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import resource
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,6 +148,7 @@ class Actor:
         batch = data.batch
         self.trainable.require_onloaded("Actor.update")
         self.step_metrics = []
+        started = self._resources_start()
         try:
             for micro_batches, totals in self.batcher.steps(batch, self.cfg.calculate_per_token_loss):
                 metrics = self.trainable.step(micro_batches, functools.partial(self._loss, data=data, totals=totals))
@@ -157,7 +160,30 @@ class Actor:
         interval = self.cfg.ref_update_interval
         if self.reference is not None and interval and (data.rollout_id + 1) % interval == 0:
             self.reference.copy_from(self.model)
-        return mean_over_steps(self.step_metrics)
+        tokens = sum(step.get("tokens", 0.0) for step in self.step_metrics)
+        return mean_over_steps(self.step_metrics) | self._resources(started, tokens)
+
+    def _resources_start(self) -> float:
+        if self.env.is_cuda:
+            torch.cuda.synchronize(self.env.device)
+            torch.cuda.reset_peak_memory_stats(self.env.device)
+        return time.perf_counter()
+
+    def _resources(self, started: float, tokens: float) -> dict[str, float]:
+        """This rank's memory over the optimizer steps of `update` and, on a GPU whose bf16 peak is known,
+        the steps' model FLOPs utilization: 6 x parameters x tokens (attention not counted) over the
+        seconds of the steps and every rank's peak."""
+        if not self.env.is_cuda:  # the process's peak resident memory (KiB on Linux)
+            return {"host_mem_peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+        torch.cuda.synchronize(self.env.device)
+        seconds = time.perf_counter() - started
+        out = {"memory_peak_gib": torch.cuda.max_memory_allocated(self.env.device) / 2**30,
+               "memory_reserved_gib": torch.cuda.memory_reserved(self.env.device) / 2**30}  # fmt: skip
+        peak = peak_bf16_flops(torch.cuda.get_device_name(self.env.device))
+        if peak and seconds > 0:
+            params = sum(p.numel() for p in self.model.parameters())  # DTensors: the full shape's count
+            out["mfu"] = 6 * params * tokens / seconds / (peak * self.env.world_size)
+        return out
 
     def _loss(self, mb: MicroBatch, data: TrainData, totals: StepTotals) -> tuple[Tensor, dict[str, Tensor]]:
         """This micro-batch's loss scaled to its share of the step, and its weighted metrics."""
@@ -282,6 +308,16 @@ class Actor:
 
     def onload(self) -> None:
         self.trainable.onload()
+
+
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "H20": 148e12, "A100": 312e12, "A800": 312e12,
+                   "B200": 2250e12, "L40S": 362e12}  # fmt: skip
+"""Dense bf16 peak per GPU (NVIDIA's data sheets, SXM parts), by a name fragment of the device."""
+
+
+def peak_bf16_flops(device_name: str) -> float | None:
+    """The dense bf16 peak of the GPU named `device_name`, None when the table does not know it."""
+    return next((flops for name, flops in PEAK_BF16_FLOPS.items() if name in device_name), None)
 
 
 class _Rows:

@@ -257,3 +257,16 @@ def test_one_rank_keeps_layers_gathered_through_a_step_with_the_same_gradients(q
     assert grads[True].keys() == grads[False].keys()
     for name, grad in grads[True].items():
         assert torch.equal(grad, grads[False][name]), name
+
+
+def test_update_reports_this_rank_s_memory(qwen3_dir):
+    """On CPU: the process's peak resident memory (no MFU: the peak FLOPs are known for GPUs only)."""
+    metrics = Actor(make_cfg(qwen3_dir)).train(0, toy_batch(8))
+    assert 0.05 < metrics["host_mem_peak_gib"] < 64 and "mfu" not in metrics
+
+
+def test_peak_flops_by_device_name():
+    from temper.train.actor import peak_bf16_flops
+
+    assert peak_bf16_flops("NVIDIA H100 80GB HBM3") == peak_bf16_flops("NVIDIA H200") == 989e12
+    assert peak_bf16_flops("NVIDIA H20") == 148e12 and peak_bf16_flops("Tesla T4") is None
