@@ -143,7 +143,8 @@ def test_debug_rollout_data_round_trip(plugin, prompts, tmp_path):
         "--prompt-data", prompts, "--n-samples-per-prompt", "3", "--rollout-function-path", f"{plugin}:legacy",
         "--save-debug-rollout-data", template,
     )  # fmt: skip
-    saved = RolloutManager(args, "http://127.0.0.1:9").generate(5)
+    with RolloutManager(args, "http://127.0.0.1:9") as manager:  # closing waits for the background write
+        saved = manager.generate(5)
     replay_args = make_args(
         "--prompt-data", prompts, "--n-samples-per-prompt", "3", "--load-debug-rollout-data", template
     )
