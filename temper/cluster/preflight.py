@@ -44,6 +44,8 @@ class Preflight:
     enabled: bool
     fp32: bool
     max_logprob_diff: float
+    engine_old_log_probs: bool = False
+    """--use-rollout-logprobs: the old log-probs are the engine's, so the ratio is the gap's business."""
     weights_pending: bool = True
     first_step_pending: bool = True
     passed: list[str] = field(default_factory=list)
@@ -56,6 +58,7 @@ class Preflight:
             enabled=not cfg.skip_preflight,
             fp32=fp32,
             max_logprob_diff=limit if limit is not None else (FP32_GAP if fp32 else BF16_GAP),
+            engine_old_log_probs=bool(getattr(cfg, "use_rollout_logprobs", False)),
         )
 
     @property
@@ -93,6 +96,9 @@ class Preflight:
     def _ratio(self, metrics: dict[str, float]) -> None:
         if "ppo_kl" not in metrics:
             self.passed.append("ratio not checked (this loss has no importance ratio)")
+            return
+        if self.engine_old_log_probs:
+            self.passed.append("ratio not checked (--use-rollout-logprobs: the old log-probs are the engine's)")
             return
         tolerance = RATIO_TOLERANCE[self.fp32]
         kl, clipfrac = metrics["ppo_kl"], metrics.get("pg_clipfrac", 0.0)

@@ -11,8 +11,9 @@ from temper.cluster.preflight import BF16_GAP, FP32_GAP, Preflight, PreflightErr
 GOOD = {"ppo_kl": 0.0, "pg_clipfrac": 0.0, "train_rollout_logprob_abs_diff": 2e-6, "loss": 0.1}
 
 
-def preflight(fp32: bool = True, skip: bool = False, limit: float | None = None) -> Preflight:
-    return Preflight.of(SimpleNamespace(skip_preflight=skip, preflight_max_logprob_diff=limit), fp32=fp32)
+def preflight(fp32: bool = True, skip: bool = False, limit: float | None = None, **flags) -> Preflight:
+    cfg = SimpleNamespace(skip_preflight=skip, preflight_max_logprob_diff=limit, use_rollout_logprobs=False)
+    return Preflight.of(SimpleNamespace(**vars(cfg) | flags), fp32=fp32)
 
 
 def test_thresholds_follow_the_precision_unless_given():
@@ -48,6 +49,14 @@ def test_a_large_gap_stops_with_the_numbers_causes_and_the_way_on():
     assert "--rollout-temperature" in message and message.endswith("--skip-preflight.")
     with pytest.raises(PreflightError, match="above 0.1"):
         preflight(fp32=False).first_step(GOOD | {"train_rollout_logprob_abs_diff": float("nan")})
+
+
+def test_old_log_probs_from_the_engine_leave_the_ratio_to_the_gap_check(capsys):
+    engine_old = GOOD | {"ppo_kl": 3e-3, "train_rollout_logprob_abs_diff": 7e-3}  # old = engine's, bf16
+    preflight(fp32=False, use_rollout_logprobs=True).first_step(engine_old)
+    assert "ratio not checked (--use-rollout-logprobs" in capsys.readouterr().out
+    with pytest.raises(PreflightError, match="ratio is not 1"):
+        preflight(fp32=False).first_step(engine_old)
 
 
 def test_clipped_tokens_on_the_first_step_fail():
