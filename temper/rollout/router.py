@@ -24,7 +24,7 @@ alive), every worker checked at once, starting `health_check_first_wait` seconds
 A worker that fails one check, refuses a connection or drops a request is taken out of the router at
 once (`on_worker_failed(url, reason)` is told): the requests in flight on it are cancelled and sent
 again, whole, to another worker (a request's partial output is discarded, so no sample is counted
-twice). While no worker is left, requests wait up to `worker_startup_timeout` seconds for one to be
+twice; a stream whose first bytes reached the client is not sent again: the client sees it end). While no worker is left, requests wait up to `worker_startup_timeout` seconds for one to be
 added (a restarted engine registers through ``/add_worker``).
 
 Run it: ``python -m temper.rollout.router --workers URL [URL ...] --port N``; in-process (tests,

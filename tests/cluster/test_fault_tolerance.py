@@ -7,8 +7,8 @@ weight sync), injected with signals on the engines' processes:
   takes requests again.
 - --use-fault-tolerance, SIGSTOP (the engine stops answering, its port stays open) while it generates:
   its health check times out, its requests go to the other engine, it is replaced; no sample lost.
-- no fault tolerance, SIGKILL while it generates: the run stops with an error naming the engine, its last
-  log lines and the flag.
+- no fault tolerance, SIGKILL while it generates or in a weight sync: the run stops with an error naming
+  the engine, its last log lines and the flag.
 """
 
 from __future__ import annotations
@@ -159,8 +159,9 @@ def test_sigkill_while_generating_and_during_weight_sync(task, tmp_path, monkeyp
     check_samples(tmp_path, steps)
     restarts = faults.cluster.doctor.restarts
     assert len(restarts) == 2, restarts
-    (old1, new1, _), (old2, new2, _) = restarts
+    (old1, new1, why1), (old2, new2, _) = restarts
     assert old2 == new1 and len({old1, new1, new2}) == 3
+    assert why1.startswith("the connection broke"), why1
     assert {version for version, _ in faults.served} == {0, 1, 2, 3, 4}
     for version, engines in faults.served:  # every engine, restarted ones included, serves the version just sent
         assert set(engines.values()) == {str(version)} and len(engines) == 2, (version, engines)
@@ -174,12 +175,12 @@ def test_stopped_engine_is_replaced(task, tmp_path, monkeypatch):
     def arm(faults):
         faults.signal_while_generating(1, index=1, sig=signal.SIGSTOP)
 
-    steps, faults = run_with(monkeypatch, flags(task, tmp_path, *FT, steps=3), arm)
-    assert [s["step"] for s in steps] == [0, 1, 2] and len(faults.done) == 1, faults.done
+    steps, faults = run_with(monkeypatch, flags(task, tmp_path, *FT, steps=2), arm)
+    assert [s["step"] for s in steps] == [0, 1] and len(faults.done) == 1, faults.done
     check_samples(tmp_path, steps)
     ((old, new, reason),) = faults.cluster.doctor.restarts
-    assert "within 10 s" in reason, reason
-    assert faults.served[-1] == (3, {url: "3" for url in faults.served[-1][1]}) and new in faults.served[-1][1]
+    assert reason == "its health check (a generation) got no answer within 10 s", reason
+    assert faults.served[-1] == (2, {url: "2" for url in faults.served[-1][1]}) and new in faults.served[-1][1]
 
 
 def test_engine_death_without_fault_tolerance_names_engine_log_and_flag(task, tmp_path, monkeypatch):
@@ -192,3 +193,15 @@ def test_engine_death_without_fault_tolerance_names_engine_log_and_flag(task, tm
     log = tmp_path / "run" / "engines" / "engine-0.log"
     assert "--use-fault-tolerance" in message and "engine-0" in message and str(log) in message, message
     assert log.read_text().splitlines()[-1].strip() in message
+
+
+def test_engine_death_in_weight_sync_without_fault_tolerance(task, tmp_path, monkeypatch):
+    def arm(faults):
+        faults.kill_at_sync(1, index=1)
+
+    with pytest.raises(Exception) as failure:
+        run_with(monkeypatch, flags(task, tmp_path, steps=2), arm)
+    message = str(failure.value)
+    assert message.startswith("the weight sync to version 1 failed: engine http://"), message
+    assert "(engine-1, pid" in message and str(tmp_path / "run" / "engines" / "engine-1.log") in message
+    assert "--use-fault-tolerance" in message
