@@ -225,35 +225,58 @@ def test_external_engine(task, tmp_path):
         assert server.state.engine.engine.weight_version == "2"
 
 
-def test_preflight_stops_a_run_whose_first_weight_sync_is_corrupted(task, tmp_path):
-    """An engine (started here, so the test can reach it) that perturbs one tensor after each real weight
-    load: the preflight's check of the first sync stops the run, before any rollout, saying what differs."""
+def run_with_corrupted_engine(task, out: Path, perturb) -> str:
+    """train.py (1 rollout) against an engine started here, which applies `perturb(tensor) -> tensor` to
+    one weight after each real weight load; returns the message the run stopped with."""
     from temper.engine.server import ServerArgs, ServerThread
 
     model, _ = task
-    name = "model.layers.0.mlp.up_proj.weight"
     with ServerThread(ServerArgs(model=str(model), port=0, log_level="warning")) as server:
         engine = server.state.engine.engine
         load = engine.load_weights_from_disk
 
         def load_then_perturb(path: str) -> None:
             load(path)
-            engine.load_weights([(name, engine.get_weights_by_name(name) + 0.5)])
+            engine.load_weights([(CORRUPTED, perturb(engine.get_weights_by_name(CORRUPTED).clone()))])
 
         engine.load_weights_from_disk = load_then_perturb
         flags = task_flags(
-            task, tmp_path, "--rollout-external-engine-addrs", server.url.removeprefix("http://"),
+            task, out, "--rollout-external-engine-addrs", server.url.removeprefix("http://"),
             "--update-weight-transport", "disk", steps=1,
         )  # fmt: skip
         flags[flags.index("--actor-num-gpus-per-node") + 1] = "1"
         flags.remove("--check-weight-update-equal")  # the preflight checks the first sync without it
         with pytest.raises(SystemExit) as stopped:
             load_driver("train").main(flags)
-    message = str(stopped.value)
+    return str(stopped.value)
+
+
+CORRUPTED = "model.layers.0.mlp.down_proj.weight"
+
+
+def test_preflight_stops_a_run_whose_first_weight_sync_is_corrupted(task, tmp_path):
+    """One tensor perturbed on the engine: the preflight's check of the first sync stops the run, before
+    any rollout, saying what differs."""
+    message = run_with_corrupted_engine(task, tmp_path, lambda w: w + 0.5)
     assert message.startswith("train.py: error: preflight: the engines' weights differ from the trainer's after the first")
-    assert f"{name}: max |diff| 0.5" in message or f"{name}: max |diff| 0.4999" in message  # +0.5, fp32 rounding
+    assert f"{CORRUPTED}: max |diff| 0.5" in message or f"{CORRUPTED}: max |diff| 0.4999" in message  # fp32 rounding
     assert message.endswith("--skip-preflight.")
     assert not (tmp_path / "run" / "metrics.jsonl").read_text()  # no step ran
+
+
+def test_preflight_gap_check_catches_what_the_sampled_rows_miss(task, tmp_path):
+    """The weight check compares the first rows of each tensor; rows past them perturbed on the engine pass
+    it, and the first step's trainer-engine log-prob gap stops the run instead."""
+    from temper.cluster.weight_sync import PROBE_ROWS
+
+    def perturb_late_rows(w):
+        w[PROBE_ROWS:] += 0.5
+        return w
+
+    message = run_with_corrupted_engine(task, tmp_path, perturb_late_rows)
+    assert message.startswith("train.py: error: preflight: the trainer and the engines disagree on the log-probs")
+    gap = float(message.split("Found: ", 1)[1].split(",", 1)[0])
+    assert gap > 0.1 and "above 0.1 (--preflight-max-logprob-diff" in message and message.endswith("--skip-preflight.")
 
 
 SEED_QUICK_START = [
