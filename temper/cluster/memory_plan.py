@@ -83,6 +83,8 @@ class ModelSize:
         cfg = hf_config.get("text_config", hf_config)
         heads = cfg["num_attention_heads"]
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+        if cfg.get("kv_lora_rank"):  # multi-head latent attention: a query head is nope + rope wide
+            head_dim = (cfg.get("qk_nope_head_dim") or 0) + (cfg.get("qk_rope_head_dim") or 0) or head_dim
         return cls(
             params=params,
             layers=cfg["num_hidden_layers"],

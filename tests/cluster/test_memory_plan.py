@@ -151,3 +151,10 @@ def test_engine_share_default_is_the_engines():
     from temper.engine import EngineArgs
 
     assert EngineArgs(model="m").mem_fraction_static == ENGINE_MEM_FRACTION
+
+
+def test_latent_attention_width_is_nope_plus_rope_per_head():
+    """DeepSeek-V3's config.json says head_dim 64 (its RoPE part); a query head is 128 + 64 wide."""
+    cfg = {"num_attention_heads": 128, "hidden_size": 7168, "head_dim": 64, "kv_lora_rank": 512,
+           "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "num_hidden_layers": 61, "vocab_size": 129280}
+    assert ModelSize.of(cfg, 671_000_000_000).attention == 128 * 192
