@@ -218,7 +218,9 @@ class RunPlan:
             addrs = cfg.rollout_external_engine_addrs
             return f"{len(addrs)} external engine{_s(len(addrs))} ({', '.join(addrs)}), not started by temper"
         if not r.num_engines:
-            return "no engines: rollouts replayed from --load-debug-rollout-data"
+            if cfg.load_debug_rollout_data:
+                return "no engines: rollouts replayed from --load-debug-rollout-data"
+            return f"no engines: rollouts made by {cfg.rollout_function_path} without generating"
         bundles = [b for group in r.engine_bundles for b in group]
         per = r.gpus_per_engine
         tp = f", tensor parallel over {per}" if per > 1 else ""
@@ -376,7 +378,8 @@ class RunPlan:
 
     def _algorithm(self) -> None:
         cfg = self.cfg
-        if cfg.n_samples_per_prompt == 1 and cfg.advantage_estimator in GROUP_NORMALIZED and cfg.rewards_normalization:
+        if (cfg.n_samples_per_prompt == 1 and cfg.advantage_estimator in GROUP_NORMALIZED and cfg.rewards_normalization
+                and cfg.loss_type != "sft_loss"):  # SFT has no advantages
             self.warnings.append(
                 f"--advantage-estimator {cfg.advantage_estimator} with --n-samples-per-prompt 1: each group has one "
                 f"sample, its own mean, so every advantage is 0 and nothing is learned from the rewards; use several "

@@ -164,3 +164,15 @@ def test_the_driver_announces_the_plan(capsys, monkeypatch):
                                                                                cluster_gpus=None, cores=0))  # fmt: skip
     run_plan.announce(cfg, "train.py")  # too few CPU cores: left to the cluster's start, which says so
     assert capsys.readouterr().out == ""
+
+
+def test_an_sft_run_is_planned_as_one_without_engines_or_advantages():
+    """slime's SFT recipe: its rollout function makes the samples (no engines, no replay), and one sample per
+    prompt is no warning (SFT has no group advantages)."""
+    lines = plan("train.py", "--hf-checkpoint", str(tiny_model_dir("qwen3")), "--rollout-batch-size", "2",
+                 "--num-rollout", "1", "--actor-num-gpus-per-node", "1", "--debug-train-only", "--loss-type",
+                 "sft_loss", "--rollout-function-path", "slime.rollout.sft_rollout.generate_rollout",
+                 "--disable-compute-advantages-and-returns", target=Target("cpu", cores=2))  # fmt: skip
+    text = "\n".join(lines)
+    assert "no engines: rollouts made by" in text and "sft_rollout.generate_rollout without generating" in text
+    assert "--load-debug-rollout-data" not in text and "every advantage is 0" not in text
