@@ -15,6 +15,12 @@ rollout manager runs in the driver process (with the data source the driver buil
 started: a bad prompt file costs nothing), behind temper's router in front of the engines (or the
 router --sglang-router-ip/--sglang-router-port names, to which temper's engines are added).
 
+Engine failures: with --use-fault-tolerance an `EngineDoctor` (fault_tolerance.py) restarts the engines
+temper's router takes out; training, weight syncs and restarts take turns on `sync_lock`, so a restarted
+engine gets weights of exactly the version the others serve. Without it, an engine found dead or stuck
+in a weight sync stops the run with `EngineFailure` (its name, last log lines and the flag); one that
+fails with a request in flight stops it through the router's error, which says the same.
+
 Placement decides colocation; no worker class knows about it: the same `ActorWorker` and
 `EngineWorker` run on shared or separate bundles.
 """

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 ROUTING_KEY_HEADER = "X-Routing-Key"
 _CLIENT_TIMEOUT = object()  # request(): keep the client's read timeout
+ABORT_TIMEOUT_S = 10.0
 
 
 class EngineError(RuntimeError):
@@ -118,9 +119,10 @@ class EngineClient:
         response = await self.request("POST", "/generate", json=payload, headers=headers)
         return orjson.loads(response.content)  # a tenth of json.loads's time on a rollout's log-probs
 
-    async def abort_all(self) -> None:
-        """Abort every request the endpoint is running or queueing (`/abort_request` abort_all)."""
-        await self.request("POST", "/abort_request", json={"abort_all": True}, timeout=30.0)
+    async def abort_all(self, timeout: float = ABORT_TIMEOUT_S) -> None:
+        """Abort every request the endpoint is running or queueing (`/abort_request` abort_all); an engine
+        that does not answer within `timeout` seconds is stuck (an abort only marks requests)."""
+        await self.request("POST", "/abort_request", json={"abort_all": True}, timeout=timeout)
 
     async def health(self, timeout: float = 5.0) -> bool:
         """Whether `/health` answers 2xx within `timeout` seconds (never raises)."""

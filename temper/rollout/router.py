@@ -15,17 +15,20 @@ A worker that refuses a connection is marked unhealthy at once and the request g
 background loop health-checks every worker every `health_check_interval` seconds (unhealthy after 3
 failures in a row, healthy again after one success; an engine's /health runs a one-token generation,
 hence the generous `health_check_timeout`). Unhealthy workers are skipped while a healthy one is left.
-A worker that fails with a request in flight (the connection dropped: the engine died) fails that
-request with a 502 naming the worker and what `describe_worker` says of it.
+A worker that fails with a request in flight (the connection dropped: the engine died; or no answer
+within `request_timeout`) fails that request with a 502 (504) naming the worker and what
+`describe_worker` says of it.
 
 Fault tolerance (`fault_tolerant`, the driver's --use-fault-tolerance): health checks are real
 generations (``/health_generate``; an engine that answers it is paused or has released its memory is
 alive), every worker checked at once, starting `health_check_first_wait` seconds after it registered.
-A worker that fails one check, refuses a connection or drops a request is taken out of the router at
-once (`on_worker_failed(url, reason)` is told): the requests in flight on it are cancelled and sent
-again, whole, to another worker (a request's partial output is discarded, so no sample is counted
-twice; a stream whose first bytes reached the client is not sent again: the client sees it end). While no worker is left, requests wait up to `worker_startup_timeout` seconds for one to be
-added (a restarted engine registers through ``/add_worker``).
+A worker that fails one check, refuses a connection, drops a request or lets one pass
+`request_timeout` is taken out of the router at once (`on_worker_failed(url, reason)` is told): the
+requests in flight on it are cancelled and sent again, whole, to another worker (a request's partial
+output is discarded, so no sample is counted twice; a stream whose first bytes reached the client is
+not sent again: the client sees it end). While no worker is left, requests wait up to
+`worker_startup_timeout` seconds for one to be added (a restarted engine registers through
+``/add_worker``).
 
 Run it: ``python -m temper.rollout.router --workers URL [URL ...] --port N``; in-process (tests,
 `RolloutManager`) with `RouterThread`.
@@ -194,14 +197,12 @@ class Router:
             except httpx.ConnectError as e:
                 logger.warning("router: worker %s refused the connection (%s); marked unhealthy", worker.url, e)
                 self._failed(worker.url, f"it refused the connection ({e})")
-            except httpx.TimeoutException as e:
-                return _error(504, f"engine {worker.url} did not answer {path} within the router's request timeout "
-                                   f"({type(e).__name__}){self.describe_worker(worker.url)}")
-            except (*DEAD, WorkerGone) as e:
-                reason = str(e) if isinstance(e, WorkerGone) else f"the connection broke ({type(e).__name__}: {e})"
+            except (httpx.TimeoutException, *DEAD, WorkerGone) as e:
+                reason = _why_failed(e, self.request_timeout)
                 if not self.fault_tolerant:
                     self.policy.mark_failed(worker.url, at_once=True)
-                    return _error(502, _dead_engine_message(worker.url, path, reason, self.describe_worker(worker.url)))
+                    status = 504 if isinstance(e, httpx.TimeoutException) else 502
+                    return _error(status, _dead_engine_message(worker.url, path, reason, self.describe_worker(worker.url)))
                 logger.warning("router: %s on %s failed (%s); sending it again", path, worker.url, reason)
                 self.take_out(worker.url, reason)
             tried.append(worker.url)
@@ -392,6 +393,14 @@ async def _register_response(router: Router, url: Any) -> Response:
     except ValueError as e:
         return _error(400, str(e))
     return JSONResponse({"status": "ok", "url": worker.url})
+
+
+def _why_failed(error: Exception, request_timeout: float | None) -> str:
+    if isinstance(error, WorkerGone):
+        return str(error)
+    if isinstance(error, httpx.TimeoutException):
+        return f"no answer within {request_timeout:g} s (--router-request-timeout-secs; {type(error).__name__})"
+    return f"the connection broke ({type(error).__name__}: {error})"
 
 
 def _dead_engine_message(url: str, path: str, reason: str, notes: str) -> str:

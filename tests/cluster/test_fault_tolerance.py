@@ -8,11 +8,13 @@ weight sync), injected with signals on the engines' processes:
 - --use-fault-tolerance, SIGSTOP (the engine stops answering, its port stays open) while it generates:
   its health check times out, its requests go to the other engine, it is replaced; no sample lost.
 - no fault tolerance, SIGKILL while it generates or in a weight sync: the run stops with an error naming
-  the engine, its last log lines and the flag.
+  the engine, its last log lines and the flag; SIGSTOP while it generates: the run stops within 2x
+  --router-request-timeout-secs with a timeout error naming the engine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -66,6 +68,9 @@ class Faults:
     def __init__(self, monkeypatch) -> None:
         self.cluster: Cluster | None = None
         self.done: list[str] = []  # what was injected
+        self.signalled_at: float | None = None  # monotonic time of the last signal
+        self.failed_at: float | None = None  # when a rollout raised
+        self.stopped: list[int] = []  # SIGSTOPped pids, killed when the cluster closes (a stopped actor never stops)
         self.served: list[tuple[int, dict]] = []  # after each sync: (version, {engine url: the version it serves})
         self.routed: list[tuple[int, dict]] = []  # before each sync: (version, {url: requests the router sent it})
         real_start, real_update = Cluster.start.__func__, Cluster.update_weights
@@ -81,7 +86,16 @@ class Faults:
             self.served.append((version, dict(zip(cluster.engines.urls, cluster.engines.weight_versions()))))
             return metrics
 
+        real_close = Cluster.close
+
+        def close(cluster):
+            for pid in self.stopped:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            real_close(cluster)
+
         monkeypatch.setattr(Cluster, "start", classmethod(start))
+        monkeypatch.setattr(Cluster, "close", close)
         monkeypatch.setattr(Cluster, "update_weights", update_weights)
 
     def pid(self, index: int) -> int:
@@ -96,7 +110,11 @@ class Faults:
             if r == rollout_id:
                 url, pid = self.cluster.engines.urls[index], self.pid(index)
                 threading.Thread(target=self._when_busy, args=(url, pid, sig, r), daemon=True).start()
-            return real(r)
+            try:
+                return real(r)
+            except Exception:
+                self.failed_at = time.monotonic()
+                raise
 
         rollout.generate = generate
 
@@ -106,6 +124,9 @@ class Faults:
                 loads = client.get(f"{url}/v1/loads").json()["loads"]
                 if any(e["num_running_reqs"] for e in loads):
                     os.kill(pid, sig)
+                    self.signalled_at = time.monotonic()
+                    if sig == signal.SIGSTOP:
+                        self.stopped.append(pid)
                     self.done.append(f"{signal.Signals(sig).name} engine pid {pid} generating rollout {rollout_id}")
                     return
                 time.sleep(0.005)
@@ -205,3 +226,19 @@ def test_engine_death_in_weight_sync_without_fault_tolerance(task, tmp_path, mon
     assert message.startswith("the weight sync to version 1 failed: engine http://"), message
     assert "(engine-1, pid" in message and str(tmp_path / "run" / "engines" / "engine-1.log") in message
     assert "--use-fault-tolerance" in message
+
+
+def test_stopped_engine_without_fault_tolerance_times_out_naming_it(task, tmp_path, monkeypatch):
+    def arm(faults):
+        faults.signal_while_generating(1, index=0, sig=signal.SIGSTOP)
+
+    armed = []
+    with pytest.raises(Exception) as failure:
+        run_with(monkeypatch, flags(task, tmp_path, "--router-request-timeout-secs", "15", steps=2),
+                 lambda faults: armed.append(faults) or arm(faults))
+    (faults,) = armed
+    waited = faults.failed_at - faults.signalled_at
+    message = str(failure.value)
+    assert "HTTP 504" in message and "no answer within 15 s (--router-request-timeout-secs" in message, message
+    assert f"(engine-0, pid {faults.stopped[0]})" in message and "--use-fault-tolerance" in message
+    assert waited < 2 * 15, waited
