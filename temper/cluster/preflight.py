@@ -6,7 +6,8 @@
 
 1. weights: after the first sync the engines hold the trainer's tensors. The --check-weight-update-equal
    probe runs on that sync whether the flag is given or not: the first rows of every tensor sent,
-   compared exactly in the engines' dtype with each engine's ``/get_weights_by_name``.
+   compared exactly in the engines' dtype with each engine's ``/get_weights_by_name``. Not with
+   --rollout-backend sglang, whose ``/get_weights_by_name`` serves only some models (the flag asks).
 2. ratio: the first optimizer step of the run trains the policy that produced its old log-probs, so
    ppo_kl = mean(old − logp) is 0 and the ratio exp(old − logp) is 1 on every token (pg_clipfrac 0),
    within `RATIO_TOLERANCE` (fp32 rounding, or bf16 where old log-probs are recomputed in a separate
@@ -44,6 +45,8 @@ class Preflight:
     enabled: bool
     fp32: bool
     max_logprob_diff: float
+    engine_weights: bool = True
+    """Whether the engines can show their weights (temper's engine; SGLang's only for some models)."""
     engine_old_log_probs: bool = False
     """--use-rollout-logprobs: the old log-probs are the engine's, so the ratio is the gap's business."""
     weights_pending: bool = True
@@ -58,12 +61,13 @@ class Preflight:
             enabled=not cfg.skip_preflight,
             fp32=fp32,
             max_logprob_diff=limit if limit is not None else (FP32_GAP if fp32 else BF16_GAP),
+            engine_weights=getattr(cfg, "rollout_backend", "builtin") == "builtin",
             engine_old_log_probs=bool(getattr(cfg, "use_rollout_logprobs", False)),
         )
 
     @property
     def wants_weights(self) -> bool:
-        return self.enabled and self.weights_pending
+        return self.enabled and self.engine_weights and self.weights_pending
 
     @property
     def wants_first_step(self) -> bool:
@@ -87,7 +91,9 @@ class Preflight:
         """Check the first optimizer step's metrics (ppo_kl, pg_clipfrac, train_rollout_logprob_abs_diff),
         then log what passed."""
         self.first_step_pending = False
-        if self.weights_pending:  # no sync came before the first step: no engines (a replay)
+        if not self.engine_weights:
+            self.passed.append("engine weights not checked (--rollout-backend sglang; --check-weight-update-equal asks)")
+        elif self.weights_pending:  # no sync came before the first step: no engines (a replay)
             self.passed.append("engine weights not checked (no engines)")
         self._ratio(metrics)
         self._gap(metrics)

@@ -12,7 +12,9 @@ GOOD = {"ppo_kl": 0.0, "pg_clipfrac": 0.0, "train_rollout_logprob_abs_diff": 2e-
 
 
 def preflight(fp32: bool = True, skip: bool = False, limit: float | None = None, **flags) -> Preflight:
-    cfg = SimpleNamespace(skip_preflight=skip, preflight_max_logprob_diff=limit, use_rollout_logprobs=False)
+    cfg = SimpleNamespace(
+        skip_preflight=skip, preflight_max_logprob_diff=limit, use_rollout_logprobs=False, rollout_backend="builtin"
+    )
     return Preflight.of(SimpleNamespace(**vars(cfg) | flags), fp32=fp32)
 
 
@@ -102,6 +104,13 @@ def test_the_first_weight_check_passes_and_is_reported(capsys):
     assert check.weights(lambda: 24, version=0) == 24 and not check.wants_weights
     check.first_step(GOOD)
     assert "engine weights equal the trainer's after the first sync (24 tensors compared)" in capsys.readouterr().out
+
+
+def test_sglang_engines_weights_are_checked_only_on_request(capsys):
+    check = preflight(rollout_backend="sglang")
+    assert not check.wants_weights
+    check.first_step(GOOD)
+    assert "engine weights not checked (--rollout-backend sglang" in capsys.readouterr().out
 
 
 def test_skip_preflight_checks_nothing():
