@@ -477,3 +477,43 @@ def test_eval_config_and_passrate_in_a_train_run(task, tmp_path):
     }  # fmt: skip
     assert step["eval/wide"] == step["eval/wide/pass@1"] == 1.0  # the dataset's own reward function
     assert step["eval/wide/response_len_mean"] <= 4 and step["eval/short/response_len_mean"] <= 2
+
+
+def test_a_dead_train_rank_stops_the_run_naming_the_checkpoint_and_load_resumes_it(sync_run, task, tmp_path):
+    """SIGKILL of train rank 0 while it trains rollout 2: the run stops with an error naming the rank, the
+    last checkpoint (rollout 1's) and the command that resumes; that command trains rollouts 2 and 3 as the
+    uninterrupted run did."""
+    import os
+    import signal
+
+    from temper.cluster import run_driver
+
+    train_module = load_driver("train")
+    full, _ = sync_run
+
+    def killing_loop(cfg, cluster, log):
+        train = cluster.train
+
+        def train_killing_rank_0(rollout_id, batch):
+            if rollout_id == 2:
+                os.kill(cluster.actor.ids[0].pid, signal.SIGKILL)
+            return train(rollout_id, batch)
+
+        cluster.train = train_killing_rank_0
+        return train_module.train(cfg, cluster, log)
+
+    ckpt = tmp_path / "ckpt"
+    flags = task_flags(task, tmp_path, "--rollout-num-gpus", "2", "--save", str(ckpt), "--save-interval", "2")
+    with pytest.raises(SystemExit) as stopped:
+        run_driver(killing_loop, flags, prog="train.py")
+    message = str(stopped.value)
+    assert "actor train: actor rank 0 (pid" in message and "died" in message, message
+    assert f"its last checkpoint is rollout 1's in {ckpt}" in message
+    assert message.rstrip().endswith(f"--load {ckpt}")
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 1
+
+    resumed = train_module.main(flags + ["--load", str(ckpt)])
+    assert [s["step"] for s in resumed] == [2, 3]
+    for want, got in zip(full[2:], resumed):
+        exact = [k for k in want if k.startswith(("rollout/raw", "train/loss", "train/grad_norm"))]
+        assert {k: got[k] for k in exact} == {k: want[k] for k in exact}

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from temper.cluster.cluster import Cluster
 from temper.cluster.preflight import PreflightError
+from temper.cluster.remote import WorkerDied
 from temper.cluster.run_plan import announce
 from temper.command_line import parse_config
 from temper.config import ConfigError
@@ -62,6 +63,19 @@ def run_driver(loop: Loop, argv: list[str] | None, prog: str, check=None) -> lis
             return loop(cfg, cluster, log)
     except (ConfigError, DataError, PluginError, PreflightError) as e:
         sys.exit(f"{prog}: error: {e}")
+    except WorkerDied as e:
+        sys.exit(f"{prog}: error: {e}. The run stopped; {resume_advice(cfg, prog, argv)}")
+
+
+def resume_advice(cfg, prog: str, argv: list[str]) -> str:
+    """Where the run's last checkpoint is and the command that resumes from it (--save's tracker)."""
+    last = _checkpoint_rollout(Path(cfg.save)) if cfg.save else None
+    if last is None:
+        why = "--save was not set" if not cfg.save else f"no rollout was saved under --save {cfg.save} yet"
+        return f"there is no checkpoint to resume from ({why})"
+    rest = [a for i, a in enumerate(argv) if a != "--load" and (i == 0 or argv[i - 1] != "--load")]
+    command = shlex.join(["python", prog, *rest, "--load", cfg.save])
+    return f"its last checkpoint is rollout {last}'s in {cfg.save}; resume with: {command}"
 
 
 def watch_rollouts(cfg, cluster, log) -> None:

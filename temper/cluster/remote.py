@@ -28,6 +28,10 @@ class RemoteTimeout(TimeoutError):
     """A Ray call that did not finish within --ray-call-timeout."""
 
 
+class WorkerDied(RuntimeError):
+    """A worker process of the run died (killed, crashed, out of memory) during a call the driver waited on."""
+
+
 @dataclass(frozen=True)
 class WorkerId:
     """What the driver knows of a worker to name it and reach it: `name` (e.g. "actor rank 0"), the host
@@ -64,13 +68,33 @@ def wait_for(refs: list, workers: list[WorkerId | None], operation: str, timeout
     import ray
 
     if timeout_s is None or not refs:
-        return ray.get(refs)
+        return _get(refs, workers, operation)
     _, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
     if not waiting:
-        return ray.get(refs)
+        return _get(refs, workers, operation)
     stuck = [workers[i] if i < len(workers) else None for i, ref in enumerate(refs) if ref in waiting]
     raise RemoteTimeout(f"{operation}: {_describe(stuck)} did not finish within {timeout_s:g} s "
                         f"(--ray-call-timeout){dump_stacks(stuck)}")
+
+
+def _get(refs: list, workers: list[WorkerId | None], operation: str) -> list:
+    """`ray.get(refs)`; WorkerDied naming the worker when one's process died."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    try:
+        return ray.get(refs)
+    except RayActorError as e:
+        dead = []
+        for i, ref in enumerate(refs):
+            try:
+                ray.get(ref, timeout=0)
+            except RayActorError:
+                dead.append(workers[i] if i < len(workers) else None)
+            except Exception:  # noqa: BLE001 -- another worker's own error or a call still running: not dead
+                pass
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WorkerDied(f"{operation}: {_describe(dead or [None])} died ({cause})") from e
 
 
 def dump_stacks(workers: list[WorkerId | None], settle_s: float = 1.0) -> str:
