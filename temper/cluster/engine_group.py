@@ -8,7 +8,9 @@ runs) or on its node's address, and reports its URL.
 `EngineGroup` (driver side) is the run's list of engine URLs — those temper started, or
 `--rollout-external-engine-addrs` — with the control calls the driver makes between phases: pause and
 continue generation around a weight update, release and resume memory around training (--colocate),
-and the weight version each engine serves.
+and the weight version each engine serves. Each engine temper started keeps its `EngineSlot` (its bundle
+and arguments), so that --use-fault-tolerance can restart it in place (`restart`), and writes its log to
+``<run dir>/engines/engine-N.log``, whose last lines name a failure (`describe_failure`).
 
 `--sglang-*` pass-through flags: the built-in engine honours the `SERVER_ARG_OF` names below and names
 the ones it ignores in one warning line; with `--rollout-backend sglang` all of them go to SGLang.
@@ -218,7 +220,7 @@ class EngineCallError(RuntimeError):
     """A control call to an engine that failed or got no answer in time; names the engine and the call."""
 
 
-@dataclass
+@dataclass(eq=False)  # a slot is one engine's place: compared by identity
 class EngineSlot:
     """One engine temper started, and what starts it again: `name` ("engine-0"), the Ray actor
     `options` (its bundle) and `EngineWorker` arguments `args`; `log_file` (see `engine_log_file`) and
