@@ -197,9 +197,6 @@ def _algorithm(cfg: Config) -> None:
         raise ConfigError("--custom-tis-function-path is applied with --use-tis (as in slime); add --use-tis")
     if cfg.use_critic and cfg.loss_type != "policy_loss":
         raise ConfigError("--advantage-estimator ppo trains a critic and needs --loss-type policy_loss")
-
-
-def _sampling(cfg: Config) -> None:
     if cfg.use_rollout_routing_replay:
         raise ConfigError(
             "--use-rollout-routing-replay (R3) needs the engine to return each token's routed experts, which temper's "
@@ -209,6 +206,9 @@ def _sampling(cfg: Config) -> None:
         raise ConfigError(
             f"--moe-aux-loss-coeff and --moe-z-loss-coeff must be >= 0, got {cfg.moe_aux_loss_coeff}, {cfg.moe_z_loss_coeff}"
         )
+
+
+def _sampling(cfg: Config) -> None:
     if not 0 < cfg.rollout_temperature < math.inf:  # also refuses nan
         raise ConfigError(f"--rollout-temperature must be > 0 (it also divides training logits), got {cfg.rollout_temperature}")
     if cfg.rollout_max_response_len is not None and cfg.rollout_max_response_len < 1:
