@@ -190,10 +190,15 @@ def test_sigkill_while_generating_and_during_weight_sync(task, tmp_path, monkeyp
     assert len(faults.done) == 2 and "rollout 1" in faults.done[0] and "version 3" in faults.done[1], faults.done
     check_samples(tmp_path, steps)
     restarts = faults.cluster.doctor.restarts
-    assert len(restarts) == 2, restarts
-    (old1, new1, why1), (old2, new2, _) = restarts
-    assert old2 == new1 and len({old1, new1, new2}) == 3
+    # The two kills' engines are restarted. The surviving engine may be restarted too when the kill in the
+    # sync leaves it stuck in the broken broadcast (it then misses its health check): timing decides.
+    assert len(restarts) >= 2, restarts
+    old1, new1, why1 = restarts[0]
     assert why1.startswith("the connection broke"), why1
+    again = [new for old, new, _ in restarts[1:] if old == new1]
+    assert len(again) == 1, restarts  # the restarted engine, killed in the sync, restarted once more
+    new2 = again[0]
+    assert len({old1, new1, new2}) == 3
     assert {version for version, _ in faults.served} == {0, 1, 2, 3, 4}
     for version, engines in faults.served:  # every engine, restarted ones included, serves the version just sent
         assert set(engines.values()) == {str(version)} and len(engines) == 2, (version, engines)
