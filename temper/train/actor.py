@@ -310,6 +310,10 @@ class Actor:
         self.trainable.onload()
 
 
+MEASURED_METRICS = ("memory_peak_gib", "memory_reserved_gib", "host_mem_peak_gib", "mfu")
+"""Metrics of `Actor.update` measured from the machine, not computed by training: two runs of the same steps
+agree on every metric but these."""
+
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "H20": 148e12, "A100": 312e12, "A800": 312e12,
                    "B200": 2250e12, "L40S": 362e12}  # fmt: skip
 """Dense bf16 peak per GPU (NVIDIA's data sheets, SXM parts), by a name fragment of the device."""

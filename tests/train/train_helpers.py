@@ -153,3 +153,10 @@ def _rank_main(fn, rank: int, world_size: int, backend: str, tmp_dir: str, args:
         torch.save(fn(*args), Path(tmp_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def computed(metrics: dict) -> dict:
+    """`metrics` without the ones measured from the machine (memory peaks, MFU: Actor's MEASURED_METRICS)."""
+    from temper.train.actor import MEASURED_METRICS
+
+    return {k: v for k, v in metrics.items() if k not in MEASURED_METRICS}
