@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from temper.rollout.engine_client import load_entries
+
 REFRESH_S = 0.5
 QUIET_S = 30.0
 
@@ -137,8 +139,7 @@ class EngineWatcher:
                 body = self._http.get(f"{url}/v1/loads", params={"include": "core"}).json()
             except Exception:  # noqa: BLE001 -- an engine that does not answer now: no figure this time
                 return None
-            entries = body.get("loads", [body]) if isinstance(body, dict) else body
-            for entry in entries:
+            for entry in load_entries(body):
                 if "num_finished_reqs" not in entry:
                     return None
                 finished += float(entry["num_finished_reqs"])

@@ -134,10 +134,7 @@ class EngineClient:
 
     async def loads(self) -> list[dict[str, Any]]:
         """`/v1/loads?include=core`: one dict per DP rank (num_running_reqs, num_waiting_reqs, ...)."""
-        body = (await self.request("GET", "/v1/loads", params={"include": "core"}, timeout=30.0)).json()
-        if isinstance(body, dict) and isinstance(body.get("loads"), list):
-            return body["loads"]
-        return [body] if isinstance(body, dict) else list(body)
+        return load_entries((await self.request("GET", "/v1/loads", params={"include": "core"}, timeout=30.0)).json())
 
     async def num_requests(self) -> int:
         """Requests running or waiting on the endpoint, summed over its DP ranks."""
@@ -168,6 +165,13 @@ class EngineClient:
         if isinstance(body, dict) and "workers" in body:
             return [w["url"] if isinstance(w, dict) else str(w) for w in body["workers"]]
         return list(body.get("urls", [])) if isinstance(body, dict) else [str(u) for u in body]
+
+
+def load_entries(body: Any) -> list[dict[str, Any]]:
+    """The per-DP-rank dicts of a ``/v1/loads`` answer (``{"loads": [...]}``, one dict, or a list)."""
+    if isinstance(body, dict) and isinstance(body.get("loads"), list):
+        return body["loads"]
+    return [body] if isinstance(body, dict) else list(body)
 
 
 def _error_message(response: httpx.Response) -> str:
