@@ -30,6 +30,11 @@ not sent again: the client sees it end). While no worker is left, requests wait 
 `worker_startup_timeout` seconds for one to be added (a restarted engine registers through
 ``/add_worker``).
 
+Access: with `api_key`, every route but ``/health`` needs ``Authorization: Bearer KEY`` (401);
+`worker_api_key` is sent to the engines on every call (engines started with ``--api-key``; a run whose
+engines listen on other nodes gives them a per-run key). A router that listens beyond loopback
+without `api_key` does not start: anyone who reaches its port could add or remove workers.
+
 Run it: ``python -m temper.rollout.router --workers URL [URL ...] --port N``; in-process (tests,
 `RolloutManager`) with `RouterThread`.
 """
@@ -88,6 +93,8 @@ class Router:
         max_connections: int = 4096,
         fault_tolerant: bool = False,
         health_check_first_wait: float = 0.0,
+        api_key: str | None = None,
+        worker_api_key: str | None = None,
     ) -> None:
         self.policy = RoutingPolicy()
         self.initial_workers = [u.rstrip("/") for u in worker_urls]
@@ -104,6 +111,8 @@ class Router:
         self.worker_startup_timeout = worker_startup_timeout
         self.request_timeout = request_timeout
         self.max_connections = max_connections
+        self.api_key = api_key
+        self.worker_api_key = worker_api_key
         self.http: httpx.AsyncClient | None = None
         self.app = self._build_app()
 
@@ -246,7 +255,7 @@ class Router:
 
     async def _send(self, worker: Worker, request: Request, path: str, body: bytes, stream: bool) -> Response:
         headers = {"content-type": request.headers.get("content-type", "application/json")}
-        if "authorization" in request.headers:  # engines started with --api-key
+        if self.worker_api_key is None and "authorization" in request.headers:  # the client's key for the engines
             headers["authorization"] = request.headers["authorization"]
         upstream = self.http.build_request(request.method, f"{worker.url}{path}", content=body, headers=headers)
         self.policy.started(worker)
@@ -294,7 +303,8 @@ class Router:
         async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
             timeout = httpx.Timeout(self.request_timeout, connect=10.0)
-            self.http = httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False)
+            auth = {"Authorization": f"Bearer {self.worker_api_key}"} if self.worker_api_key else None
+            self.http = httpx.AsyncClient(limits=limits, timeout=timeout, headers=auth, trust_env=False)
             health = None
             try:
                 for url in await asyncio.gather(*(self._wait_healthy(u) for u in self.initial_workers)):
@@ -307,6 +317,8 @@ class Router:
                 await self.http.aclose()
 
         app = FastAPI(title="temper router", lifespan=lifespan)
+        if self.api_key is not None:
+            app.add_middleware(KeyCheck, key=self.api_key)
         for path in FORWARDED_ROUTES:
             app.add_api_route(path, self._forwarder(path), methods=["POST", "PUT"] if path == "/generate" else ["POST"])
         for path in INFO_ROUTES:
@@ -331,6 +343,36 @@ class Router:
             return _error(503, f"no healthy worker answered {path}")
 
         return handler
+
+
+class KeyCheck:
+    """Every route but /health needs ``Authorization: Bearer KEY`` (ASGI middleware; 401 otherwise)."""
+
+    def __init__(self, app: Any, key: str) -> None:
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] != "/health":
+            if dict(scope.get("headers") or []).get(b"authorization") != self.expected:
+                return await _error(401, "Unauthorized: send 'Authorization: Bearer KEY' with the router's --api-key")(
+                    scope, receive, send
+                )
+        return await self.app(scope, receive, send)
+
+
+def loopback(host: str) -> bool:
+    """Whether binding `host` listens on the loopback interface only."""
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+def check_exposure(host: str, api_key: str | None) -> None:
+    """ValueError when a router would listen beyond loopback without an API key."""
+    if api_key is None and not loopback(host):
+        raise ValueError(
+            f"the router would listen on {host} (beyond loopback) without an API key, so anyone who reaches its port "
+            "could add or remove workers; start it with --api-key KEY (clients send 'Authorization: Bearer KEY'), "
+            "or bind --host 127.0.0.1"
+        )
 
 
 def _add_admin_routes(app: FastAPI, router: Router) -> None:
@@ -442,6 +484,7 @@ class RouterThread(UvicornThread):
     """
 
     def __init__(self, router: Router, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 330.0) -> None:
+        check_exposure(host, router.api_key)
         self.router = router
         config = uvicorn.Config(router.app, host=host, port=port, log_level="warning", timeout_keep_alive=60)
         super().__init__(config, name="temper-router", startup_timeout=startup_timeout)
@@ -472,8 +515,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--request-timeout", type=float, default=None, help="seconds a forwarded request may take (default: none)"
     )
+    parser.add_argument("--use-fault-tolerance", action="store_true",
+                        help="health checks are generations; a failed worker leaves at once and its requests in "
+                             "flight are sent again, whole, to the others")
+    parser.add_argument("--health-check-first-wait", type=float, default=0.0,
+                        help="seconds after a worker registered before its health checks start (fault tolerance)")
+    parser.add_argument("--api-key", default=None,
+                        help="require 'Authorization: Bearer KEY' on every route but /health (needed to listen "
+                             "beyond loopback)")
+    parser.add_argument("--worker-api-key", default=None,
+                        help="send 'Authorization: Bearer KEY' to the workers (engines started with --api-key)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
+    try:
+        check_exposure(args.host, args.api_key)
+    except ValueError as e:
+        parser.error(str(e))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     router = Router(
         args.workers,
@@ -481,6 +538,10 @@ def main(argv: list[str] | None = None) -> None:
         health_check_timeout=args.health_check_timeout,
         worker_startup_timeout=args.worker_startup_timeout,
         request_timeout=args.request_timeout,
+        fault_tolerant=args.use_fault_tolerance,
+        health_check_first_wait=args.health_check_first_wait,
+        api_key=args.api_key,
+        worker_api_key=args.worker_api_key,
     )
     logger.info("temper router on http://%s:%d over %s", args.host, args.port, args.workers)
     uvicorn.run(router.app, host=args.host, port=args.port, log_level=args.log_level)

@@ -220,3 +220,35 @@ def test_fault_tolerance_flags_reach_the_router(tmp_path):
         make_args("--use-fault-tolerance", "--rollout-health-check-timeout", "0")
     with pytest.raises(ConfigError, match="engine health checks are part of --use-fault-tolerance"):
         make_args("--rollout-health-check-interval", "5")
+
+
+def test_api_key_is_checked_on_every_route_and_the_workers_get_theirs():
+    """With api_key, every route but /health answers 401 without it; the engines get worker_api_key (not
+    the client's key) on forwarded requests and on the router's own calls."""
+    app = fake_engine_app("engine")
+    with serve(app) as url, start_router([url], worker_startup_timeout=5, api_key="client-key",
+                                         worker_api_key="engine-key") as router:
+        with httpx.Client(base_url=router.url, timeout=TIMEOUT, trust_env=False) as client:
+            assert client.get("/health").status_code == 200
+            for method, path in (("POST", "/generate"), ("GET", "/workers"), ("POST", "/add_worker"),
+                                 ("POST", "/remove_worker"), ("POST", "/flush_cache"), ("GET", "/v1/loads")):
+                r = client.request(method, path, json={"input_ids": [1]})
+                assert r.status_code == 401 and "--api-key" in r.json()["error"]["message"], path
+            auth = {"Authorization": "Bearer client-key"}
+            assert client.post("/generate", json={"input_ids": [1]}, headers=auth).status_code == 200
+            assert client.post("/flush_cache", headers=auth).status_code == 200
+            assert client.get("/list_workers", headers=auth).json() == {"urls": [url]}
+    assert [(path, headers["authorization"]) for path, _, headers in app.state.calls] == [
+        ("/generate", "Bearer engine-key"), ("/flush_cache", "Bearer engine-key")]
+
+
+def test_a_router_beyond_loopback_needs_an_api_key(capsys):
+    from temper.rollout.router import Router, RouterThread
+
+    with pytest.raises(ValueError, match=r"on 0\.0\.0\.0 \(beyond loopback\) without an API key.*--api-key KEY"):
+        RouterThread(Router([]), host="0.0.0.0")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--host", "0.0.0.0", "--port", "0"])
+    assert exit_info.value.code == 2 and "--api-key KEY" in capsys.readouterr().err
+    with RouterThread(Router([], api_key="k"), host="0.0.0.0").start() as router:  # with a key it starts
+        assert httpx.get(f"http://127.0.0.1:{router.port}/health", timeout=TIMEOUT, trust_env=False).status_code == 503
