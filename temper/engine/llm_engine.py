@@ -31,6 +31,7 @@ from temper.engine.sampling_params import SamplingParams
 from temper.engine.scheduler import Scheduler
 from temper.engine.sequence import RequestOutput, Sequence
 from temper.engine.stop_checker import StopChecker
+from temper.engine.weight_checksum import to_ints, weight_checksum
 
 DEFAULT_MAX_MODEL_LEN = 4096
 MEMORY_TAGS = ("weights", "kv_cache")
@@ -196,6 +197,24 @@ class LLMEngine:
 
     def get_weights_by_name(self, name: str) -> torch.Tensor:
         return self.model_runner.get_weight(name)
+
+    def weight_checksums(self, names: list[str] | None = None) -> dict[str, int | None]:
+        """{HF name: `weight_checksum` of the full weight, in the engine's dtype and the HF layout} for
+        `names` (default: every weight the model loads); None for a name the engine does not use (a
+        buffer it computes itself). ValueError for an unknown name, before any is computed. One weight
+        at a time on the device (gathered under tensor parallelism); the sums are copied out at the end."""
+        weights = self.model_runner.weight_map
+        names = weights.hf_names() if names is None else list(names)
+        used = [name for name in names if not weights.ignored(name)]
+        for name in used:
+            weights.resolve(name)
+        sums = dict(zip(used, to_ints([weight_checksum(self.model_runner.get_weight(name)) for name in used])))
+        return {name: sums.get(name) for name in names}
+
+    @property
+    def weight_dtype(self) -> str:
+        """The dtype the engine holds its weights in ("bfloat16", "float32", ...)."""
+        return str(self.model_runner.dtype).removeprefix("torch.")
 
     # ---- cache and memory -------------------------------------------------------------------
     def flush_cache(self) -> bool:

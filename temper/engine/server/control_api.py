@@ -38,6 +38,7 @@ from temper.engine.server.protocol import (
     UpdateWeightsFromDistributedReq,
     UpdateWeightsFromTensorReq,
     UpdateWeightVersionReq,
+    WeightsChecksumReq,
     note_ignored,
     parse_model,
 )
@@ -329,3 +330,18 @@ async def get_weights_by_name(request: Request) -> Response:
     except (ValueError, KeyError) as e:
         return native_error(f"name: {e}")
     return json_response(tensor[: body.truncate_size].float().cpu().tolist())
+
+
+@router.post("/weights_checksum")
+async def weights_checksum(request: Request) -> Response:
+    """temper's own route (SGLang has none): an exact checksum of each full weight named in ``names``
+    (null: all), in the engine's dtype and the Hugging Face layout (`temper.engine.weight_checksum`):
+    ``{"dtype": "bfloat16", "checksums": {name: int | null}}``, null for a name the engine does not use.
+    A weight sync's check compares them with the trainer's; ``names: []`` answers the dtype alone."""
+    try:
+        body = await _body(request, WeightsChecksumReq)
+        engine = state_of(request).engine
+        checksums = await engine.call(engine.engine.weight_checksums, body.names)
+    except (ValueError, KeyError) as e:
+        return native_error(f"names: {e}")
+    return json_response({"dtype": engine.engine.weight_dtype, "checksums": checksums})

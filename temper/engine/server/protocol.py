@@ -237,3 +237,7 @@ class MemoryReq(Body):
 class GetWeightsByNameReq(Body):
     name: str
     truncate_size: int = 100
+
+
+class WeightsChecksumReq(Body):
+    names: list[str] | None = None  # Hugging Face names; null: every weight the model loads

@@ -157,3 +157,26 @@ def test_cuda_ipc_update_is_refused_clearly_on_a_cpu_engine(http):
     r = http.post("/update_weights_from_tensor", json={**body, "safetensors_path": "/x.safetensors"})
     assert r.status_code == 400 and "takes the cuda_ipc field and neither" in r.json()["message"]
     assert http.get("/get_weight_version").json() == before
+
+
+def test_weights_checksum_equals_the_checkpoint_s_in_the_engine_s_dtype(http, model_dir):
+    """/weights_checksum: every weight, the fused q/k/v and gate/up ones by their own HF names, checksummed in the
+    Hugging Face layout equals the checksum of the checkpoint tensor cast to the engine's dtype."""
+    from temper.engine.weight_checksum import weight_checksum
+
+    other, original = model_dir("qwen3", seed=1), model_dir("qwen3", seed=0)
+    assert http.post("/update_weights_from_disk", json={"model_path": str(other)}).json()["success"]
+    try:
+        answer = http.post("/weights_checksum", json={}).json()
+        dtype = getattr(torch, answer["dtype"])
+        want = {name: int(weight_checksum(t, dtype)) for name, t in iter_safetensors(other)}
+        assert {"model.layers.0.self_attn.k_proj.weight", "model.layers.0.mlp.up_proj.weight"} <= set(answer["checksums"])
+        assert answer["checksums"] == {name: want[name] for name in answer["checksums"]}
+        names = ["model.layers.0.self_attn.v_proj.weight", "model.layers.0.self_attn.rotary_emb.inv_freq"]
+        r = http.post("/weights_checksum", json={"names": names})
+        assert r.json()["checksums"] == {names[0]: want[names[0]], names[1]: None}  # a buffer the engine computes
+        assert http.post("/weights_checksum", json={"names": []}).json() == {"dtype": answer["dtype"], "checksums": {}}
+        r = http.post("/weights_checksum", json={"names": ["model.no_such.weight"]})
+        assert r.status_code == 400 and "names: unknown weight name 'model.no_such.weight'" in r.json()["error"]["message"]
+    finally:
+        http.post("/update_weights_from_disk", json={"model_path": str(original), "weight_version": "disk-v0"})

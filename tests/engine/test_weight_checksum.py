@@ -1,0 +1,55 @@
+"""The weight checksum (temper/engine/weight_checksum.py): exact and layout-independent, so that trainer and
+engine agree on equal weights whatever their devices, strides and chunking; any one changed element and
+two swapped rows change it."""
+
+import pytest
+import torch
+
+from temper.engine import weight_checksum as wc
+from temper.engine.weight_checksum import P, to_ints, weight_checksum
+
+
+def reference(tensor: torch.Tensor) -> int:
+    """The module docstring's formula in Python integers."""
+    words = tensor.contiguous().reshape(-1).view(torch.int16 if tensor.element_size() % 2 == 0 else torch.uint8)
+    return sum(int(h) * (1 + i % (P - 1)) for i, h in enumerate(words.tolist())) % P
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int8])
+def test_the_checksum_is_the_formula(dtype):
+    tensor = (torch.randn(7, 5) * 50).to(dtype)
+    assert int(weight_checksum(tensor)) == reference(tensor)
+
+
+def test_layout_chunking_and_casts_do_not_change_it(monkeypatch):
+    tensor = torch.randn(64, 33)
+    want = int(weight_checksum(tensor))
+    assert int(weight_checksum(tensor.t().contiguous().t())) == want  # column-major strides, same elements
+    monkeypatch.setattr(wc, "CHUNK", 100)  # many passes of a few rows
+    assert int(weight_checksum(tensor)) == want
+    assert int(weight_checksum(tensor, torch.bfloat16)) == int(weight_checksum(tensor.bfloat16()))
+    assert int(weight_checksum(torch.tensor(2.5))) == reference(torch.tensor([2.5]))  # a 0-dim tensor
+    assert int(weight_checksum(torch.zeros(0, 3))) == 0
+
+
+def test_one_changed_element_anywhere_changes_it():
+    tensor = torch.randn(512, 96)
+    want = int(weight_checksum(tensor))
+    for row, col in [(0, 0), (256, 48), (511, 95)]:
+        for changed in (torch.nextafter(tensor[row, col], torch.tensor(9.0)), -tensor[row, col]):
+            other = tensor.clone()
+            other[row, col] = changed  # the smallest step up (last mantissa bit), or the sign bit
+            assert int(weight_checksum(other)) != want, (row, col)
+
+
+def test_swapped_rows_and_a_transpose_change_it():
+    tensor = torch.randn(16, 16)
+    swapped = tensor.clone()
+    swapped[[3, 9]] = swapped[[9, 3]]
+    assert int(weight_checksum(swapped)) != int(weight_checksum(tensor))
+    assert int(weight_checksum(tensor.t())) != int(weight_checksum(tensor))
+
+
+def test_to_ints_copies_the_sums_in_order():
+    sums = [weight_checksum(torch.full((3,), float(v))) for v in range(4)]
+    assert to_ints(sums) == [int(s) for s in sums] and to_ints([]) == []
