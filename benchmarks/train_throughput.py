@@ -250,10 +250,47 @@ def profile(actor, batch: RolloutBatch, rollout_id: int, folder: str) -> None:
         sync(actor.env.device)
     key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
     table = prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=80)
+    gaps = idle_gaps(prof) if torch.cuda.is_available() else ""
     if dist.get_rank() == 0:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        (Path(folder) / "train_profile.txt").write_text(table)
+        (Path(folder) / "train_profile.txt").write_text(table + "\n" + gaps)
         log(table)
+        log(gaps)
+
+
+def idle_gaps(prof, top: int = 15, min_us: float = 20.0) -> str:
+    """Where the GPU waits on the host: the union of the device's kernel/copy intervals over the
+    profiled span, the idle time between them, and the largest gaps with the CPU ops running then
+    (the GPU's queue is empty during a gap, so the host's current op is what it waits for)."""
+    events = list(prof.events())
+    device = sorted((e.time_range.start, e.time_range.end) for e in events if e.device_type.name == "CUDA")
+    cpu = [e for e in events if e.device_type.name == "CPU"]
+    if not device:
+        return "no device events"
+    busy, gaps, (start, end) = 0.0, [], device[0]
+    for a, b in device[1:]:
+        if a > end:
+            busy += end - start
+            if a - end >= min_us:
+                gaps.append((a - end, end, a))
+            start, end = a, b
+        else:
+            end = max(end, b)
+    busy += end - start
+    span = device[-1][1] - device[0][0]
+    lines = [f"GPU busy {busy / 1e3:.1f} ms of a {span / 1e3:.1f} ms span ({busy / span:.0%}); "
+             f"{len(gaps)} gaps >= {min_us:.0f} us sum to {sum(g[0] for g in gaps) / 1e3:.1f} ms"]  # fmt: skip
+    by_op: dict[str, float] = {}
+    for length, a, b in gaps:
+        middle = (a + b) / 2
+        running = sorted((e for e in cpu if e.time_range.start <= middle <= e.time_range.end),
+                         key=lambda e: e.time_range.start)  # fmt: skip
+        chain = " > ".join(e.name for e in running[-3:]) or "(no CPU op)"
+        by_op[chain] = by_op.get(chain, 0.0) + length
+    lines.append("idle by the CPU ops running in the gap (innermost three), largest first:")
+    for chain, length in sorted(by_op.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {length / 1e3:8.2f} ms  {chain[:200]}")
+    return "\n".join(lines)
 
 
 # -- naive HF loop -----------------------------------------------------------------------------------
