@@ -9,7 +9,8 @@ A graph bakes in the addresses of everything it touches: weights, rotary tables,
 input buffer. Weight updates copy in place (`WeightMap.load`), so graphs stay valid across them; moving
 the weights (`offload_weights` / `reload_weights`) or reallocating the KV cache invalidates them, and
 the runner then calls `reset()`; the next decode step captures again. Capture needs the Triton
-attention backend (the reference backend sizes its gathers on the host, per step).
+attention backend (the reference backend sizes its gathers on the host, per step) and, for an MoE model,
+the grouped experts (kernel group "moe"; the reference loop reads each expert's token count on the host).
 """
 
 from __future__ import annotations

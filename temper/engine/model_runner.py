@@ -5,10 +5,10 @@ batch tensors (`StepInputs`: numpy on the host, one asynchronous copy), runs the
 computes logits only at the last position of each sequence that samples, and calls the sampler.
 
 On CUDA the fast path is chosen at start (`kernels.enable`): Triton kernels for the layer ops, the
-paged attention and the sampler, each group kept only if it passes a self-check against the PyTorch
-reference, and decode steps replayed from CUDA graphs (`cuda_graph.py`). On CPU, or with
-``EngineArgs.kernels="torch"``, everything runs the PyTorch reference. The only host synchronisation
-per step is reading the sampled tokens and log-probs.
+paged attention and the sampler, grouped GEMMs for an MoE model's experts, each group kept only if it
+passes a self-check against the PyTorch reference, and decode steps replayed from CUDA graphs
+(`cuda_graph.py`). On CPU, or with ``EngineArgs.kernels="torch"``, everything runs the PyTorch
+reference. The only host synchronisation per step is reading the sampled tokens and log-probs.
 
 Tensor parallelism (``EngineArgs.tensor_parallel_size`` N > 1): the engine's runner is rank 0; it
 starts ranks 1..N-1 as worker processes (`tp_worker.TPWorkers`), each a `ModelRunner` of its own
@@ -36,6 +36,7 @@ from temper.engine.attention import TorchPagedAttention
 from temper.engine.cuda_graph import DecodeGraphs
 from temper.engine.engine_args import EngineArgs
 from temper.engine.models import model_class
+from temper.engine.models.moe import GroupedExperts
 from temper.engine.sampler import Sampler
 from temper.engine.sampling_params import SamplingParams
 from temper.engine.scheduler import ScheduledBatch
@@ -146,12 +147,7 @@ class ModelRunner:
         self.sampler = Sampler()
         self.inputs = StepInputs(self.device, self.block_size, max_model_len, args.max_num_seqs,
                                  args.max_num_batched_tokens, self.vocab_size)
-        # A model whose decode step cannot be captured (the MoE reference path reads expert counts on the
-        # host) says so with CUDA_GRAPHS = False and decodes eagerly.
-        self.graphs = (DecodeGraphs(self, args.max_num_seqs)
-                       if self.device.type == "cuda" and args.cuda_graphs and "attention" in self.kernel_groups
-                       and getattr(self.model, "CUDA_GRAPHS", True)
-                       else None)
+        self.graphs = DecodeGraphs(self, args.max_num_seqs) if self._capturable() else None
         self.kv_cache: torch.Tensor | None = None
         self.weights_on_device = True
         self.num_kv_blocks = self.tp.agree_min("num_kv_blocks", [args.num_kv_blocks or self._auto_num_kv_blocks()])[0]
@@ -187,13 +183,24 @@ class ModelRunner:
         kernels.set_enabled(groups)
         return groups
 
+    def _capturable(self) -> bool:
+        """Whether decode steps run from CUDA graphs: on CUDA, with the Triton attention backend and the
+        kernel groups the model names (`CUDA_GRAPH_KERNELS`: an MoE model's reference dispatch reads expert
+        counts on the host); otherwise decode runs eagerly."""
+        return (self.device.type == "cuda" and self.args.cuda_graphs
+                and self.attention_backend is not self.reference_backend
+                and all(group in self.kernel_groups for group in self.model.CUDA_GRAPH_KERNELS))
+
     def _shape(self, hf_config) -> SimpleNamespace:
         _num_layers, num_kv_heads, head_dim = self.kv_shape
+        experts = next((m for m in self.model.modules() if isinstance(m, GroupedExperts)), None)
         return SimpleNamespace(num_heads=self.num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
                                hidden_size=hf_config.hidden_size,
                                intermediate_size=hf_config.intermediate_size // self.tp.size,
                                block_size=self.block_size, vocab_size=self.vocab_size,
-                               qk_norm=getattr(self.model.model.layers[0].self_attn, "qk_norm", False))
+                               qk_norm=getattr(self.model.model.layers[0].self_attn, "qk_norm", False),
+                               experts=None if experts is None else (experts.num_experts, experts.hidden_size,
+                                                                     experts.local_size, experts.top_k))
 
     def _attention_backend(self):
         # A model whose attention the paged kernel does not serve (MLA) says PAGED_ATTENTION_KERNEL = False.

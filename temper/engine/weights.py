@@ -4,7 +4,10 @@ engine's (partly fused) parameters.
 `WeightMap` is the single translation from HF names to engine parameters: a fused projection's HF name
 (``...self_attn.q_proj.weight``) maps to the engine parameter (``...self_attn.qkv_proj.weight``) and a
 shard id; the parameter's own ``weight_loader`` / ``shard_view`` (see `models/layers.py`) does the rest.
-With tied embeddings ``lm_head.weight`` is the embedding matrix. Under tensor parallelism every rank
+With tied embeddings ``lm_head.weight`` is the embedding matrix. A parameter that stacks numbered HF
+modules (an MoE block's experts: ``num_stacked`` = E on the parameter) takes HF's
+``...experts.{e}.gate_proj.weight`` as ``...experts.gate_up_proj.weight`` with shard id (e, "gate"): the
+index before the module name moves into the shard id. Under tensor parallelism every rank
 loads the full HF tensors (its parameters keep their slices) and `get` gathers the full tensor back
 (a collective: every rank calls it).
 """
@@ -64,19 +67,33 @@ class WeightMap:
                 break
         param = self.params.get(name)
         if param is None:
+            param, shard_id = self._resolve_stacked(name, shard_id)
+        if param is None:
             raise ValueError(
                 f"unknown weight name {hf_name!r}: {type(self.model).__name__} has no such parameter "
                 f"(expected Hugging Face names such as 'model.layers.0.self_attn.q_proj.weight')"
             )
         return param, shard_id
 
+    def _resolve_stacked(self, name: str, shard_id: str | None) -> tuple[torch.nn.Parameter | None, object]:
+        """``...experts.{e}.<module>.weight`` -> (the stacked ``...experts.<module>.weight``, (e, shard_id)),
+        or (None, shard_id) when no stacked parameter holds expert e under that name."""
+        parts = name.split(".")
+        if len(parts) < 3 or not parts[-3].isdigit():
+            return None, shard_id
+        param = self.params.get(".".join(parts[:-3] + parts[-2:]))
+        index = int(parts[-3])
+        if param is None or index >= getattr(param, "num_stacked", 0):
+            return None, shard_id
+        return param, (index, shard_id)
+
     def hf_names(self) -> list[str]:
-        """Every HF name the model needs (fused parameters expanded into their shards)."""
+        """Every HF name the model needs (stacked and fused parameters expanded into their shards)."""
         inverse = {}
         for hf_module, (engine_module, shard) in self.packed.items():
             inverse.setdefault(engine_module, []).append(hf_module)
         names = []
-        for name in self.params:
+        for name in self._unstacked_names():
             parts = name.split(".")
             fused = next((p for p in parts if p in inverse), None)
             if fused is None:
@@ -84,6 +101,18 @@ class WeightMap:
                 continue
             for hf_module in inverse[fused]:
                 names.append(".".join(hf_module if p == fused else p for p in parts))
+        return names
+
+    def _unstacked_names(self) -> list[str]:
+        """The parameters' names, a stacked one (``num_stacked`` = E) as E numbered names."""
+        names = []
+        for name, param in self.params.items():
+            stacked = getattr(param, "num_stacked", None)
+            if stacked is None:
+                names.append(name)
+                continue
+            parts = name.split(".")
+            names += [".".join(parts[:-2] + [str(e)] + parts[-2:]) for e in range(stacked)]
         return names
 
     def load(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> set[str]:

@@ -1,4 +1,5 @@
-"""The sparse MoE block (temper/engine/models/moe.py) against Hugging Face's Qwen3-MoE block."""
+"""The sparse MoE block (temper/engine/models/moe.py) against Hugging Face's Qwen3-MoE block, and its two
+dispatch paths (the per-expert loop and the grouped GEMMs) against each other on CPU."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import torch
 from transformers import AutoConfig
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
 
-from temper.engine.models.moe import SparseMoeBlock, softmax_topk
+from temper.engine import kernels
+from temper.engine.models import moe
+from temper.engine.models.moe import SparseMoeBlock, dispatch_grouped, dispatch_loop, softmax_topk
 from temper.engine.models.qwen3_moe import is_sparse_layer
 from temper.engine.tp_group import TPGroup
 
@@ -28,14 +31,14 @@ def block_pair(config, seed: int = 0) -> tuple[Qwen3MoeSparseMoeBlock, SparseMoe
             p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
     ours = SparseMoeBlock(config, TPGroup())
     size = config.moe_intermediate_size
+    gate_up, down = ours.experts.gate_up_proj.weight, ours.experts.down_proj.weight
     with torch.no_grad():
         ours.gate.weight.copy_(hf.gate.weight)
-        for e, expert in enumerate(ours.experts):
-            gate_up = hf.experts.gate_up_proj[e]
-            for shard, rows in (("gate", gate_up[:size]), ("up", gate_up[size:])):
-                weight = expert.gate_up_proj.weight
-                weight.weight_loader(weight, rows, shard)
-            expert.down_proj.weight.copy_(hf.experts.down_proj[e])
+        for e in range(config.num_experts):  # per expert and shard, as the checkpoint's names arrive
+            rows = hf.experts.gate_up_proj[e]
+            gate_up.weight_loader(gate_up, rows[:size], (e, "gate"))
+            gate_up.weight_loader(gate_up, rows[size:], (e, "up"))
+            down.weight_loader(down, hf.experts.down_proj[e], (e, None))
     return hf, ours
 
 
@@ -59,11 +62,17 @@ def test_router_matches_hf():
     torch.testing.assert_close(weights.sum(-1), torch.ones(20))
 
 
-def test_only_the_experts_that_received_tokens_run():
+def test_the_loop_runs_only_the_experts_that_received_tokens(monkeypatch):
     _, ours = block_pair(moe_config(num_experts_per_tok=2))
     calls = []
-    for e, expert in enumerate(ours.experts):
-        expert.register_forward_hook(lambda module, args, out, e=e: calls.append((e, args[0].shape[0])))
+    swiglu = moe.expert_swiglu
+
+    def counted(x, w_gate_up, w_down):
+        expert = next(e for e in range(8) if w_gate_up.data_ptr() == ours.experts.gate_up_proj.weight[e].data_ptr())
+        calls.append((expert, x.shape[0]))
+        return swiglu(x, w_gate_up, w_down)
+
+    monkeypatch.setattr(moe, "expert_swiglu", counted)
     x = torch.randn(1, 64, generator=torch.Generator().manual_seed(3))
     _, ids = softmax_topk(ours.gate(x), 2, renormalize=True)
     ours(x)
@@ -72,6 +81,84 @@ def test_only_the_experts_that_received_tokens_run():
     x = torch.randn(50, 64, generator=torch.Generator().manual_seed(4))
     ours(x)
     assert sum(n for _, n in calls) == 50 * 2 and len({e for e, _ in calls}) == len(calls)  # each expert once
+
+
+needs_grouped_mm = pytest.mark.skipif(not kernels.grouped_mm_runs_on_cpu(),
+                                      reason="this PyTorch has no CPU torch._grouped_mm")
+
+
+def random_routing(tokens: int, num_experts: int, top_k: int, seed: int, unused: int = 0):
+    """Distinct top_k experts per token, never one of the last `unused` experts; float32 weights."""
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.rand(tokens, num_experts, generator=g)
+    scores[:, num_experts - unused:] = -1.0
+    weights, ids = scores.topk(top_k, dim=-1)
+    return weights, ids
+
+
+@needs_grouped_mm
+@pytest.mark.parametrize("tokens, top_k, unused", [(37, 3, 2), (1, 2, 0), (5, 1, 6), (64, 8, 0)])
+def test_grouped_dispatch_equals_the_loop_in_fp32(tokens, top_k, unused):
+    g = torch.Generator().manual_seed(tokens)
+    num_experts, hidden, size = 8, 64, 32
+    w_gate_up = torch.randn(num_experts, 2 * size, hidden, generator=g) / hidden**0.5
+    w_down = torch.randn(num_experts, hidden, size, generator=g) / size**0.5
+    x = torch.randn(tokens, hidden, generator=g)
+    weights, ids = random_routing(tokens, num_experts, top_k, seed=tokens, unused=unused)
+    torch.testing.assert_close(dispatch_grouped(w_gate_up, w_down, x, weights, ids),
+                               dispatch_loop(w_gate_up, w_down, x, weights, ids), rtol=1e-5, atol=1e-6)
+
+
+@needs_grouped_mm
+def test_grouped_dispatch_in_bf16_rounds_as_the_loop():
+    g = torch.Generator().manual_seed(0)
+    w_gate_up = (torch.randn(8, 64, 64, generator=g) / 8).bfloat16()
+    w_down = (torch.randn(8, 64, 32, generator=g) / 6).bfloat16()
+    x = torch.randn(40, 64, generator=g).bfloat16()
+    weights, ids = random_routing(40, 8, 2, seed=1)
+    out = dispatch_grouped(w_gate_up, w_down, x, weights.bfloat16(), ids)
+    ref = dispatch_loop(w_gate_up, w_down, x, weights.bfloat16(), ids)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+
+
+@needs_grouped_mm
+@pytest.mark.parametrize("norm_topk_prob", [True, False])
+def test_block_on_the_grouped_path_matches_hf(norm_topk_prob, monkeypatch):
+    hf, ours = block_pair(moe_config(norm_topk_prob=norm_topk_prob))
+    x = torch.randn(37, 64, generator=torch.Generator().manual_seed(1))
+    grouped = []
+    monkeypatch.setattr(moe, "dispatch_grouped", lambda *a: grouped.append(1) or dispatch_grouped(*a))
+    kernels.set_enabled({"moe"})
+    try:
+        out = ours(x)
+    finally:
+        kernels.set_enabled(set())
+    assert grouped
+    with torch.no_grad():
+        torch.testing.assert_close(out, hf(x[None])[0], rtol=1e-5, atol=1e-6)
+
+
+def test_unaligned_expert_sizes_take_the_loop(monkeypatch):
+    """torch._grouped_mm needs 16-byte aligned rows: an expert size of 6 float32 columns runs the loop."""
+    _, ours = block_pair(moe_config(moe_intermediate_size=6))
+    monkeypatch.setattr(moe, "dispatch_grouped", lambda *a: pytest.fail("grouped path taken"))
+    kernels.set_enabled({"moe"})
+    try:
+        ours(torch.randn(4, 64))
+    finally:
+        kernels.set_enabled(set())
+
+
+def test_expert_weights_name_the_expert_and_shard():
+    _, ours = block_pair(moe_config())
+    gate_up = ours.experts.gate_up_proj.weight
+    with pytest.raises(ValueError, match="expert 8 out of range: the model has 8 experts"):
+        gate_up.weight_loader(gate_up, torch.zeros(32, 64), (8, "gate"))
+    with pytest.raises(ValueError, match=r"shard ids \(expert, one of \['gate', 'up'\]\); got 'gate'"):
+        gate_up.weight_loader(gate_up, torch.zeros(32, 64), "gate")
+    with pytest.raises(ValueError, match=r"expected shape \(32, 64\), got \(64, 64\)"):
+        gate_up.weight_loader(gate_up, torch.zeros(64, 64), (0, "up"))
 
 
 def test_sparse_layers_follow_hf_rule():
@@ -83,3 +170,29 @@ def test_sparse_layers_follow_hf_rule():
 def test_tensor_parallel_size_must_divide_the_expert_size():
     with pytest.raises(ValueError, match="tensor_parallel_size=3 does not divide the model's moe_intermediate_size=32"):
         SparseMoeBlock(moe_config(), SimpleNamespace(size=3))
+
+
+@needs_grouped_mm
+@pytest.mark.parametrize("arch", ["qwen3_moe", "deepseek_v3"])
+def test_engine_on_the_grouped_path_decodes_as_hf(arch, model_dir, hf, monkeypatch):
+    """The tiny Qwen3-MoE and DeepSeek-V3 engines (fp32, CPU) with the grouped experts: HF's greedy tokens,
+    prefix-cache hits included, and HF's log-probs."""
+    from engine_helpers import NEW_TOKENS, check_greedy, engine_for
+
+    path = model_dir(arch)
+    engine = engine_for(path)
+    calls = []
+    monkeypatch.setattr(moe, "dispatch_grouped", lambda *a: calls.append(1) or dispatch_grouped(*a))
+    monkeypatch.setattr(moe, "dispatch_loop", lambda *a: pytest.fail("the loop ran"))
+    kernels.set_enabled({"moe"})
+    try:
+        prompts = hf.prompts(6, 3, 50, seed=3)
+        prompts += [prompts[4] + [7, 8, 9]]  # its prompt's blocks are cached
+        outs = check_greedy(engine, path, prompts, hf)
+    finally:
+        kernels.set_enabled(set())
+    assert calls and outs[-1].cached_tokens > 0
+    for prompt, out in zip(prompts, outs):
+        expected = hf.logprobs(path, prompt + out.output_token_ids, len(prompt), 0.0)
+        assert (torch.tensor(out.output_logprobs) - expected).abs().max() <= 1e-4
+    assert len(outs[0].output_token_ids) == NEW_TOKENS

@@ -61,3 +61,26 @@ def test_rotary_inv_freq_buffers_are_ignored(engine):
 def test_missing_safetensors_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="safetensors"):
         list(iter_safetensors(tmp_path))
+
+
+def test_stacked_experts_load_update_and_read_by_their_checkpoint_names(model_dir):
+    """Qwen3-MoE's experts are stacked [E, ...] in the engine; each is still loaded, updated and read
+    by its own checkpoint name, and an update touches that expert's rows only."""
+    path = model_dir("qwen3_moe")
+    engine = LLMEngine(EngineArgs(model=str(path), num_kv_blocks=16, max_model_len=128))
+    state = load_file(path / "model.safetensors")
+    weight_map = engine.model_runner.weight_map
+    assert set(weight_map.hf_names()) == set(state) - {"lm_head.weight"}
+    assert "model.layers.0.mlp.experts.gate_up_proj.weight" in weight_map.params
+    for name, tensor in state.items():
+        assert torch.equal(engine.get_weights_by_name(name), tensor), name
+    name = "model.layers.1.mlp.experts.5.up_proj.weight"
+    new = torch.randn_like(state[name])
+    engine.load_weights([(name, new)])
+    assert torch.equal(engine.get_weights_by_name(name), new)
+    for other in ("model.layers.1.mlp.experts.5.gate_proj.weight", "model.layers.1.mlp.experts.4.up_proj.weight",
+                  "model.layers.1.mlp.experts.6.up_proj.weight", "model.layers.0.mlp.experts.5.up_proj.weight"):
+        assert torch.equal(engine.get_weights_by_name(other), state[other]), other
+    num_experts = sum(n.startswith("model.layers.0.mlp.experts.") and n.endswith(".down_proj.weight") for n in state)
+    with pytest.raises(ValueError, match=f"model.layers.0.mlp.experts.{num_experts}.down_proj.weight"):
+        engine.load_weights([(f"model.layers.0.mlp.experts.{num_experts}.down_proj.weight", torch.zeros(1))])

@@ -1,24 +1,30 @@
-"""Triton kernels of the engine's CUDA fast path, and the switch that turns them on.
+"""Kernels of the engine's CUDA fast path, and the switch that turns them on.
 
 The engine computes every function twice over: the PyTorch reference (CPU and CUDA; what the CPU
-tests compare with Hugging Face) and these kernels (CUDA; on CPU too under ``TRITON_INTERPRET=1``,
-which is how the tests run them without a GPU). Three groups, enabled separately:
+tests compare with Hugging Face) and these kernels (CUDA; the Triton ones on CPU too under
+``TRITON_INTERPRET=1``, which is how the tests run them without a GPU). Four groups, enabled separately:
 
 - "layers" (`elementwise.py`): residual add + RMSNorm, q/k RMSNorm + RoPE, SiLU-and-multiply, one
   kernel each, rounding to the activation dtype exactly where the PyTorch modules round;
 - "attention" (`paged_attention.py`): KV-cache write, split-K decode attention and varlen causal
   prefill attention, both reading K/V straight from the block-paged cache;
 - "sampler" (`sampling.py`): log-softmax + Gumbel-max draw over the vocabulary in one read of the logits,
-  without [B, V] intermediates.
+  without [B, V] intermediates;
+- "moe" (`models/moe.py`'s `dispatch_grouped`): the routed experts as two grouped GEMMs over the tokens
+  sorted by expert (``torch._grouped_mm``, PyTorch's own kernel, no Triton), without host reads, so that
+  an MoE model's decode step can be captured in a CUDA graph. It runs wherever ``torch._grouped_mm``
+  does (CUDA; CPU in recent PyTorch, which the CPU tests use); only models with experts check it.
 
 `ModelRunner` calls `enable` once per engine: on CUDA it imports triton, runs every group on small
-random inputs against the reference (`self_check.py`) and keeps the groups that pass; a group that
-fails to compile or disagrees is logged and left to the reference. Model code asks `enabled(group, x)`
-before each op, so a tensor on a device without kernels always takes the reference path.
+random inputs against the reference (`self_check.py`; "moe" also inside a CUDA graph capture) and
+keeps the groups that pass; a group that fails to compile or disagrees is logged and left to the
+reference. Model code asks `enabled(group, x)` before each op, so a tensor on a device without kernels
+always takes the reference path.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -27,7 +33,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-GROUPS = ("layers", "attention", "sampler")
+TRITON_GROUPS = ("layers", "attention", "sampler")
+GROUPS = (*TRITON_GROUPS, "moe")
 _enabled: set[str] = set()
 
 
@@ -50,8 +57,23 @@ def module(name: str):
 
 
 def enabled(group: str, x: torch.Tensor) -> bool:
-    """Whether kernel `group` runs for tensor `x` (its device must be CUDA, or CPU while interpreting)."""
-    return group in _enabled and (x.is_cuda or (x.device.type == "cpu" and interpreting()))
+    """Whether kernel `group` runs for tensor `x` (its device must be CUDA, or CPU while interpreting;
+    "moe": CUDA, or CPU where this PyTorch's ``torch._grouped_mm`` runs there)."""
+    if group not in _enabled:
+        return False
+    if group == "moe":
+        return x.is_cuda or (x.device.type == "cpu" and grouped_mm_runs_on_cpu())
+    return x.is_cuda or (x.device.type == "cpu" and interpreting())
+
+
+@functools.cache
+def grouped_mm_runs_on_cpu() -> bool:
+    """Whether ``torch._grouped_mm`` has a CPU implementation in this PyTorch (tried once)."""
+    try:
+        torch._grouped_mm(torch.ones(2, 4), torch.ones(2, 4, 4), offs=torch.tensor([1, 2], dtype=torch.int32))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return True
 
 
 def enabled_groups() -> set[str]:
@@ -71,19 +93,20 @@ def enable(mode: str, device: torch.device, dtype: torch.dtype, shape) -> set[st
     """Pick the kernel groups for an engine and turn them on; returns them.
 
     mode: "torch" (none), "triton" (all, unchecked: tests under TRITON_INTERPRET=1), "auto" (on CUDA,
-    the groups that pass `self_check` for this dtype and model `shape`; on CPU none).
+    the groups that pass `self_check` for this dtype and model `shape`; on CPU none). "moe" only for a
+    model with experts (``shape.experts`` set, see `self_check`), and without triton only "moe".
     """
     _enabled.clear()  # the self-check compares with the reference, which must not dispatch to kernels
-    if mode == "torch" or (mode == "auto" and device.type != "cuda"):
-        groups: set[str] = set()
-    elif not triton_importable():
-        logger.warning("triton is not importable; the engine uses its PyTorch kernels")
-        groups = set()
-    elif mode == "triton":
-        groups = set(GROUPS)
-    else:
+    groups: set[str] = set()
+    if mode == "triton" or (mode == "auto" and device.type == "cuda"):
+        groups = set(GROUPS) if getattr(shape, "experts", None) else set(TRITON_GROUPS)
+        if not triton_importable():
+            logger.warning("triton is not importable; the engine uses its PyTorch kernels for %s",
+                           "/".join(TRITON_GROUPS))
+            groups -= set(TRITON_GROUPS)
+    if mode == "auto" and groups:
         from temper.engine.kernels.self_check import passing_groups
 
-        groups = passing_groups(device, dtype, shape)
+        groups = passing_groups(device, dtype, shape, groups)
     set_enabled(groups)
     return groups

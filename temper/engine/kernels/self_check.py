@@ -4,7 +4,10 @@ Each group runs once on small random inputs and is compared with the PyTorch ref
 fails to compile, raises, returns non-finite values or disagrees beyond rounding is reported and left
 off, so an engine on an unfamiliar GPU or triton version degrades to the reference instead of failing.
 The inputs use the model's head counts, head size and block size, so the kernels compiled here are
-the ones the engine runs.
+the ones the engine runs. The "moe" group (grouped-GEMM experts) is checked with the model's expert
+count and sizes (``shape.experts``), against the per-expert loop, and on CUDA once more replayed from a
+CUDA graph with new inputs: what it exists for is being captured, so a build of PyTorch whose grouped
+GEMM reads the offsets on the host (a fallback for a dtype or GPU its kernel lacks) fails here.
 """
 
 from __future__ import annotations
@@ -19,22 +22,28 @@ from temper.engine.attention import AttentionMetadata, TorchPagedAttention
 logger = logging.getLogger(__name__)
 
 
-def passing_groups(device: torch.device, dtype: torch.dtype, shape) -> set[str]:
-    """The kernel groups that agree with the reference for this device, dtype and model shape."""
-    checks = {"layers": _check_layers, "attention": _check_attention, "sampler": _check_sampler}
+def passing_groups(device: torch.device, dtype: torch.dtype, shape, groups=None) -> set[str]:
+    """The kernel groups (of `groups`, default all that apply: "moe" only with ``shape.experts``) that
+    agree with the reference for this device, dtype and model shape."""
+    checks = {"layers": _check_layers, "attention": _check_attention, "sampler": _check_sampler,
+              "moe": _check_moe}
+    if groups is None:
+        groups = set(checks) if getattr(shape, "experts", None) else set(checks) - {"moe"}
     passed = set()
     for group, check in checks.items():
+        if group not in groups:
+            continue
         try:
             with torch.inference_mode():
                 error = check(device, dtype, shape)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         except Exception as e:  # noqa: BLE001 (compile errors come in many types)
-            logger.warning("triton kernel group %r failed its self-check (%s: %s); using PyTorch for it",
+            logger.warning("kernel group %r failed its self-check (%s: %s); using the PyTorch reference for it",
                            group, type(e).__name__, e)
             continue
         if error is not None:
-            logger.warning("triton kernel group %r disagrees with the reference (%s); using PyTorch for it",
+            logger.warning("kernel group %r disagrees with the reference (%s); using the PyTorch reference for it",
                            group, error)
             continue
         passed.add(group)
@@ -163,3 +172,43 @@ def _check_sampler(device, dtype, shape) -> str | None:
     if tokens.tolist() != ref_tokens.tolist():
         return f"sampled tokens {tokens.tolist()} != reference {ref_tokens.tolist()}"
     return _compare("sampler log-probs", logprobs, ref_logprobs, 1e-4)
+
+
+def _check_moe(device, dtype, shape) -> str | None:
+    """`dispatch_grouped` vs `dispatch_loop` with ``shape.experts`` = (experts, hidden, intermediate size of
+    this rank, top-k), one expert left without tokens; on CUDA also replayed from a CUDA graph."""
+    from temper.engine.models.moe import dispatch_grouped, dispatch_loop, grouped_gemm_fits
+
+    num_experts, hidden, size, top_k = shape.experts
+    if not grouped_gemm_fits(hidden, size, dtype):
+        return f"hidden size {hidden} / expert size {size} rows are not 16-byte aligned in {dtype}"
+    if device.type == "cuda" and dtype != torch.bfloat16:
+        return f"torch._grouped_mm has a CUDA kernel for bfloat16 only, not {dtype}"
+    tokens = 2 * num_experts + 5
+    w_gate_up = _rand(num_experts, 2 * size, hidden, device=device, dtype=dtype, scale=hidden**-0.5)
+    w_down = _rand(num_experts, hidden, size, device=device, dtype=dtype, scale=size**-0.5)
+
+    def inputs():
+        x = _rand(tokens, hidden, device=device, dtype=dtype)
+        scores = torch.rand(tokens, num_experts, device=device)
+        if num_experts > top_k:
+            scores[:, -1] = -1.0  # the last expert gets no token
+        weights, ids = scores.topk(top_k, dim=-1)
+        return x, weights.to(dtype), ids
+
+    x, weights, ids = inputs()
+    error = _compare("grouped experts", dispatch_grouped(w_gate_up, w_down, x, weights, ids),
+                     dispatch_loop(w_gate_up, w_down, x, weights, ids), _tolerance(dtype))
+    if error is not None or device.type != "cuda":
+        return error
+    static = [t.clone() for t in (x, weights, ids)]
+    dispatch_grouped(w_gate_up, w_down, *static)  # warm-up outside the capture
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = dispatch_grouped(w_gate_up, w_down, *static)
+    for buffer, new in zip(static, inputs()):
+        buffer.copy_(new)
+    graph.replay()
+    return _compare("grouped experts in a CUDA graph", out, dispatch_loop(w_gate_up, w_down, *static),
+                    _tolerance(dtype))

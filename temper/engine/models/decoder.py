@@ -166,6 +166,10 @@ class DecoderForCausalLM(nn.Module):
         "up_proj": ("gate_up_proj", "up"),
     }
 
+    # Kernel groups without which a decode step cannot be captured in a CUDA graph (besides the Triton
+    # attention backend, which every model needs): the MoE models' grouped experts ("moe").
+    CUDA_GRAPH_KERNELS: ClassVar[tuple[str, ...]] = ()
+
     @staticmethod
     def spec(hf_config) -> DecoderSpec:
         raise NotImplementedError

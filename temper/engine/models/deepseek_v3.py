@@ -28,11 +28,12 @@ bias only chooses -- the top 2 biased scores of each of ``n_group`` groups rank 
 picked -- while the weights are the unbiased scores, renormalised when ``norm_topk_prob`` and
 multiplied by ``routed_scaling_factor``. ``n_shared_experts`` always-on experts are one SwiGLU MLP of
 ``n_shared_experts * moe_intermediate_size`` (``mlp.shared_experts``) added to the routed sum. The
-routed experts run through `moe.dispatch` (per-expert names, ``mlp.experts.{e}.gate_proj.weight``).
+routed experts are `moe.GroupedExperts` (stacked weights loaded by their per-expert names,
+``mlp.experts.{e}.gate_proj.weight``; the grouped-GEMM path on CUDA, see `moe.py`).
 
-Fast paths: the latent attention and the experts' dispatch are PyTorch only for now, so the class sets
-``PAGED_ATTENTION_KERNEL = False`` (the runner keeps the reference attention backend on CUDA) and
-``CUDA_GRAPHS = False`` (decode runs eagerly). Tensor parallelism: heads are split (q, kv_b column-
+Fast paths: the latent attention is PyTorch only for now, so the class sets ``PAGED_ATTENTION_KERNEL =
+False`` (the runner keeps the reference attention backend on CUDA), and decode runs eagerly (CUDA graphs
+need the Triton attention backend, `model_runner.py`). Tensor parallelism: heads are split (q, kv_b column-
 parallel, o_proj row-parallel); the latent projections, the router and the cache entry are replicated;
 experts as in `moe.py`. Not supported: DeepSeek-V3's FP8 block-quantised checkpoint (``weight_scale_inv``
 tensors; a BF16 conversion loads) and its multi-token-prediction layer (skipped when loading).
@@ -55,7 +56,7 @@ from temper.engine.models.layers import (
     RowParallelLinear,
     engine_param,
 )
-from temper.engine.models.moe import Expert, dispatch
+from temper.engine.models.moe import Expert, GroupedExperts
 from temper.engine.models.rotary import (
     RotaryEmbedding,
     inverse_frequencies,
@@ -191,18 +192,18 @@ class DeepseekMoE(nn.Module):
                 f"(or its shared experts' {shared}); use a tensor_parallel_size that divides it"
             )
         self.gate = TopkRouter(hf_config)
-        self.experts = nn.ModuleList(Expert(hidden, size, tp) for _ in range(hf_config.n_routed_experts))
+        self.experts = GroupedExperts(hf_config.n_routed_experts, hidden, size, hf_config.num_experts_per_tok, tp)
         self.shared_experts = Expert(hidden, shared, tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, hidden] -> [T, hidden]."""
         weights, ids = self.gate(x)
-        out = dispatch(self.experts, x, weights, ids) + self.shared_experts(x)
+        out = self.experts(x, weights, ids) + self.shared_experts(x)
         return out if self.tp.size == 1 else self.tp.all_reduce(out)
 
 
 class DeepseekV3ForCausalLM(DecoderForCausalLM):
-    CUDA_GRAPHS = False  # the experts' dispatch reads its token counts on the host (moe.py)
+    CUDA_GRAPH_KERNELS = ("moe",)  # the experts' reference dispatch reads its token counts on the host
     PAGED_ATTENTION_KERNEL = False  # the latent attention runs on the reference backend (PyTorch)
     # q/k/v are not fused here (q_proj is MLA's own projection); gate/up are, in every MLP and expert.
     packed_modules = {name: DecoderForCausalLM.packed_modules[name] for name in ("gate_proj", "up_proj")}

@@ -38,8 +38,13 @@ def test_engine_on_triton_kernels_matches_hf(model_dir, hf, device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_self_check_passes_every_group(dtype, device):
     shape = SimpleNamespace(num_heads=4, num_kv_heads=2, head_dim=32, hidden_size=64, intermediate_size=96,
-                            block_size=16, vocab_size=1024, qk_norm=True)
-    assert passing_groups(torch.device(device), dtype, shape) == set(kernels.GROUPS)
+                            block_size=16, vocab_size=1024, qk_norm=True, experts=(8, 64, 32, 2))
+    # torch._grouped_mm: a CUDA kernel for bf16 only; on CPU where this PyTorch implements it
+    grouped = kernels.grouped_mm_runs_on_cpu() if device == "cpu" else dtype == torch.bfloat16
+    expected = set(kernels.GROUPS) if grouped else set(kernels.TRITON_GROUPS)
+    assert passing_groups(torch.device(device), dtype, shape) == expected
+    shape.experts = None  # a dense model: the experts' group is not checked
+    assert passing_groups(torch.device(device), dtype, shape) == set(kernels.TRITON_GROUPS)
 
 
 def test_self_check_leaves_out_a_group_that_disagrees(device, monkeypatch):
