@@ -43,6 +43,7 @@ from temper.cluster.engine_group import (
     engine_dtype,
     engine_log_file,
     external_engine_urls,
+    give_engines_a_key,
 )
 from temper.cluster.fault_tolerance import EngineDoctor
 from temper.cluster.memory_plan import ALL_TAGS, MemoryPlan, plan_memory
@@ -129,6 +130,7 @@ class Cluster:
         cfg, plan = self.cfg, self.plan
         _warn_ignored_engine_flags(cfg)
         self.placement = create_placement(plan)
+        self.engines.use_api_key(give_engines_a_key(cfg, self.placement.single_node))  # before any worker starts
         if plan.colocate and plan.device == "cuda":  # the trainer loads while the engines hold no memory
             self._wait(self._create_engines())
             self._plan_memory(self.engines.device_memory())

@@ -29,6 +29,7 @@ from temper.data import DataError, DataSource, PluginError, build_data_source, n
 from temper.model_shape import check_hf_checkpoint
 from temper.observe import RunLog, check_sinks, run_dir_of
 from temper.observe.live import EngineWatcher
+from temper.rollout.router_flags import engine_api_key
 
 Loop = Callable[..., list[dict]]
 
@@ -79,12 +80,19 @@ def resume_advice(cfg, prog: str, argv: list[str]) -> str:
 
 
 def watch_rollouts(cfg, cluster, log) -> None:
-    """The rollout phase's live line: samples finished and tokens a second, read from the engines."""
+    """The rollout phase's live line: samples finished and tokens a second, read from the engines (through
+    temper's router, which sends them their key, when they require one)."""
     engines = getattr(cluster, "engines", None)
     if engines is None or not getattr(engines, "urls", None):
         return
     total = cfg.rollout_batch_size * cfg.n_samples_per_prompt
-    log.live.watch("rollout", lambda: EngineWatcher(engines.urls, total, cfg.rollout_max_response_len))
+    router = getattr(getattr(cluster, "rollout", None), "router", None)
+    via_router = router is not None and engine_api_key(cfg) is not None  # its /v1/loads has every engine's entries
+
+    def watcher() -> EngineWatcher:
+        return EngineWatcher([router.url] if via_router else engines.urls, total, cfg.rollout_max_response_len)
+
+    log.live.watch("rollout", watcher)
 
 
 def load_data(cfg) -> DataSource:

@@ -3,7 +3,9 @@
 `EngineWorker` (one per engine) serves generation and nothing else: the built-in engine's server
 (`temper.engine.server.ServerThread`) inside the actor's process, or with `--rollout-backend sglang`
 an SGLang server as a child process on the engine's GPUs. It binds a free port on loopback (one-node
-runs) or on its node's address, and reports its URL.
+runs) or on its node's address, and reports its URL. Engines on a node's address are reachable by
+anyone on the network, so they require an API key (`give_engines_a_key`: --sglang-api-key, else a random
+key for the run) that the router, the weight sync and the driver's calls send.
 
 `EngineGroup` (driver side) is the run's list of engine URLs — those temper started, or
 `--rollout-external-engine-addrs` — with the control calls the driver makes between phases: pause and
@@ -21,10 +23,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import secrets
+import signal
 import socket
 import subprocess
 import sys
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +36,8 @@ import httpx
 
 from temper.cluster.placement import stop_workers
 from temper.cluster.remote import enable_stack_dumps
+from temper.config import ConfigError
+from temper.rollout.router_flags import engine_api_key
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +52,7 @@ SERVER_ARG_OF = {
     "dtype": "dtype",
     "skip_server_warmup": "skip_server_warmup",
     "disable_custom_all_reduce": "disable_custom_all_reduce",
+    "api_key": "api_key",
 }
 """--sglang-NAME → the built-in engine's `ServerArgs` field."""
 
@@ -54,6 +60,26 @@ ROLLOUT_SIDE = ("router_ip", "router_port")
 """--sglang-router-ip/--sglang-router-port name an existing router; the rollout side reads them."""
 
 START_TIMEOUT_S = 600.0
+
+
+def give_engines_a_key(cfg, single_node: bool) -> str | None:
+    """The key the run's engines will require: --sglang-api-key when given; else, for engines that listen
+    beyond loopback (a run over several nodes), a random key for this run, written into the config
+    (``cfg.engine.sglang["api_key"]``, which the engines, the router and the weight sync read) before any
+    engine or train rank starts; else None (loopback engines need none)."""
+    if cfg.engine.sglang.get("api_key") is True:
+        raise ConfigError("--sglang-api-key needs a value: the key clients send as 'Authorization: Bearer KEY'")
+    if (key := engine_api_key(cfg)) is not None or single_node:
+        return key
+    if cfg.engine.sglang.get("router_ip") is not None:
+        raise ConfigError(
+            "the engines of a run over several nodes listen on their nodes' addresses and require an API key, which "
+            "the router named by --sglang-router-ip must send them: give --sglang-api-key KEY and start that router "
+            "with the same key for its workers"
+        )
+    cfg.engine.sglang["api_key"] = secrets.token_urlsafe(32)
+    logger.info("engines listen beyond loopback: they require this run's API key (--sglang-api-key to choose it)")
+    return cfg.engine.sglang["api_key"]
 
 
 def builtin_server_settings(cfg) -> tuple[dict[str, Any], list[str]]:
@@ -111,7 +137,7 @@ class EngineWorker:
 
         settings, _ = builtin_server_settings(self.cfg)
         args = ServerArgs(model=self.cfg.hf_checkpoint, host=self.host, port=0, device=self.device,
-                          tp_size=self.cfg.rollout_num_gpus_per_engine, remote_control=True, **settings)
+                          tp_size=self.cfg.rollout_num_gpus_per_engine, **settings)
         self.server = ServerThread(args, startup_timeout=START_TIMEOUT_S).start()
         return f"http://{self.host}:{self.server.port}"
 
@@ -241,7 +267,7 @@ class EngineGroup:
     `dtype` is the dtype the engines hold weights in when temper started built-in engines (None:
     unknown), for `--check-weight-update-equal`. Every control call waits at most `timeout_s` seconds
     for each engine's answer (--engine-call-timeout); past that, or when an engine cannot be reached,
-    `EngineCallError` names the engine and the call.
+    `EngineCallError` names the engine and the call. `use_api_key` sets the key the engines require.
     """
 
     def __init__(self, urls: list[str], workers: list[Any] = (), dtype: str | None = None, timeout_s: float = 600.0):
@@ -254,6 +280,13 @@ class EngineGroup:
 
     def __len__(self) -> int:
         return len(self.urls)
+
+    def use_api_key(self, key: str | None) -> None:
+        """Send ``Authorization: Bearer KEY`` with every control call (engines started with an API key)."""
+        if key is None:
+            self._http.headers.pop("Authorization", None)
+        else:
+            self._http.headers["Authorization"] = f"Bearer {key}"
 
     def _call(self, method: str, url: str, path: str, **kwargs: Any) -> httpx.Response:
         """One control call to one engine; EngineCallError naming both when it fails or does not answer."""

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from temper.rollout.engine_client import EngineClient, EngineError
+from temper.rollout.router_flags import engine_api_key
 from temper.types import Sample
 
 logger = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ class GenerateState:
         total = dict.fromkeys(keys, 0.0) | {"busy_since": 0.0, "idle_since": 0.0}
         for url in self.engine_urls:
             try:
-                async with EngineClient(url, retries=0, timeout=10.0) as client:
+                async with EngineClient(url, retries=0, timeout=10.0, api_key=engine_api_key(self.args)) as client:
                     loads = await client.loads()
             except (EngineError, ValueError, KeyError) as e:
                 logger.debug("engine counters of %s: %s", url, e)
@@ -198,7 +199,7 @@ class GenerateState:
         if self.client is not None:
             self.engine_urls = await _discover_engines(self.url) or self.engine_urls
         if self.engine_urls:
-            targets = [EngineClient(u, retries=1) for u in self.engine_urls]
+            targets = [EngineClient(u, retries=1, api_key=engine_api_key(self.args)) for u in self.engine_urls]
         elif self.client is not None:
             targets = [self.client]
         else:

@@ -3,7 +3,8 @@
 ``--router-NAME VALUE`` lands in ``cfg.engine.router["NAME"]``; `router_settings` maps the ones temper's
 `Router` has to its argument names and lists the rest, which the rollout manager names in one warning.
 With --use-fault-tolerance the router is fault tolerant and its health checks follow the
---rollout-health-check-* flags (over --router-health-check-*).
+--rollout-health-check-* flags (over --router-health-check-*). Engines that require an API key
+(`engine_api_key`) get it from the router on every call.
 """
 
 from __future__ import annotations
@@ -21,6 +22,17 @@ ROUTER_ARG_OF = {
 }
 
 
+def engine_api_key(args: Any) -> str | None:
+    """The key the run's engines require (``Authorization: Bearer KEY``): SGLang's ``--api-key`` given as
+    --sglang-api-key, or the random per-run key temper gives engines that listen beyond loopback (engines on
+    several nodes: `temper.cluster.engine_group.give_engines_a_key`); None when they require none. The router,
+    the weight sync and the driver's calls send it; a custom generate function that calls engines directly
+    (not through the router) sends it too."""
+    engine = getattr(args, "engine", None)
+    key = (getattr(engine, "sglang", None) or {}).get("api_key")
+    return None if key is None else str(key)  # the flag's value is parsed as YAML: a number is a key too
+
+
 def router_settings(args: Any) -> tuple[dict[str, Any], list[str]]:
     """(`Router` arguments from the run's --router-* flags, the flags temper's router does not use)."""
     given = dict(getattr(getattr(args, "engine", None), "router", None) or {})
@@ -36,4 +48,6 @@ def router_settings(args: Any) -> tuple[dict[str, Any], list[str]]:
         settings |= {"fault_tolerant": True, "health_check_interval": args.rollout_health_check_interval,
                      "health_check_timeout": args.rollout_health_check_timeout,
                      "health_check_first_wait": args.rollout_health_check_first_wait}
+    if (key := engine_api_key(args)) is not None:
+        settings["worker_api_key"] = key
     return settings, ignored

@@ -44,9 +44,6 @@ class ServerArgs:
     # a rollout's batch, which arrives over tens of milliseconds, is then prefilled together (async_engine.py).
     burst_wait_ms: float = 10.0
     burst_max_wait_ms: float = 200.0
-    # The control routes beyond loopback without an API key: refused (403) for `temper serve`; allowed for the
-    # engines a run's cluster starts on other nodes (its trainer and router drive them over the network).
-    remote_control: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -69,8 +66,9 @@ class ServerArgs:
 
     @property
     def control_open(self) -> bool:
-        """Whether the weight, memory and control routes answer without an API key."""
-        return self.remote_control or self.loopback_only
+        """Whether the weight, memory and control routes answer without an API key (loopback only: beyond it
+        anyone who reaches the port could replace the weights; a run's engines on other nodes get a key)."""
+        return self.loopback_only
 
     @property
     def loopback_only(self) -> bool:

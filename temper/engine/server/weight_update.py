@@ -160,13 +160,15 @@ class WeightBroadcaster:
     tensors in buckets of at most `bucket_bytes` (one dtype per bucket, so flattened buckets are always
     aligned): for each bucket it POSTs the metadata to every engine and broadcasts concurrently. Every
     bucket carries the same ``weight_version``, so each engine moves to that version once. Pause
-    generation first if no request may see a half-updated model.
+    generation first if no request may see a half-updated model. `api_key`: sent to engines started with
+    ``--api-key``.
     """
 
     def __init__(self, engine_urls: list[str], master_address: str = "127.0.0.1", master_port: int = 0,
                  backend: str = "gloo", group_name: str = DEFAULT_GROUP, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, api_key: str | None = None):
         self.urls = [u.rstrip("/") for u in engine_urls]
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         self.device = device
         self.master_address, self.master_port = master_address, master_port or _free_port(master_address)
         self.backend, self.group_name, self.timeout_s = backend, group_name, timeout_s
@@ -177,7 +179,7 @@ class WeightBroadcaster:
         import httpx
 
         def post(url: str, body: dict) -> dict:
-            r = httpx.post(f"{url}{path}", json=body, timeout=self.timeout_s)
+            r = httpx.post(f"{url}{path}", json=body, headers=self.headers, timeout=self.timeout_s)
             data = r.json()
             if r.status_code != 200 or not data.get("success", False):
                 raise RuntimeError(f"POST {url}{path} failed ({r.status_code}): {data}")

@@ -105,13 +105,22 @@ def test_control_routes_refused_beyond_loopback_without_a_key(model_dir):
         assert r.status_code == 200  # generation stays open
     finally:
         server.stop()
-    # the engines a run's cluster starts on other nodes stay drivable by its trainer and router
-    cluster_engine = start_server(model_dir("qwen3", seed=0), host="0.0.0.0", remote_control=True, skip_server_warmup=True)
+    # with a key (a run's engines on other nodes get one), every route but /health and /ping needs it
+    keyed = start_server(model_dir("qwen3", seed=0), host="0.0.0.0", api_key="run-key", skip_server_warmup=True)
+    url, auth = f"http://127.0.0.1:{keyed.port}", {"Authorization": "Bearer run-key"}
     try:
-        r = httpx.post(f"http://127.0.0.1:{cluster_engine.port}/flush_cache", json={}, timeout=TIMEOUT)
-        assert r.status_code == 200
+        for path in ("/update_weights_from_disk", "/init_weights_update_group", "/update_weights_from_tensor",
+                     "/release_memory_occupation", "/flush_cache", "/generate"):
+            r = httpx.post(f"{url}{path}", json={}, timeout=TIMEOUT)
+            assert r.status_code == 401, path
+        assert httpx.get(f"{url}/get_weight_version", timeout=TIMEOUT).status_code == 401
+        assert httpx.get(f"{url}/health", timeout=TIMEOUT).status_code == 200
+        assert httpx.post(f"{url}/flush_cache", json={}, headers=auth, timeout=TIMEOUT).status_code == 200
+        r = httpx.post(f"{url}/update_weights_from_disk", json={"model_path": "/nonexistent"}, headers=auth,
+                       timeout=TIMEOUT)
+        assert r.status_code == 400 and "/nonexistent" in r.text  # past the key: the request itself is judged
     finally:
-        cluster_engine.stop()
+        keyed.stop()
 
 
 def test_no_route_unpickles_request_data(client):
