@@ -230,21 +230,38 @@ def test_external_engine(task, tmp_path):
         assert server.state.engine.engine.weight_version == "2"
 
 
-def run_with_corrupted_engine(task, out: Path, perturb) -> str:
-    """train.py (1 rollout) against an engine started here, which applies `perturb(tensor) -> tensor` to
-    one weight after each real weight load; returns the message the run stopped with."""
+CORRUPTED = "model.layers.0.mlp.down_proj.weight"
+WEIGHTS_DIFFER = "train.py: error: preflight: the engines' weights differ from the trainer's after the first"
+
+
+def run_with_corrupted_engine(task, out: Path, perturb, name: str = CORRUPTED, after_check: bool = False) -> str:
+    """train.py (1 rollout) against an engine started here, which applies `perturb(tensor) -> tensor` to weight
+    `name` after each real weight load (`after_check`: instead, once the weight check has read its checksums,
+    as if something changed the weights later); returns the message the run stopped with."""
     from temper.engine.server import ServerArgs, ServerThread
 
     model, _ = task
     with ServerThread(ServerArgs(model=str(model), port=0, log_level="warning")) as server:
         engine = server.state.engine.engine
-        load = engine.load_weights_from_disk
+        load, checksums = engine.load_weights_from_disk, engine.weight_checksums
+
+        def corrupt() -> None:
+            engine.load_weights([(name, perturb(engine.get_weights_by_name(name).clone()))])
 
         def load_then_perturb(path: str) -> None:
             load(path)
-            engine.load_weights([(CORRUPTED, perturb(engine.get_weights_by_name(CORRUPTED).clone()))])
+            corrupt()
 
-        engine.load_weights_from_disk = load_then_perturb
+        def checksums_then_perturb(names):
+            sums = checksums(names)
+            if names:  # the comparison's call, after the sync (the first asks for the dtype only)
+                corrupt()
+            return sums
+
+        if after_check:
+            engine.weight_checksums = checksums_then_perturb
+        else:
+            engine.load_weights_from_disk = load_then_perturb
         flags = task_flags(
             task, out, "--rollout-external-engine-addrs", server.url.removeprefix("http://"),
             "--update-weight-transport", "disk", steps=1,
@@ -256,29 +273,35 @@ def run_with_corrupted_engine(task, out: Path, perturb) -> str:
     return str(stopped.value)
 
 
-CORRUPTED = "model.layers.0.mlp.down_proj.weight"
-
-
 def test_preflight_stops_a_run_whose_first_weight_sync_is_corrupted(task, tmp_path):
     """One tensor perturbed on the engine: the preflight's check of the first sync stops the run, before
     any rollout, saying what differs."""
     message = run_with_corrupted_engine(task, tmp_path, lambda w: w + 0.5)
-    assert message.startswith("train.py: error: preflight: the engines' weights differ from the trainer's after the first")
-    assert f"{CORRUPTED}: max |diff| 0.5" in message or f"{CORRUPTED}: max |diff| 0.4999" in message  # fp32 rounding
+    assert message.startswith(WEIGHTS_DIFFER)
+    assert f"{CORRUPTED}: checksum " in message and "every element compared in float32" in message
     assert message.endswith("--skip-preflight.")
     assert not (tmp_path / "run" / "metrics.jsonl").read_text()  # no step ran
 
 
-def test_preflight_gap_check_catches_what_the_sampled_rows_miss(task, tmp_path):
-    """The weight check compares the first rows of each tensor; rows past them perturbed on the engine pass
-    it, and the first step's trainer-engine log-prob gap stops the run instead."""
-    from temper.cluster.weight_sync import PROBE_ROWS
+def test_preflight_catches_one_element_changed_in_the_middle_of_a_tensor(task, tmp_path):
+    """One element in the middle of the largest tensor, changed by its last bit on the engine (no first-rows probe
+    would see it, nor would the log-prob gap): the checksum of every element stops the run."""
+    name = "model.embed_tokens.weight"
 
-    def perturb_late_rows(w):
-        w[PROBE_ROWS:] += 0.5
+    def nudge_middle(w):
+        row, col = w.shape[0] // 2, w.shape[1] // 2
+        w[row, col] = torch.nextafter(w[row, col], torch.tensor(float("inf")))
         return w
 
-    message = run_with_corrupted_engine(task, tmp_path, perturb_late_rows)
+    message = run_with_corrupted_engine(task, tmp_path, nudge_middle, name)
+    assert message.startswith(WEIGHTS_DIFFER) and "1 engine tensors differ from the trainer's: " in message
+    assert f"{name}: checksum " in message and message.endswith("--skip-preflight.")
+
+
+def test_preflight_gap_check_catches_weights_changed_after_the_check(task, tmp_path):
+    """Weights perturbed on the engine after the first sync's check passed: the first step's trainer-engine
+    log-prob gap stops the run instead."""
+    message = run_with_corrupted_engine(task, tmp_path, lambda w: w + 0.5, after_check=True)
     assert message.startswith("train.py: error: preflight: the trainer and the engines disagree on the log-probs")
     gap = float(message.split("Found: ", 1)[1].split(",", 1)[0])
     assert gap > 0.1 and "above 0.1 (--preflight-max-logprob-diff" in message and message.endswith("--skip-preflight.")

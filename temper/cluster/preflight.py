@@ -5,9 +5,11 @@
     preflight.first_step(metrics)       # the first optimizer step's metrics (train worker names)
 
 1. weights: after the first sync the engines hold the trainer's tensors. The --check-weight-update-equal
-   probe runs on that sync whether the flag is given or not: the first rows of every tensor sent,
-   compared exactly in the engines' dtype with each engine's ``/get_weights_by_name``. Not with
-   --rollout-backend sglang, whose ``/get_weights_by_name`` serves only some models (the flag asks).
+   check runs on that sync whether the flag is given or not: an exact checksum of every element of every
+   tensor sent, in the engines' dtype, compared with each engine's checksum of its copy
+   (``POST /weights_checksum``; `weight_check.py`), so one changed element anywhere stops the run. Not
+   with --rollout-backend sglang, which has no checksum and whose ``/get_weights_by_name`` serves only
+   some models (the flag asks, and compares the first rows of each tensor there).
 2. ratio: the first optimizer step of the run trains the policy that produced its old log-probs, so
    ppo_kl = mean(old − logp) is 0 and the ratio exp(old − logp) is 1 on every token (pg_clipfrac 0),
    within `RATIO_TOLERANCE` (fp32 rounding, or bf16 where old log-probs are recomputed in a separate
@@ -84,7 +86,8 @@ class Preflight:
             compared = check()
         except RuntimeError as e:
             raise PreflightError(weights_message(str(e), version)) from None
-        self.passed.append(f"engine weights equal the trainer's after the first sync ({compared} tensors compared)")
+        self.passed.append(f"engine weights equal the trainer's after the first sync ({compared} tensors compared, "
+                           "every element)")
         return compared
 
     def first_step(self, metrics: dict[str, float]) -> None:
@@ -125,9 +128,10 @@ class Preflight:
 def weights_message(detail: str, version: int) -> str:
     return (
         f"preflight: the engines' weights differ from the trainer's after the first weight sync (version {version}). "
-        "Checked: the first rows of every tensor the trainer sent, compared exactly (in the engines' dtype) with "
-        f"each engine's copy (GET /get_weights_by_name). Found: {detail}. Likely causes: the engine maps a Hugging "
-        "Face name to the wrong parameter or loads a tensor-parallel shard wrongly; the engine casts or quantizes "
+        "Checked: a checksum of every element of every tensor the trainer sent, computed exactly in the engines' "
+        f"dtype, against each engine's checksum of its copy (POST /weights_checksum). Found: {detail}. Likely "
+        "causes: the engine maps a Hugging Face name to the wrong parameter or loads a tensor-parallel shard "
+        "wrongly; the engine casts or quantizes "
         "the weights it receives; a custom engine or weight loader changes them; another run writes to the same "
         "--update-weight-disk-dir or shared-memory files. Training on these engines would learn from samples of "
         f"another model. {SKIP}"

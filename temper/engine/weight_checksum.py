@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 
 P = 2**31 - 1
-CHUNK = 1 << 24
-"""16-bit words per pass: int64 temporaries of 128 MiB."""
+CHUNK = 1 << 22
+"""16-bit words per pass: int64 temporaries of 32 MiB (a sync may run beside an engine's weights)."""
 
 
 def weight_checksum(tensor: Tensor, dtype: torch.dtype | None = None) -> Tensor:

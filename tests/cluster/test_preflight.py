@@ -103,7 +103,7 @@ def test_the_first_weight_check_passes_and_is_reported(capsys):
     check = preflight()
     assert check.weights(lambda: 24, version=0) == 24 and not check.wants_weights
     check.first_step(GOOD)
-    assert "engine weights equal the trainer's after the first sync (24 tensors compared)" in capsys.readouterr().out
+    assert "engine weights equal the trainer's after the first sync (24 tensors compared, every element)" in capsys.readouterr().out
 
 
 def test_sglang_engines_weights_are_checked_only_on_request(capsys):

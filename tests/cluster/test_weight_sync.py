@@ -50,12 +50,34 @@ def test_each_transport_moves_weights_and_version(engine_url, transport, tmp_pat
         assert 0 < stats["sync/send_s"] < 60  # the transport's own seconds
         assert httpx.get(f"{engine_url}/get_weight_version", trust_env=False).json()["weight_version"] == "7"
         assert generate(engine_url)["meta_info"]["weight_version"] == "7"
-        assert sender.check() == stats["sync/tensors"]  # every tensor's probe equals the engine's copy
+        assert sender.check() == stats["sync/tensors"]  # every tensor's checksum equals the engine's copy's
         if transport == "disk":
             assert [p.name for p in tmp_path.iterdir()] == ["weights_v7"]
-        name = next(iter(sender.probes))
-        sender.probes[name] = sender.probes[name] + 1.0  # as if the engine had missed this tensor
-        with pytest.raises(RuntimeError, match=f"1 engine tensors differ from the trainer's: .*{name}"):
+    finally:
+        sender.close()
+
+
+def test_the_check_catches_one_element_in_the_middle_of_a_large_tensor(engine_url, tmp_path):
+    """The checksum covers every element: after a sync, one element in the middle of the embedding (far past the
+    first rows) changed by its last bit on the engine is caught and named."""
+    from temper.engine.server import encode_tensor_payload
+
+    spec = SyncSpec("disk", [engine_url], {0: [0]}, disk_dir=str(tmp_path), engine_dtype="float32", check=True)
+    sender = WeightSender(spec, rank=0)
+    buckets = trained_buckets(shift=0.04)
+    name = "model.embed_tokens.weight"
+    changed = dict(pair for bucket in buckets for pair in bucket)[name].clone()
+    row, col = changed.shape[0] // 2, changed.shape[1] // 2
+    changed[row, col] = torch.nextafter(changed[row, col], torch.tensor(1e9))
+    try:
+        sender.send(iter(buckets), version="8")
+        assert sender.check() == sum(len(b) for b in buckets)
+        payload = encode_tensor_payload([(name, changed)])
+        r = httpx.post(f"{engine_url}/update_weights_from_tensor", json={"serialized_named_tensors": [payload]},
+                       timeout=60, trust_env=False)  # fmt: skip
+        assert r.json()["success"]
+        with pytest.raises(RuntimeError, match=f"1 engine tensors differ from the trainer's: {engine_url} {name}: "
+                                               "checksum [0-9]+, the trainer's [0-9]+ .every element compared in float32"):  # fmt: skip
             sender.check()
     finally:
         sender.close()
