@@ -59,6 +59,7 @@ class LLMEngine:
         self.eos_token_ids = _eos_token_ids(args.model, self.hf_config)
         stop_checker = StopChecker(Detokenizer(self.tokenizer), self.eos_token_ids, self.max_model_len)
         self.scheduler = Scheduler(args.max_num_seqs, args.max_num_batched_tokens, self.block_manager, stop_checker)
+        self.scheduler.on_finish = self._read_routed_experts
         self._rng = random.Random(args.seed)
         self._released: set[str] = set()
         device = self.model_runner.device
@@ -81,16 +82,19 @@ class LLMEngine:
 
     # ---- requests ---------------------------------------------------------------------------
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None,
-                    stream: bool = True) -> str:
+                    stream: bool = True, return_routed_experts: bool = False) -> str:
         """Queue one request (params.n must be 1); returns its id. ValueError for a bad request.
         stream=False: `step` reports it only after its first token, when the weight version changes and
-        when it finishes (its text is decoded once, at the end)."""
+        when it finishes (its text is decoded once, at the end). return_routed_experts: its final output
+        carries the experts its tokens were routed to (`RequestOutput.routed_experts`; MoE models only)."""
         self._validate(prompt_token_ids, params)
+        if return_routed_experts and self.model_runner.routed_experts is None:
+            raise ValueError(f"return_routed_experts: {type(self.model_runner.model).__name__} has no experts")
         request_id = request_id if request_id is not None else uuid.uuid4().hex
         if request_id in self.scheduler.unfinished:
             raise ValueError(f"request_id {request_id!r} is already in use by an unfinished request")
         seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
-        seq = Sequence(request_id, list(prompt_token_ids), params, seed, stream)
+        seq = Sequence(request_id, list(prompt_token_ids), params, seed, stream, return_routed_experts)
         if params.max_new_tokens == 0:
             self.scheduler.stop_checker.finish(seq, "length")
             self.scheduler.add_finished(seq)
@@ -117,6 +121,11 @@ class LLMEngine:
 
     def abort_request(self, request_id: str) -> None:
         self.scheduler.abort(request_id)
+
+    def _read_routed_experts(self, seq: Sequence) -> None:
+        """A finished request's routed experts, read before its KV blocks are freed (scheduler hook)."""
+        if seq.return_routed_experts:
+            seq.routed_experts = self.model_runner.routed_experts_of(seq)
 
     def take_finished(self) -> list[RequestOutput]:
         """Final outputs of the requests aborted (or finished before any step) since the last `step`, now

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 
 from temper.engine import kernels
@@ -37,6 +38,7 @@ from temper.engine.cuda_graph import DecodeGraphs
 from temper.engine.engine_args import EngineArgs
 from temper.engine.models import model_class
 from temper.engine.models.moe import GroupedExperts
+from temper.engine.routed_experts import RoutedExpertsCache
 from temper.engine.sampler import Sampler
 from temper.engine.sampling_params import SamplingParams
 from temper.engine.scheduler import ScheduledBatch
@@ -132,6 +134,8 @@ class ModelRunner:
         with torch.device(self.device), _default_dtype(self.dtype):
             self.model = model_class(hf_config)(hf_config, max_model_len, self.tp).eval()
         self.weight_map = WeightMap(self.model)
+        self.routed_experts = RoutedExpertsCache.for_model(self.model)  # None without experts
+        self.model.routed_experts = self.routed_experts
         self._load_all(iter_safetensors(args.model), args.model)
         tp = self.tp.size
         # K and V per layer, or one latent that is both (DeepSeek's MLA): the model class says which.
@@ -317,8 +321,11 @@ class ModelRunner:
 
     # ---- KV cache ---------------------------------------------------------------------------
     def block_bytes(self) -> int:
+        """A KV block's bytes: K/V of every layer, and an MoE model's routed experts of its tokens."""
         num_layers, num_kv_heads, head_dim = self.kv_shape
-        return self.kv_tensors * num_layers * self.block_size * num_kv_heads * head_dim * self.dtype.itemsize
+        routing = self.routed_experts.bytes_per_slot() if self.routed_experts is not None else 0
+        kv = self.kv_tensors * num_layers * num_kv_heads * head_dim * self.dtype.itemsize
+        return self.block_size * (kv + routing)
 
     def min_kv_blocks(self) -> int:
         return -(-self.max_model_len // self.block_size)
@@ -382,6 +389,8 @@ class ModelRunner:
                                     head_dim, dtype=self.dtype, device=self.device)
         for i, layer in enumerate(self.model.model.layers):
             layer.self_attn.attn.k_cache, layer.self_attn.attn.v_cache = self.kv_cache[0, i], self.kv_cache[-1, i]
+        if self.routed_experts is not None:
+            self.routed_experts.allocate(self.num_kv_blocks * self.block_size, self.device)
 
     def free_kv_cache(self) -> None:
         with self._mirrored("free_kv_cache", reply=True):
@@ -389,8 +398,18 @@ class ModelRunner:
             for layer in self.model.model.layers:
                 layer.self_attn.attn.k_cache = layer.self_attn.attn.v_cache = None
             self.kv_cache = None
+            if self.routed_experts is not None:
+                self.routed_experts.free()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+
+    def routed_experts_of(self, seq: Sequence) -> np.ndarray | None:
+        """The routed experts of `seq`'s computed tokens but its last one, int32 [tokens, num_hidden_layers,
+        top_k] (`RoutedExpertsCache.gather`), read before its blocks are freed; None for a dense model."""
+        if self.routed_experts is None:
+            return None
+        num_tokens = min(seq.num_computed_tokens, len(seq) - 1)
+        return self.routed_experts.gather(seq.block_table, num_tokens, self.block_size)
 
     def _reset_graphs(self) -> None:
         if self.graphs is not None:

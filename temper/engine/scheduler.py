@@ -21,6 +21,7 @@ ends was scheduled once more in vain, and that step's token for it is dropped.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from temper.engine.block_manager import BlockManager
@@ -71,6 +72,7 @@ class Scheduler:
         self.finished_early: list[Sequence] = []  # aborted or finished before running; reported next step
         self.unfinished: dict[str, Sequence] = {}  # request id -> waiting or running sequence
         self.stats = SchedulerStats()
+        self.on_finish: Callable[[Sequence], None] | None = None  # called before a finished seq's blocks go
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -91,8 +93,8 @@ class Scheduler:
         if seq is None:
             return
         (self.running if seq.status is SequenceStatus.RUNNING else self.waiting).remove(seq)
-        self.block_manager.free_seq(seq)
         self.stop_checker.finish(seq, "abort")
+        self._free_finished(seq)
         self.finished_early.append(seq)
 
     def pop_finished_early(self) -> list[Sequence]:
@@ -222,7 +224,7 @@ class Scheduler:
         self.stop_checker.check_many(live, text)
         for seq in live:
             if seq.finished:
-                self.block_manager.free_seq(seq)
+                self._free_finished(seq)
                 del self.unfinished[seq.request_id]
                 self.stats.finished_requests += 1
         for seq in waiting:
@@ -231,3 +233,8 @@ class Scheduler:
         self.stats.generated_tokens += len(live)
         self.running = [seq for seq in self.running if not seq.finished]
         return live
+
+    def _free_finished(self, seq: Sequence) -> None:
+        if self.on_finish is not None:
+            self.on_finish(seq)
+        self.block_manager.free_seq(seq)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+import numpy as np
+
 from temper.engine.sampling_params import SamplingParams
 
 
@@ -24,6 +26,9 @@ class RequestOutput:
         unless `no_stop_trim`. Token ids are never trimmed.
     matched_stop: the EOS / stop token id or the stop string that ended the request, else None.
     cached_tokens: prompt tokens served from the prefix cache when the request was first admitted.
+    routed_experts: for a request that asked (``return_routed_experts``), once finished: int32
+        [tokens, num_hidden_layers, top_k], the experts each computed token (prompt and output but the
+        last) was routed to, -1 on dense layers (`routed_experts.py`); else None.
     """
 
     request_id: str
@@ -37,6 +42,7 @@ class RequestOutput:
     matched_stop: int | str | None
     cached_tokens: int
     weight_version: str
+    routed_experts: np.ndarray | None = None
 
 
 @dataclass
@@ -62,12 +68,15 @@ class Sequence:
     (SGLang's num_retractions). stream=False (a caller that wants only the final output, e.g. a
     non-streaming HTTP request): the engine reports it after its first token, when the weight version
     changes and when it finishes, and detokenizes it once at the end (see `LLMEngine.step`).
+    return_routed_experts: read its tokens' routed experts when it finishes (`routed_experts`).
     """
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, seed: int,
-                 stream: bool = True):
+                 stream: bool = True, return_routed_experts: bool = False):
         self.request_id = request_id
         self.stream = stream
+        self.return_routed_experts = return_routed_experts
+        self.routed_experts: np.ndarray | None = None  # read when it finishes, if it asked
         self.params = params
         self.seed = seed
         self.token_ids: list[int] = list(prompt_token_ids)
@@ -130,4 +139,5 @@ class Sequence:
             matched_stop=self.matched_stop,
             cached_tokens=self.cached_tokens or 0,
             weight_version=weight_version,
+            routed_experts=self.routed_experts if self.finished else None,
         )

@@ -207,6 +207,7 @@ class DecoderForCausalLM(nn.Module):
         self.vocab_rows = self.tp.shard_range(self.vocab_size)  # (start, count) of this rank's LM-head rows
         if not self.tie_word_embeddings:
             self.lm_head = LMHead(hf_config.hidden_size, self.vocab_size, self.tp)
+        self.routed_experts = None  # an MoE model's RoutedExpertsCache, once the runner binds one
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
@@ -218,6 +219,8 @@ class DecoderForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Packed tokens [T] -> final hidden states [T, hidden]."""
+        if self.routed_experts is not None:  # the MoE blocks record their routing into these tokens' slots
+            self.routed_experts.slots = meta.slot_mapping
         return self.model(input_ids, positions, meta)
 
     def compute_logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -56,7 +56,7 @@ from temper.engine.models.layers import (
     RowParallelLinear,
     engine_param,
 )
-from temper.engine.models.moe import Expert, GroupedExperts
+from temper.engine.models.moe import Expert, GroupedExperts, record_routing
 from temper.engine.models.rotary import (
     RotaryEmbedding,
     inverse_frequencies,
@@ -194,10 +194,12 @@ class DeepseekMoE(nn.Module):
         self.gate = TopkRouter(hf_config)
         self.experts = GroupedExperts(hf_config.n_routed_experts, hidden, size, hf_config.num_experts_per_tok, tp)
         self.shared_experts = Expert(hidden, shared, tp)
+        self.routed_experts = None  # (RoutedExpertsCache, layer index) once the runner binds one
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, hidden] -> [T, hidden]."""
         weights, ids = self.gate(x)
+        record_routing(self, ids)
         out = self.experts(x, weights, ids) + self.shared_experts(x)
         return out if self.tp.size == 1 else self.tp.all_reduce(out)
 

@@ -24,7 +24,8 @@ to the stacked ``mlp.experts.gate_up_proj.weight`` with shard id (e, "gate") (th
 the shard id of any parameter that carries ``num_stacked``), and loads, updates and reads each expert's
 rows in place. The router is ``mlp.gate.weight``. Tensor parallelism: every rank holds every expert's
 share of ``moe_intermediate_size`` (gate/up column-parallel, down row-parallel); the experts' partial
-outputs are summed locally and all-reduced once per block.
+outputs are summed locally and all-reduced once per block. Each block records its routing for the
+requests that ask (`record_routing`, `routed_experts.py`).
 """
 
 from __future__ import annotations
@@ -152,12 +153,22 @@ class SparseMoeBlock(nn.Module):
             raise NotImplementedError(f"MoE experts with hidden_act={hf_config.hidden_act!r}; temper supports silu")
         self.gate = Linear(hf_config.hidden_size, hf_config.num_experts)  # the router, replicated
         self.experts = GroupedExperts(hf_config.num_experts, hf_config.hidden_size, size, self.top_k, tp)
+        self.routed_experts = None  # (RoutedExpertsCache, layer index) once the runner binds one
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, hidden] -> [T, hidden]."""
         weights, ids = softmax_topk(self.gate(x), self.top_k, self.norm_topk_prob)
+        record_routing(self, ids)
         out = self.experts(x, weights, ids)
         return out if self.tp.size == 1 else self.tp.all_reduce(out)
+
+
+def record_routing(block: nn.Module, ids: torch.Tensor) -> None:
+    """An MoE block's top-k expert ids [T, top_k] into its `RoutedExpertsCache` (``block.routed_experts``:
+    the cache and the block's layer index, bound by the runner), if it has one."""
+    if block.routed_experts is not None:
+        cache, layer = block.routed_experts
+        cache.record(layer, ids)
 
 
 def expert_swiglu(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:

@@ -64,6 +64,7 @@ class NewRequest:
     params: Any  # temper.engine.sampling_params.SamplingParams
     index: int = 0
     stream: bool = True  # False: outputs only after the first token, at weight-version changes and at the end
+    return_routed_experts: bool = False  # the final output carries its tokens' routed experts (MoE)
 
 
 def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> None:
@@ -332,7 +333,8 @@ class AsyncEngine:
                 if self.paused or self.released:
                     self._held[req.rid] = (req, time.monotonic())
                 else:
-                    self.engine.add_request(req.prompt_ids, req.params, req.rid, stream=req.stream)
+                    self.engine.add_request(req.prompt_ids, req.params, req.rid, stream=req.stream,
+                                            return_routed_experts=req.return_routed_experts)
                     in_engine.append(req.rid)
                     self.requests_added += 1
                 self._sinks[req.rid] = _Sink(loop, queue, req.index, req.prompt_ids)
@@ -392,7 +394,8 @@ class AsyncEngine:
         held, self._held = self._held, {}
         for rid, (req, _) in held.items():
             try:
-                self.engine.add_request(req.prompt_ids, req.params, rid, stream=req.stream)
+                self.engine.add_request(req.prompt_ids, req.params, rid, stream=req.stream,
+                                        return_routed_experts=req.return_routed_experts)
             except ValueError as e:
                 self._finish_now(rid, e)
 

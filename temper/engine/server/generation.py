@@ -5,7 +5,9 @@ SGLang's prompt-major order ``[p0·s0 … p0·s(n-1), p1·s0, …]``. `SubReques
 `AsyncEngine` and yields ``(sub, RequestOutput)`` as outputs arrive; with ``n > 1`` it first runs one
 copy per prompt and adds the other copies once that copy has produced a token, so the prompt is in
 the prefix cache for them. If the consumer goes away before the end, every unfinished request is
-aborted. `format_output` builds SGLang's ``{"text", "output_ids", "meta_info"}`` object (§4).
+aborted. `format_output` builds SGLang's ``{"text", "output_ids", "meta_info"}`` object (§4), with
+``meta_info.routed_experts`` (base64 int32 [tokens - 1 - routed_experts_start_len, num_hidden_layers,
+top_k], `routed_experts.py`) at the end of a request that set ``return_routed_experts``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from temper.engine.routed_experts import encode as encode_routed_experts
 from temper.engine.server.async_engine import AsyncEngine, NewRequest, abort_output
 from temper.engine.server.protocol import GenerateReqInput, RequestError
 from temper.engine.server.sampling import SamplingChoice, build_sampling
@@ -38,9 +41,11 @@ class SubRequest:
     spans: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # weight_versions
     emitted_tokens: int = -1  # tokens in the last streamed chunk
     stream: bool = True  # False: the engine reports only the first token, version changes and the end
+    routed_experts_from: int | None = None  # return_routed_experts: the first token position returned
 
     def new_request(self) -> NewRequest:
-        return NewRequest(self.rid, self.prompt_ids, self.sampling.params, self.index, self.stream)
+        return NewRequest(self.rid, self.prompt_ids, self.sampling.params, self.index, self.stream,
+                          self.routed_experts_from is not None)
 
     def track(self, out: Any) -> None:
         """Record which weight version produced the tokens this output has beyond the last one's (a
@@ -131,6 +136,7 @@ def plan_generate(
     if n > 1 and isinstance(req.return_logprob, list):
         raise RequestError("return_logprob: Cannot use list return_logprob with parallel_sample_num > 1.")
     logprobs = _per_prompt(req.return_logprob, len(prompts), "return_logprob")
+    routed_from = _routed_experts_from(req, prompts)
     batch = batch or n > 1
     rids = _rids(req.rid, len(prompts), n, batch)
     subs = []
@@ -141,9 +147,22 @@ def plan_generate(
                 index=index, rid=rids[index], prompt_ids=list(ids), sampling=choice,
                 return_logprob=bool(logprobs[p]), logprob_text=req.return_text_in_logprobs,
                 return_prompt_ids=req.return_prompt_token_ids, first_copy=j == 0 or not prefix_caching,
-                stream=bool(req.stream),
+                stream=bool(req.stream), routed_experts_from=routed_from[p],
             ))
     return subs, batch
+
+
+def _routed_experts_from(req: GenerateReqInput, prompts: list[list[int]]) -> list[int | None]:
+    """Per prompt: where its returned routed experts start (``routed_experts_start_len``), None when
+    ``return_routed_experts`` is off for it."""
+    wanted = _per_prompt(req.return_routed_experts, len(prompts), "return_routed_experts")
+    starts = _per_prompt(req.routed_experts_start_len, len(prompts), "routed_experts_start_len")
+    out: list[int | None] = []
+    for i, (want, start, ids) in enumerate(zip(wanted, starts, prompts)):
+        if want and not 0 <= start <= len(ids):
+            raise RequestError(f"routed_experts_start_len[{i}]: {start} is outside the prompt's 0..{len(ids)} tokens")
+        out.append(start if want else None)
+    return out
 
 
 def check_n(subs: list[SubRequest], cap: int, field: str) -> None:
@@ -268,6 +287,8 @@ def format_output(sub: SubRequest, out: Any, token_text: TokenTexts | None = Non
         meta["output_token_logprobs_length"] = len(meta["output_token_logprobs"])
     if out.finished:
         meta["e2e_latency"] = time.perf_counter() - sub.received
+        if sub.routed_experts_from is not None and out.routed_experts is not None:
+            meta["routed_experts"] = encode_routed_experts(out.routed_experts[sub.routed_experts_from :])
     obj: dict[str, Any] = {"text": out.text, "output_ids": list(out.output_token_ids), "meta_info": meta}
     if sub.return_prompt_ids:
         obj["prompt_token_ids"] = list(out.prompt_token_ids)

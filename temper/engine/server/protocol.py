@@ -137,6 +137,8 @@ class GenerateReqInput(Body):
     return_logprob: bool | list[bool] | None = None
     return_text_in_logprobs: bool = False
     return_prompt_token_ids: bool = False
+    return_routed_experts: bool | list[bool] = False
+    routed_experts_start_len: int | list[int] = 0
 
 
 class AbortReq(Body):
