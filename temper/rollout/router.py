@@ -57,6 +57,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from temper.rollout.engine_client import ROUTING_KEY_HEADER
 from temper.rollout.routing_policy import NoWorkerError, RoutingPolicy, Worker
+from temper.rollout.upstream_pool import UpstreamPool
 from temper.uvicorn_thread import UvicornThread
 
 logger = logging.getLogger(__name__)
@@ -113,7 +114,8 @@ class Router:
         self.max_connections = max_connections
         self.api_key = api_key
         self.worker_api_key = worker_api_key
-        self.http: httpx.AsyncClient | None = None
+        self.http: httpx.AsyncClient | None = None  # health checks, admin and info calls
+        self.upstream: UpstreamPool | None = None  # forwarded requests (upstream_pool.py says why apart)
         self.app = self._build_app()
 
     # ---- workers ---------------------------------------------------------------------------------
@@ -257,32 +259,39 @@ class Router:
         headers = {"content-type": request.headers.get("content-type", "application/json")}
         if self.worker_api_key is None and "authorization" in request.headers:  # the client's key for the engines
             headers["authorization"] = request.headers["authorization"]
-        upstream = self.http.build_request(request.method, f"{worker.url}{path}", content=body, headers=headers)
+        shard = self.upstream.acquire()
+        client = self.upstream.client(shard)
+        upstream = client.build_request(request.method, f"{worker.url}{path}", content=body, headers=headers)
         self.policy.started(worker)
         try:
-            response = await self.http.send(upstream, stream=True)
+            response = await client.send(upstream, stream=True)
         except BaseException:
-            self.policy.finished(worker)
+            self._finished(worker, shard)
             raise
         out_headers = {WORKER_HEADER: worker.url}
         media_type = response.headers.get("content-type")
         if stream and response.status_code < 400:
-            return StreamingResponse(self._relay(worker, response), response.status_code, out_headers, media_type)
+            relay = self._relay(worker, shard, response)
+            return StreamingResponse(relay, response.status_code, out_headers, media_type)
         try:
             content = await response.aread()
         finally:
             await response.aclose()
-            self.policy.finished(worker)
+            self._finished(worker, shard)
         return Response(content, response.status_code, out_headers, media_type)
 
-    async def _relay(self, worker: Worker, response: httpx.Response) -> AsyncIterator[bytes]:
+    async def _relay(self, worker: Worker, shard: int, response: httpx.Response) -> AsyncIterator[bytes]:
         # Runs until the stream ends or the client goes away; closing upstream lets the engine abort.
         try:
             async for chunk in response.aiter_raw():
                 yield chunk
         finally:
             await response.aclose()
-            self.policy.finished(worker)
+            self._finished(worker, shard)
+
+    def _finished(self, worker: Worker, shard: int) -> None:
+        self.policy.finished(worker)
+        self.upstream.release(shard)
 
     async def fan_out(self, method: str, path: str, **kwargs: Any) -> list[tuple[str, httpx.Response | Exception]]:
         """The same request to every registered worker, concurrently: [(url, response or error)]."""
@@ -305,6 +314,7 @@ class Router:
             timeout = httpx.Timeout(self.request_timeout, connect=10.0)
             auth = {"Authorization": f"Bearer {self.worker_api_key}"} if self.worker_api_key else None
             self.http = httpx.AsyncClient(limits=limits, timeout=timeout, headers=auth, trust_env=False)
+            self.upstream = UpstreamPool(self.max_connections, timeout=timeout, headers=auth, trust_env=False)
             health = None
             try:
                 for url in await asyncio.gather(*(self._wait_healthy(u) for u in self.initial_workers)):
@@ -314,6 +324,7 @@ class Router:
             finally:
                 if health is not None:
                     health.cancel()
+                await self.upstream.aclose()
                 await self.http.aclose()
 
         app = FastAPI(title="temper router", lifespan=lifespan)
