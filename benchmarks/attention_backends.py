@@ -142,7 +142,10 @@ def attention_flops(lengths: list[int], heads: int, head_dim: int) -> float:
 def bench(args) -> dict:
     device = torch.device("cuda")
     torch.manual_seed(0)
-    backends = {"flash": flash_fn(), "cudnn": cudnn_fn(False), "cudnn_expanded_kv": cudnn_fn(True)}
+    backends = {"flash": flash_fn(), "cudnn": cudnn_fn(False), "cudnn_expanded_kv": cudnn_fn(True),
+                # the trainer compiles its decoder layers: the op must also trace (dynamic shapes)
+                "flash_compiled": torch.compile(flash_fn(), dynamic=True),
+                "cudnn_compiled": torch.compile(cudnn_fn(False), dynamic=True)}
     results = {name: {"fwd_ms": [], "fwd_bwd_ms": [], "first_ms": [], "error": None} for name in backends}
     flops = 0.0
     for row in range(args.rows):
@@ -187,7 +190,8 @@ def bench(args) -> dict:
             except Exception as error:  # a backend this build lacks is reported, not fatal
                 result["error"] = f"{type(error).__name__}: {error}"[:400]
     summary = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-               "cudnn": torch.backends.cudnn.version(), "rows": args.rows, "tokens_per_row": args.tokens}  # fmt: skip
+               "cudnn": torch.backends.cudnn.version(), "rows": args.rows, "tokens_per_row": args.tokens,
+               "backends": list(backends)}  # fmt: skip
     for name, result in results.items():
         if result["fwd_ms"]:
             fwd, both = sum(result["fwd_ms"]), sum(result["fwd_bwd_ms"])
@@ -204,7 +208,7 @@ def main(argv=None) -> int:
         return 1
     summary = bench(args)
     flash = summary["flash"]
-    for name in ("flash", "cudnn", "cudnn_expanded_kv"):
+    for name in summary["backends"]:
         r = summary[name]
         if r["error"] and not r["fwd_ms"]:
             print(f"{name:>18}: unavailable: {r['error']}")
