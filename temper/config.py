@@ -271,7 +271,8 @@ class AlgorithmConfig:
         False, "MoE: record each token's experts in the old-log-prob forward and replay them in training"
     )
     use_rollout_routing_replay: bool = opt(
-        False, "MoE (R3): replay the engine's routed experts in training (not supported yet: the run stops)"
+        False,
+        "MoE (R3): the engine returns each token's routed experts and training (old log-probs too) replays them",
     )
     moe_aux_loss_coeff: float = opt(0.0, "MoE: weight of the routers' load-balancing loss, summed over MoE layers")
     moe_z_loss_coeff: float | None = opt(None, "MoE: weight of the routers' z-loss, summed over MoE layers")

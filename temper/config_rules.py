@@ -197,11 +197,6 @@ def _algorithm(cfg: Config) -> None:
         raise ConfigError("--custom-tis-function-path is applied with --use-tis (as in slime); add --use-tis")
     if cfg.use_critic and cfg.loss_type != "policy_loss":
         raise ConfigError("--advantage-estimator ppo trains a critic and needs --loss-type policy_loss")
-    if cfg.use_rollout_routing_replay:
-        raise ConfigError(
-            "--use-rollout-routing-replay (R3) needs the engine to return each token's routed experts, which temper's "
-            "engine does not yet; --use-routing-replay replays the routing of the old-log-prob forward instead"
-        )
     if cfg.moe_aux_loss_coeff < 0 or (cfg.moe_z_loss_coeff or 0.0) < 0:
         raise ConfigError(
             f"--moe-aux-loss-coeff and --moe-z-loss-coeff must be >= 0, got {cfg.moe_aux_loss_coeff}, {cfg.moe_z_loss_coeff}"

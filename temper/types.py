@@ -11,6 +11,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 Message = dict[str, Any]
@@ -54,6 +55,9 @@ class Sample:
     """One 0/1 per response token; 0 for tool/environment tokens. None means all ones."""
     rollout_log_probs: list[float] | None = None
     """Engine log-prob of each response token (0.0 for non-trainable tokens)."""
+    rollout_routed_experts: np.ndarray | None = None
+    """MoE (--use-rollout-routing-replay): int32 [tokens computed by the engine (at most len(tokens) - 1),
+    num_hidden_layers, top_k], the experts the engine routed each token to (-1 on dense layers)."""
     status: Sample.Status = Status.PENDING
     weight_versions: list[str] = field(default_factory=list)
     """Weight version the engine reported for each generate call that produced this response."""
@@ -170,6 +174,9 @@ class RolloutBatch:
     sample_indices: list[int]
     rollout_log_probs: list[torch.Tensor] | None = None
     """[R_i] float32 each: the engine's log-probs, when every sample has them."""
+    rollout_routed_experts: list[torch.Tensor | None] | None = None
+    """[<= L_i - 1, num_hidden_layers, top_k] int32 each (None for a sample without): the engine's routing
+    (R3), when some sample has it; training replays it (positions past its rows route freely)."""
     truncated: list[bool] = field(default_factory=list)
     weight_versions: list[list[str]] = field(default_factory=list)
 
@@ -199,6 +206,7 @@ class RolloutBatch:
             ),
             truncated=[s.status == Sample.Status.TRUNCATED for s in samples],
             weight_versions=[list(s.weight_versions) for s in samples],
+            rollout_routed_experts=_routed_experts(samples),
         )
 
     def select(self, positions: list[int]) -> RolloutBatch:
@@ -215,6 +223,7 @@ class RolloutBatch:
             rollout_log_probs=pick(self.rollout_log_probs) if self.rollout_log_probs is not None else None,
             truncated=pick(self.truncated) if self.truncated else [],
             weight_versions=pick(self.weight_versions) if self.weight_versions else [],
+            rollout_routed_experts=pick(self.rollout_routed_experts) if self.rollout_routed_experts else None,
         )
 
 
@@ -229,3 +238,18 @@ def _loss_mask(sample: Sample) -> torch.Tensor:
             f"{sample.response_length}"
         )
     return torch.tensor(sample.loss_mask, dtype=torch.float32)
+
+
+def _routed_experts(samples: list[Sample]) -> list[torch.Tensor | None] | None:
+    if all(s.rollout_routed_experts is None for s in samples):
+        return None
+    out = []
+    for s in samples:
+        routed = s.rollout_routed_experts
+        if routed is not None and (routed.ndim != 3 or routed.shape[0] > len(s.tokens) - 1):
+            raise ValueError(
+                f"sample {s.index}: rollout_routed_experts has shape {tuple(routed.shape)}; expected [at most "
+                f"{len(s.tokens) - 1} tokens, layers, top_k] for its {len(s.tokens)} tokens"
+            )
+        out.append(None if routed is None else torch.from_numpy(np.asarray(routed, dtype=np.int32)))
+    return out

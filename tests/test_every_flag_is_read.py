@@ -58,7 +58,6 @@ def rejects(flags: list[str], error: str | None = None) -> Probe:
 
 # Flags that nothing but a rule reads: the model-shape check (temper.model_shape) or Config.validate's rules.
 PROBES: dict[str, list[Probe]] = {
-    "use_rollout_routing_replay": [rejects(["--use-rollout-routing-replay"])],
     # -- model shape, against the checkpoint's config.json
     "num_layers": [shape(["--num-layers", "3"], "--num-layers 3 (checkpoint: 2)")],
     "hidden_size": [shape(["--hidden-size", "64"], "--hidden-size 64 (checkpoint: 128)")],

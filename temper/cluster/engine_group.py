@@ -149,6 +149,8 @@ class EngineWorker:
             )
         port = free_port(self.host)
         flags = sglang_flags({k: v for k, v in self.cfg.engine.sglang.items() if k not in ROLLOUT_SIDE})
+        if self.cfg.use_rollout_routing_replay:  # R3: the answers carry each token's routed experts
+            flags.append("--enable-return-routed-experts")
         command = [
             sys.executable, "-m", "sglang.launch_server", "--model-path", self.cfg.hf_checkpoint,
             "--host", self.host, "--port", str(port), "--tp-size", str(max(len(self.gpu_ids), 1)), *flags,

@@ -39,8 +39,10 @@ def check_groups(groups: Any, n_samples_per_prompt: int, *, who: str) -> None:
 
 
 def groups_to_state(groups: list[Group]) -> list[list[dict[str, Any]]]:
-    """Groups as nested lists of `Sample.to_dict()`; JSON-serializable if the samples' values are."""
-    return [[sample.to_dict() for sample in group] for group in groups]
+    """Groups as nested lists of `Sample.to_dict()`; JSON-serializable if the samples' values are. A
+    buffered sample's routed experts (R3) are left out: its continuation sends all its tokens again
+    and gets the routing of all of them back."""
+    return [[sample.to_dict() | {"rollout_routed_experts": None} for sample in group] for group in groups]
 
 
 def groups_from_state(state: list[list[dict[str, Any]]]) -> list[Group]:

@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from temper.rollout.engine_client import EngineClient, EngineError
+from temper.rollout.routed_experts import decode as decode_routed_experts
+from temper.rollout.routed_experts import routing_shape
 from temper.rollout.router_flags import engine_api_key
 from temper.types import Sample
 
@@ -325,6 +327,10 @@ async def _send(state: GenerateState, key: str | None, todo: list[tuple[Sample, 
     else:
         payload = {"input_ids": [s.tokens for s, _ in todo], "sampling_params": [p for _, p in todo],
                    "return_logprob": True}
+    routing = None
+    if getattr(state.args, "use_rollout_routing_replay", False):  # R3: the engine's routed experts too
+        routing = routing_shape(getattr(state.args, "hf_checkpoint", None) or "")
+        payload["return_routed_experts"] = True
     state.clock.sent(len(todo))
     output = await client.generate(payload, routing_key=key)
     state.clock.answered()
@@ -332,7 +338,7 @@ async def _send(state: GenerateState, key: str | None, todo: list[tuple[Sample, 
     if not isinstance(outputs, list) or len(outputs) != len(todo):
         raise EngineError(client.base_url, f"/generate: a batch of {len(todo)} prompts got {outputs!r:.200} back")
     for (sample, _), out in zip(todo, outputs):
-        append_output(sample, out)
+        append_output(sample, out, routing)
 
 
 def routing_key(sample: Sample) -> str | None:
@@ -342,8 +348,10 @@ def routing_key(sample: Sample) -> str | None:
     return None if sample.group_index is None else f"group-{sample.group_index}"
 
 
-def append_output(sample: Sample, output: dict[str, Any]) -> None:
-    """Append one SGLang `/generate` response object to `sample` (tokens, log-probs, status, version)."""
+def append_output(sample: Sample, output: dict[str, Any], routing: tuple[int, int] | None = None) -> None:
+    """Append one SGLang `/generate` response object to `sample` (tokens, log-probs, status, version).
+    `routing` (num_hidden_layers, top_k): the request asked for the routed experts, which then replace
+    the sample's `rollout_routed_experts` (see `routed_experts.py`)."""
     meta = output.get("meta_info", {})
     ids = list(output.get("output_ids") or [])
     triples = meta.get("output_token_logprobs")
@@ -359,3 +367,11 @@ def append_output(sample: Sample, output: dict[str, Any]) -> None:
         ids, log_probs, finish_reason=finish, text=output.get("text", ""), weight_version=meta.get("weight_version")
     )
     sample.cached_tokens += int(meta.get("cached_tokens") or 0)
+    if routing is not None:
+        if "routed_experts" not in meta:
+            raise ValueError(
+                f"--use-rollout-routing-replay: the engine's answer (meta_info {meta.get('id')}) has no "
+                "routed_experts; temper's engine returns them for MoE models, an SGLang server with "
+                "--enable-return-routed-experts"
+            )
+        sample.rollout_routed_experts = decode_routed_experts(meta["routed_experts"], len(sample.tokens) - 1, *routing)
