@@ -48,6 +48,7 @@ class WeightMap:
         self.params = dict(model.named_parameters())
         self.packed = model.packed_modules
         self.tied = model.tie_word_embeddings
+        self._resolve_cache: dict[str, tuple[torch.nn.Parameter, object]] = {}
 
     def ignored(self, hf_name: str) -> bool:
         """A checkpoint tensor the engine does not use: a buffer it computes itself, or what the model class
@@ -116,18 +117,41 @@ class WeightMap:
         return names
 
     def load(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Copy each (HF name, tensor) into the model (any dtype/device); returns the names loaded."""
-        loaded = set()
+        """Copy each (HF name, tensor) into the model (any dtype/device); returns the names loaded.
+
+        A tensor already in its parameter's dtype and device, for a loader that only copies into a view
+        (`layers.mark_view_copy`), is copied with the others like it in one `torch._foreach_copy_` (one
+        launch for a bucket instead of one per tensor); the rest go through their parameter's loader, in order."""
+        loaded: set[str] = set()
+        batch: tuple[list, list] = ([], [])
         for hf_name, tensor in named_tensors:
             if self.ignored(hf_name):
                 continue
-            param, shard_id = self.resolve(hf_name)
+            param, shard_id = self._resolved(hf_name)
+            if hf_name in loaded:  # loaded twice in one call: the later copy must land last
+                _copy_all(batch)
             try:
-                param.weight_loader(param, tensor, shard_id)
+                if getattr(param, "view_copy_loader", None) == param.weight_loader and _same_kind(tensor, param):
+                    view = param.shard_view(param, shard_id)
+                    if tuple(view.shape) != tuple(tensor.shape):
+                        raise ValueError(f"expected shape {tuple(view.shape)}, got {tuple(tensor.shape)}")
+                    batch[0].append(view)
+                    batch[1].append(tensor)
+                else:
+                    _copy_all(batch)
+                    param.weight_loader(param, tensor, shard_id)
             except ValueError as e:
                 raise ValueError(f"weight {hf_name!r}: {e}") from None
             loaded.add(hf_name)
+        _copy_all(batch)
         return loaded
+
+    def _resolved(self, hf_name: str) -> tuple[torch.nn.Parameter, str | None]:
+        """`resolve`, remembered per name (the parameters are fixed for the map's life)."""
+        found = self._resolve_cache.get(hf_name)
+        if found is None:
+            found = self._resolve_cache[hf_name] = self.resolve(hf_name)
+        return found
 
     def get(self, hf_name: str) -> torch.Tensor:
         """A copy of the full weight named `hf_name` (un-fused, un-sharded), on the model's device and dtype."""
@@ -138,3 +162,16 @@ class WeightMap:
             return view.clone()
         full = getattr(param, "tp_full", None) or view.shape[param.tp_dim] * tp.size
         return tp.all_gather(view, param.tp_dim, full).contiguous()
+
+
+def _same_kind(tensor: torch.Tensor, param: torch.Tensor) -> bool:
+    return tensor.dtype == param.dtype and tensor.device == param.device and not tensor.requires_grad
+
+
+def _copy_all(batch: tuple[list, list]) -> None:
+    """Copy batch[1][i] into batch[0][i] for every i, in one foreach call, and empty the batch."""
+    views, tensors = batch
+    if views:
+        torch._foreach_copy_(views, tensors)
+        views.clear()
+        tensors.clear()

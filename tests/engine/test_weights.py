@@ -84,3 +84,26 @@ def test_stacked_experts_load_update_and_read_by_their_checkpoint_names(model_di
     num_experts = sum(n.startswith("model.layers.0.mlp.experts.") and n.endswith(".down_proj.weight") for n in state)
     with pytest.raises(ValueError, match=f"model.layers.0.mlp.experts.{num_experts}.down_proj.weight"):
         engine.load_weights([(f"model.layers.0.mlp.experts.{num_experts}.down_proj.weight", torch.zeros(1))])
+
+
+def test_batched_copies_equal_one_by_one_loading_in_order(engine, model_dir):
+    """`WeightMap.load` batches plain same-dtype copies into one foreach call: the result equals loading the
+    tensors one by one through their loaders, with other-dtype tensors (the loaders' path) interleaved and a
+    name given twice in one call (the later tensor wins)."""
+    state = load_file(model_dir("qwen2") / "model.safetensors")
+    generator = torch.Generator().manual_seed(1)
+    new = {name: torch.randn(t.shape, generator=generator) for name, t in state.items() if name != "lm_head.weight"}
+    fused = "model.layers.0.self_attn.v_proj.weight"
+    twice = "model.layers.1.mlp.up_proj.weight"
+    pairs = [(name, t.to(torch.bfloat16) if name == fused else t) for name, t in new.items()]
+    pairs.append((twice, torch.full_like(new[twice], 3.0)))
+    weight_map = engine.model_runner.weight_map
+    try:
+        assert weight_map.load(pairs) == set(new)
+        for name, tensor in new.items():
+            expected = {fused: tensor.to(torch.bfloat16).float(), twice: torch.full_like(tensor, 3.0)}.get(name, tensor)
+            assert torch.equal(engine.get_weights_by_name(name), expected), name
+        with pytest.raises(ValueError, match=r"weight 'model.layers.0.mlp.down_proj.weight': expected shape"):
+            weight_map.load([("model.layers.0.mlp.down_proj.weight", torch.zeros(3, 5))])
+    finally:
+        engine.load_weights(state.items())

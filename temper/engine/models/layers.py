@@ -52,12 +52,20 @@ def rank_slice(loaded: torch.Tensor, local_shape: tuple[int, ...], dim: int, tp:
     return loaded.narrow(dim, start, length)
 
 
+def mark_view_copy(param: nn.Parameter) -> None:
+    """Declare that `param`'s current ``weight_loader`` only copies a tensor of exactly the view's shape into
+    ``shard_view(param, shard_id)`` (nothing sliced, fused or computed), so that `WeightMap.load` may batch
+    such copies. A loader set later is not covered: the mark names the loader it was made for."""
+    param.view_copy_loader = param.weight_loader
+
+
 def engine_param(*shape: int, fill: float | None = None) -> nn.Parameter:
     """An inference parameter (no grad, uninitialised unless `fill`) with the default loader; replicated
     on every tensor-parallel rank (``tp_dim`` None)."""
     data = torch.empty(*shape) if fill is None else torch.full(shape, fill)
     param = nn.Parameter(data, requires_grad=False)
     param.weight_loader, param.shard_view, param.tp_dim = _load_whole, _whole, None
+    mark_view_copy(param)
     return param
 
 
@@ -70,6 +78,8 @@ def sharded_param(*local_shape: int, dim: int, tp: TPGroup, full: int) -> nn.Par
         copy_checked(view, rank_slice(loaded, tuple(view.shape), dim, tp, full))
 
     param.weight_loader, param.tp_dim, param.tp_full = load, dim, full
+    if tp.size == 1:  # the whole tensor is this rank's part
+        mark_view_copy(param)
     return param
 
 
@@ -103,6 +113,8 @@ class MergedLinear(Linear):
         for param in (self.weight, self.bias):
             if param is not None:
                 param.weight_loader, param.shard_view, param.tp_dim = self._load_shard, self._shard_view, 0
+                if self.tp.size == 1:  # a shard's rows are one block of the parameter, its whole HF tensor
+                    mark_view_copy(param)
 
     def _shard_view(self, param: nn.Parameter, shard_id: str | None) -> torch.Tensor:
         if shard_id not in self.offsets:

@@ -211,6 +211,7 @@ class IpcSendBuffer:
         self.flat = None  # the old buffer goes (engines that mapped it keep it until they evict it)
         self.capacity = _aligned(max(int(nbytes), ALIGN))
         self.flat = torch.empty(self.capacity, dtype=torch.uint8, device=self.device)
+        self._views: dict[tuple, torch.Tensor] = {}  # see `_view`
         self.shared: dict | None = None  # shared on first use: a buffer grown before it was sent is freed at once
 
     def _share(self) -> dict:
@@ -228,23 +229,39 @@ class IpcSendBuffer:
         description (`protocol.CudaIpcBucket` fields) each time the buffer is full and at the end, once
         the copies have finished. Pull the next item only when every engine has loaded the last one."""
         entries: list[dict] = []
+        copies: tuple[list, list] = ([], [])  # (buffer views, tensors): copied together when the bucket is full
         used = 0
         for name, tensor in pairs:
             out = dtype or tensor.dtype
             nbytes = tensor.numel() * out.itemsize
             if entries and used + nbytes > self.capacity:
-                yield self._ready(entries)
+                yield self._ready(entries, copies)
                 entries, used = [], 0
             if nbytes > self.capacity:
                 self._allocate(nbytes)
-            self.flat[used : used + nbytes].view(out).view(tensor.shape).copy_(tensor.detach())
+            copies[0].append(self._view(used, out, tuple(tensor.shape)))
+            copies[1].append(tensor.detach())
             entries.append({"name": name, "dtype": str(out).removeprefix("torch."), "shape": list(tensor.shape),
                             "offset": used})
             used = _aligned(used + nbytes)
         if entries:
-            yield self._ready(entries)
+            yield self._ready(entries, copies)
 
-    def _ready(self, entries: list[dict]) -> dict:
+    def _view(self, offset: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        """The buffer's bytes at `offset` as a `dtype` tensor of `shape`, made once per layout (a sync sends
+        the same tensors at the same offsets every time)."""
+        key = (offset, dtype, shape)
+        view = self._views.get(key)
+        if view is None:
+            nbytes = math.prod(shape) * dtype.itemsize
+            view = self._views[key] = self.flat[offset : offset + nbytes].view(dtype).view(shape)
+        return view
+
+    def _ready(self, entries: list[dict], copies: tuple[list, list]) -> dict:
+        views, tensors = copies
+        torch._foreach_copy_(views, tensors)  # one launch per dtype pair for the bucket, casts included
+        views.clear()
+        tensors.clear()
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # the engine reads on its own stream
         if self.shared is None:
