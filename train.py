@@ -26,7 +26,8 @@ def train(cfg, cluster: Cluster, log: RunLog) -> list[dict]:
     start = cluster.resume()  # trainer, data source + buffer, rollout id
     sync_weights(cluster, version=start)  # the engines serve the trainer's weights from the start
     if cfg.eval_interval is not None and start == 0 and not cfg.skip_eval_before_train:
-        log.eval(start, rollout.eval(start))
+        with log.live.phase("eval"):  # shown live, not timed into the first step
+            log.eval(start, rollout.eval(start))
     for rollout_id in range(start, cfg.num_rollout):
         with log.phase("rollout"):
             batch = rollout.generate(rollout_id)  # prompts -> engines -> rewards -> normalized groups
@@ -41,11 +42,13 @@ def train(cfg, cluster: Cluster, log: RunLog) -> list[dict]:
             with log.phase("train"):
                 metrics |= cluster.train(rollout_id, batch)  # log-probs, advantages, optimizer steps
         if due(rollout_id, cfg.save_interval, cfg.num_rollout):
-            cluster.save(rollout_id)
+            with log.phase("save"):
+                cluster.save(rollout_id)
         if not cfg.debug_rollout_only:
             metrics |= sync_weights(cluster, version=rollout_id + 1, phase=log.phase)
         if due(rollout_id, cfg.eval_interval):
-            metrics |= rollout.eval(rollout_id)
+            with log.phase("eval"):
+                metrics |= rollout.eval(rollout_id)
         log.step(rollout_id, metrics)
         log.samples(rollout_id, rollout.last_samples)  # a few of them, for the run report
     return log.steps

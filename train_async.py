@@ -24,7 +24,8 @@ def train(cfg, cluster: Cluster, log: RunLog) -> list[dict]:
     start = cluster.resume()  # trainer, data source + buffer, rollout id
     cluster.update_weights(version=start)
     if cfg.eval_interval is not None and start == 0 and not cfg.skip_eval_before_train:
-        log.eval(start, rollout.eval(start))
+        with log.live.phase("eval"):  # shown live, not timed into the first step
+            log.eval(start, rollout.eval(start))
     ahead = RolloutsAhead(rollout, start, cfg.num_rollout, depth=cfg.async_buffer_size)
     try:
         for rollout_id in range(start, cfg.num_rollout):
@@ -34,13 +35,13 @@ def train(cfg, cluster: Cluster, log: RunLog) -> list[dict]:
             with log.phase("train"):
                 metrics |= cluster.train(rollout_id, generated.batch)
             if due(rollout_id, cfg.save_interval, cfg.num_rollout):
-                with ahead.paused():  # the data source is not touched while it is being saved
+                with log.phase("save"), ahead.paused():  # the data source is not touched while it is being saved
                     cluster.save(rollout_id, data_state=generated.data_state)
             if (rollout_id + 1) % cfg.update_weights_interval == 0:
                 with log.phase("sync"), ahead.paused():  # no rollout sees weights change under it
                     metrics |= cluster.update_weights(version=rollout_id + 1)
             if due(rollout_id, cfg.eval_interval):
-                with ahead.paused():
+                with log.phase("eval"), ahead.paused():
                     metrics |= rollout.eval(rollout_id)
             log.step(rollout_id, metrics)
             log.samples(rollout_id, generated.samples)  # a few of them, for the run report

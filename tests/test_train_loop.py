@@ -98,3 +98,35 @@ def test_the_loop_moves_what_the_plan_says(tmp_path, outcome, offload_train, rel
     moved = {"time/release_engine": bool(release), "time/onload_train": offload_train,
              "time/offload_train": offload_train, "time/resume_engine": bool(release)}  # fmt: skip
     assert {name: name in record for name in MOVES} == moved
+
+
+def test_save_and_eval_are_phases_of_their_step_and_the_first_eval_is_shown_not_timed(tmp_path):
+    """The checkpoint and the evaluation get a live line and a time of their own (time/save, time/eval); the
+    evaluation before training is shown live too, but counted into no step."""
+    import time
+
+    cfg = parse_config(["--rollout-batch-size", "2", "--num-rollout", "1", "--run-dir", str(tmp_path), "--save",
+                        str(tmp_path / "ckpt"), "--save-interval", "1", "--eval-interval", "1",
+                        "--eval-prompt-data", "sums", str(tmp_path / "sums.jsonl")])  # fmt: skip
+    cluster = StandInCluster(MemoryPlan(False, (), "resident"))
+    shown = []
+
+    def save(rollout_id):
+        cluster.calls.append(("save", rollout_id))
+        time.sleep(0.05)
+
+    def evaluate(rollout_id):
+        cluster.calls.append(("eval", rollout_id))
+        time.sleep(0.05)
+        return {"eval/sums": 0.5}
+
+    cluster.save, cluster.rollout.eval = save, evaluate
+    with RunLog(cfg, stream=io.StringIO()) as log:
+        phase = log.live.phase
+        log.live.phase = lambda name: (shown.append(name), phase(name))[1]
+        steps = load_driver("train").train(cfg, cluster, log)
+    assert cluster.calls == [("sync", 0), ("eval", 0), ("generate", 0), ("train", 0), ("save", 0), ("sync", 1),
+                             ("eval", 0)]  # fmt: skip
+    assert shown == ["eval", "rollout", "train", "save", "sync", "eval"]
+    record = steps[0]
+    assert record["time/save"] >= 0.05 and 0.05 <= record["time/eval"] < 0.1  # the first eval is in no step

@@ -1,14 +1,20 @@
 """Live progress of a run's long phases: what the current phase has done so far, while it runs.
 
 `LiveProgress.phase(name)` shows, for as long as the phase lasts, its name, its seconds and what its
-watcher reports (the rollout's: samples finished of those asked for, tokens generated a second, an
-estimate of the time left). On a terminal it is one rich status line, redrawn twice a second and removed
-when the phase ends (the step's progress line stays, `progress.py`). Elsewhere (logs, CI) a phase that
-runs longer than `quiet_s` gets a plain line every `quiet_s` seconds, and a short one prints nothing.
+watcher reports. On a terminal it is one rich status line, redrawn twice a second and removed when the
+phase ends (the step's progress line stays, `progress.py`). Elsewhere (logs, CI) a phase that runs longer
+than `quiet_s` gets a plain line every `quiet_s` seconds, and a short one prints nothing:
+
+    rollout 31 s: 96/256 samples, 4.1k tok/s, at most 52 s left
+    train 30 s: step 1/2, 5/8 micro-batches, 12.3k tok/s
+    sync 30 s: weights, 4100/8200 MB, 950 MB/s
+    save 30 s: actor checkpoint
+    eval 30 s: 40/500 samples, 3.9k tok/s, at most 75 s left
 
 A watcher is a callable returning a `Progress` (or None when it cannot tell); it is called from the
-display's thread and must not block for long. `EngineWatcher` is the rollout's: it reads the engines'
-``/v1/loads`` counters (finished requests, generated tokens) and counts from the phase's start.
+display's thread and must not block for long. `EngineWatcher` is the rollout's and the evaluation's: it
+reads the engines' ``/v1/loads`` counters (finished requests, generated tokens) and counts from the
+phase's start. The train ranks' watcher (train, sync, save) is the cluster's (`cluster/phase_watchers.py`).
 """
 
 from __future__ import annotations
@@ -29,22 +35,30 @@ QUIET_S = 30.0
 
 @dataclass
 class Progress:
-    done: float | None = None  # units finished so far in this phase
+    done: float | None = None  # units finished so far in this phase (or its stage)
     total: float | None = None  # units the phase will finish (None: unknown)
     unit: str = ""
-    rate: float | None = None  # tokens a second, where the watcher knows them
+    rate: float | None = None  # `rate_unit` a second, where the watcher knows it
     eta_s: float | None = None  # seconds left, where the watcher can estimate them
+    stage: str = ""  # what part of the phase runs now ("step 1/2", "weights"), where it has parts
+    rate_unit: str = "tok/s"
 
     def describe(self) -> str:
-        parts = []
+        parts = [self.stage] if self.stage else []
         if self.done is not None:
-            total = f"/{self.total:.0f}" if self.total else ""
-            parts.append(f"{self.done:.0f}{total} {self.unit}".rstrip())
+            total = f"/{_number(self.total)}" if self.total else ""
+            parts.append(f"{_number(self.done)}{total} {self.unit}".rstrip())
         if self.rate is not None:
-            parts.append(f"{self.rate / 1000:.1f}k tok/s" if self.rate >= 1000 else f"{self.rate:.0f} tok/s")
+            rate = f"{self.rate / 1000:.1f}k" if self.rate >= 1000 else f"{self.rate:.0f}"
+            parts.append(f"{rate} {self.rate_unit}")
         if self.eta_s is not None:
             parts.append(f"at most {self.eta_s:.0f} s left")
         return ", ".join(parts)
+
+
+def _number(x: float) -> str:
+    """Whole numbers as they are; fractions (megabytes) with one decimal below 10."""
+    return f"{x:.1f}" if x < 10 and x != int(x) else f"{x:.0f}"
 
 
 Watcher = Callable[[], "Progress | None"]
@@ -54,11 +68,11 @@ class LiveProgress:
     """The live line of the current phase (see the module docstring). `watchers` maps a phase name to a
     factory that makes the phase's watcher when the phase starts."""
 
-    def __init__(self, stream: Any = None, *, quiet_s: float = QUIET_S, refresh_s: float = REFRESH_S,
+    def __init__(self, stream: Any = None, *, quiet_s: float | None = None, refresh_s: float = REFRESH_S,
                  terminal: bool | None = None):
         self.stream = stream or sys.stdout
         self.terminal = getattr(self.stream, "isatty", lambda: False)() if terminal is None else terminal
-        self.quiet_s = quiet_s
+        self.quiet_s = QUIET_S if quiet_s is None else quiet_s
         self.refresh_s = refresh_s
         self.watchers: dict[str, Callable[[], Watcher]] = {}
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-PHASES = ("rollout", "release_engine", "onload_train", "train", "sync", "offload_train", "resume_engine")
-"""The step's parts in order; the memory moves of colocated runs show only when they happened."""
+PHASES = (
+    "rollout", "release_engine", "onload_train", "train", "save", "sync", "offload_train", "resume_engine", "eval"
+)  # fmt: skip
+"""The step's parts in order; the memory moves of colocated runs, saves and evals show only when they happened."""
 
 
 def progress_line(step: int, total: int | None, record: dict[str, Any]) -> str:

@@ -17,7 +17,8 @@ WINDOW = 3
 THRESHOLDS = (0.5, 0.8, 0.9)
 RUN_TIME = "wall time from the start, start-up included, to the end of the last step"
 """What wall_minutes measures (`RunLog.run_seconds`), said wherever the number is shown."""
-PHASES = ("rollout", "release_engine", "onload_train", "train", "sync", "offload_train", "resume_engine", "step")
+PHASES = ("rollout", "release_engine", "onload_train", "train", "save", "sync", "offload_train", "resume_engine", "eval",
+          "step")
 
 
 def summarize(steps: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
