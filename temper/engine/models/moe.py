@@ -41,6 +41,7 @@ from temper.engine.models.layers import (
     RowParallelLinear,
     copy_checked,
     engine_param,
+    mark_view_copy,
     rank_slice,
     silu_and_mul,
 )
@@ -94,6 +95,8 @@ class StackedWeight(nn.Module):
         self.weight.num_stacked = num_experts
         if row_parallel:
             self.weight.tp_full = in_features
+        if tp.size == 1:  # an expert's HF tensor is one block of the parameter: a weight update may batch it
+            mark_view_copy(self.weight)
 
     def _view(self, param: nn.Parameter, shard_id) -> torch.Tensor:
         if not (isinstance(shard_id, tuple) and len(shard_id) == 2 and shard_id[1] in self.offsets):
