@@ -204,7 +204,7 @@ class Router:
             except NoWorkerError as e:
                 return _error(503, str(e))
             try:
-                return await self._send_watched(worker, request, path, body, stream)
+                return await self._counted(worker, request, path, body, stream)
             except httpx.ConnectError as e:
                 logger.warning("router: worker %s refused the connection (%s); marked unhealthy", worker.url, e)
                 self._failed(worker.url, f"it refused the connection ({e})")
@@ -238,6 +238,20 @@ class Router:
                     raise
             await asyncio.sleep(0.2)
 
+    async def _counted(self, worker: Worker, request: Request, path: str, body: bytes, stream: bool) -> Response:
+        """`_send_watched`, the request counted on `worker` from the moment it was chosen (so that requests arriving
+        together see each other and least-outstanding routing splits a burst) until its answer is read or, for a
+        stream, relayed to its end."""
+        self.policy.started(worker)
+        relayed = False
+        try:
+            response = await self._send_watched(worker, request, path, body, stream)
+            relayed = isinstance(response, StreamingResponse)  # `_relay` counts it finished
+            return response
+        finally:
+            if not relayed:
+                self.policy.finished(worker)
+
     async def _send_watched(self, worker: Worker, request: Request, path: str, body: bytes, stream: bool) -> Response:
         """`_send`, cancelled with WorkerGone when fault tolerance takes the worker out meanwhile."""
         if not self.fault_tolerant:
@@ -262,11 +276,10 @@ class Router:
         shard = self.upstream.acquire()
         client = self.upstream.client(shard)
         upstream = client.build_request(request.method, f"{worker.url}{path}", content=body, headers=headers)
-        self.policy.started(worker)
         try:
             response = await client.send(upstream, stream=True)
         except BaseException:
-            self._finished(worker, shard)
+            self.upstream.release(shard)
             raise
         out_headers = {WORKER_HEADER: worker.url}
         media_type = response.headers.get("content-type")
@@ -277,7 +290,7 @@ class Router:
             content = await response.aread()
         finally:
             await response.aclose()
-            self._finished(worker, shard)
+            self.upstream.release(shard)
         return Response(content, response.status_code, out_headers, media_type)
 
     async def _relay(self, worker: Worker, shard: int, response: httpx.Response) -> AsyncIterator[bytes]:
@@ -287,11 +300,8 @@ class Router:
                 yield chunk
         finally:
             await response.aclose()
-            self._finished(worker, shard)
-
-    def _finished(self, worker: Worker, shard: int) -> None:
-        self.policy.finished(worker)
-        self.upstream.release(shard)
+            self.policy.finished(worker)
+            self.upstream.release(shard)
 
     async def fan_out(self, method: str, path: str, **kwargs: Any) -> list[tuple[str, httpx.Response | Exception]]:
         """The same request to every registered worker, concurrently: [(url, response or error)]."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from contextlib import ExitStack
 
 import httpx
@@ -252,3 +253,21 @@ def test_a_router_beyond_loopback_needs_an_api_key(capsys):
     assert exit_info.value.code == 2 and "--api-key KEY" in capsys.readouterr().err
     with RouterThread(Router([], api_key="k"), host="0.0.0.0").start() as router:  # with a key it starts
         assert httpx.get(f"http://127.0.0.1:{router.port}/health", timeout=TIMEOUT, trust_env=False).status_code == 503
+
+
+def test_fault_tolerant_router_spreads_a_burst_over_the_workers():
+    """Requests that arrive together are counted on their worker as soon as it is chosen, so least-outstanding
+    routing splits a burst evenly (a count taken later sent a whole burst to one engine)."""
+    apps = [fake_engine_app("e0", delay=0.5), fake_engine_app("e1", delay=0.5)]
+    with serve(apps[0]) as u0, serve(apps[1]) as u1:
+        with start_router([u0, u1], worker_startup_timeout=5, fault_tolerant=True, health_check_interval=60) as router:
+
+            async def burst() -> list[httpx.Response]:
+                limits = httpx.Limits(max_connections=40)
+                async with httpx.AsyncClient(base_url=router.url, timeout=TIMEOUT, limits=limits, trust_env=False) as c:
+                    return await asyncio.gather(*(c.post("/generate", json={"input_ids": [i]}) for i in range(40)))
+
+            replies = asyncio.run(burst())
+            assert [w.outstanding for w in router.router.policy.workers.values()] == [0, 0]
+    served = [r.headers[WORKER_HEADER] for r in replies]
+    assert all(r.status_code == 200 for r in replies) and sorted(Counter(served).values()) == [20, 20]
