@@ -44,7 +44,7 @@ from temper.rollout.engine_client import EngineClient, EngineError
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER_HEADER = "X-Temper-Worker"  # temper's router names the engine that served each response
-RESENT = "sending it again"  # the router's log line for a request it sends to another engine
+RESENT = ("sending it again", "; marked unhealthy")  # the router's log lines for a request it sends elsewhere
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -316,7 +316,7 @@ def run_kill(model: Path, args: argparse.Namespace, folder: Path) -> dict:
         "completed_before_kill": kill["completed_before"], "in_flight_on_killed": kill["in_flight"],
         "router_outstanding_at_kill": kill["outstanding"],
         "served_by_killed": load.served_by[urls[0]], "served_by_survivor": load.served_by[urls[1]],
-        "resent_by_router": router_log.count(RESENT), "router_workers_after": workers,
+        "resent_by_router": sum(router_log.count(line) for line in RESENT), "router_workers_after": workers,
         "survivor_rss_idle_mib": idle["engine-1"], "survivor_rss_peak_mib": max(load.memory["engine-1"]),
         "survivor_rss_after_mib": after["engine-1"], "router_rss_idle_mib": idle["router"],
         "router_rss_peak_mib": max(load.memory["router"]), "router_rss_after_mib": after["router"],
