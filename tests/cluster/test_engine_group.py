@@ -86,7 +86,7 @@ def test_an_engine_beyond_loopback_requires_the_run_key_that_the_driver_router_a
         assert group.weight_versions() == ["default"]
         with start_router([url], worker_startup_timeout=30, **router_settings(cfg)[0]) as router:
             body = {"input_ids": [1, 2, 3], "sampling_params": {"max_new_tokens": 2, "ignore_eos": True}}
-            r = httpx.post(f"{router.url}/generate", json=body, timeout=60, trust_env=False)  # no key: the router has it
+            r = httpx.post(f"{router.url}/generate", json=body, timeout=60, trust_env=False)  # the router has the key
             assert r.status_code == 200 and len(r.json()["output_ids"]) == 2
         spec = plan_sync(cfg, engine_urls=[url], train_ranks=1, engine_bundles=[[1]], device="cpu",
                          master_address="10.0.0.1", single_node=False, engine_dtype="float32")
