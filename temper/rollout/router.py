@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import time
@@ -374,7 +375,8 @@ class KeyCheck:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] != "/health":
-            if dict(scope.get("headers") or []).get(b"authorization") != self.expected:
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):  # in constant time: no key guessed byte by byte
                 return await _error(401, "Unauthorized: send 'Authorization: Bearer KEY' with the router's --api-key")(
                     scope, receive, send
                 )
