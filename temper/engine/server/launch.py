@@ -40,6 +40,10 @@ def run_server(args: ServerArgs) -> None:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state = build_state(args)
     logger.info("temper engine serving %s on http://%s:%d", args.model_name, args.host, args.port)
+    if not args.control_open and args.api_key is None:
+        logger.warning("listening on %s (beyond loopback) without --api-key: generation is open to anyone who reaches "
+                       "the port, and the weight, memory and control routes answer 403 until the server is started "
+                       "with --api-key KEY", args.host)
     uvicorn.Server(_uvicorn_config(state)).run()
 
 
