@@ -38,7 +38,7 @@ def keyed_config(*flags):
 
 
 def test_engines_beyond_loopback_get_a_random_key_for_the_run():
-    from temper.cluster.engine_group import give_engines_a_key
+    from temper.cluster.engine_group import builtin_server_settings, give_engines_a_key
     from temper.config import ConfigError
     from temper.rollout.router_flags import engine_api_key, router_settings
 
@@ -48,7 +48,7 @@ def test_engines_beyond_loopback_get_a_random_key_for_the_run():
     first, second = keyed_config(), keyed_config()
     key = give_engines_a_key(first, single_node=False)
     assert len(key) >= 40 and engine_api_key(first) == key and key != give_engines_a_key(second, single_node=False)
-    assert router_settings(first)[0]["worker_api_key"] == key
+    assert router_settings(first)[0]["worker_api_key"] == key and builtin_server_settings(first)[0]["api_key"] == key
     assert give_engines_a_key(keyed_config("--sglang-api-key", "mine"), single_node=False) == "mine"
     external_router = keyed_config("--sglang-router-ip", "10.0.0.1", "--sglang-router-port", "30000")
     with pytest.raises(ConfigError, match="require an API key.*give --sglang-api-key KEY"):
