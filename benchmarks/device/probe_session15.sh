@@ -6,24 +6,27 @@ set -uo pipefail
 mkdir -p /tmp/site && tar xJf .device/pack.tar.xz -C /tmp/site
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-PARTS=${PARTS:-attn,sync,profile}
+PARTS=${PARTS:-attn,cudnn,profile,sync}
 has() { [[ ",$PARTS," == *",$1,"* ]]; }
 run() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "exit $?"; grep -v "Loading weights" "$OUT/$name.log" | tail -n "${TAIL:-12}"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import torch; print(torch.__version__, 'cudnn', torch.backends.cudnn.version()); print(torch.ops.aten._cudnn_attention_backward.default._schema)"
-has attn && run attention 120 python benchmarks/attention_backends.py --out "$OUT/attention.json"
+has attn && run attention 90 python benchmarks/attention_backends.py --out "$OUT/attention.json"
+# the trainer with cuDNN's ragged attention (temper/train/attention.py BACKEND_ENV); the profile part's run is
+# the Flash baseline of the same call
+has cudnn && TEMPER_TRAIN_ATTENTION=cudnn run train_cudnn 170 python benchmarks/train_throughput.py --skip-hf --rollouts 2
+has profile && TAIL=70 run train_profile 200 python benchmarks/train_throughput.py --skip-hf --rollouts 2 --profile "$OUT"
 # weight sync A/B (0.6B, ipc only): this tree with 512 MiB and 1.4 GB buckets, the tree before session 15
 # (.device/old.tar.xz, c08ecf2) with 512 MiB, in the same call
 W="python benchmarks/weight_sync.py --shapes qwen3-0.6b --transports ipc --repeats 9 --check ipc"
 if has sync; then
-  run sync_new_512m 150 $W --out "$OUT/sync_new_512m.json"
-  run sync_new_1400m 150 $W --bucket-bytes 1400000000 --out "$OUT/sync_new_1400m.json"
+  run sync_new_512m 100 $W --out "$OUT/sync_new_512m.json"
+  run sync_new_1400m 100 $W --bucket-bytes 1400000000 --out "$OUT/sync_new_1400m.json"
   if [ -f .device/old.tar.xz ]; then
     mkdir -p /tmp/old && tar xJf .device/old.tar.xz -C /tmp/old
-    (cd /tmp/old && export PYTHONPATH=/tmp/site:/tmp/old && run sync_old_512m 150 $W --out "$OUT/sync_old_512m.json")
+    (cd /tmp/old && export PYTHONPATH=/tmp/site:/tmp/old && run sync_old_512m 100 $W --out "$OUT/sync_old_512m.json")
   fi
 fi
-has profile && TAIL=70 run train_profile 240 python benchmarks/train_throughput.py --skip-hf --rollouts 2 --profile "$OUT"
 has tests && TAIL=30 run gpu_tests_new 300 python -m pytest -q -rfEs -p no:cacheprovider \
   tests/engine/test_deepseek_v3_gpu.py tests/train/test_gpu.py tests/train/test_optimizer_offload.py ${TESTS:-}
 exit 0
