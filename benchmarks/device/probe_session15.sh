@@ -14,7 +14,7 @@ python -c "import torch; print(torch.__version__, 'cudnn', torch.backends.cudnn.
 has attn && run attention 90 python benchmarks/attention_backends.py --out "$OUT/attention.json"
 # the trainer with cuDNN's ragged attention (temper/train/attention.py BACKEND_ENV); the profile part's run is
 # the Flash baseline of the same call
-has cudnn && TEMPER_TRAIN_ATTENTION=cudnn run train_cudnn 170 python benchmarks/train_throughput.py --skip-hf --rollouts 2
+has cudnn && (export TEMPER_TRAIN_ATTENTION=cudnn; run train_cudnn 170 python benchmarks/train_throughput.py --skip-hf --rollouts 2)
 has profile && TAIL=70 run train_profile 200 python benchmarks/train_throughput.py --skip-hf --rollouts 2 --profile "$OUT"
 # weight sync A/B (0.6B, ipc only): this tree with 512 MiB and 1.4 GB buckets, the tree before session 15
 # (.device/old.tar.xz, c08ecf2) with 512 MiB, in the same call
