@@ -31,17 +31,52 @@ CHUNK = 1 << 22
 
 def weight_checksum(tensor: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """The checksum (module docstring) of `tensor` cast to `dtype` (default: its own), as a 0-dim int64
-    tensor on the tensor's device."""
-    tensor = tensor.detach()
-    dtype = dtype or tensor.dtype
-    rows = tensor.reshape(1) if tensor.dim() == 0 else tensor
+    tensor on the tensor's device.
+
+    For positions below P − 1 (every tensor of fewer than 2^31 − 2 words) the position weight is 1 + i, so
+    a chunk of words h_j starting at word s adds Σ_j h_j (1 + j) + s · Σ_j h_j: two sums against a fixed
+    ramp, with the products reduced mod P only once per chunk (each chunk sum stays below 2^63)."""
+    flat = tensor.detach().reshape(-1)
+    dtype = dtype or flat.dtype
     words_per_element = max(dtype.itemsize // 2, 1)
-    row_words = (rows[0].numel() if len(rows) else 0) * words_per_element
-    step = max(CHUNK // max(row_words, 1), 1)
-    total = torch.zeros((), dtype=torch.int64, device=tensor.device)
-    for start in range(0, len(rows), step):
-        words = _words(rows[start : start + step].to(dtype))
-        position = torch.arange(start * row_words, start * row_words + words.numel(), device=tensor.device)
+    if flat.numel() * words_per_element >= P - 1:
+        return _checksum_long(flat, dtype)
+    step = CHUNK // words_per_element  # elements a chunk
+    ramp = _ramp(flat.device)
+    weighted, plain, starts = [], [], []
+    for first in range(0, flat.numel(), step):
+        words = _words(flat[first : first + step].to(dtype)).to(torch.int64)
+        weighted.append((words * ramp[: words.numel()]).sum())
+        plain.append(words.sum())
+        starts.append(first * words_per_element)
+    if not starts:
+        return torch.zeros((), dtype=torch.int64, device=flat.device)
+    weighted_sums = torch.stack(weighted).remainder_(P)
+    shifts = torch.tensor(starts, dtype=torch.int64).to(flat.device, non_blocking=True)
+    shifted = torch.stack(plain).remainder_(P).mul_(shifts).remainder_(P)
+    return (weighted_sums.sum() + shifted.sum()).remainder_(P)
+
+
+_RAMPS: dict[torch.device, Tensor] = {}
+
+
+def _ramp(device: torch.device) -> Tensor:
+    """1, 2, …, CHUNK as int64 on `device` (made once per device)."""
+    ramp = _RAMPS.get(device)
+    if ramp is None or ramp.numel() < CHUNK:
+        ramp = _RAMPS[device] = torch.arange(1, CHUNK + 1, dtype=torch.int64, device=device)
+    return ramp
+
+
+def _checksum_long(flat: Tensor, dtype: torch.dtype) -> Tensor:
+    """The general form, for tensors of 2^31 − 2 words or more (positions wrap mod P − 1)."""
+    words_per_element = max(dtype.itemsize // 2, 1)
+    step = CHUNK // words_per_element
+    total = torch.zeros((), dtype=torch.int64, device=flat.device)
+    for first in range(0, flat.numel(), step):
+        words = _words(flat[first : first + step].to(dtype))
+        position = torch.arange(first * words_per_element, first * words_per_element + words.numel(),
+                                device=flat.device)  # fmt: skip
         weights = position.remainder_(P - 1).add_(1)
         terms = words.to(torch.int64).mul_(weights).remainder_(P)
         total = (total + terms.sum()).remainder_(P)

@@ -32,6 +32,18 @@ def test_layout_chunking_and_casts_do_not_change_it(monkeypatch):
     assert int(weight_checksum(torch.zeros(0, 3))) == 0
 
 
+def test_the_ramp_form_equals_the_general_form():
+    """Below 2^31 − 2 words the checksum takes the weights 1 + i as two sums a chunk; the general form
+    (positions mod P − 1, for longer tensors) gives the same number."""
+    for tensor in (torch.randn(300, 7), (torch.randn(1000) * 40).to(torch.int8), torch.randn(5, 3).bfloat16()):
+        for chunk in (wc.CHUNK, 64):
+            wc_chunk, wc.CHUNK = wc.CHUNK, chunk
+            try:
+                assert int(weight_checksum(tensor)) == int(wc._checksum_long(tensor.reshape(-1), tensor.dtype))
+            finally:
+                wc.CHUNK = wc_chunk
+
+
 def test_one_changed_element_anywhere_changes_it():
     tensor = torch.randn(512, 96)
     want = int(weight_checksum(tensor))
