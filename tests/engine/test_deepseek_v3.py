@@ -109,7 +109,8 @@ def test_kv_cache_holds_the_latent(biased):
     config = AutoConfig.from_pretrained(biased)
     entry = config.kv_lora_rank + config.qk_rope_head_dim
     assert tuple(runner.kv_cache.shape) == (1, config.num_hidden_layers, 32, runner.block_size, 1, entry)
-    assert runner.block_bytes() == config.num_hidden_layers * runner.block_size * entry * 4
+    routing = config.num_hidden_layers * config.num_experts_per_tok * 2  # int16 routed experts beside it (R3)
+    assert runner.block_bytes() == runner.block_size * (config.num_hidden_layers * entry * 4 + routing)
     attn = runner.model.model.layers[1].self_attn.attn
     assert attn.k_cache is attn.v_cache or attn.k_cache.data_ptr() == attn.v_cache.data_ptr()
 
