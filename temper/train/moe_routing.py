@@ -10,6 +10,10 @@ optionally renormalized with ``norm_topk_prob``). `RouterHooks` puts a forward h
   the router). Training then routes every token as the policy that computed the old log-probs did, which
   keeps the importance ratio free of routing flips. Keyed by micro-batch and router, a replay also serves
   the recomputation of activation checkpointing. A micro-batch with no record routes as usual.
+- rollout routing replay (R3, slime's ``--use-rollout-routing-replay``, arXiv 2510.11370): the routing is
+  the engine's, given per micro-batch (`use_routing`: [tokens, num_hidden_layers, top_k] expert ids, a
+  row of -1 routes that token freely), in the old-log-prob and the training forwards alike; scores as
+  above. Training then routes every token as the engine that sampled it did.
 - the routers' losses (Megatron's ``--moe-aux-loss-coeff`` and ``--moe-z-loss-coeff``, summed over the
   MoE layers as Megatron applies them per layer): the Switch load-balancing loss
   ``coeff x E x sum_e f_e P_e`` (f_e: the share of the micro-batch's top-k assignments that went to
@@ -19,6 +23,7 @@ optionally renormalized with ``norm_topk_prob``). `RouterHooks` puts a forward h
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Hashable
 from typing import Any
 
@@ -31,8 +36,14 @@ def find_routers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [
         (name, module)
         for name, module in model.named_modules()
-        if type(module).__name__.endswith("TopKRouter") and hasattr(module, "top_k")
+        if type(module).__name__.lower().endswith("topkrouter") and hasattr(module, "top_k")
     ]
+
+
+def router_layer(name: str) -> int | None:
+    """The decoder layer index in a router's module name (``model.layers.3.mlp.gate`` -> 3)."""
+    found = re.search(r"(?:^|\.)layers\.(\d+)\.", name)
+    return int(found[1]) if found else None
 
 
 class RouterHooks:
@@ -52,11 +63,18 @@ class RouterHooks:
                 f"{why or 'routing replay and router losses'}: {arch} has no top-k router temper "
                 f"knows (a module named *TopKRouter returning (logits, scores, indices)); found {kinds or 'none'}"
             )
+        sigmoid = [name for name, r in self.routers if hasattr(r, "e_score_correction_bias")]
+        if aux_loss_coeff and sigmoid:
+            raise ValueError(
+                f"--moe-aux-loss-coeff: router {sigmoid[0]} scores experts with a sigmoid (DeepSeek-V3), and temper's "
+                "load-balancing loss is the Switch loss of softmax routers; drop the flag for this model"
+            )
         self.aux_loss_coeff = aux_loss_coeff
         self.z_loss_coeff = z_loss_coeff
         self.mode: str | None = None
         self.key: Hashable = None
         self.recorded: dict[tuple[Hashable, str], Tensor] = {}
+        self.given: Tensor | None = None  # the engine's routing of the current micro-batch (`use_routing`)
         self._seen: list[tuple[Tensor, Tensor, int]] = []  # (logits, indices, experts) of the current forward
         self._handles = [r.register_forward_hook(functools.partial(self._hook, name)) for name, r in self.routers]
 
@@ -70,8 +88,18 @@ class RouterHooks:
         recorded = (key, self.routers[0][0]) in self.recorded
         self.mode, self.key, self._seen = ("replay" if recorded else None), key, []
 
+    def use_routing(self, routed: Tensor | None) -> None:
+        """Route as `routed` says: [tokens of the micro-batch, num_hidden_layers, top_k] expert ids (the
+        engine's, R3), a token whose row is -1 freely; None routes every token freely."""
+        if routed is not None:
+            unplaced = [name for name, _ in self.routers if router_layer(name) is None]
+            if unplaced:
+                raise ValueError(f"rollout routing replay: router {unplaced[0]} is in no model.layers.N")
+        self.mode, self.key, self._seen = ("given" if routed is not None else None), None, []
+        self.given = routed
+
     def route_freely(self) -> None:
-        self.mode, self.key, self._seen = None, None, []
+        self.mode, self.key, self._seen, self.given = None, None, [], None
 
     def clear(self) -> None:
         """Forget every record (a new rollout)."""
@@ -96,9 +124,23 @@ class RouterHooks:
                     f"but routes {logits.shape[0]} now (the old-log-prob and training passes must pack alike)"
                 )
             scores = replayed_scores(module, logits, indices)
+        elif self.mode == "given":
+            indices = self._given_indices(name, logits, indices)
+            scores = replayed_scores(module, logits, indices)
         if torch.is_grad_enabled() and (self.aux_loss_coeff or self.z_loss_coeff):
             self._seen.append((logits, indices, int(getattr(module, "num_experts", logits.shape[-1]))))
         return logits, scores, indices
+
+    def _given_indices(self, name: str, logits: Tensor, indices: Tensor) -> Tensor:
+        """The engine's experts of router `name`'s layer where it has them, the router's own elsewhere."""
+        given = self.given[:, router_layer(name)].to(device=indices.device, dtype=indices.dtype)
+        if given.shape != indices.shape:
+            raise RuntimeError(
+                f"rollout routing replay: router {name} routes {tuple(indices.shape)} (tokens, top-k) but the "
+                f"engine's routing of this micro-batch holds {tuple(given.shape)}; the engine and the trainer "
+                "must serve the same model"
+            )
+        return torch.where(given[:, :1] >= 0, given, indices)
 
     # -- losses --------------------------------------------------------------------------------------
 
@@ -123,8 +165,15 @@ class RouterHooks:
 
 
 def replayed_scores(router: nn.Module, logits: Tensor, indices: Tensor) -> Tensor:
-    """The scores a softmax top-k router gives the experts `indices` under `logits` (renormalized over the
-    k when the router's ``norm_topk_prob`` says so), in the logits' dtype."""
+    """The scores a top-k router gives the experts `indices` under `logits`, in the logits' dtype: softmax
+    probabilities renormalized over the k when the router's ``norm_topk_prob`` says so; for a router with
+    an ``e_score_correction_bias`` (DeepSeek-V3's) sigmoid scores, renormalized likewise and scaled by its
+    ``routed_scaling_factor`` (the bias only chooses experts, it does not weigh them)."""
+    if hasattr(router, "e_score_correction_bias"):
+        scores = logits.float().sigmoid().gather(-1, indices.long())
+        if getattr(router, "norm_topk_prob", False):
+            scores = scores / (scores.sum(dim=-1, keepdim=True) + 1e-20)
+        return (scores * router.routed_scaling_factor).to(logits.dtype)
     probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
     scores = probs.gather(-1, indices.long())
     if getattr(router, "norm_topk_prob", False):

@@ -151,6 +151,9 @@ class MicroBatch:
     """[N+1] int32: 0, then the running sums of the packed sequences' lengths (ends at S)."""
     max_seqlen: int
     """Length of the longest packed sequence."""
+    routed_experts: Tensor | None = None
+    """[S, num_hidden_layers, top_k] int32: the engine's experts of each token (R3, see `pack`); -1 rows route
+    freely. None: every token routes freely."""
 
     @property
     def is_padding(self) -> bool:
@@ -171,6 +174,7 @@ class MicroBatch:
             self.response_lengths,
             to_device(self.cu_seqlens, device),
             self.max_seqlen,
+            to_device(self.routed_experts, device) if self.routed_experts is not None else None,
         )
 
     def split(self, flat: Tensor) -> list[Tensor]:
@@ -178,8 +182,11 @@ class MicroBatch:
         return list(torch.split(flat, self.response_lengths))
 
 
-def pack(tokens: list[Tensor], response_lengths: list[int], positions: list[int]) -> MicroBatch:
-    """Pack the samples at `positions` (their `tokens` [L_i] and R_i) into one row; [] gives padding."""
+def pack(tokens: list[Tensor], response_lengths: list[int], positions: list[int],
+         routed_experts: list[Tensor | None] | None = None) -> MicroBatch:
+    """Pack the samples at `positions` (their `tokens` [L_i] and R_i) into one row; [] gives padding.
+    `routed_experts`: per sample, the engine's routing of its first tokens ([<= L_i, layers, top_k], or
+    None), laid out on the row with -1 for the tokens it does not cover."""
     if not positions:
         return _packed_row([torch.zeros(2, dtype=torch.long)], [1], positions=[])
     for p in positions:
@@ -188,7 +195,27 @@ def pack(tokens: list[Tensor], response_lengths: list[int], positions: list[int]
                 f"sample at position {p}: response_length {response_lengths[p]} leaves no prompt token in its "
                 f"{len(tokens[p])} tokens; a response needs at least one token before it"
             )
-    return _packed_row([tokens[p] for p in positions], [response_lengths[p] for p in positions], list(positions))
+    mb = _packed_row([tokens[p] for p in positions], [response_lengths[p] for p in positions], list(positions))
+    if routed_experts is not None:
+        mb.routed_experts = _packed_routing([tokens[p] for p in positions], [routed_experts[p] for p in positions])
+    return mb
+
+
+def _packed_routing(seqs: list[Tensor], routed: list[Tensor | None]) -> Tensor | None:
+    """The samples' routing on the packed row [S, layers, top_k] int32, -1 where a sample has none."""
+    shape = next((r.shape[1:] for r in routed if r is not None), None)
+    if shape is None:
+        return None
+    out = torch.full((sum(len(s) for s in seqs), *shape), -1, dtype=torch.int32)
+    start = 0
+    for seq, r in zip(seqs, routed):
+        if r is not None:
+            if r.shape[0] > len(seq) or r.shape[1:] != shape:
+                raise ValueError(f"routed experts {tuple(r.shape)} do not fit a {len(seq)}-token sample "
+                                 f"([<= {len(seq)}, {', '.join(map(str, shape))}])")
+            out[start : start + r.shape[0]] = r
+        start += len(seq)
+    return out
 
 
 def _packed_row(seqs: list[Tensor], resp_lens: list[int], positions: list[int]) -> MicroBatch:

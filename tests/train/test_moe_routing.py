@@ -1,5 +1,6 @@
 """MoE in the trainer: grouped-GEMM experts, routing replay (--use-routing-replay) and the routers' losses
-(--moe-aux-loss-coeff, --moe-z-loss-coeff), on the tiny Qwen3-MoE."""
+(--moe-aux-loss-coeff, --moe-z-loss-coeff), on the tiny Qwen3-MoE; DeepSeek-V3's sigmoid router's replayed
+scores. Rollout routing replay: test_rollout_routing_replay.py."""
 
 from __future__ import annotations
 
@@ -121,9 +122,28 @@ def _router_grads_of(trainable):
 
 
 def test_routing_flags_are_checked(qwen3_dir):
-    with pytest.raises(ConfigError, match="--use-rollout-routing-replay"):
-        make_cfg(qwen3_dir, use_rollout_routing_replay=True)
     with pytest.raises(ConfigError, match="--moe-aux-loss-coeff"):
         make_cfg(qwen3_dir, moe_aux_loss_coeff=-1)
     with pytest.raises(ValueError, match="--use-routing-replay: Qwen3ForCausalLM has no top-k router"):
         Actor(make_cfg(qwen3_dir, use_routing_replay=True))
+
+
+@pytest.mark.parametrize("norm_topk_prob", [True, False])
+def test_replayed_scores_of_deepseeks_sigmoid_router_are_its_own(norm_topk_prob):
+    """Replaying a DeepSeek-V3 router's own choice gives its own weights: sigmoid scores at the experts,
+    renormalized when norm_topk_prob, times routed_scaling_factor (the correction bias only chooses)."""
+    from transformers import AutoConfig
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
+
+    from temper.train.moe_routing import replayed_scores
+
+    config = AutoConfig.for_model("deepseek_v3", hidden_size=32, n_routed_experts=8, num_experts_per_tok=3, n_group=2,
+                                  topk_group=1, routed_scaling_factor=2.5, norm_topk_prob=norm_topk_prob)
+    router = DeepseekV3TopkRouter(config)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        router.weight.copy_(torch.randn(router.weight.shape, generator=g))
+        router.e_score_correction_bias.copy_(torch.randn(8, generator=g))
+        logits, weights, indices = router(torch.randn(9, 32, generator=g))
+    assert find_routers(torch.nn.ModuleDict({"gate": router})) == [("gate", router)]
+    torch.testing.assert_close(replayed_scores(router, logits, indices), weights)
