@@ -71,6 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--offload-train", choices=["default", "on", "off"], default="default",
                    help="colocated runs: move the trainer to CPU during rollouts (default: the memory plan's choice)")
     p.add_argument("--recompute", action="store_true", help="activation checkpointing (--recompute-activations)")
+    p.add_argument("--check-first-sync-only", action="store_true",
+                   help="no --check-weight-update-equal: only the preflight's check of the first sync (whose "
+                        "sender-side checksums are computed during that sync)")
     p.add_argument("--mem-fraction", type=float, help="--sglang-mem-fraction-static instead of the run's own")
     p.add_argument("--workdir", type=Path, help="where the model and prompts go (and are reused from); "
                    "default: a temporary folder, removed at the end")  # fmt: skip
@@ -92,8 +95,10 @@ def run_flags(args, model: Path, prompts: Path, run: str) -> list[str]:
         "--global-batch-size", str(samples), "--rollout-temperature", "1.0",
         "--rollout-max-response-len", str(args.response_len), "--num-rollout", str(args.steps),
         "--use-dynamic-batch-size", "--max-tokens-per-gpu", str(args.max_tokens_per_gpu),
-        "--check-weight-update-equal", "--run-dir", str(args.out / run), *RUNS[run],
+        "--run-dir", str(args.out / run), *RUNS[run],
     ]  # fmt: skip
+    if not args.check_first_sync_only:
+        flags.append("--check-weight-update-equal")
     if args.offload_train != "default":
         flags.append("--offload-train" if args.offload_train == "on" else "--no-offload-train")
     if args.recompute:
