@@ -6,15 +6,12 @@ set -uo pipefail
 mkdir -p /tmp/site && tar xJf .device/pack.tar.xz -C /tmp/site
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-PARTS=${PARTS:-attn,cudnn,profile,sync}
+PARTS=${PARTS:-attn,profile,sync}
 has() { [[ ",$PARTS," == *",$1,"* ]]; }
 run() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "exit $?"; grep -v "Loading weights" "$OUT/$name.log" | tail -n "${TAIL:-12}"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import torch; print(torch.__version__, 'cudnn', torch.backends.cudnn.version()); print(torch.ops.aten._cudnn_attention_backward.default._schema)"
 has attn && run attention 90 python benchmarks/attention_backends.py --out "$OUT/attention.json"
-# the trainer with cuDNN's ragged attention (temper/train/attention.py BACKEND_ENV); the profile part's run is
-# the Flash baseline of the same call
-has cudnn && (export TEMPER_TRAIN_ATTENTION=cudnn; run train_cudnn 170 python benchmarks/train_throughput.py --skip-hf --rollouts 2)
 has profile && TAIL=70 run train_profile 200 python benchmarks/train_throughput.py --skip-hf --rollouts 2 --profile "$OUT"
 # weight sync A/B (0.6B, ipc only): this tree with 512 MiB and 1.4 GB buckets, the tree before session 15
 # (.device/old.tar.xz, c08ecf2) with 512 MiB, in the same call

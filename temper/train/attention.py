@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 
 import torch
 import torch.nn.functional as F
@@ -100,8 +99,6 @@ def _sdpa_per_sequence(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, scal
 def _flash_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scaling: float | None) -> Tensor:
     if not _FLASH:  # called directly, not through a model loaded by `register`d name
         _resolve_flash()
-    if _FLASH["cudnn"]:
-        return _CudnnVarlen.apply(q, k, v, cu_seqlens, max_seqlen, scaling)
     extra = dict(_FLASH["causal"])
     if _FLASH["gqa_flag"] and q.shape[1] != k.shape[1]:
         extra["enable_gqa"] = True
@@ -125,44 +122,7 @@ def _resolve_flash() -> None:
         causal = {"is_causal": True}
     else:
         raise RuntimeError("torch.nn.attention.varlen.varlen_attn takes neither window_size nor is_causal")
-    _FLASH.update(fn=varlen_attn, causal=causal, gqa_flag="enable_gqa" in params,
-                  cudnn=os.environ.get(BACKEND_ENV, "flash") == "cudnn")
-
-
-BACKEND_ENV = "TEMPER_TRAIN_ATTENTION"
-"""``cudnn`` runs the packed row through cuDNN's ragged attention instead of Flash Attention (an experiment:
-`benchmarks/attention_backends.py` compares them; Flash stays the default)."""
-
-
-class _CudnnVarlen(torch.autograd.Function):
-    """cuDNN's ragged (THD) causal attention through its ATen ops, K/V heads repeated to the query's."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, scaling):
-        ctx.groups = groups = q.shape[1] // k.shape[1]  # query heads per K/V head, adjacent as in HF's repeat_kv
-        q = q.contiguous()  # the ragged layout: [tokens, heads, head size], packed
-        if groups > 1:
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        out = torch.ops.aten._cudnn_attention_forward(
-            q, k, v, None, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, True, 0.0, True, False, scale=scaling
-        )
-        output, lse, seed, offset = out[0], out[1], out[6], out[7]
-        ctx.save_for_backward(q, k, v, output, lse, seed, offset, cu_seqlens)
-        ctx.max_seqlen, ctx.scaling = max_seqlen, scaling
-        return output
-
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, v, output, lse, seed, offset, cu = ctx.saved_tensors
-        empty = torch.empty(0, device=q.device, dtype=q.dtype)
-        dq, dk, dv = torch.ops.aten._cudnn_attention_backward(
-            grad.contiguous(), q, k, v, output, lse, seed, offset, empty, cu, cu, ctx.max_seqlen, ctx.max_seqlen,
-            0.0, True, scale=ctx.scaling,
-        )  # fmt: skip
-        if ctx.groups > 1:  # the repeated heads' gradients summed back onto their K/V head
-            dk = dk.unflatten(1, (-1, ctx.groups)).sum(2)
-            dv = dv.unflatten(1, (-1, ctx.groups)).sum(2)
-        return dq, dk, dv, None, None, None
+    _FLASH.update(fn=varlen_attn, causal=causal, gqa_flag="enable_gqa" in params)
 
 
 @functools.cache

@@ -82,20 +82,12 @@ def test_model_on_varlen_attention_matches_hugging_face_packed_sdpa(arch):
         torch.testing.assert_close(fast_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.fixture(params=["flash", "cudnn"])
-def backend(request, monkeypatch):
-    """The CUDA fast path's backend (`attention.BACKEND_ENV`): Flash Attention, or cuDNN's ragged attention."""
-    attention._resolve_flash()
-    monkeypatch.setitem(attention._FLASH, "cudnn", request.param == "cudnn")
-    return request.param
-
-
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize("kv_heads", [2, 4])
-def test_flash_varlen_matches_the_reference_in_bf16_with_gradients(kv_heads, backend):
-    """The CUDA fast path (Flash Attention or cuDNN over the packed row) vs float64 block-diagonal attention:
-    outputs and q/k/v gradients within bf16 tolerance; sequences of 1 to 700 tokens, grouped K/V heads."""
+def test_flash_varlen_matches_the_reference_in_bf16_with_gradients(kv_heads):
+    """The CUDA fast path (Flash Attention over the packed row) vs float64 block-diagonal attention:
+    outputs and q/k/v gradients within bf16 tolerance; sequences of 1 to 700 tokens."""
     lengths = [700, 1, 130, 64, 511, 2]
     q, k, v, cu = random_row(lengths, heads=4, kv_heads=kv_heads, dim=128, dtype=torch.bfloat16, device="cuda")
     for t in (q, k, v):
