@@ -112,10 +112,11 @@ MAIN_PHASES = ("rollout", "train", "sync")
 
 
 def step_figures(s: dict) -> dict[str, float]:
-    """One rollout's figures from its metrics.jsonl record (the check's seconds out of sync and step).
+    """One rollout's figures from its metrics.jsonl record (the check's seconds out of sync and step: the
+    comparison after the sync, sync/check_s, and the sender's checksums during it, sync/check_record_s).
     memory_s: the driver's other phases (colocated memory moves: time/release_engine, onload_train,
     offload_train, resume_engine)."""
-    check = s.get("sync/check_s", 0.0)
+    check = s.get("sync/check_s", 0.0) + s.get("sync/check_record_s", 0.0)
     tokens = s.get("rollout/num_samples", 0.0) * s.get("rollout/response_len_mean", 0.0)
     sync = s.get("time/sync", 0.0) - check
     other = [k for k in s if k.startswith("time/") and k[5:] not in (*MAIN_PHASES, "step", "elapsed")]

@@ -179,7 +179,8 @@ class WeightSender:
         """Push every bucket to this rank's engines as `version` (a rank without engines only drains
         the buckets, which keeps it in step with the others' gathers). Returns {sync/bytes, sync/tensors,
         sync/buckets} (all 0 on a rank without engines)."""
-        stats = {"sync/bytes": 0.0, "sync/tensors": 0.0, "sync/buckets": 0.0, "sync/send_s": 0.0}
+        stats = {"sync/bytes": 0.0, "sync/tensors": 0.0, "sync/buckets": 0.0, "sync/send_s": 0.0,
+                 "sync/check_record_s": 0.0}
         if not self.targets:
             for _ in buckets:
                 pass
@@ -197,7 +198,9 @@ class WeightSender:
             self._handoff(counted, version)
         else:
             self._disk(counted, version)
-        stats["sync/send_s"] = time.perf_counter() - started  # gathers and transport, without the pause around them
+        # gathers and transport, without the pause around them; a checked sync's checksums (their kernels waited
+        # for) are in it too, and apart in sync/check_record_s
+        stats["sync/send_s"] = time.perf_counter() - started
         return stats
 
     def _counted(self, buckets: Iterable[Bucket], stats: dict[str, float]) -> Iterator[Bucket]:
@@ -207,7 +210,7 @@ class WeightSender:
                 stats["sync/bytes"] += tensor.numel() * tensor.element_size()
                 stats["sync/tensors"] += 1
                 if self.sent_weights is not None:  # on the device: copied to the host in check(), not in the sync
-                    self.sent_weights.record(name, tensor)
+                    stats["sync/check_record_s"] += _timed_on(tensor.device, self.sent_weights.record, name, tensor)
             yield bucket
 
     # ---- transports --------------------------------------------------------------------------------
@@ -315,3 +318,14 @@ def _handoff_folder(bucket_bytes: int) -> str:
         return shm
     return tempfile.gettempdir()
 
+
+def _timed_on(device: torch.device, fn, *args) -> float:
+    """Seconds `fn(*args)` takes, its kernels on `device` included: the device's earlier work is waited for
+    first (not counted), then fn's. Only a checked sync pays these waits."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    fn(*args)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
