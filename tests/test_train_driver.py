@@ -230,6 +230,40 @@ def test_external_engine(task, tmp_path):
         assert server.state.engine.engine.weight_version == "2"
 
 
+LIVE_LINE = r"  (rollout|train|sync|save|eval) \d+ s(: .*)?"
+
+
+def test_every_long_phase_shows_what_it_has_done(task, tmp_path, monkeypatch, capsys):
+    """Off a terminal each long phase prints a plain line every quiet period (shortened here): the rollout's and
+    the evaluation's samples, the train phase's optimizer step with its micro-batches and tokens a second (from
+    train rank 0, asked while it trains), the weight sync's megabytes sent and its check, the checkpoint's part."""
+    import re
+
+    from temper.observe import live
+
+    monkeypatch.setattr(live, "QUIET_S", 0.02)
+    _, prompts = task
+    flags = task_flags(
+        task, tmp_path, "--rollout-num-gpus", "1", "--save", str(tmp_path / "ckpt"), "--save-interval", "1",
+        "--eval-interval", "1", "--eval-prompt-data", "sums", str(prompts), "--n-samples-per-eval-prompt", "1", steps=1,
+    )  # fmt: skip
+    flags[flags.index("--actor-num-gpus-per-node") + 1] = "1"
+    flags[flags.index("--max-tokens-per-gpu") + 1] = "256"  # several micro-batches in the step
+    steps = load_driver("train").main(flags)
+    lines = [line for line in capsys.readouterr().out.splitlines() if re.fullmatch(LIVE_LINE, line)]
+    by_phase = {phase: [line.split(": ", 1)[-1] for line in lines if line.startswith(f"  {phase} ")]
+                for phase in ("rollout", "train", "sync", "save", "eval")}  # fmt: skip
+    assert all(by_phase.values()), by_phase
+    assert any(re.fullmatch(r"\d+/32 samples, [\d.]+k? tok/s, at most \d+ s left", d) for d in by_phase["rollout"]), by_phase["rollout"]
+    assert any(re.fullmatch(r"\d+/64 samples, [\d.]+k? tok/s, at most \d+ s left", d) for d in by_phase["eval"]), by_phase["eval"]
+    assert any(re.fullmatch(r"step 1/1, [1-9]\d*/\d+ micro-batches, [\d.]+k? tok/s", d) for d in by_phase["train"]), by_phase["train"]
+    sync = r"weights, [\d.]+/[\d.]+ MB, [\d.]+k? MB/s|weight check"  # or the phase's seconds alone: the pause
+    assert all(re.fullmatch(sync, d) or d.startswith("sync ") for d in by_phase["sync"]), by_phase["sync"]
+    assert any(re.fullmatch(sync, d) for d in by_phase["sync"]), by_phase["sync"]
+    assert all(d in ("actor checkpoint",) or d.startswith("save ") for d in by_phase["save"]), by_phase["save"]
+    assert {"time/save", "time/eval", "time/train", "time/sync"} <= set(steps[0])
+
+
 CORRUPTED = "model.layers.0.mlp.down_proj.weight"
 WEIGHTS_DIFFER = "train.py: error: preflight: the engines' weights differ from the trainer's after the first"
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from temper.cluster.cluster import Cluster
+from temper.cluster.phase_watchers import watch_phases
 from temper.cluster.preflight import PreflightError
 from temper.cluster.remote import WorkerDied
 from temper.cluster.run_plan import announce
@@ -28,8 +29,6 @@ from temper.config import ConfigError
 from temper.data import DataError, DataSource, PluginError, build_data_source, num_rollout_from_epochs
 from temper.model_shape import check_hf_checkpoint
 from temper.observe import RunLog, check_sinks, run_dir_of
-from temper.observe.live import EngineWatcher
-from temper.rollout.router_flags import engine_api_key
 
 Loop = Callable[..., list[dict]]
 
@@ -60,7 +59,7 @@ def run_driver(loop: Loop, argv: list[str] | None, prog: str, check=None) -> lis
             RunLog(cfg, shlex.join(["python", prog, *argv]), started=started) as log,
         ):
             print("\n".join([f"{prog} started:", *(f"  {x}" for x in cluster.started_lines)]), flush=True)
-            watch_rollouts(cfg, cluster, log)
+            watch_phases(cfg, cluster, log, eval_totals=cfg.eval_interval is not None and _default_eval(cfg))
             return loop(cfg, cluster, log)
     except (ConfigError, DataError, PluginError, PreflightError) as e:
         sys.exit(f"{prog}: error: {e}")
@@ -77,22 +76,6 @@ def resume_advice(cfg, prog: str, argv: list[str]) -> str:
     rest = [a for i, a in enumerate(argv) if a != "--load" and (i == 0 or argv[i - 1] != "--load")]
     command = shlex.join(["python", prog, *rest, "--load", cfg.save])
     return f"its last checkpoint is rollout {last}'s in {cfg.save}; resume with: {command}"
-
-
-def watch_rollouts(cfg, cluster, log) -> None:
-    """The rollout phase's live line: samples finished and tokens a second, read from the engines (through
-    temper's router, which sends them their key, when they require one)."""
-    engines = getattr(cluster, "engines", None)
-    if engines is None or not getattr(engines, "urls", None):
-        return
-    total = cfg.rollout_batch_size * cfg.n_samples_per_prompt
-    router = getattr(getattr(cluster, "rollout", None), "router", None)
-    via_router = router is not None and engine_api_key(cfg) is not None  # its /v1/loads has every engine's entries
-
-    def watcher() -> EngineWatcher:
-        return EngineWatcher([router.url] if via_router else engines.urls, total, cfg.rollout_max_response_len)
-
-    log.live.watch("rollout", watcher)
 
 
 def load_data(cfg) -> DataSource:

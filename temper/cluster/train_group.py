@@ -8,18 +8,24 @@ way (`TrainWorker`): rank 0 picks a free port on its node, every rank joins
 `TrainGroup` is the driver's handle: each call runs the method on every rank (they work in lockstep:
 FSDP's collectives), and returns rank 0's result. Big arguments (the rollout batch) go into Ray's
 object store once and every rank reads them from there.
+
+Each rank answers `progress` (what it works on now: `temper.train.work_progress`) in a Ray concurrency
+group of its own (`PROGRESS_GROUP`), so the driver's live line can ask while a long call (train, weight
+sync, save) runs; every other method keeps running one at a time, on one thread of the rank.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from temper.cluster.placement import WORKER_ENV, Placement, ResourcePlan, stop_workers
 from temper.cluster.remote import WorkerId, enable_stack_dumps, wait_for
 
 logger = logging.getLogger(__name__)
+PROGRESS_GROUP = "progress"
 
 
 class TrainWorker:
@@ -73,6 +79,12 @@ class TrainWorker:
     def onload(self) -> None:
         self.model.onload()
 
+    def progress(self):
+        """What this rank works on now (a `WorkState`, None between stages or before the model is built).
+        Called in `PROGRESS_GROUP`, beside the rank's running call."""
+        progress = getattr(self.model, "progress", None)
+        return progress.snapshot() if progress is not None else None
+
     def trim(self) -> None:
         """Give the GPU memory cached by this process's allocator but unused back to the device."""
         import torch
@@ -125,19 +137,29 @@ class ActorWorker(TrainWorker):
         self.sender = WeightSender(spec, self.rank)
 
     def update_weights(self, version: int) -> dict[str, float]:
-        return self.sender.send(self.model.iter_weight_buckets(), str(version))
+        progress = self.model.progress
+        with progress.stage("sync", "weights", total=self.model.weight_bytes(), unit="bytes"):
+            return self.sender.send(_counted(self.model.iter_weight_buckets(), progress), str(version))
 
     def first_step_metrics(self) -> dict[str, float]:
         """The metrics of the last `train`/`update`'s first optimizer step (the preflight reads them)."""
         return self.model.step_metrics[0] if self.model.step_metrics else {}
 
     def check_weights(self) -> int:
-        return self.sender.check()
+        with self.model.progress.stage("sync", "weight check"):
+            return self.sender.check()
 
     def shutdown(self) -> None:
         if getattr(self, "sender", None) is not None:
             self.sender.close()
         super().shutdown()
+
+
+def _counted(buckets, progress) -> Iterator:
+    """The buckets, each counted into `progress` (bytes) once the sender asks for the next: sent."""
+    for bucket in buckets:
+        yield bucket
+        progress.advance(sum(tensor.numel() * tensor.element_size() for _, tensor in bucket))
 
 
 class CriticWorker(TrainWorker):
@@ -180,7 +202,7 @@ class TrainGroup:
             }
             if plan.device == "cuda":
                 options["num_gpus"] = fraction(share)
-            remote = ray.remote(worker_cls).options(**options)
+            remote = ray.remote(concurrency_groups={PROGRESS_GROUP: 1})(worker_cls).options(**options)
             self.workers.append(remote.remote(cfg, rank, plan.train_ranks, plan.device, plan.threads))
 
     def start(self) -> list:
@@ -199,6 +221,11 @@ class TrainGroup:
         args = tuple(a if isinstance(a, (int, float, str, type(None))) else ray.put(a) for a in args)
         refs = [getattr(w, method).remote(*args) for w in self.workers]
         return wait_for(refs, self.ids, f"{self.ROLE} {method}", self.cfg.ray_call_timeout)[0]
+
+    def progress(self):
+        """A Ray ref to rank 0's `TrainWorker.progress` (it answers while a long call runs); the caller waits
+        for it as long as it likes."""
+        return self.workers[0].progress.options(concurrency_group=PROGRESS_GROUP).remote()
 
     def load(self):
         return self.run("load")

@@ -70,6 +70,17 @@ def _load(args: Any, spec: EvalDataset) -> PromptDataset:
     return _datasets[key]
 
 
+def eval_work(args: Any) -> tuple[int, int | None]:
+    """What the eval rollout generates: its samples (every dataset's prompts x its samples per prompt) and
+    the most tokens one of them may generate (None: some dataset has no limit). The live line's totals."""
+    samples, longest = 0, 0
+    for spec in eval_datasets_of(args):
+        samples += len(_load(args, spec)) * spec.n_samples_per_eval_prompt
+        limit = {**default_sampling_params(args, evaluation=True), **spec.sampling_overrides()}["max_new_tokens"]
+        longest = None if limit is None or longest is None else max(longest, int(limit))
+    return samples, longest or None
+
+
 async def eval_rollout(args: Any, rollout_id: int) -> RolloutFnEvalOutput:
     """Generate and score every eval dataset; data[name] = {"rewards", "truncated", "samples"}."""
     if getattr(args, "group_rm", False):

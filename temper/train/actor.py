@@ -67,15 +67,18 @@ class Actor:
         self.model = self.trainable.model
         self.routing = None  # MoE routing replay and router losses (moe_routing.py)
         z_coeff = cfg.moe_z_loss_coeff or 0.0
-        if cfg.use_routing_replay or cfg.moe_aux_loss_coeff or z_coeff:
-            why = "--use-routing-replay" if cfg.use_routing_replay else "--moe-aux-loss-coeff/--moe-z-loss-coeff"
+        if cfg.use_routing_replay or cfg.use_rollout_routing_replay or cfg.moe_aux_loss_coeff or z_coeff:
+            why = ("--use-rollout-routing-replay" if cfg.use_rollout_routing_replay
+                   else "--use-routing-replay" if cfg.use_routing_replay else "--moe-aux-loss-coeff/--moe-z-loss-coeff")
             self.routing = RouterHooks(self.model, aux_loss_coeff=cfg.moe_aux_loss_coeff, z_loss_coeff=z_coeff, why=why)
-        self.batcher = Batcher(cfg, self.env)
+        self.progress = self.trainable.progress  # what this rank works on now (work_progress.py), for the live line
+        self.batcher = Batcher(cfg, self.env, self.progress)
         self.reference = None
         if _needs_reference(cfg):
             self.reference = ReferenceModel(
-                cfg, self.env, attn_implementation=attn_implementation, offload=cfg.offload_train
-            )
+                cfg, self.env, attn_implementation=attn_implementation, offload=cfg.offload_train,
+                progress=self.progress,
+            )  # fmt: skip
         self.loss_config = _policy_loss_config(cfg, self.plugins.tis_mode)
         self.step_metrics: list[dict[str, float]] = []
         """Metrics of each optimizer step of the last `update` (loggers plot these per step)."""
@@ -85,7 +88,13 @@ class Actor:
     def compute_log_probs(self, batch: RolloutBatch, *, record_routing: bool = False) -> list[Tensor]:
         """Current-policy log-probs [R_i] of every sample's response tokens (forward only, fp32). With
         `record_routing` (the old-log-prob pass under --use-routing-replay) each micro-batch's MoE routing is
-        recorded for training to replay."""
+        recorded for training to replay. Under --use-rollout-routing-replay every token routes as the engine
+        routed it (the batch's `rollout_routed_experts`)."""
+        if self.cfg.use_rollout_routing_replay:
+            try:
+                return self.batcher.forward_only(self.model, batch, self._engine_routed_log_probs)
+            finally:
+                self.routing.route_freely()
         if not record_routing or self.routing is None:
             return self.batcher.forward_only(self.model, batch, self._log_probs)
         self.routing.clear()
@@ -96,6 +105,10 @@ class Actor:
 
     def _recorded_log_probs(self, mb: MicroBatch) -> Tensor:
         self.routing.record(tuple(mb.positions))
+        return self._log_probs(mb)
+
+    def _engine_routed_log_probs(self, mb: MicroBatch) -> Tensor:
+        self.routing.use_routing(mb.routed_experts)
         return self._log_probs(mb)
 
     def _log_probs(self, mb: MicroBatch) -> Tensor:
@@ -121,6 +134,8 @@ class Actor:
         cfg = self.cfg
         self.trainable.require_onloaded("Actor.prepare")
         data = TrainData(rollout_id, batch, values=values)
+        if cfg.use_rollout_routing_replay:
+            _check_engine_routing(batch)
         if cfg.loss_type == "sft_loss" or cfg.disable_compute_advantages_and_returns:
             return data
         if self.reference is not None:
@@ -150,8 +165,10 @@ class Actor:
         self.step_metrics = []
         started = self._resources_start()
         try:
-            for micro_batches, totals in self.batcher.steps(batch, self.cfg.calculate_per_token_loss):
-                metrics = self.trainable.step(micro_batches, functools.partial(self._loss, data=data, totals=totals))
+            steps = self.batcher.steps(batch, self.cfg.calculate_per_token_loss)
+            for k, (micro_batches, totals) in enumerate(steps, start=1):
+                loss = functools.partial(self._loss, data=data, totals=totals)
+                metrics = self.trainable.step(micro_batches, loss, stage=f"step {k}/{self.batcher.num_steps}")
                 metrics["tokens"] = float(totals.tokens)
                 self.step_metrics.append(metrics)
         finally:
@@ -188,7 +205,9 @@ class Actor:
     def _loss(self, mb: MicroBatch, data: TrainData, totals: StepTotals) -> tuple[Tensor, dict[str, Tensor]]:
         """This micro-batch's loss scaled to its share of the step, and its weighted metrics."""
         cfg = self.cfg
-        if self.routing is not None:  # the routing recorded for this micro-batch (kept for a recomputing backward)
+        if self.cfg.use_rollout_routing_replay:  # the engine's routing (kept for a recomputing backward)
+            self.routing.use_routing(mb.routed_experts)
+        elif self.routing is not None:  # the routing recorded for this micro-batch (kept for a recomputing backward)
             self.routing.replay(tuple(mb.positions))
         if self.plugins.loss is not None:
             return self._custom_loss(mb, data, totals)
@@ -259,12 +278,15 @@ class Actor:
             raise ValueError("Actor.save needs --save DIR")
         path = iteration_dir(self.cfg.save, rollout_id)
         state = {"rollout_id": rollout_id, "extra": extra or {}}
-        self.trainable.save(path / "actor", save_optimizer=not self.cfg.no_save_optim, extra=state)
+        with self.progress.stage("save", "actor checkpoint"):
+            self.trainable.save(path / "actor", save_optimizer=not self.cfg.no_save_optim, extra=state)
         if self.reference is not None and self.cfg.ref_update_interval:
-            self.reference.save(path / "ref")
+            with self.progress.stage("save", "reference checkpoint"):
+                self.reference.save(path / "ref")
         write_tracker(self.cfg.save, rollout_id, self.env)
         if self.cfg.save_hf:
-            self.save_hf(self.cfg.save_hf.format(rollout_id=rollout_id))
+            with self.progress.stage("save", "Hugging Face export"):
+                self.save_hf(self.cfg.save_hf.format(rollout_id=rollout_id))
         return path
 
     def load(self, path: str | Path | None = None) -> Resumed | None:
@@ -299,6 +321,11 @@ class Actor:
             bucket_bytes or self.cfg.update_weight_buffer_size,
             dtype or checkpoint_dtype(self.cfg.hf_checkpoint),
         )
+
+    def weight_bytes(self, dtype: torch.dtype | None = None) -> int:
+        """Bytes of the full weights `iter_weight_buckets` yields in `dtype` (default: the checkpoint's)."""
+        itemsize = (dtype or checkpoint_dtype(self.cfg.hf_checkpoint)).itemsize
+        return sum(p.numel() for p in self.model.parameters()) * itemsize  # DTensors: the full shape's count
 
     # -- memory --------------------------------------------------------------------------------------
 
@@ -378,3 +405,18 @@ def _check_supported(cfg) -> None:
         logger.warning(
             "--rollout-top-p/--rollout-top-k: training log-probs use the full vocabulary (no top-p/top-k replay)"
         )
+
+
+def _check_engine_routing(batch: RolloutBatch) -> None:
+    """--use-rollout-routing-replay needs the engine's routing on the batch; samples without it (counted,
+    logged) route freely."""
+    routed = batch.rollout_routed_experts
+    if routed is None:
+        raise ValueError(
+            "--use-rollout-routing-replay: the rollout batch carries no routed experts (Sample.rollout_routed_experts); "
+            "the default generate function asks the engine for them, a custom one must set them"
+        )
+    missing = sum(r is None for r in routed)
+    if missing:
+        logger.warning("--use-rollout-routing-replay: %d of %d samples carry no routed experts; they route freely",
+                       missing, len(routed))

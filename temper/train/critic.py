@@ -43,13 +43,14 @@ class Critic:
         model = ValueModel.from_pretrained(cfg.hf_checkpoint, torch.float32, attn_implementation)
         self.trainable = TrainableModel.shard(model, cfg, self.env, lr=lr, total_steps=total_steps)
         self.model = self.trainable.model
-        self.batcher = Batcher(cfg, self.env)
+        self.progress = self.trainable.progress  # what this rank works on now (work_progress.py), for the live line
+        self.batcher = Batcher(cfg, self.env, self.progress)
         self.step_metrics: list[dict[str, float]] = []
 
     def compute_values(self, batch: RolloutBatch) -> list[Tensor]:
         """Values [R_i] (fp32) of every sample's response tokens: the state before each token."""
         self.trainable.require_onloaded("Critic.compute_values")
-        return self.batcher.forward_only(self.model, batch, self.model.values)
+        return self.batcher.forward_only(self.model, batch, self.model.values, stage="critic values")
 
     def update(self, data: TrainData) -> dict[str, float]:
         """--num-steps-per-rollout steps of the clipped value loss against `data.returns`."""
@@ -58,9 +59,12 @@ class Critic:
         batch = data.batch
         self.trainable.require_onloaded("Critic.update")
         self.step_metrics = []
-        for micro_batches, totals in self.batcher.steps(batch, self.cfg.calculate_per_token_loss):
-            metrics = self.trainable.step(micro_batches, functools.partial(self._loss, data=data, totals=totals))
-            self.step_metrics.append(metrics)
+        steps = self.batcher.steps(batch, self.cfg.calculate_per_token_loss)
+        for k, (micro_batches, totals) in enumerate(steps, start=1):
+            loss = functools.partial(self._loss, data=data, totals=totals)
+            self.step_metrics.append(
+                self.trainable.step(micro_batches, loss, stage=f"critic step {k}/{self.batcher.num_steps}")
+            )
         return mean_over_steps(self.step_metrics)
 
     def _loss(self, mb: MicroBatch, data: TrainData, totals: StepTotals) -> tuple[Tensor, dict[str, Tensor]]:
@@ -86,9 +90,10 @@ class Critic:
         """Checkpoint into --save/iter_<rollout_id>/critic (call before the actor's save, which
         records the iteration as complete)."""
         path = iteration_dir(self.cfg.save, rollout_id) / "critic"
-        self.trainable.save(
-            path, save_optimizer=not self.cfg.no_save_optim, extra={"rollout_id": rollout_id, "extra": {}}
-        )
+        with self.progress.stage("save", "critic checkpoint"):
+            self.trainable.save(
+                path, save_optimizer=not self.cfg.no_save_optim, extra={"rollout_id": rollout_id, "extra": {}}
+            )
         return path
 
     def load(self, path: str | Path | None = None) -> Resumed | None:

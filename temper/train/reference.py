@@ -16,6 +16,7 @@ from temper.train.env import TrainEnv
 from temper.train.hf_model import load_causal_lm, policy_log_probs
 from temper.train.parallelize import hf_name, parallelize
 from temper.train.trainable import HostCopy, reshard
+from temper.train.work_progress import WorkProgress
 from temper.types import RolloutBatch
 
 
@@ -26,7 +27,10 @@ class ReferenceModel:
     (`HostCopy`). --ref-load may be a Hugging Face folder or a temper checkpoint (its actor weights).
     """
 
-    def __init__(self, cfg, env: TrainEnv, *, attn_implementation: str | None = None, offload: bool = False):
+    def __init__(
+        self, cfg, env: TrainEnv, *, attn_implementation: str | None = None, offload: bool = False,
+        progress: WorkProgress | None = None,
+    ):  # fmt: skip
         self.cfg = cfg
         self.env = env
         self.host = HostCopy() if offload and env.is_cuda else None
@@ -39,13 +43,13 @@ class ReferenceModel:
             self.model.to(env.device)  # what fully_shard leaves behind (buffers)
         if cfg.ref_load and source != cfg.ref_load:
             self.load(cfg.ref_load)
-        self.batcher = Batcher(cfg, env)
+        self.batcher = Batcher(cfg, env, progress)  # the actor's progress: its log-probs are a stage of training
         self._park()
 
     def compute_log_probs(self, batch: RolloutBatch) -> list[Tensor]:
         """Reference log-probs [R_i] of every sample's response tokens (fp32, logits / temperature)."""
         with self._on_device():
-            return self.batcher.forward_only(self.model, batch, self._log_probs)
+            return self.batcher.forward_only(self.model, batch, self._log_probs, stage="ref log-probs")
 
     def _log_probs(self, mb) -> Tensor:
         return policy_log_probs(

@@ -27,6 +27,7 @@ from temper.train.env import TrainEnv
 from temper.train.lr_schedule import LRSchedule, LRScheduler
 from temper.train.packing import MicroBatch
 from temper.train.parallelize import compile_by_default, parallelize
+from temper.train.work_progress import WorkProgress
 from temper.types import RolloutBatch
 
 logger = logging.getLogger("temper.train")
@@ -147,25 +148,18 @@ class TrainableModel:
         # --optimizer-cpu-offload: AdamW's state waits in pinned CPU memory outside the optimizer step, so the
         # forward and backward have its GPU memory (on a CPU run it is there already).
         self.optimizer_host = HostCopy() if cfg.optimizer_cpu_offload and env.is_cuda else None
+        self.progress = WorkProgress()  # the owner's stages (its steps, log-probs, saves) for the live line
 
-    def step(self, micro_batches: list[MicroBatch], loss_fn: LossFn) -> dict[str, float]:
+    def step(self, micro_batches: list[MicroBatch], loss_fn: LossFn, stage: str = "step") -> dict[str, float]:
         """One optimizer step: forward+backward of each micro-batch, clip, NaN/inf guard, AdamW, LR.
 
         `loss_fn(mb)` returns (loss already scaled to its share of the step, metrics already weighted
-        so that their sum over micro-batches and ranks is the step's value).
+        so that their sum over micro-batches and ranks is the step's value). The micro-batches are stage
+        `stage` of the train phase in `progress`: each backward handed to the device advances it by one
+        micro-batch and its tokens.
         """
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, Tensor] = {}
-        try:
-            for i, mb in enumerate(micro_batches):
-                self._accumulate_gathered(self.keep_gathered and i < len(micro_batches) - 1)
-                loss, metrics = loss_fn(mb)
-                loss.backward()
-                for name, value in metrics.items():  # summed on the device: no sync per micro-batch
-                    sums[name] = sums.get(name, 0.0) + value.detach().double()
-        finally:
-            self._accumulate_gathered(False)
+        with self.progress.stage("train", stage, total=len(micro_batches), unit="micro-batches"):
+            sums = self._accumulate(micro_batches, loss_fn)
         metrics = self._reduce(sums)
         grad_norm = self._clip_grad_norm()
         metrics["lr"] = self.scheduler.lr
@@ -187,6 +181,24 @@ class TrainableModel:
         self.global_step += 1
         metrics["skipped_steps"] = float(self.skipped_steps)
         return metrics
+
+    def _accumulate(self, micro_batches: list[MicroBatch], loss_fn: LossFn) -> dict[str, Tensor]:
+        """Forward and backward of every micro-batch (the gradients accumulate); their metrics summed on the
+        device."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, Tensor] = {}
+        try:
+            for i, mb in enumerate(micro_batches):
+                self._accumulate_gathered(self.keep_gathered and i < len(micro_batches) - 1)
+                loss, metrics = loss_fn(mb)
+                loss.backward()
+                for name, value in metrics.items():  # summed on the device: no sync per micro-batch
+                    sums[name] = sums.get(name, 0.0) + value.detach().double()
+                self.progress.advance(tokens=mb.num_tokens)
+        finally:
+            self._accumulate_gathered(False)
+        return sums
 
     def _accumulate_gathered(self, on: bool) -> None:
         """On: this micro-batch's backward keeps the parameters gathered and its gradients unsharded, to
