@@ -128,6 +128,55 @@ class ModelConfig:
     post_mlp_layernorm: bool = opt(False, "norm after the MLP (GLM4)")
     attention_dropout: float = opt(0.0, "attention dropout: the checkpoint's (RL uses 0)")
     hidden_dropout: float = opt(0.0, "hidden dropout: the checkpoint's (RL uses 0)")
+    # Mixture of experts (temper.model_shape_moe): checked against config.json like the flags above.
+    num_experts: int | None = opt(
+        None, "MoE: routed experts per MoE layer (HF num_experts / n_routed_experts); absent from a shape script: a "
+        "dense model"
+    )
+    moe_ffn_hidden_size: int | None = opt(None, "MoE: inner size of each routed expert (HF moe_intermediate_size)")
+    moe_router_topk: int | None = opt(None, "MoE: experts per token (HF num_experts_per_tok)")
+    moe_layer_freq: str | None = opt(
+        None,
+        "MoE: the layers with experts: an int k (layers 0, k, 2k, ...) or a list expression of 0 (dense) / 1 (MoE) "
+        "per layer such as ([0]*3+[1]*58) (HF first_k_dense_replace, decoder_sparse_step, mlp_only_layers); "
+        "absent from an MoE script: every layer",
+    )
+    moe_shared_expert_intermediate_size: int | None = opt(
+        None, "MoE: inner size of the shared experts together (HF n_shared_experts x moe_intermediate_size, or "
+        "Qwen2-MoE's shared_expert_intermediate_size); absent from an MoE script: none"
+    )
+    moe_router_score_function: str = opt(
+        "softmax", "MoE: router scores (DeepSeek-V3: sigmoid, Qwen-MoE: softmax)", choices=["softmax", "sigmoid"]
+    )
+    moe_router_pre_softmax: bool = opt(
+        False, "MoE: softmax over all experts before the top k, weights not renormalised (HF norm_topk_prob false; "
+        "without it softmax weights are renormalised over the k)"
+    )
+    moe_router_enable_expert_bias: bool = opt(
+        False, "MoE: a per-expert bias that only chooses experts (DeepSeek-V3's e_score_correction_bias)"
+    )
+    moe_router_num_groups: int | None = opt(None, "MoE: expert groups of group-limited routing (HF n_group)")
+    moe_router_group_topk: int | None = opt(None, "MoE: groups each token may use (HF topk_group)")
+    moe_router_topk_scaling_factor: float | None = opt(
+        None, "MoE: factor on the routed experts' weights (HF routed_scaling_factor); absent from an MoE script: 1"
+    )
+    moe_router_dtype: str | None = opt(
+        None,
+        "MoE: precision of routing and of weighing the experts' outputs; honoured where temper's trainer routes so: "
+        "fp32 for DeepSeek-V3 (its Hugging Face router works in fp32); the Qwen-MoE and Mixtral routers compute "
+        "logits in the compute dtype, so fp32 stops the run for them, and fp64 always does",
+        choices=["fp32", "fp64"],
+    )
+    # Multi-latent attention (DeepSeek-V3, Moonlight, Kimi K2)
+    multi_latent_attention: bool = opt(False, "multi-latent attention (DeepSeek-V3's MLA)")
+    q_lora_rank: int | None = opt(None, "MLA: rank of the query compression (HF q_lora_rank; absent: none)")
+    kv_lora_rank: int | None = opt(None, "MLA: rank of the key/value latent (HF kv_lora_rank)")
+    qk_head_dim: int | None = opt(None, "MLA: query/key width per head without RoPE (HF qk_nope_head_dim)")
+    qk_pos_emb_head_dim: int | None = opt(None, "MLA: query/key RoPE width per head (HF qk_rope_head_dim)")
+    v_head_dim: int | None = opt(None, "MLA: value width per head (HF v_head_dim)")
+    rotary_scaling_factor: float | None = opt(None, "RoPE scaling factor (HF rope_scaling factor, e.g. YaRN's)")
+    mscale: float | None = opt(None, "YaRN mscale (HF rope_scaling mscale)")
+    mscale_all_dim: float | None = opt(None, "YaRN mscale_all_dim (HF rope_scaling mscale_all_dim)")
 
 
 @dataclass
@@ -276,6 +325,18 @@ class AlgorithmConfig:
     )
     moe_aux_loss_coeff: float = opt(0.0, "MoE: weight of the routers' load-balancing loss, summed over MoE layers")
     moe_z_loss_coeff: float | None = opt(None, "MoE: weight of the routers' z-loss, summed over MoE layers")
+    moe_router_load_balancing_type: str = opt(
+        "aux_loss",
+        "MoE: the load-balancing loss that --moe-aux-loss-coeff weighs: aux_loss (the Switch loss over each "
+        "micro-batch, temper's); none turns the loss off; seq_aux_loss and global_aux_loss (other token sets) stop "
+        "the run unless --moe-aux-loss-coeff is 0, sinkhorn (another routing) always",
+        choices=["aux_loss", "seq_aux_loss", "global_aux_loss", "sinkhorn", "none"],
+    )
+    moe_router_bias_update_rate: float | None = opt(
+        None,
+        "MoE: Megatron's update rate of the expert bias (--moe-router-enable-expert-bias); temper keeps the "
+        "checkpoint's bias fixed, so only 0 is accepted, and an expert bias needs it said",
+    )
     num_critic_only_steps: int = opt(0, "first rollouts train only the critic (PPO)")
 
     @property
@@ -334,6 +395,28 @@ class TrainConfig:
         "flash or auto: temper's trainer runs Flash Attention over packed rows on GPU; fused, unfused and local "
         "stop the run",
         choices=["flash", "fused", "unfused", "local", "auto"],
+    )
+    moe_grouped_gemm: bool = opt(
+        False, "no effect: temper's trainer always runs the routed experts as grouped GEMMs over the tokens sorted "
+        "by expert (torch._grouped_mm on GPU)"
+    )
+    moe_permute_fusion: bool = opt(
+        False, "no effect: temper's trainer sorts tokens to their experts inside its grouped GEMM experts; Megatron's "
+        "fused permutation gives the same sums"
+    )
+    moe_token_dispatcher_type: str | None = opt(
+        None,
+        "no effect: temper has no expert parallelism, so each rank routes its own tokens to its own experts and "
+        "nothing is dispatched between ranks (alltoall and allgather give the same sums)",
+        choices=["alltoall", "allgather"],
+    )
+    moe_token_drop_policy: str | None = opt(
+        None,
+        "no effect: temper drops no tokens (Megatron drops only with an expert capacity factor, which temper has not)",
+        choices=["probs", "position"],
+    )
+    no_masked_softmax_fusion: bool = opt(
+        False, "no effect: temper's attention never uses Megatron's fused masked softmax"
     )
     use_precision_aware_optimizer: bool = opt(
         False, "not supported: AdamW's master weights and state stay fp32 (setting it stops the run)"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from temper.config import ClusterConfig, ConfigError
 from temper.eval_config import load_eval_config
+from temper.model_shape_moe import check_layer_freq
 
 if TYPE_CHECKING:
     from temper.config import Config
@@ -22,8 +23,8 @@ GROUP_NORMALIZED = {"grpo", "gspo", "cispo", "rloo", "reinforce_plus_plus_baseli
 
 def validate(cfg: Config) -> None:
     for rule in (
-        _modes, _batch_sizes, _gpus, _parallelism, _trainer_options, _algorithm, _sampling, _data, _fault_tolerance,
-        _checkpoint, _eval, _router, _preflight,
+        _modes, _batch_sizes, _gpus, _parallelism, _trainer_options, _algorithm, _moe, _sampling, _data,
+        _fault_tolerance, _checkpoint, _eval, _router, _preflight,
     ):  # fmt: skip
         rule(cfg)
 
@@ -200,6 +201,38 @@ def _algorithm(cfg: Config) -> None:
     if cfg.moe_aux_loss_coeff < 0 or (cfg.moe_z_loss_coeff or 0.0) < 0:
         raise ConfigError(
             f"--moe-aux-loss-coeff and --moe-z-loss-coeff must be >= 0, got {cfg.moe_aux_loss_coeff}, {cfg.moe_z_loss_coeff}"
+        )
+
+
+def _moe(cfg: Config) -> None:
+    """Megatron's router options, as far as temper's trainer has them: the load-balancing loss is the Switch loss
+    over each micro-batch (temper.train.moe_routing), and the expert bias stays the checkpoint's."""
+    check_layer_freq(cfg.moe_layer_freq)
+    kind, coeff = cfg.moe_router_load_balancing_type, cfg.moe_aux_loss_coeff
+    if kind == "sinkhorn":
+        raise ConfigError(
+            "--moe-router-load-balancing-type sinkhorn routes tokens by Sinkhorn balancing, which temper's trainer "
+            "does not do (it routes as the checkpoint's router does); drop it"
+        )
+    if kind in ("seq_aux_loss", "global_aux_loss") and coeff:
+        raise ConfigError(
+            f"--moe-router-load-balancing-type {kind} with --moe-aux-loss-coeff {coeff}: temper's load-balancing loss "
+            "is the Switch loss over each micro-batch's tokens (aux_loss), not per sequence or over the global batch; "
+            "use aux_loss, or --moe-aux-loss-coeff 0"
+        )
+    if kind == "none":
+        cfg.moe_aux_loss_coeff = 0.0  # Megatron computes no load-balancing loss whatever the coefficient
+    rate = cfg.moe_router_bias_update_rate
+    if rate not in (None, 0):
+        raise ConfigError(
+            f"--moe-router-bias-update-rate {rate}: temper keeps the checkpoint's expert bias fixed and does not "
+            "update it from the expert loads; pass --moe-router-bias-update-rate 0"
+        )
+    if cfg.moe_router_enable_expert_bias and rate is None:
+        raise ConfigError(
+            "--moe-router-enable-expert-bias: Megatron updates that bias from the expert loads at "
+            "--moe-router-bias-update-rate (default 1e-3), temper keeps the checkpoint's bias fixed; add "
+            "--moe-router-bias-update-rate 0 (as slime's scripts do)"
         )
 
 

@@ -7,7 +7,8 @@ architecture by its presence (`--swiglu`, `--qk-layernorm`, ...) counts as given
 a shape script was (`--num-layers` set), as Megatron reads its absence as the opposite choice. What
 config.json leaves implicit comes from its `model_type` (Qwen2's q/k/v biases, Qwen3's q/k norms, GLM4's
 interleaved RoPE and post-norms, DeepSeek-V3's latent attention); a model type not listed below leaves those
-flags unchecked.
+flags unchecked. The MoE and multi-latent-attention flags are read and given as `temper.model_shape_moe` says;
+--moe-router-dtype is checked against the precision of the checkpoint's router.
 
 `check_hf_checkpoint` says, before anything starts, when a run needs `--hf-checkpoint` and has none:
 never a Hugging Face Hub lookup for a model named "None".
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from temper.config import ConfigError, ModelConfig
+from temper.model_shape_moe import check_router_dtype, given_moe_mla, moe_mla_shape
 
 
 # What config.json leaves to the model class, by model_type: q/k RMSNorm (Qwen3), GLM4's interleaved
@@ -64,7 +66,8 @@ def hf_shape(hf_config: dict[str, Any]) -> dict[str, Any]:
     }
     if shape["position_embedding_type"] == "rope":
         shape["rotary_percent"] = cfg.get("partial_rotary_factor", rope.get("partial_rotary_factor")) or 1.0
-    return shape
+    traits = ARCH_TRAITS.get(cfg.get("model_type"))
+    return {**shape, **moe_mla_shape(cfg, rope, bool(traits.get("mla")) if traits else None)}
 
 
 def _kv_channels(cfg: dict[str, Any]) -> int:
@@ -125,8 +128,9 @@ def check_model_shape(model: ModelConfig, hf_checkpoint: str) -> None:
     path = Path(hf_checkpoint) / "config.json"
     if not path.is_file():
         raise ConfigError(f"--hf-checkpoint {hf_checkpoint}: {_not_a_model_folder(Path(hf_checkpoint))}")
-    expected = hf_shape(json.loads(path.read_text()))
-    given = _given_shape(model)
+    config = json.loads(path.read_text())
+    expected = hf_shape(config)
+    given = {**_given_shape(model), **given_moe_mla(model, expected["num_layers"])}
     wrong = [
         f"--{name.replace('_', '-')} {given[name]} (checkpoint: {expected[name]})"
         for name in given
@@ -138,6 +142,7 @@ def check_model_shape(model: ModelConfig, hf_checkpoint: str) -> None:
             f"model flags disagree with {path}: {'; '.join(wrong)}; source the scripts/models file that matches "
             f"the checkpoint or drop the flags"
         )
+    check_router_dtype(model, config.get("text_config", config))
 
 
 def _given_shape(model: ModelConfig) -> dict[str, Any]:

@@ -25,7 +25,10 @@ from temper.config import ConfigError, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["--rollout-batch-size", "2", "--num-rollout", "1"]
-CONFIG_FILES = {"temper/config.py", "temper/command_line.py", "temper/config_rules.py", "temper/model_shape.py"}
+CONFIG_FILES = {
+    "temper/config.py", "temper/command_line.py", "temper/config_rules.py", "temper/model_shape.py",
+    "temper/model_shape_moe.py",
+}  # fmt: skip
 OTHER_NAMESPACES = ("temper/engine/", "temper/testing/")
 MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 
@@ -35,6 +38,13 @@ QWEN3 = dict(model_type="qwen3", architectures=["Qwen3ForCausalLM"], num_hidden_
              hidden_act="silu", attention_bias=False, attention_dropout=0.0, rms_norm_eps=1e-6, rope_theta=1e6,
              max_position_embeddings=4096, tie_word_embeddings=True)  # fmt: skip
 GPT2_LIKE = {"model_type": "gpt2", "rope_theta": None}  # learned absolute positions
+# Qwen3-MoE and DeepSeek-V3 (MLA, YaRN) keys over QWEN3, as the tiny-model factory writes them.
+MOE = dict(model_type="qwen3_moe", num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64, norm_topk_prob=True,
+           decoder_sparse_step=1, mlp_only_layers=[])
+MLA = dict(model_type="deepseek_v3", n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=64,
+           norm_topk_prob=True, n_shared_experts=1, n_group=4, topk_group=2, first_k_dense_replace=1,
+           routed_scaling_factor=2.5, q_lora_rank=64, kv_lora_rank=32, qk_nope_head_dim=32, qk_rope_head_dim=16,
+           v_head_dim=32, rope_scaling=dict(type="yarn", factor=40, mscale=1.0, mscale_all_dim=1.0))
 
 
 @dataclass
@@ -106,6 +116,55 @@ PROBES: dict[str, list[Probe]] = {
     "post_mlp_layernorm": [shape(["--post-mlp-layernorm"], "--post-mlp-layernorm True (checkpoint: False)")],
     "attention_dropout": [shape(["--attention-dropout", "0.1"], "--attention-dropout 0.1 (checkpoint: 0.0)")],
     "hidden_dropout": [shape(["--hidden-dropout", "0.1"], "--hidden-dropout 0.1 (checkpoint: 0.0)")],
+    # -- mixture of experts and multi-latent attention, against the checkpoint's config.json
+    "num_experts": [shape(["--num-experts", "4"], "--num-experts 4 (checkpoint: 8)", **MOE),
+                    shape(["--num-layers", "2"], "--num-experts 0 (checkpoint: 8)", **MOE),
+                    shape(["--num-experts", "8"], "--num-experts 8 (checkpoint: 0)")],
+    "moe_ffn_hidden_size": [shape(["--moe-ffn-hidden-size", "32"], "--moe-ffn-hidden-size 32 (checkpoint: 64)", **MOE)],
+    "moe_router_topk": [shape(["--moe-router-topk", "4"], "--moe-router-topk 4 (checkpoint: 2)", **MOE)],
+    "moe_layer_freq": [shape(["--moe-layer-freq", "2"], "--moe-layer-freq 2 (checkpoint: [1]*2)", **MOE),
+                       shape(["--moe-layer-freq", "([1]*2)"], "--moe-layer-freq ([1]*2) (checkpoint: [0]*1+[1]*1)",
+                             **MLA),
+                       shape(["--moe-layer-freq", "1"], "--moe-layer-freq 1 (checkpoint: [1]*1+[0]*1)", **{**MOE, "mlp_only_layers": [1]}),
+                       rejects(["--moe-layer-freq", "[2]*2"], "--moe-layer-freq [2]*2: the list must hold 0"),
+                       rejects(["--moe-layer-freq", "dense"], "--moe-layer-freq dense: neither an int")],
+    "moe_shared_expert_intermediate_size": [shape(["--moe-shared-expert-intermediate-size", "128"],
+                                                  "--moe-shared-expert-intermediate-size 128 (checkpoint: 64)", **MLA),
+                                            shape(["--moe-shared-expert-intermediate-size", "64"],
+                                                  "--moe-shared-expert-intermediate-size 64 (checkpoint: 0)", **MOE)],
+    "moe_router_score_function": [shape(["--moe-router-score-function", "sigmoid"],
+                                        "--moe-router-score-function sigmoid (checkpoint: softmax)", **MOE),
+                                  shape(["--num-layers", "2", "--num-experts", "8"],
+                                        "--moe-router-score-function softmax (checkpoint: sigmoid)", **MLA)],
+    "moe_router_pre_softmax": [shape(["--moe-router-pre-softmax"], "--moe-router-pre-softmax True (checkpoint: False)",
+                                     **MOE),
+                               shape(["--num-layers", "2", "--num-experts", "8"],
+                                     "--moe-router-pre-softmax False (checkpoint: True)", **{**MOE, "norm_topk_prob": False})],
+    "moe_router_enable_expert_bias": [shape(["--moe-router-enable-expert-bias", "--moe-router-bias-update-rate", "0"],
+                                            "--moe-router-enable-expert-bias True (checkpoint: False)", **MOE),
+                                      rejects(["--moe-router-enable-expert-bias"], "add --moe-router-bias-update-rate 0")],
+    "moe_router_num_groups": [shape(["--moe-router-num-groups", "8"], "--moe-router-num-groups 8 (checkpoint: 4)", **MLA)],
+    "moe_router_group_topk": [shape(["--moe-router-group-topk", "1"], "--moe-router-group-topk 1 (checkpoint: 2)", **MLA)],
+    "moe_router_topk_scaling_factor": [shape(["--moe-router-topk-scaling-factor", "2"],
+                                             "--moe-router-topk-scaling-factor 2.0 (checkpoint: 2.5)", **MLA)],
+    "moe_router_dtype": [shape(["--moe-router-dtype", "fp32"], "--moe-router-dtype fp32 is not supported for qwen3_moe",
+                               **MOE),
+                         shape(["--moe-router-dtype", "fp64"], "--moe-router-dtype fp64 is not supported", **MLA),
+                         shape(["--moe-router-dtype", "fp32"], "temper does not know the router of model type 'qwen3'")],
+    "multi_latent_attention": [shape(["--multi-latent-attention"], "--multi-latent-attention True (checkpoint: False)"),
+                               shape(["--num-layers", "2"], "--multi-latent-attention False (checkpoint: True)", **MLA)],
+    "q_lora_rank": [shape(["--q-lora-rank", "32"], "--q-lora-rank 32 (checkpoint: 64)", **MLA),
+                    shape(["--q-lora-rank", "64"], "--q-lora-rank 64 (checkpoint: 0)", **{**MLA, "q_lora_rank": None}),
+                    shape(["--num-layers", "2", "--multi-latent-attention"], "--q-lora-rank 0 (checkpoint: 64)", **MLA)],
+    "kv_lora_rank": [shape(["--kv-lora-rank", "16"], "--kv-lora-rank 16 (checkpoint: 32)", **MLA)],
+    "qk_head_dim": [shape(["--qk-head-dim", "64"], "--qk-head-dim 64 (checkpoint: 32)", **MLA)],
+    "qk_pos_emb_head_dim": [shape(["--qk-pos-emb-head-dim", "64"], "--qk-pos-emb-head-dim 64 (checkpoint: 16)", **MLA)],
+    "v_head_dim": [shape(["--v-head-dim", "64"], "--v-head-dim 64 (checkpoint: 32)", **MLA)],
+    "rotary_scaling_factor": [shape(["--rotary-scaling-factor", "1"], "--rotary-scaling-factor 1.0 (checkpoint: 40)",
+                                    **MLA),
+                              shape(["--rotary-scaling-factor", "40"], "--rotary-scaling-factor 40.0 (checkpoint: 1.0)")],
+    "mscale": [shape(["--mscale", "0.5"], "--mscale 0.5 (checkpoint: 1.0)", **MLA)],
+    "mscale_all_dim": [shape(["--mscale-all-dim", "0"], "--mscale-all-dim 0.0 (checkpoint: 1.0)", **MLA)],
     # -- Megatron parallelism and kernels, which temper's FSDP trainer does not have
     "train_backend": [rejects(["--train-backend", "megatron"])],
     "tensor_model_parallel_size": [rejects(["--tensor-model-parallel-size", "2"])],
@@ -129,6 +188,15 @@ PROBES: dict[str, list[Probe]] = {
     "rollout_health_check_interval": [rejects(["--rollout-health-check-interval", "5"], "--use-fault-tolerance")],
     "rollout_health_check_timeout": [rejects(["--rollout-health-check-timeout", "5"], "--use-fault-tolerance")],
     "rollout_health_check_first_wait": [rejects(["--rollout-health-check-first-wait", "300"], "--use-fault-tolerance")],
+    "moe_router_load_balancing_type": [
+        rejects(["--moe-router-load-balancing-type", "seq_aux_loss", "--moe-aux-loss-coeff", "0.01"],
+                "not per sequence or over the global batch"),
+        rejects(["--moe-router-load-balancing-type", "sinkhorn"], "routes tokens by Sinkhorn balancing"),
+        Probe(["--moe-router-load-balancing-type", "none", "--moe-aux-loss-coeff", "0.01"],
+              check=lambda cfg: cfg.moe_aux_loss_coeff == 0.0),
+    ],
+    "moe_router_bias_update_rate": [rejects(["--moe-router-bias-update-rate", "0.001"],
+                                            "--moe-router-bias-update-rate 0.001: temper keeps the checkpoint's")],
 }  # fmt: skip
 
 # Flags that ask for what temper always does; accepted, and their --help says "no effect: temper ...".
@@ -136,7 +204,14 @@ ALWAYS = {
     "no_rope_fusion": "temper's trainer runs RoPE inside the Hugging Face model, never Megatron's fused kernel",
     "attention_softmax_in_fp32": "Flash Attention (GPU) and fp32 SDPA (CPU) keep the softmax in fp32",
     "accumulate_allreduce_grads_in_fp32": "FSDP2 reduces gradients in fp32 (test_grads_reduce_in_fp32)",
+    "moe_grouped_gemm": "MoE models load with transformers' grouped_mm experts (temper.train.hf_model.load_causal_lm)",
+    "moe_permute_fusion": "a fused kernel of Megatron's token permutation; transformers' experts sort tokens unfused",
+    "moe_token_dispatcher_type": "no expert parallelism: every rank routes its own tokens to its own experts",
+    "moe_token_drop_policy": "temper has no expert capacity factor, without which Megatron drops no tokens either",
+    "no_masked_softmax_fusion": "temper's attention never uses Megatron's fused masked softmax",
 }
+ALWAYS_VALUES = {"moe_token_dispatcher_type": ["alltoall", "allgather"], "moe_token_drop_policy": ["probs", "position"]}
+"""The values of the ALWAYS flags that take one (every one of its choices is accepted)."""
 
 
 def flag_fields() -> dict[str, str]:
@@ -199,7 +274,9 @@ def test_always_flags_are_accepted_and_say_so(name, tmp_path):
     action = next(a for a in build_parser()._actions if a.dest == name)
     assert action.help.startswith("no effect: temper"), action.help
     (tmp_path / "config.json").write_text(json.dumps(QWEN3))
-    assert getattr(parse_config(BASE + [flag, "--hf-checkpoint", str(tmp_path)]), name) is True
+    for value in ALWAYS_VALUES.get(name, [True]):
+        argv = BASE + [flag] + ([] if value is True else [value]) + ["--hf-checkpoint", str(tmp_path)]
+        assert getattr(parse_config(argv), name) == value
 
 
 def test_grads_reduce_in_fp32(monkeypatch):
