@@ -53,7 +53,11 @@ def test_script_matches_public_config(name, preset, public, tmp_path):
 
 @pytest.mark.parametrize("name, preset, public", CASES, ids=[c[0] for c in CASES])
 def test_script_matches_factory_preset(name, preset, public, tmp_path):
-    make_config("deepseek_v3", resolve_shape(preset)).to_json_file(tmp_path / "config.json")
+    """The factory's preset with the public config's RoPE scaling (the factory builds none)."""
+    config = make_config("deepseek_v3", resolve_shape(preset)).to_dict()
+    yarn = public.get("rope_scaling", {})
+    config["rope_parameters"].update(yarn, rope_type=yarn.get("type", "default"))
+    (tmp_path / "config.json").write_text(json.dumps(config))
     assert check(name, tmp_path) == resolve_shape(preset).num_layers
 
 
@@ -84,3 +88,67 @@ def test_shortened_stack_and_wrong_script(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text(json.dumps(MOONLIGHT))
     with pytest.raises(ConfigError, match=r"--rotary-interleaved True \(checkpoint: False\)"):
         check("moonlight-16B-A3B", tmp_path, "--rotary-interleaved")
+
+
+@pytest.mark.parametrize("name, preset, public", CASES, ids=[c[0] for c in CASES])
+def test_script_states_latent_attention_and_experts(name, preset, public):
+    """The scripts pass slime's MLA and MoE flags, each with the public config's value."""
+    cfg = parse_config(BASE + model_args(name))
+    dense, layers = public["first_k_dense_replace"], public["num_hidden_layers"]
+    assert cfg.multi_latent_attention and cfg.moe_router_enable_expert_bias and cfg.moe_router_bias_update_rate == 0
+    assert cfg.moe_layer_freq == f"([0]*{dense}+[1]*{layers - dense})"
+    assert (cfg.num_experts, cfg.moe_router_topk, cfg.moe_ffn_hidden_size) == (
+        public["n_routed_experts"], public["num_experts_per_tok"], public["moe_intermediate_size"])
+    assert cfg.moe_shared_expert_intermediate_size == public["n_shared_experts"] * public["moe_intermediate_size"]
+    assert (cfg.moe_router_num_groups, cfg.moe_router_group_topk) == (public["n_group"], public["topk_group"])
+    assert cfg.moe_router_topk_scaling_factor == public["routed_scaling_factor"]
+    assert (cfg.kv_lora_rank, cfg.qk_head_dim, cfg.qk_pos_emb_head_dim, cfg.v_head_dim) == (512, 128, 64, 128)
+    assert cfg.q_lora_rank == public["q_lora_rank"] and cfg.moe_router_dtype == "fp32"
+    assert cfg.moe_router_load_balancing_type == "seq_aux_loss" and cfg.moe_aux_loss_coeff == 0
+
+
+@pytest.mark.parametrize("name, change, error", [
+    ("deepseek-v3", dict(first_k_dense_replace=1), r"--moe-layer-freq \(\[0\]\*3\+\[1\]\*58\) \(checkpoint: \[0\]\*1\+\[1\]\*60\)"),
+    ("deepseek-v3", dict(q_lora_rank=None), r"--q-lora-rank 1536 \(checkpoint: 0\)"),
+    ("deepseek-v3", dict(rope_scaling=None), r"--rotary-scaling-factor 40.0 \(checkpoint: 1.0\)"),
+    ("deepseek-v3", dict(n_group=1, topk_group=1), r"--moe-router-num-groups 8 \(checkpoint: 1\); --moe-router-group-topk 4"),
+    ("moonlight-16B-A3B", dict(q_lora_rank=1536), r"--q-lora-rank 0 \(checkpoint: 1536\)"),
+    ("moonlight-16B-A3B", dict(kv_lora_rank=256), r"--kv-lora-rank 512 \(checkpoint: 256\)"),
+    ("moonlight-16B-A3B", dict(qk_nope_head_dim=64), r"--qk-head-dim 128 \(checkpoint: 64\)"),
+    ("moonlight-16B-A3B", dict(qk_rope_head_dim=32), r"--qk-pos-emb-head-dim 64 \(checkpoint: 32\)"),
+    ("moonlight-16B-A3B", dict(n_shared_experts=1), r"--moe-shared-expert-intermediate-size 2816 \(checkpoint: 1408\)"),
+    ("moonlight-16B-A3B", dict(routed_scaling_factor=1.0), r"--moe-router-topk-scaling-factor 2.446 \(checkpoint: 1.0\)"),
+])  # fmt: skip
+def test_script_rejects_another_mla_or_moe_shape(name, change, error, tmp_path):
+    public = DEEPSEEK_V3 if name == "deepseek-v3" else MOONLIGHT
+    (tmp_path / "config.json").write_text(json.dumps(dict(public, **change)))
+    with pytest.raises(ConfigError, match=error) as e:
+        check(name, tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_yarn_mscale_is_checked(tmp_path):
+    rope = dict(DEEPSEEK_V3["rope_scaling"], mscale=0.707)
+    (tmp_path / "config.json").write_text(json.dumps(dict(DEEPSEEK_V3, rope_scaling=rope)))
+    with pytest.raises(ConfigError, match=r"--mscale 1.0 \(checkpoint: 0.707\)"):
+        check("deepseek-v3", tmp_path)
+
+
+def test_moe_flags_on_the_tiny_factory_model(tmp_path):
+    """Each MoE/MLA flag with the tiny deepseek_v3 checkpoint's value passes; the int and list forms of
+    --moe-layer-freq both read (its first layer is dense)."""
+    make_config("deepseek_v3").to_json_file(tmp_path / "config.json")
+    flags = ["--num-layers", "2", "--num-experts", "8", "--moe-ffn-hidden-size", "64", "--moe-router-topk", "2",
+             "--moe-shared-expert-intermediate-size", "64", "--moe-router-score-function", "sigmoid",
+             "--moe-router-enable-expert-bias", "--moe-router-bias-update-rate", "0", "--moe-router-num-groups", "4",
+             "--moe-router-group-topk", "2", "--moe-router-topk-scaling-factor", "2.5", "--multi-latent-attention",
+             "--q-lora-rank", "64", "--kv-lora-rank", "32", "--qk-head-dim", "32", "--qk-pos-emb-head-dim", "16",
+             "--v-head-dim", "32", "--rotary-scaling-factor", "1", "--swiglu", "--disable-bias-linear", "--qk-layernorm",
+             "--normalization", "RMSNorm"]  # fmt: skip
+    hf = ["--hf-checkpoint", str(tmp_path)]
+    assert parse_config(BASE + flags + ["--moe-layer-freq", "[0]+[1]", "--moe-router-dtype", "fp32"] + hf)
+    assert parse_config(BASE + ["--moe-layer-freq", "'([0]*1+[1]*1)'"] + hf)
+    with pytest.raises(ConfigError, match=r"--moe-layer-freq 1 \(checkpoint: \[0\]\*1\+\[1\]\*1\)"):
+        parse_config(BASE + flags + hf)  # an MoE script without --moe-layer-freq: experts in every layer
+    with pytest.raises(ConfigError, match=r"--moe-layer-freq 2 \(checkpoint: \[0\]\*1\+\[1\]\*1\)"):
+        parse_config(BASE + ["--moe-layer-freq", "2"] + hf)

@@ -1,10 +1,13 @@
 # Model shape of Qwen/Qwen3-30B-A3B: source this file and pass "${MODEL_ARGS[@]}" to train.py.
-# temper builds the model from --hf-checkpoint and checks these flags against its config.json.
-# The experts come from config.json too: 128 experts of moe_intermediate_size 768 in every layer
-# (decoder_sparse_step 1, no mlp_only_layers), softmax routing to the top 8 renormalised
-# (norm_topk_prob); slime's --num-experts, --moe-router-topk and --moe-ffn-hidden-size are not
-# temper flags yet, so they are left out. --ffn-hidden-size is config.json's intermediate_size,
-# which no layer of this model uses.
+# temper builds the model from --hf-checkpoint and checks these flags against its config.json; the
+# tiny-model factory's preset "qwen3-30b-a3b" has this shape. 128 experts of moe_intermediate_size 768 in
+# every layer (decoder_sparse_step 1, no mlp_only_layers), softmax routing to the top 8 renormalised
+# (norm_topk_prob: no --moe-router-pre-softmax). --ffn-hidden-size is config.json's intermediate_size,
+# which no layer of this model uses. --moe-grouped-gemm, --moe-permute-fusion,
+# --moe-token-dispatcher-type and --moe-token-drop-policy are accepted and change nothing (temper always
+# runs grouped GEMMs on one rank and drops no tokens). slime's --moe-router-dtype fp32 is left out: Hugging
+# Face's Qwen3-MoE router, which temper trains, computes its logits in the compute dtype, and temper stops a
+# run that asks for fp32 routing of this model.
 MODEL_ARGS=(
    --swiglu
    --num-layers 48
@@ -22,4 +25,16 @@ MODEL_ARGS=(
    --vocab-size 151936
    --qk-layernorm
    --untie-embeddings-and-output-weights
+
+   # moe
+   --moe-ffn-hidden-size 768
+   --moe-router-score-function softmax
+   --moe-token-dispatcher-type alltoall
+   --moe-router-topk 8
+   --moe-layer-freq "([1]*48)"
+   --num-experts 128
+   --moe-grouped-gemm
+   --moe-token-drop-policy probs
+   --moe-permute-fusion
+   --moe-aux-loss-coeff 0
 )
