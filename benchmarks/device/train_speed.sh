@@ -5,8 +5,11 @@
 # attention, FSDP's per-micro-batch gathers on one GPU ("keep,nokeep": the A/B of memory_plan.keeps_gathered, no HF loop) and the
 # Qwen3-4B shape. Logs under $OUT.
 # Usage (repo root): PARTS="tests,0.6b,profile,nokeep,sdpa,4b" bash benchmarks/device/train_speed.sh
+# Carry .device (pack.tar.xz from `../shared/tools/device-pack orjson`): temper.train imports temper.observe, which
+# needs orjson, and the device image has none.
 set -uo pipefail
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
+mkdir -p /tmp/site && tar xJf .device/pack.tar.xz -C /tmp/site
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 PARTS=${PARTS:-tests,0.6b,profile}
 has() { [[ ",$PARTS," == *",$1,"* ]]; }
