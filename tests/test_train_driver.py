@@ -251,12 +251,18 @@ def test_every_long_phase_shows_what_it_has_done(task, tmp_path, monkeypatch, ca
     flags[flags.index("--max-tokens-per-gpu") + 1] = "256"  # several micro-batches in the step
     steps = load_driver("train").main(flags)
     lines = [line for line in capsys.readouterr().out.splitlines() if re.fullmatch(LIVE_LINE, line)]
-    by_phase = {phase: [line.split(": ", 1)[-1] for line in lines if line.startswith(f"  {phase} ")]
+    # a line's detail after "phase ...: "; a line without one (the phase's seconds alone, e.g. "  sync 0 s") as it reads
+    by_phase = {phase: [line.split(": ", 1)[1] if ": " in line else line.strip() for line in lines
+                        if line.startswith(f"  {phase} ")]
                 for phase in ("rollout", "train", "sync", "save", "eval")}  # fmt: skip
     assert all(by_phase.values()), by_phase
     assert any(re.fullmatch(r"\d+/32 samples, [\d.]+k? tok/s, at most \d+ s left", d) for d in by_phase["rollout"]), by_phase["rollout"]
     assert any(re.fullmatch(r"\d+/64 samples, [\d.]+k? tok/s, at most \d+ s left", d) for d in by_phase["eval"]), by_phase["eval"]
-    assert any(re.fullmatch(r"step 1/1, [1-9]\d*/\d+ micro-batches, [\d.]+k? tok/s", d) for d in by_phase["train"]), by_phase["train"]
+    # rank 0's stage as the driver found it; how far it had got when asked depends on timing (the counts themselves
+    # are tested in tests/train/test_work_progress.py): a rate once a micro-batch is done
+    train = r"step 1/1, 0/\d+ micro-batches|step 1/1, [1-9]\d*/\d+ micro-batches, [\d.]+k? tok/s"
+    assert all(re.fullmatch(train, d) or re.fullmatch(r"train \d+ s", d) for d in by_phase["train"]), by_phase["train"]
+    assert any(re.fullmatch(train, d) for d in by_phase["train"]), by_phase["train"]
     sync = r"weights, [\d.]+/[\d.]+ MB, [\d.]+k? MB/s|weight check"  # or the phase's seconds alone: the pause
     assert all(re.fullmatch(sync, d) or d.startswith("sync ") for d in by_phase["sync"]), by_phase["sync"]
     assert any(re.fullmatch(sync, d) for d in by_phase["sync"]), by_phase["sync"]
