@@ -118,20 +118,14 @@ def reference(q, k, v, lengths, count: int) -> torch.Tensor:
 
 def time_it(fn, repeats: int) -> tuple[float, float]:
     """(first call's wall ms, median of `repeats` calls' CUDA-event ms)."""
+    from temper.engine.kernels.common import median_cuda_ms  # Triton's module: CUDA machines only
+
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     fn()
     torch.cuda.synchronize()
     first = (time.perf_counter() - t0) * 1e3
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return first, statistics.median(times)
+    return first, median_cuda_ms(fn, repeats)
 
 
 def attention_flops(lengths: list[int], heads: int, head_dim: int) -> float:

@@ -101,18 +101,12 @@ class Processes:
 
     def wait_ready(self, name: str, url: str, timeout: float = 180.0) -> None:
         """Until `url`/health answers 200; RuntimeError with the end of the log if the process exits or is late."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.procs[name].poll() is not None:
-                raise RuntimeError(f"{name} exited with {self.procs[name].returncode} before it was ready:\n"
-                                   f"{self.log_text(name)[-3000:]}")  # fmt: skip
-            try:
-                if httpx.get(f"{url}/health", timeout=2.0, trust_env=False).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"{name} at {url} was not ready in {timeout:.0f} s:\n{self.log_text(name)[-3000:]}")
+        from temper.cluster.engine_group import wait_healthy
+
+        try:
+            wait_healthy(url, timeout, alive=lambda: self.procs[name].poll() is None)
+        except RuntimeError as error:
+            raise RuntimeError(f"{name}: {error}:\n{self.log_text(name)[-3000:]}") from None
 
     def __enter__(self) -> Processes:
         return self

@@ -17,27 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from temper.cluster import CPU_OVERSUBSCRIPTION
-from temper.cluster.placement import local_resources
 from temper.quickstart import load_driver, prepare
 from temper.rollout.recording import load_recording
 from temper.testing import tiny_model_dir
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = 32  # 4 prompts x 8 samples per rollout
 RISE = 0.1  # "reward rose": last step's mean reward >= first step's + RISE
 MEASURED = ("mem", "mfu")  # train/ metrics measured from the machine (memory peaks, MFU), not computed by training
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
-    """One local Ray instance for the module (each run joins it instead of starting its own)."""
-    import ray
-
-    ray.init(num_cpus=local_resources()[1] * CPU_OVERSUBSCRIPTION, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

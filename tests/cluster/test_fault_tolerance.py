@@ -26,23 +26,12 @@ import httpx
 import pytest
 import torch
 
-from temper.cluster import CPU_OVERSUBSCRIPTION
 from temper.cluster.cluster import Cluster
-from temper.cluster.placement import local_resources
 from temper.quickstart import load_driver, prepare
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 SAMPLES = 32  # 4 prompts x 8 samples per rollout
 FT = ["--use-fault-tolerance", "--rollout-health-check-interval", "1", "--rollout-health-check-timeout", "10"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=local_resources()[1] * CPU_OVERSUBSCRIPTION, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
