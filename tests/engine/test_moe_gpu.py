@@ -95,21 +95,23 @@ def test_tiny_engine_on_the_grouped_path_matches_hf_in_bf16(arch, model_dir, hf)
     runner = engine.model_runner
     assert "moe" in runner.kernel_groups
     assert (runner.graphs is not None) == (arch == "qwen3_moe")  # DeepSeek-V3: reference latent attention
-    with_graphs = [o.output_token_ids for o in engine.generate(prompts, greedy)]
+    engine.generate(prompts, greedy)
     assert arch != "qwen3_moe" or runner.graphs.captured
     del engine, runner
     eager = LLMEngine(EngineArgs(model=str(path), dtype="bfloat16", kernels="torch", **_engine_kwargs()))
     assert eager.model_runner.graphs is None and not eager.model_runner.kernel_groups
-    loop = [o.output_token_ids for o in eager.generate(prompts, greedy)]
     del eager
     gc.collect()
     torch.cuda.empty_cache()
-    # bf16 ties between the grouped GEMMs' and the loop's roundings may flip a few continuations
-    assert sum(a == b for a, b in zip(with_graphs, loop)) >= 0.75 * len(prompts)
-    report = parity_report(path, "cuda", torch.bfloat16, prompts, 24, **_engine_kwargs())
-    print(report)
-    assert report["worst_argmax_gap"] <= BF16_ARGMAX_SLACK, report
-    assert report["logprob_mean_abs_diff"] <= 0.02, report
+    # Each path against HF with the dense path's bf16 criteria. Greedy continuations of a tiny random model are
+    # not compared token for token between the paths: near-ties flip under either path's roundings (7 of 12
+    # continuations of 24 tokens agreed on an H100), and a flip says nothing about which path is right.
+    kwargs = {k: v for k, v in _engine_kwargs().items() if k != "device"}
+    for kernels in ("auto", "torch"):
+        report = parity_report(path, "cuda", torch.bfloat16, prompts, 24, kernels=kernels, **kwargs)
+        print(kernels, report)
+        assert report["worst_argmax_gap"] <= BF16_ARGMAX_SLACK, (kernels, report)
+        assert report["logprob_mean_abs_diff"] <= 0.02, (kernels, report)
 
 
 def test_routed_experts_are_recorded_from_the_cuda_graphs(model_dir, hf):
