@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU tests (files with pytest's `gpu` marker), for the device tool, in groups that each run under a timeout, then
 # the parts of benchmarks/device/rl_step_1gpu.sh named in RL_PARTS (default none). Logs under $OUT.
-# Usage (repo root, carry .device with pack.tar.xz): GROUPS="moe train" bash benchmarks/device/gpu_tests.sh
+# Usage (repo root, carry .device with pack.tar.xz): TEST_GROUPS="moe train" bash benchmarks/device/gpu_tests.sh
 set -uo pipefail
 mkdir -p /tmp/site && tar xJf .device/pack.tar.xz -C /tmp/site
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
@@ -13,7 +13,7 @@ declare -A FILES=(
   [sync]="tests/cluster/test_weight_sync_gpu.py"
   [train]="tests/train/test_gpu.py tests/train/test_optimizer_offload.py tests/train/test_varlen_attention.py"
 )
-for group in ${GROUPS:-moe engine train}; do
+for group in ${TEST_GROUPS:-moe engine train}; do
   echo "== tests $group"
   timeout "${TEST_TIMEOUT:-200}" python -m pytest -q -rfEs -p no:cacheprovider ${FILES[$group]} \
     > "$OUT/tests_$group.log" 2>&1
