@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 KERNEL_MODES = ("auto", "torch", "triton")
+LOAD_FORMATS = ("auto", "dummy")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -16,6 +17,8 @@ class EngineArgs:
     """Engine configuration.
 
     model: Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer files).
+    load_format: "auto" (the folder's *.safetensors) | "dummy" (random weights drawn on the device under
+        `seed`, `dummy_weights.py`; the folder needs only config.json and the tokenizer), SGLang's names.
     dtype: "auto" (float32 on CPU, bfloat16 on CUDA) | "float32" | "bfloat16" | "float16".
     device: "auto" (CUDA if available) | "cpu" | "cuda" | "cuda:N".
     max_model_len: prompt + output tokens per request; default min(max_position_embeddings, 4096).
@@ -59,6 +62,7 @@ class EngineArgs:
     overlap_scheduling: bool | None = None
     tensor_parallel_size: int = 1
     symmetric_memory: bool | None = None
+    load_format: str = "auto"
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in DTYPES:
@@ -73,6 +77,9 @@ class EngineArgs:
             _positive("num_kv_blocks", self.num_kv_blocks)
         if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 2):
             raise ValueError(f"EngineArgs.max_model_len must be None or an integer >= 2, got {self.max_model_len!r}")
+        if self.load_format not in LOAD_FORMATS:
+            raise ValueError(f"EngineArgs.load_format must be one of {LOAD_FORMATS} ('auto': the checkpoint's "
+                             f"*.safetensors, 'dummy': random weights), got {self.load_format!r}")
         if self.kernels not in KERNEL_MODES:
             raise ValueError(f"EngineArgs.kernels must be one of {KERNEL_MODES}, got {self.kernels!r}")
         for name, value in (("overlap_scheduling", self.overlap_scheduling), ("symmetric_memory", self.symmetric_memory)):

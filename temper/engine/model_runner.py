@@ -35,6 +35,7 @@ import torch
 from temper.engine import kernels
 from temper.engine.attention import TorchPagedAttention
 from temper.engine.cuda_graph import DecodeGraphs
+from temper.engine.dummy_weights import init_dummy_weights
 from temper.engine.engine_args import EngineArgs
 from temper.engine.models import model_class
 from temper.engine.models.moe import GroupedExperts
@@ -136,7 +137,10 @@ class ModelRunner:
         self.weight_map = WeightMap(self.model)
         self.routed_experts = RoutedExpertsCache.for_model(self.model)  # None without experts
         self.model.routed_experts = self.routed_experts
-        self._load_all(iter_safetensors(args.model), args.model)
+        if args.load_format == "dummy":
+            init_dummy_weights(self.model, hf_config, args.seed)
+        else:
+            self._load_all(iter_safetensors(args.model), args.model)
         tp = self.tp.size
         # K and V per layer, or one latent that is both (DeepSeek's MLA): the model class says which.
         self.kv_tensors, kv_heads, kv_dim = self.model.kv_cache_layout(hf_config, tp)

@@ -365,24 +365,30 @@ def build_tiny_model(
     preset: str | ModelShape = "tiny",
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    weights: bool = True,
     **overrides,
 ) -> Path:
     """Write a randomly initialised `arch` checkpoint of shape `preset` (+ `overrides`) to `out_dir`.
 
     Weights are drawn in float32 under `seed` (the global torch RNG is left untouched), then cast to
     `dtype`, so the same arguments give byte-identical files and a bf16 build is the cast of the fp32
-    one. `out_dir` is created if needed; existing files of the same names are overwritten. Returns
-    `out_dir` as a Path.
+    one. `weights=False` writes everything but the weights (config.json, generation_config.json, the
+    tokenizer), in no time at any size: a folder for an engine with ``load_format="dummy"``. `out_dir`
+    is created if needed; existing files of the same names are overwritten. Returns `out_dir` as a Path.
     """
     out_dir = Path(out_dir)
     shape = resolve_shape(preset, **overrides)
     config = make_config(arch, shape)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config)
-    model.to(dtype)
-    model.generation_config = make_generation_config()
-    model.save_pretrained(out_dir, safe_serialization=True)
+    if weights:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(config)
+        model.to(dtype)
+        model.generation_config = make_generation_config()
+        model.save_pretrained(out_dir, safe_serialization=True)
+    else:
+        config.save_pretrained(out_dir)
+        make_generation_config().save_pretrained(out_dir)
     _add_legacy_rope_fields(out_dir / "config.json", shape, arch)
     save_tokenizer(out_dir, model_max_length=shape.max_position_embeddings)
     return out_dir

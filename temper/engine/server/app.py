@@ -278,7 +278,8 @@ def model_info(state: ServerState) -> dict:
     return {
         "model_path": state.args.model, "served_model_name": state.args.model_name,
         "tokenizer_path": state.args.model, "is_generation": True, "preferred_sampling_params": None,
-        "weight_version": state.engine.weight_version, "load_format": "auto", "reasoning_parser": None,
+        "weight_version": state.engine.weight_version, "load_format": state.args.load_format,
+        "reasoning_parser": None,
         "tool_call_parser": "qwen25", "disaggregation_mode": "null", "has_image_understanding": False,
         "has_audio_understanding": False, "model_type": getattr(config, "model_type", None),
         "architectures": list(getattr(config, "architectures", None) or []),

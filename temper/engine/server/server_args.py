@@ -23,6 +23,7 @@ class ServerArgs:
     served_model_name: str | None = None  # defaults to `model`
     dtype: str = "auto"
     device: str = "auto"
+    load_format: str = "auto"  # "dummy": random weights, no *.safetensors needed (EngineArgs.load_format)
     max_model_len: int | None = None  # SGLang's --context-length
     num_kv_blocks: int | None = None
     mem_fraction_static: float | None = None
@@ -87,7 +88,7 @@ class ServerArgs:
             "dtype": self.dtype, "device": self.device, "max_model_len": self.max_model_len,
             "num_kv_blocks": self.num_kv_blocks, "mem_fraction_static": self.mem_fraction_static,
             "max_num_seqs": self.max_running_requests, "max_num_batched_tokens": self.chunked_prefill_size,
-            "seed": self.random_seed, "tensor_parallel_size": self.tp_size,
+            "seed": self.random_seed, "tensor_parallel_size": self.tp_size, "load_format": self.load_format,
         }
         if self.disable_custom_all_reduce:
             mapped["symmetric_memory"] = False
@@ -108,6 +109,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     a("--served-model-name", default=None, help="model name reported by the API (default: --model)")
     a("--dtype", default="auto", help="weight/compute dtype: auto, float32, bfloat16, float16")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    a("--load-format", default="auto", choices=("auto", "dummy"),
+      help="auto: the checkpoint's *.safetensors; dummy: random weights (the folder needs only config.json and the "
+           "tokenizer), for benchmarks")
     a("--max-model-len", "--context-length", dest="max_model_len", type=int, default=None, help="context length in tokens")
     a("--num-kv-blocks", type=int, default=None, help="KV-cache blocks (default: sized from --mem-fraction-static)")
     a("--mem-fraction-static", type=float, default=None, help="share of device memory for weights + KV cache")
