@@ -147,6 +147,8 @@ def step_figures(s: dict) -> dict[str, float]:
         "engine_start_s": s.get("rollout/engine_busy_start_s", float("nan")),
         "engine_idle_s": s.get("rollout/engine_idle_at_s", float("nan")),
         "send_s": s.get("sync/send_s", float("nan")),
+        "gather_s": s.get("sync/gather_s", float("nan")),
+        "post_s": s.get("sync/post_s", float("nan")),
     }
 
 
@@ -179,7 +181,7 @@ def measure(steps: list[dict], gpus: int) -> dict:
 
 RUN_COLUMNS = [
     ("GPUs", "gpus", "{:.0f}"), ("rollout s", "rollout_s", "{:.2f}"), ("train s", "train_s", "{:.2f}"),
-    ("sync s", "sync_s", "{:.2f}"), ("memory s", "memory_s", "{:.2f}"), ("step s", "step_s", "{:.2f}"),
+    ("sync s", "sync_s", "{:.3f}"), ("memory s", "memory_s", "{:.2f}"), ("step s", "step_s", "{:.2f}"),
     ("response tokens", "response_tokens", "{:.0f}"),
     ("response tok/s/GPU", "response_tok_s_per_gpu", "**{:,.0f}**"), ("rollout tok/s", "rollout_tok_s", "{:,.0f}"),
     ("sync GB/s", "sync_gb_s", "{:.2f}"), ("check s", "check_s", "{:.2f}"),
@@ -189,7 +191,7 @@ RUN_COLUMNS = [
 """(header, key, format) of the table of runs (means over the measured rollouts)."""
 STEP_COLUMNS = [
     ("rollout s", "rollout_s", "{:.2f}"), ("generation s", "generation_s", "{:.2f}"),
-    ("train s", "train_s", "{:.2f}"), ("sync s", "sync_s", "{:.2f}"), ("memory s", "memory_s", "{:.2f}"),
+    ("train s", "train_s", "{:.2f}"), ("sync s", "sync_s", "{:.3f}"), ("memory s", "memory_s", "{:.2f}"),
     ("check s", "check_s", "{:.2f}"), ("step s", "step_s", "{:.2f}"), ("response tokens", "response_tokens", "{:.0f}"),
     ("sync GB/s", "sync_gb_s", "{:.2f}"), ("log-prob gap", "logprob_abs_diff", "{:.2e}"),
     ("ppo_kl", "ppo_kl", "{:.1e}"), ("clipfrac", "pg_clipfrac", "{:.1e}"),
@@ -197,7 +199,7 @@ STEP_COLUMNS = [
     ("engine steps", "engine_steps", "{:.0f}"), ("prefill steps", "engine_prefills", "{:.0f}"),
     ("engine ms/step", "engine_ms_per_step", "{:.2f}"), ("engine busy s", "engine_busy_s", "{:.2f}"),
     ("engine first step s", "engine_start_s", "{:.3f}"), ("engine idle at s", "engine_idle_s", "{:.2f}"),
-    ("sync send s", "send_s", "{:.3f}"),
+    ("sync send s", "send_s", "{:.3f}"), ("sync gather s", "gather_s", "{:.3f}"), ("sync post s", "post_s", "{:.3f}"),
 ]  # fmt: skip
 """(header, key, format) of each run's table of rollouts."""
 

@@ -32,8 +32,10 @@ sync (`weight_check.py`; the first rows of each tensor for an engine without ``/
 
 `WeightSender.send` returns ``sync/bytes`` (bytes of the tensors the actor produced), ``sync/tensors``,
 ``sync/buckets`` and ``sync/send_s`` (its own seconds: gathers and transport, without the engines'
-pause and the version check around them); the driver's phase timer knows the whole sync's time, so GB/s
-is ``sync/bytes`` over it.
+pause and the version check around them), split into ``sync/gather_s`` (producing the buckets: gathers and
+casts launched), ``sync/post_s`` (the requests to the engines, their loading included) and, in a checked sync,
+``sync/check_record_s`` (the checksums of what was sent); the rest is the transport's own copies. The
+driver's phase timer knows the whole sync's time, so GB/s is ``sync/bytes`` over it.
 """
 
 from __future__ import annotations
@@ -172,6 +174,7 @@ class WeightSender:
         self.sent = 0  # syncs sent (the first one is probed for the preflight)
         self._broadcaster = None
         self._ipc_buffer = None
+        self._stats: dict[str, float] = {}  # the current send's (posts add their seconds)
         auth = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else None
         self._http = httpx.Client(timeout=httpx.Timeout(spec.timeout_s, connect=10.0), headers=auth, trust_env=False)
 
@@ -180,7 +183,8 @@ class WeightSender:
         the buckets, which keeps it in step with the others' gathers). Returns {sync/bytes, sync/tensors,
         sync/buckets} (all 0 on a rank without engines)."""
         stats = {"sync/bytes": 0.0, "sync/tensors": 0.0, "sync/buckets": 0.0, "sync/send_s": 0.0,
-                 "sync/check_record_s": 0.0}
+                 "sync/check_record_s": 0.0, "sync/gather_s": 0.0, "sync/post_s": 0.0}
+        self._stats = stats
         if not self.targets:
             for _ in buckets:
                 pass
@@ -204,14 +208,27 @@ class WeightSender:
         return stats
 
     def _counted(self, buckets: Iterable[Bucket], stats: dict[str, float]) -> Iterator[Bucket]:
-        for bucket in buckets:
+        """The buckets, counted into `stats`; sync/gather_s is the time spent producing them (the gathers and
+        casts launched; on CUDA their kernels may still run), and a checked sync records each bucket's tensors
+        in one timed stretch (two waits a bucket, not two a tensor, which would stall the copies between)."""
+        buckets = iter(buckets)
+        while True:
+            started = time.perf_counter()
+            bucket = next(buckets, None)
+            stats["sync/gather_s"] += time.perf_counter() - started
+            if bucket is None:
+                return
             stats["sync/buckets"] += 1
-            for name, tensor in bucket:
+            for _, tensor in bucket:
                 stats["sync/bytes"] += tensor.numel() * tensor.element_size()
                 stats["sync/tensors"] += 1
-                if self.sent_weights is not None:  # on the device: copied to the host in check(), not in the sync
-                    stats["sync/check_record_s"] += _timed_on(tensor.device, self.sent_weights.record, name, tensor)
+            if self.sent_weights is not None and bucket:  # on the device: copied to the host in check(), not here
+                stats["sync/check_record_s"] += _timed_on(bucket[0][1].device, self._record, bucket)
             yield bucket
+
+    def _record(self, bucket: Bucket) -> None:
+        for name, tensor in bucket:
+            self.sent_weights.record(name, tensor)
 
     # ---- transports --------------------------------------------------------------------------------
 
@@ -270,6 +287,13 @@ class WeightSender:
                 shutil.rmtree(old, ignore_errors=True)
 
     def _post_all(self, path: str, body: dict) -> None:
+        started = time.perf_counter()
+        try:
+            self._post_each(path, body)
+        finally:
+            self._stats["sync/post_s"] += time.perf_counter() - started
+
+    def _post_each(self, path: str, body: dict) -> None:
         for url in self.targets:
             response = self._http.post(f"{url}{path}", json=body)
             data = response.json() if response.content else {}

@@ -49,6 +49,10 @@ def test_each_transport_moves_weights_and_version(engine_url, transport, tmp_pat
         assert stats["sync/tensors"] == sum(len(b) for b in buckets)
         assert 0 < stats["sync/send_s"] < 60  # the transport's own seconds
         assert 0 < stats["sync/check_record_s"] < stats["sync/send_s"]  # the checksums' share of it, reported apart
+        if transport != "broadcast":  # the broadcaster posts on its own
+            assert 0 < stats["sync/post_s"] < stats["sync/send_s"]  # the requests, the engine's loading included
+        parts = stats["sync/gather_s"] + stats["sync/post_s"] + stats["sync/check_record_s"]
+        assert 0 < stats["sync/gather_s"] and parts <= stats["sync/send_s"]  # shares of the send
         assert httpx.get(f"{engine_url}/get_weight_version", trust_env=False).json()["weight_version"] == "7"
         assert generate(engine_url)["meta_info"]["weight_version"] == "7"
         assert sender.check() == stats["sync/tensors"]  # every tensor's checksum equals the engine's copy's
@@ -94,7 +98,7 @@ def test_a_rank_without_engines_only_drains_its_buckets(engine_url):
             yield [(f"w{i}", torch.zeros(2))]
 
     assert sender.send(buckets(), "9") == {"sync/bytes": 0.0, "sync/tensors": 0.0, "sync/buckets": 0.0, "sync/send_s": 0.0,
-                                         "sync/check_record_s": 0.0}
+                                         "sync/check_record_s": 0.0, "sync/gather_s": 0.0, "sync/post_s": 0.0}
     assert pulled == [0, 1, 2]
 
 
