@@ -31,10 +31,12 @@ def iter_full_parameters(model: nn.Module, dtype: torch.dtype | None = None) -> 
     """
     converted = _converted_names(model)
     for name, param in model.named_parameters():  # remove_duplicate: a tied lm-head is the embedding
-        tensor = param.detach()
-        if isinstance(tensor, DTensor):
-            tensor = _full(tensor)
-        tensor = tensor.to(dtype) if dtype is not None else tensor
+        with torch.no_grad():  # not around the yield: grad mode is the consumer's between items
+            # the local shard first, then a plain detach: DTensor's own detach and autograd-tracked to_local
+            # cost ~0.1 ms a parameter in Python, most of a 0.6B model's sync on one GPU (310 tensors)
+            tensor = _full(param) if isinstance(param, DTensor) else param
+            tensor = tensor.detach()
+            tensor = tensor.to(dtype) if dtype is not None else tensor
         name = hf_name(name)
         if name in converted:
             yield from _revert_conversion(model, name, tensor).items()
