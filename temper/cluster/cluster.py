@@ -168,6 +168,7 @@ class Cluster:
                 self.cfg, engine_urls=urls, train_ranks=plan.train_ranks, engine_bundles=plan.engine_bundles,
                 device=plan.device, master_address=self.placement.address(0),
                 single_node=self.placement.single_node, engine_dtype=self.engines.dtype,
+                ipc_buffer_bytes=self.memory.ipc_buffer_bytes,
             )
         )  # fmt: skip
         self._synced_urls = urls

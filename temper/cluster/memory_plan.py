@@ -20,6 +20,7 @@ unknown) follow the flags, with slime's default for --colocate: both on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -202,6 +203,9 @@ class MemoryPlan:
     engine tags freed during training and resumed around the weight sync: (), ("kv_cache",) or
     ("weights", "kv_cache") (--offload-rollout). outcome: one of OUTCOMES, or "flags" when
     --offload* flags fixed a side. sizes: the estimate, None when the run is not estimated (`why`).
+    ipc_buffer_bytes: the ipc transport's buffer on each train rank's GPU (0: not planned, the flag's bucket
+    size); the whole model in the engines' dtype when that fits with the same offloads as one bucket does, so
+    a sync is one handoff (`plan_memory`).
     """
 
     offload_train: bool
@@ -209,6 +213,7 @@ class MemoryPlan:
     outcome: str
     sizes: MemorySizes | None = None
     why: str = ""
+    ipc_buffer_bytes: int = 0
 
     @property
     def fits(self) -> bool:
@@ -231,6 +236,8 @@ class MemoryPlan:
             f"{(s.engine_whole - s.engine_weights) / GiB:.1f}); together at most {need / GiB:.1f} of "
             f"{s.total / GiB:.1f} GiB"
         )
+        if self.ipc_buffer_bytes:
+            numbers += f"; weight-sync buffer {self.ipc_buffer_bytes / GiB:.2f} GiB"
         return f"memory plan per GPU: {numbers}; {self.outcome}: {what}; {self._verdict()}"
 
     def _verdict(self) -> str:
@@ -270,7 +277,25 @@ def plan_memory(cfg, plan: ResourcePlan, total: int | None) -> MemoryPlan:
     params = checkpoint_params(cfg.hf_checkpoint)
     if params is None:
         return _from_flags(cfg, plan, f"no *.safetensors in {cfg.hf_checkpoint} to count parameters")
-    return decide(estimate(cfg, plan, total, params), cfg.offload_train, cfg.offload_rollout)
+    return with_ipc_buffer(cfg, plan, total, params)
+
+
+def with_ipc_buffer(cfg, plan: ResourcePlan, total: int, params: int) -> MemoryPlan:
+    """`decide` on the estimate, and the ipc transport's buffer: the whole model in the engines' dtype (a sync is
+    then one handoff; each bucket costs a request and the engine's wait, ~2 ms on an H100) when that fits with
+    the trainer kept on the GPU and no more released by the engine than with one bucket's buffer, else one
+    bucket (`_ipc_buffer_bytes`). (The buffer stays on the GPU when the trainer's state is offloaded.)"""
+    bucketed = decide(estimate(cfg, plan, total, params), cfg.offload_train, cfg.offload_rollout)
+    if (cfg.update_weight_transport or "ipc") != "ipc":
+        return bucketed
+    dtype_bytes = _DTYPE_BYTES.get(_engine_dtype(cfg), 2)
+    whole = params * dtype_bytes
+    one = decide(estimate(cfg, plan, total, params, sync_buffer=whole), cfg.offload_train, cfg.offload_rollout)
+    if one.fits and not one.offload_train and (one.offload_train, one.release) == (bucketed.offload_train,
+                                                                                    bucketed.release):
+        return dataclasses.replace(one, ipc_buffer_bytes=whole)
+    model = ModelSize.of(_hf_config(cfg), params)
+    return dataclasses.replace(bucketed, ipc_buffer_bytes=_ipc_buffer_bytes(cfg, model, dtype_bytes))
 
 
 def _not_estimated(plan: ResourcePlan, total: int | None) -> str:
@@ -294,14 +319,14 @@ def _from_flags(cfg, plan: ResourcePlan, why: str) -> MemoryPlan:
     return MemoryPlan(bool(train), ALL_TAGS if rollout else (), "flags", why=why)
 
 
-def estimate(cfg, plan: ResourcePlan, total: int, params: int) -> MemorySizes:
-    """`MemorySizes` of one GPU of a colocated run from `cfg`, the checkpoint's config.json and `params`."""
-    from temper.cluster.engine_group import engine_dtype
+def estimate(cfg, plan: ResourcePlan, total: int, params: int, sync_buffer: int | None = None) -> MemorySizes:
+    """`MemorySizes` of one GPU of a colocated run from `cfg`, the checkpoint's config.json and `params`;
+    `sync_buffer`: the ipc buffer's bytes (default: one bucket, `_ipc_buffer_bytes`)."""
     from temper.train.log_probs import resolve_chunk_size
 
-    hf_config = json.loads((Path(cfg.hf_checkpoint) / "config.json").read_text())
+    hf_config = _hf_config(cfg)
     model = ModelSize.of(hf_config, params)
-    dtype_bytes = _DTYPE_BYTES.get(engine_dtype(cfg, "cuda"), 2)
+    dtype_bytes = _DTYPE_BYTES.get(_engine_dtype(cfg), 2)
     resident, peak = trainer_bytes(
         model,
         ranks=plan.train_ranks,
@@ -310,7 +335,7 @@ def estimate(cfg, plan: ResourcePlan, total: int, params: int) -> MemorySizes:
         chunk_tokens=resolve_chunk_size(cfg.log_probs_chunk_size, model.vocab),
         critic=plan.critic,
         reference=cfg.use_kl_loss or cfg.kl_coef != 0,
-        sync_buffer=_ipc_buffer_bytes(cfg, model, dtype_bytes),
+        sync_buffer=_ipc_buffer_bytes(cfg, model, dtype_bytes) if sync_buffer is None else sync_buffer,
     )
     weights, whole = engine_bytes(
         model,
@@ -323,6 +348,16 @@ def estimate(cfg, plan: ResourcePlan, total: int, params: int) -> MemorySizes:
 
 
 _DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
+
+
+def _engine_dtype(cfg) -> str:
+    from temper.cluster.engine_group import engine_dtype
+
+    return engine_dtype(cfg, "cuda")
+
+
+def _hf_config(cfg) -> dict:
+    return json.loads((Path(cfg.hf_checkpoint) / "config.json").read_text())
 
 
 def _ipc_buffer_bytes(cfg, model: ModelSize, dtype_bytes: int) -> int:

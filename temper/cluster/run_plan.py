@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from temper import machine
-from temper.cluster.memory_plan import GiB, ModelSize, checkpoint_params, decide, estimate
+from temper.cluster.memory_plan import GiB, ModelSize, checkpoint_params, estimate, with_ipc_buffer
 from temper.cluster.placement import ResourcePlan, local_resources, plan_resources
 from temper.config import ConfigError
 from temper.config_rules import GROUP_NORMALIZED
 
+IPC_WHOLE = ", handed over in one buffer of the whole model when the memory plan has room for it"
 TRANSPORTS = {
     "broadcast": "one broadcast group of train rank 0 and every engine ({backend})",
     "ipc": "CUDA IPC handles of one buffer on each shared GPU, no copy through host memory",
@@ -241,7 +242,7 @@ class RunPlan:
         every = cfg.update_weights_interval if self.asynchronous else 1
         return (
             f"weight sync: {transport}{default}: {words}; buckets of {cfg.update_weight_buffer_size / 2**20:.0f} MiB "
-            f"(--update-weight-buffer-size), after every {_nth(every)}rollout"
+            f"(--update-weight-buffer-size){IPC_WHOLE if transport == 'ipc' else ''}, after every {_nth(every)}rollout"
         )
 
     # ---- memory ---------------------------------------------------------------------------------
@@ -266,13 +267,20 @@ class RunPlan:
     def _sizes(self, model: ModelSize, r: ResourcePlan, total: int):
         """memory_plan.estimate, with the weight-sync transport the run will use (the ipc buffer counts
         only for ipc) and at least one train rank (engine-only runs)."""
+        return estimate(self._run_cfg(r), self._at_least_one_rank(r), total, model.params)
+
+    def _run_cfg(self, r: ResourcePlan):
         cfg = copy.deepcopy(self.cfg)
         cfg.update_weight_transport = _transport(cfg, r.device)
-        return estimate(cfg, ResourcePlan(**{**r.__dict__, "train_ranks": max(r.train_ranks, 1)}), total, model.params)
+        return cfg
+
+    @staticmethod
+    def _at_least_one_rank(r: ResourcePlan) -> ResourcePlan:
+        return ResourcePlan(**{**r.__dict__, "train_ranks": max(r.train_ranks, 1)})
 
     def _colocated_memory(self, model: ModelSize, r: ResourcePlan) -> None:
-        cfg, total = self.cfg, self.target.gpu_bytes
-        plan = decide(self._sizes(model, r, total), cfg.offload_train, cfg.offload_rollout)
+        total = self.target.gpu_bytes
+        plan = with_ipc_buffer(self._run_cfg(r), self._at_least_one_rank(r), total, model.params)
         self.lines.append(plan.describe())
         where = f"{_billions(model)} on {r.num_bundles} GPU{_s(r.num_bundles)} of {total / GiB:.0f} GiB"
         if not plan.fits:

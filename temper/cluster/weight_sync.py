@@ -76,6 +76,7 @@ class SyncSpec:
     weight dtype when known. check: keep what `WeightSender.check` compares on every sync
     (--check-weight-update-equal); check_first: on the first (the preflight's).
     api_key: what the engines require (``Authorization: Bearer KEY``; `engine_api_key`), None for none.
+    ipc_buffer_bytes: the ipc buffer (the memory plan's `MemoryPlan.ipc_buffer_bytes`; 0: bucket_bytes).
     """
 
     transport: str
@@ -91,6 +92,7 @@ class SyncSpec:
     check: bool = False
     check_first: bool = False
     api_key: str | None = field(default=None, repr=False)
+    ipc_buffer_bytes: int = 0
 
 
 def plan_sync(
@@ -103,6 +105,7 @@ def plan_sync(
     master_address: str,
     single_node: bool,
     engine_dtype: str | None,
+    ipc_buffer_bytes: int = 0,
 ) -> SyncSpec:
     """The `SyncSpec` of a run (ConfigError for a transport that cannot reach the engines)."""
     transport = cfg.update_weight_transport or default_transport(cfg.colocate, device)
@@ -153,6 +156,7 @@ def plan_sync(
         check=cfg.check_weight_update_equal,
         check_first=not cfg.skip_preflight,
         api_key=engine_api_key(cfg),
+        ipc_buffer_bytes=ipc_buffer_bytes if transport == "ipc" else 0,
     )
 
 
@@ -253,12 +257,10 @@ class WeightSender:
             if not torch.cuda.is_available():
                 raise RuntimeError("--update-weight-transport ipc needs CUDA on the trainer; use tensor on CPU")
             device = torch.device("cuda", torch.cuda.current_device())
-            self._ipc_buffer = IpcSendBuffer(self.spec.bucket_bytes, device)
-        dtype = self._engine_dtype()
-        for bucket in buckets:
-            for description in self._ipc_buffer.fill(bucket, dtype):
-                body = {"load_format": "cuda_ipc", "cuda_ipc": description, "weight_version": version}
-                self._post_all("/update_weights_from_tensor", body)
+            self._ipc_buffer = IpcSendBuffer(self.spec.ipc_buffer_bytes or self.spec.bucket_bytes, device)
+        for description in self._ipc_buffer.fill_buckets(buckets, self._engine_dtype()):
+            body = {"load_format": "cuda_ipc", "cuda_ipc": description, "weight_version": version}
+            self._post_all("/update_weights_from_tensor", body)
 
     def _handoff(self, buckets: Iterator[Bucket], version: str) -> None:
         from safetensors.torch import save_file

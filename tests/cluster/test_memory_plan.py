@@ -13,9 +13,11 @@ from temper.cluster.memory_plan import (
     checkpoint_params,
     decide,
     engine_bytes,
+    estimate,
     plan_memory,
     trainer_bytes,
 )
+from temper.cluster.engine_group import engine_dtype
 from temper.cluster.placement import plan_resources
 from temper.command_line import parse_config
 from temper.testing import tiny_model_dir
@@ -131,6 +133,24 @@ def test_colocated_cuda_runs_are_planned():
     assert small_gpu.outcome == "offload"
     cfg, plan = cuda_plan("--actor-num-gpus-per-node", "2", "--colocate", "--offload")
     assert plan_memory(cfg, plan, H100).outcome == "flags" and plan_memory(cfg, plan, H100).offload_train
+
+
+def test_the_ipc_buffer_holds_the_whole_model_only_when_the_trainer_stays_on_the_gpu():
+    cfg, plan = cuda_plan("--actor-num-gpus-per-node", "2", "--colocate")
+    params = checkpoint_params(cfg.hf_checkpoint)
+    engine_bytes_per_param = {"float32": 4, "bfloat16": 2}[engine_dtype(cfg, "cuda")]
+    resident = plan_memory(cfg, plan, H100)
+    assert resident.ipc_buffer_bytes == params * engine_bytes_per_param  # one handoff a sync
+    assert f"weight-sync buffer {params * engine_bytes_per_param / GiB:.2f} GiB" in resident.describe()
+    whole = params * engine_bytes_per_param
+    assert resident.sizes == estimate(cfg, plan, H100, params, sync_buffer=whole)  # counted in the trainer's share
+    assert resident.sizes.trainer_resident - estimate(cfg, plan, H100, params).trainer_resident == (
+        whole - cfg.update_weight_buffer_size  # the tiny model is smaller than one bucket
+    )
+    offloaded = plan_memory(cfg, plan, 512 * 2**20)  # the buffer would stay on the GPU while the trainer is away
+    assert offloaded.outcome == "offload" and offloaded.ipc_buffer_bytes == cfg.update_weight_buffer_size
+    cfg, plan = cuda_plan("--actor-num-gpus-per-node", "2", "--colocate", "--update-weight-transport", "tensor")
+    assert plan_memory(cfg, plan, H100).ipc_buffer_bytes == 0
 
 
 def test_runs_without_an_estimate_follow_the_flags():

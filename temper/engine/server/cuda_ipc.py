@@ -228,22 +228,31 @@ class IpcSendBuffer:
         """Copy `pairs` into the buffer in order, cast to `dtype` (None: each tensor's own), and yield the
         description (`protocol.CudaIpcBucket` fields) each time the buffer is full and at the end, once
         the copies have finished. Pull the next item only when every engine has loaded the last one."""
+        return self.fill_buckets([pairs], dtype)
+
+    def fill_buckets(self, buckets: Iterable[Iterable[tuple[str, torch.Tensor]]],
+                     dtype: torch.dtype | None = None) -> Iterator[dict]:
+        """`fill` over the pairs of every bucket, copying each bucket as soon as it is in (so the caller may
+        drop its tensors) and handing over only when the buffer is full or at the end: a buffer of the whole
+        model hands it over once, whatever the buckets."""
         entries: list[dict] = []
-        copies: tuple[list, list] = ([], [])  # (buffer views, tensors): copied together when the bucket is full
+        copies: tuple[list, list] = ([], [])  # (buffer views, tensors): copied together, a bucket at a time
         used = 0
-        for name, tensor in pairs:
-            out = dtype or tensor.dtype
-            nbytes = tensor.numel() * out.itemsize
-            if entries and used + nbytes > self.capacity:
-                yield self._ready(entries, copies)
-                entries, used = [], 0
-            if nbytes > self.capacity:
-                self._allocate(nbytes)
-            copies[0].append(self._view(used, out, tuple(tensor.shape)))
-            copies[1].append(tensor.detach())
-            entries.append({"name": name, "dtype": str(out).removeprefix("torch."), "shape": list(tensor.shape),
-                            "offset": used})
-            used = _aligned(used + nbytes)
+        for pairs in buckets:
+            for name, tensor in pairs:
+                out = dtype or tensor.dtype
+                nbytes = tensor.numel() * out.itemsize
+                if entries and used + nbytes > self.capacity:
+                    yield self._ready(entries, copies)
+                    entries, used = [], 0
+                if nbytes > self.capacity:
+                    self._allocate(nbytes)
+                copies[0].append(self._view(used, out, tuple(tensor.shape)))
+                copies[1].append(tensor.detach())
+                entries.append({"name": name, "dtype": str(out).removeprefix("torch."), "shape": list(tensor.shape),
+                                "offset": used})
+                used = _aligned(used + nbytes)
+            _copy(copies)
         if entries:
             yield self._ready(entries, copies)
 
@@ -258,15 +267,21 @@ class IpcSendBuffer:
         return view
 
     def _ready(self, entries: list[dict], copies: tuple[list, list]) -> dict:
-        views, tensors = copies
-        torch._foreach_copy_(views, tensors)  # one launch per dtype pair for the bucket, casts included
-        views.clear()
-        tensors.clear()
+        _copy(copies)
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # the engine reads on its own stream
         if self.shared is None:
             self.shared = self._share()
         return {"buffer": self.shared, "tensors": entries}
+
+
+def _copy(copies: tuple[list, list]) -> None:
+    """The pending (views, tensors) copies, in one launch per dtype pair (casts included); then none pending."""
+    views, tensors = copies
+    if views:
+        torch._foreach_copy_(views, tensors)
+    views.clear()
+    tensors.clear()
 
 
 def _aligned(n: int) -> int:

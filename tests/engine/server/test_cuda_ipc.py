@@ -63,6 +63,18 @@ def test_a_full_buffer_is_sent_before_refilling_and_a_big_tensor_grows_it():
     assert torch.equal(read_back(sender, description)["big"], big) and sender.shares == 2
 
 
+def test_buckets_share_one_handoff_when_the_buffer_holds_them_all():
+    sender = CpuSendBuffer(1 << 10, "cpu")  # the whole model: every bucket in one handoff
+    buckets = [pairs()[:1], pairs()[1:3], [], pairs()[3:]]
+    (description,) = list(sender.fill_buckets(iter(buckets), torch.bfloat16))
+    assert [t["name"] for t in description["tensors"]] == ["a", "b", "c", "d"]
+    got = read_back(sender, description)
+    assert all(torch.equal(got[name], tensor.bfloat16()) for name, tensor in pairs())
+    small = CpuSendBuffer(100, "cpu")  # 112 aligned: a (30 bytes in bf16) + b (14) + c (80) do not fit together
+    names = [[t["name"] for t in d["tensors"]] for d in small.fill_buckets(iter(buckets), torch.bfloat16)]
+    assert names == [["a", "b"], ["c", "d"]]  # handed over when full, across the buckets' edges
+
+
 def bucket(**tensor) -> dict:
     entry = {"name": "model.norm.weight", "dtype": "bfloat16", "shape": [4, 8], "offset": 0} | tensor
     return {"buffer": {"gpu_uuid": "GPU-test", "handle": "AAAA", "size_bytes": 1024, "offset_bytes": 0,
