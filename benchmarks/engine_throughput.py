@@ -48,7 +48,6 @@ import gc
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,12 +57,12 @@ from pathlib import Path
 import engine_diagnostics
 import torch
 from engine_workload import (
-    RESULT,
     emit,
     make_requests,
     median_rate,
     needed_shapes,
     roofline,
+    run_part_process,
     shapes,
     sync,
     timed_generate,
@@ -110,6 +109,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def part_bandwidth(args, device: torch.device, workdir: Path) -> None:
+    measure_ceilings(device)
+    for name in needed_shapes(args.parts.split(",")):
+        shape = shapes(args.smoke)[name]
+        start = time.perf_counter()
+        build_checkpoint(workdir / name, shape, device, max(args.max_model_len, shape.max_position_embeddings))
+        emit("checkpoint", name=name, seconds=time.perf_counter() - start)
+
+
+def measure_ceilings(device: torch.device) -> None:
+    """The roofline's ceilings: copy and read bandwidth, bf16 matmul rate (result lines with the versions)."""
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__}
     try:
@@ -121,11 +130,6 @@ def part_bandwidth(args, device: torch.device, workdir: Path) -> None:
     emit("info", **info)
     emit("bandwidth", bytes_per_s=_copy_rate(device), read_bytes_per_s=_read_rate(device))
     emit("matmul", flops_per_s=_matmul_rate(device))
-    for name in needed_shapes(args.parts.split(",")):
-        shape = shapes(args.smoke)[name]
-        start = time.perf_counter()
-        build_checkpoint(workdir / name, shape, device, max(args.max_model_len, shape.max_position_embeddings))
-        emit("checkpoint", name=name, seconds=time.perf_counter() - start)
 
 
 def _copy_rate(device: torch.device) -> float:
@@ -316,21 +320,28 @@ def compare_with_hf(path: Path, device: torch.device, samples) -> None:
 
 @torch.no_grad()
 def part_hf(args, device: torch.device, workdir: Path, budget: float) -> None:
-    """HF generate over the same requests: all in one left-padded batch (halves on out-of-memory),
-    stopped by HF's own max_time at the budget; only requested tokens in finished steps count."""
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(workdir / "qwen3-0.6b", dtype=dtype).to(device).eval()
+    c = model.config
+    hf_throughput(args, model, device, budget, "hf", "qwen3-0.6b",
+                  2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * dtype.itemsize)
+
+
+@torch.no_grad()
+def hf_throughput(args, model, device: torch.device, budget: float, name: str, shape: str, cache_token_bytes: int,
+                  **notes) -> None:
+    """HF generate over the workload's requests: all in one left-padded batch (halves on out-of-memory),
+    stopped by HF's own max_time at the budget; only requested tokens in finished steps count.
+    `cache_token_bytes`: HF's KV cache per token (every layer), which bounds the first batch size."""
     prompts, output_lens = make_requests(args, model.config.vocab_size)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     _hf_generate(model, [prompts[0][:32]], 8, device, None)  # warm-up
     batch_size = len(prompts)
     if device.type == "cuda":  # HF's cache holds every row at the longest prompt + longest output
-        c = model.config
-        token_bytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * dtype.itemsize
         free = torch.cuda.mem_get_info(device)[0]
-        while batch_size > 1 and 1.15 * batch_size * (args.input_len[1] + args.output_len[1]) * token_bytes > 0.9 * free:
+        while batch_size > 1 and 1.15 * batch_size * (args.input_len[1] + args.output_len[1]) * cache_token_bytes > 0.9 * free:
             batch_size //= 2
     while True:
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -354,9 +365,9 @@ def part_hf(args, device: torch.device, workdir: Path, budget: float) -> None:
             if batch_size == 1:
                 raise
             batch_size //= 2
-            emit("note", part="hf", message=f"out of memory; batch size {batch_size}")
-    emit("throughput", name="hf", shape="qwen3-0.6b", output_tokens=useful, requested_tokens=sum(output_lens),
-         seconds=seconds, partial=useful < sum(output_lens), batch_size=batch_size)
+            emit("note", part=name, message=f"out of memory; batch size {batch_size}")
+    emit("throughput", name=name, shape=shape, output_tokens=useful, requested_tokens=sum(output_lens),
+         seconds=seconds, partial=useful < sum(output_lens), batch_size=batch_size, **notes)
 
 
 def _hf_generate(model, prompts, max_new_tokens, device, max_time) -> int:
@@ -458,26 +469,7 @@ def run_subprocess(args, part: str, workdir: str, budget: float, timeout: float)
            "--grpo-n", str(args.grpo_n), "--grpo-output-len", str(args.grpo_output_len),
            "--budget-scale", str(args.budget_scale), "--repeats", str(args.repeats), "--parts", args.parts] + (["--smoke"] if args.smoke else [])
     print(f"== {part} (budget {budget:.0f}s, timeout {timeout:.0f}s)", flush=True)
-    start = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-        out, code = proc.stdout + proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        out += (e.stderr or b"").decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
-        code = "timeout"
-    found = []
-    for line in out.splitlines():
-        if line.startswith(RESULT):
-            found.append(json.loads(line[len(RESULT) :]))
-            print("  " + line[len(RESULT) :], flush=True)
-    if code != 0:
-        tail = [ln for ln in out.splitlines() if ln.strip() and not ln.startswith(RESULT)][-15:]
-        print(f"  part {part} exited {code} after {time.perf_counter() - start:.0f}s; last lines:", flush=True)
-        for line in tail:
-            print("    " + line[:300], flush=True)
-        found.append({"kind": "failed", "part": part, "exit": code})
-    return found
+    return run_part_process(cmd, part, timeout)
 
 
 def report(args, results: list[dict]) -> None:

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Issue 16's GPU acceptance on one GPU, for the device tool (benchmarks/engine_moe.py, random bf16 weights, no
+# checkpoint on disk): engine log-probs vs an HF forward on Qwen3-MoE, GLM4 and DeepSeek-V3 at their real widths
+# (4 layers), then nano-vllm's workload on Moonlight-16B-A3B and Qwen3-30B-A3B against the roofline and HF
+# generate. Each part runs in its own process under a timeout; the whole call stays under 540 s.
+# Usage (repo root, carry .device with pack.tar.xz): bash benchmarks/device/moe_speed.sh
+#   PARTS=parity-glm4,moonlight,moonlight-hf  NUM_REQUESTS=256  TOTAL_BUDGET=480  (the defaults: every part, 128, 480)
+set -uo pipefail
+mkdir -p /tmp/site && tar xJf .device/pack.tar.xz -C /tmp/site
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+timeout "${BENCH_TIMEOUT:-520}" python benchmarks/engine_moe.py \
+  --parts "${PARTS:-bandwidth,parity-qwen3-moe,parity-glm4,parity-deepseek-v3,moonlight,moonlight-hf,qwen3-30b,qwen3-30b-hf}" \
+  --num-requests "${NUM_REQUESTS:-128}" --total-budget "${TOTAL_BUDGET:-480}" 2>&1 \
+  | tee "$OUT/moe_bench.log" | grep -v '^  {'
+echo "exit ${PIPESTATUS[0]}"
