@@ -25,15 +25,29 @@ rollout (CUDA time by kernel).
     torchrun --nproc-per-node 2 benchmarks/train_throughput.py --compare-to 1gpu.json
     python benchmarks/train_throughput.py --model-shape tiny --samples 16 --prompt-len 8 32 \
         --response-len 8 64 --max-tokens-per-gpu 512 --rollouts 2            # CPU smoke run
+
+MoE (issue 16): `--model-shape qwen3-30b-a3b --num-layers 4` is Qwen3-30B-A3B's widths (hidden 2048, 32/4
+heads of 128, 128 experts of 768, top-8, its vocabulary) cut to 4 layers: 3.1B parameters, 0.23B of them
+active per token outside the embeddings, which with fp32 master weights and AdamW (16 bytes a parameter)
+trains on one 80 GB GPU. temper's trainer then runs twice in the same process on the same batches (--experts
+both): with Hugging Face's grouped-GEMM experts (`experts_implementation="grouped_mm"`, what the trainer
+loads MoE models with) and with HF's loop over the experts ("eager"), and prints the ratio. MFU counts the
+*active* parameters: per token a MoE layer does top_k experts' GEMMs and the router's, not all experts'.
+
+    python benchmarks/train_throughput.py --model-shape qwen3-30b-a3b --num-layers 4 --skip-hf
+    python benchmarks/train_throughput.py --model-shape tiny --arch qwen3_moe --samples 16 --prompt-len 8 32 \
+        --response-len 8 64 --max-tokens-per-gpu 512 --rollouts 1 --skip-hf  # CPU smoke run of the MoE A/B
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -44,15 +58,27 @@ from temper.algo import group_normalize_rewards
 from temper.command_line import parse_config
 from temper.testing.tiny_models import PRESETS, build_tiny_model
 from temper.train import Actor
+from temper.train.hf_model import is_moe
+from temper.train.parallelize import compile_by_default
 from temper.types import RolloutBatch
 
 GROUP_SIZE = 8
 COMPARED_METRICS = ("loss", "entropy", "grad_norm")
+MOE_PRESETS = ("qwen3-30b-a3b",)  # presets built as qwen3_moe unless --arch says otherwise
+EXPERTS = ("grouped_mm", "eager")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-shape", default="qwen3-0.6b", choices=sorted(PRESETS))
+    p.add_argument("--arch", choices=["qwen3", "qwen3_moe"], help="architecture of the random checkpoint "
+                   f"(default: qwen3_moe for {', '.join(MOE_PRESETS)}, else qwen3)")  # fmt: skip
+    p.add_argument("--num-layers", type=int, help="the shape's layer count, changed (4 for the MoE shape on one GPU)")
+    p.add_argument("--model-dir", help="where the random checkpoint is built (default: a folder under the temp dir, "
+                                       "kept and reused across runs)")
+    p.add_argument("--experts", default="both", choices=[*EXPERTS, "both"],
+                   help="MoE: Hugging Face's experts implementation in temper's trainer; both: grouped_mm, then eager "
+                        "(HF's loop over the experts) on the same batches")
     p.add_argument("--samples", type=int, default=64, help="samples per rollout (a multiple of 8)")
     p.add_argument("--prompt-len", type=int, nargs=2, default=[64, 512], metavar=("MIN", "MAX"))
     p.add_argument("--response-len", type=int, nargs=2, default=[256, 1536], metavar=("MIN", "MAX"))
@@ -91,11 +117,17 @@ def init_distributed() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
 
 
-def model_dir(shape: str) -> Path:
+def model_dir(args) -> Path:
     """Rank 0 builds the random checkpoint once per machine; the others wait for it."""
-    path = Path(tempfile.gettempdir()) / f"temper-train-bench-{shape}"
+    arch = args.arch or ("qwen3_moe" if args.model_shape in MOE_PRESETS else "qwen3")
+    layers = {"num_layers": args.num_layers} if args.num_layers else {}
+    name = f"temper-train-bench-{args.model_shape}" + (f"-{arch}" if arch != "qwen3" else "")
+    name += f"-{args.num_layers}l" if args.num_layers else ""
+    path = Path(args.model_dir) if args.model_dir else Path(tempfile.gettempdir()) / name
     if dist.get_rank() == 0 and not (path / "model.safetensors").exists():
-        build_tiny_model(path, "qwen3", preset=shape, dtype=torch.bfloat16)
+        start = time.perf_counter()
+        build_tiny_model(path, arch, preset=args.model_shape, dtype=torch.bfloat16, **layers)
+        log(f"built the random {arch} checkpoint in {path} ({time.perf_counter() - start:.0f} s)")
     dist.barrier()
     return path
 
@@ -124,16 +156,40 @@ def make_batch(args, rollout_id: int, vocab: int) -> RolloutBatch:
 # -- FLOPs ------------------------------------------------------------------------------------------
 
 
+def is_moe_layer(config, i: int) -> bool:
+    """Whether Qwen3-MoE's layer `i` has experts (not in mlp_only_layers, and (i + 1) % decoder_sparse_step == 0)."""
+    if not is_moe(config):
+        return False
+    return i not in (config.mlp_only_layers or ()) and (i + 1) % config.decoder_sparse_step == 0
+
+
+def active_layer_params(config) -> int:
+    """Weights of the decoder layers that each token multiplies by: attention projections, and a dense MLP or
+    an MoE layer's router and its top_k experts (Qwen3 and Qwen3-MoE; norms left out)."""
+    hidden = config.hidden_size
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    attention = hidden * head_dim * (2 * config.num_attention_heads + 2 * config.num_key_value_heads)
+    total = 0
+    for i in range(config.num_hidden_layers):
+        if is_moe_layer(config, i):
+            mlp = config.num_experts * hidden + config.num_experts_per_tok * 3 * hidden * config.moe_intermediate_size
+        else:
+            mlp = 3 * hidden * config.intermediate_size
+        total += attention + mlp
+    return total
+
+
 def forward_flops(config, batch: RolloutBatch, *, lm_head_on_prompt: bool) -> float:
-    """Model FLOPs of one forward over `batch`: linear layers, causal attention, lm head."""
+    """Model FLOPs of one forward over `batch`: linear layers (an MoE layer's active ones), causal attention,
+    lm head."""
     hidden, layers = config.hidden_size, config.num_hidden_layers
     head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    layer_params = hidden * head_dim * (2 * heads + 2 * kv_heads) + 3 * hidden * config.intermediate_size
+    heads = config.num_attention_heads
+    linear_params = active_layer_params(config)
     total = 0.0
     for tokens, response in zip(batch.tokens, batch.response_lengths):
         s = len(tokens)
-        total += 2 * layer_params * layers * s
+        total += 2 * linear_params * s
         total += 2 * heads * head_dim * s * s * layers  # QK^T and AV, causal half of 2 matmuls x 2 FLOPs
         total += 2 * hidden * config.vocab_size * (s if lm_head_on_prompt else response)
     return total
@@ -157,7 +213,8 @@ def peak_gib(device: torch.device) -> float:
 # -- temper ------------------------------------------------------------------------------------------
 
 
-def bench_temper(args, path: Path, device: torch.device, hf_config) -> dict:
+def bench_temper(args, path: Path, device: torch.device, hf_config, experts: str | None = None) -> dict:
+    """temper's trainer on the workload; `experts`: the MoE experts implementation (TEMPER_EXPERTS)."""
     world = dist.get_world_size()
     flags = [
         "--hf-checkpoint",
@@ -188,13 +245,14 @@ def bench_temper(args, path: Path, device: torch.device, hf_config) -> dict:
         import temper.train.trainable as trainable
 
         trainable.keeps_gathered = lambda world_size, params: False
-    actor = Actor(cfg, attn_implementation=args.attn)
-    log(f"temper: attention {actor.model.config._attn_implementation}, recompute {args.recompute}")
+    actor = load_actor(cfg, args.attn, experts)
+    log(f"temper: attention {actor.model.config._attn_implementation}, recompute {args.recompute}"
+        + (f", experts {actor.model.config._experts_implementation}" if experts else ""))
     # Warm-up rollouts: the workload's, then rows of about 2k, 4k, 8k and 16k tokens. Inductor's compiled
     # layers guard on ranges of the row length (seen on an H100: below 2,560, up to 5,119, from 5,120), and
     # a rollout's last micro-batch can land in any of them: each range compiles here, not in the timing.
     warm_ups = [make_batch(args, 0, hf_config.vocab_size)]
-    for length in (256, 512, 1024, 2048):
+    for length in (256, 512, 1024, 2048) if compile_by_default(device) else ():
         fixed = argparse.Namespace(**{**vars(args), "samples": GROUP_SIZE, "prompt_len": [length // 2] * 2,
                                       "response_len": [length // 2] * 2})  # fmt: skip
         warm_ups.append(make_batch(fixed, 0, hf_config.vocab_size))
@@ -214,13 +272,28 @@ def bench_temper(args, path: Path, device: torch.device, hf_config) -> dict:
         per_rollout.append({name: metrics[name] for name in COMPARED_METRICS})
         log(f"temper rollout {rollout_id}: " + "  ".join(f"{k}={v:.6g}" for k, v in per_rollout[-1].items()))
     log(f"after the measured rollouts: {dynamo_stats()}")
-    result = summarize("temper", tokens, seconds, flops, world, args.peak_tflops, peak_gib(device))
+    name = f"temper {experts}" if experts else "temper"
+    result = summarize(name, tokens, seconds, flops, world, args.peak_tflops, peak_gib(device))
     result["per_rollout"] = per_rollout
     result["log_prob_tokens_per_s"] = tokens / forward_seconds
     if args.profile:
         profile(actor, make_batch(args, args.rollouts + 1, hf_config.vocab_size), args.rollouts + 1, args.profile)
     del actor
     return result
+
+
+def load_actor(cfg, attn: str | None, experts: str | None) -> Actor:
+    """temper's Actor, its MoE experts implementation `experts` (TEMPER_EXPERTS while it loads) when given."""
+    saved = os.environ.get("TEMPER_EXPERTS")
+    if experts:
+        os.environ["TEMPER_EXPERTS"] = experts
+    try:
+        return Actor(cfg, attn_implementation=attn)
+    finally:
+        if saved is None:
+            os.environ.pop("TEMPER_EXPERTS", None)
+        else:
+            os.environ["TEMPER_EXPERTS"] = saved
 
 
 def dynamo_stats() -> str:
@@ -380,17 +453,27 @@ def log(message: str) -> None:
 def report(results: list[dict], device: torch.device) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     log(f"\ndevice: {name} x {dist.get_world_size()}")
-    log(f"{'':10} {'tokens/s':>12} {'tokens/s/GPU':>13} {'MFU':>7} {'peak GiB':>9}")
+    log(f"{'':18} {'tokens/s':>12} {'tokens/s/GPU':>13} {'MFU':>7} {'peak GiB':>9}")
     for r in results:
+        if "error" in r:
+            log(f"{r['name']:18} failed: {r['error']}")
+            continue
         log(
-            f"{r['name']:10} {r['tokens_per_s']:12.0f} {r['tokens_per_s_per_gpu']:13.0f} "
+            f"{r['name']:18} {r['tokens_per_s']:12.0f} {r['tokens_per_s_per_gpu']:13.0f} "
             f"{100 * r['mfu']:6.1f}% {r['peak_memory_gib']:9.2f}"
         )
-    temper = results[0]
-    log(f"temper log-prob forward: {temper['log_prob_tokens_per_s']:.0f} tokens/s "
-        f"({temper['log_prob_tokens_per_s'] / temper['tokens_per_s']:.2f}x training)")  # fmt: skip
-    if len(results) > 1:
-        log(f"temper / naive HF: {temper['tokens_per_s'] / results[1]['tokens_per_s']:.2f}x")
+    ran = [r for r in results if "error" not in r]
+    for r in ran:
+        if "log_prob_tokens_per_s" in r:
+            log(f"{r['name']} log-prob forward: {r['log_prob_tokens_per_s']:.0f} tokens/s "
+                f"({r['log_prob_tokens_per_s'] / r['tokens_per_s']:.2f}x training)")  # fmt: skip
+    by_name = {r["name"]: r for r in ran}
+    if "temper grouped_mm" in by_name and "temper eager" in by_name:
+        grouped, loop = by_name["temper grouped_mm"], by_name["temper eager"]
+        log(f"MoE experts, grouped_mm / eager (HF's loop): {grouped['tokens_per_s'] / loop['tokens_per_s']:.2f}x "
+            f"tokens/s; peak memory {grouped['peak_memory_gib']:.2f} vs {loop['peak_memory_gib']:.2f} GiB")  # fmt: skip
+    if "naive HF" in by_name and ran[0]["name"] != "naive HF":
+        log(f"{ran[0]['name']} / naive HF: {ran[0]['tokens_per_s'] / by_name['naive HF']['tokens_per_s']:.2f}x")
 
 
 def compare(this: dict, other_file: str, rtol: float) -> bool:
@@ -407,21 +490,72 @@ def compare(this: dict, other_file: str, rtol: float) -> bool:
     return ok
 
 
+def moe_passes(args, path: Path, device: torch.device, hf_config) -> dict:
+    """temper's trainer once per experts implementation, one after the other on the same batches; a pass that
+    fails is reported and the next one still runs (the first pass's model and optimizer are freed between)."""
+    results = {}
+    for i, experts in enumerate(EXPERTS if args.experts == "both" else [args.experts]):
+        key = "temper" if i == 0 else f"temper_{experts}"
+        try:
+            results[key] = bench_temper(args, path, device, hf_config, experts)
+        except Exception as e:  # noqa: BLE001 - the benchmark goes on to the next pass and reports this one failed
+            log(traceback.format_exc())
+            results[key] = {"name": f"temper {experts}", "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        release(device)
+    return results
+
+
+def release(device: torch.device) -> None:
+    """Free what a finished pass left: compiled graphs, cyclic garbage, the CUDA cache."""
+    torch._dynamo.reset()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        log(f"after the pass: {torch.cuda.memory_allocated(device) / 2**30:.2f} GiB still allocated")
+
+
+def describe(hf_config) -> None:
+    """The model's size: all parameters, and those each token multiplies by (MoE: top_k experts of each layer)."""
+    hidden, vocab = hf_config.hidden_size, hf_config.vocab_size
+    embeddings = vocab * hidden * (1 if hf_config.tie_word_embeddings else 2)
+    active = active_layer_params(hf_config)
+    if is_moe(hf_config):
+        experts = 3 * hidden * hf_config.moe_intermediate_size * (hf_config.num_experts - hf_config.num_experts_per_tok)
+        total = active + experts * sum(is_moe_layer(hf_config, i) for i in range(hf_config.num_hidden_layers))
+    else:
+        total = active
+    log(f"model: {hf_config.model_type}, {hf_config.num_hidden_layers} layers, {count(total + embeddings)} "
+        f"parameters; per token {count(active)} in the layers (+ {count(vocab * hidden)} lm head)")  # fmt: skip
+
+
+def count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.samples % GROUP_SIZE:
         raise SystemExit(f"--samples must be a multiple of {GROUP_SIZE}")
-    device = init_distributed()
-    path = model_dir(args.model_shape)
+    own_group = not dist.is_initialized()  # a test may hold a 1-rank group already
+    device = init_distributed() if own_group else torch.device("cpu")
+    path = model_dir(args)
     hf_config = AutoConfig.from_pretrained(path)
-    results = {"temper": bench_temper(args, path, device, hf_config)}
+    describe(hf_config)
+    if is_moe(hf_config):
+        results = moe_passes(args, path, device, hf_config)
+    else:
+        results = {"temper": bench_temper(args, path, device, hf_config)}
     if not args.skip_hf and dist.get_world_size() == 1:
         results["naive"] = bench_naive(args, path, device, hf_config)
     report(list(results.values()), device)
-    ok = compare(results["temper"], args.compare_to, args.rtol) if args.compare_to else True
+    failed = [r["name"] for r in results.values() if "error" in r]
+    ok = not failed
+    if args.compare_to and "error" not in results["temper"]:
+        ok &= compare(results["temper"], args.compare_to, args.rtol)
     if args.out and dist.get_rank() == 0:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    dist.destroy_process_group()
+    if own_group:
+        dist.destroy_process_group()
     return 0 if ok else 1
 
 

@@ -162,9 +162,9 @@ class ModelConfig:
     )
     moe_router_dtype: str | None = opt(
         None,
-        "MoE: precision of routing and of weighing the experts' outputs; honoured where temper's trainer routes so: "
-        "fp32 for DeepSeek-V3 (its Hugging Face router works in fp32); the Qwen-MoE and Mixtral routers compute "
-        "logits in the compute dtype, so fp32 stops the run for them, and fp64 always does",
+        "MoE: precision of routing and of weighing the experts' outputs: fp32 makes the trainer's Qwen-MoE routers "
+        "compute logits, softmax and top-k in fp32 (DeepSeek-V3's and GLM-4.5's always do; temper's engine routes "
+        "Qwen-MoE from bf16 logits); fp32 stops the run for Mixtral, and fp64 always does",
         choices=["fp32", "fp64"],
     )
     # Multi-latent attention (DeepSeek-V3, Moonlight, Kimi K2)
@@ -328,8 +328,9 @@ class AlgorithmConfig:
     moe_router_load_balancing_type: str = opt(
         "aux_loss",
         "MoE: the load-balancing loss that --moe-aux-loss-coeff weighs: aux_loss (the Switch loss over each "
-        "micro-batch, temper's); none turns the loss off; seq_aux_loss and global_aux_loss (other token sets) stop "
-        "the run unless --moe-aux-loss-coeff is 0, sinkhorn (another routing) always",
+        "micro-batch), seq_aux_loss (DeepSeek-V3's, within each sequence, averaged over sequences); none turns "
+        "the loss off; global_aux_loss stops the run unless --moe-aux-loss-coeff is 0, sinkhorn (another routing) "
+        "always",
         choices=["aux_loss", "seq_aux_loss", "global_aux_loss", "sinkhorn", "none"],
     )
     moe_router_bias_update_rate: float | None = opt(

@@ -206,7 +206,8 @@ def _algorithm(cfg: Config) -> None:
 
 def _moe(cfg: Config) -> None:
     """Megatron's router options, as far as temper's trainer has them: the load-balancing loss is the Switch loss
-    over each micro-batch (temper.train.moe_routing), and the expert bias stays the checkpoint's."""
+    over each micro-batch or within each sequence (temper.train.moe_routing), and the expert bias stays the
+    checkpoint's."""
     check_layer_freq(cfg.moe_layer_freq)
     kind, coeff = cfg.moe_router_load_balancing_type, cfg.moe_aux_loss_coeff
     if kind == "sinkhorn":
@@ -214,11 +215,11 @@ def _moe(cfg: Config) -> None:
             "--moe-router-load-balancing-type sinkhorn routes tokens by Sinkhorn balancing, which temper's trainer "
             "does not do (it routes as the checkpoint's router does); drop it"
         )
-    if kind in ("seq_aux_loss", "global_aux_loss") and coeff:
+    if kind == "global_aux_loss" and coeff:
         raise ConfigError(
             f"--moe-router-load-balancing-type {kind} with --moe-aux-loss-coeff {coeff}: temper's load-balancing loss "
-            "is the Switch loss over each micro-batch's tokens (aux_loss), not per sequence or over the global batch; "
-            "use aux_loss, or --moe-aux-loss-coeff 0"
+            "is over each micro-batch's tokens (aux_loss) or each sequence's (seq_aux_loss), not over the global "
+            "batch; use one of those, or --moe-aux-loss-coeff 0"
         )
     if kind == "none":
         cfg.moe_aux_loss_coeff = 0.0  # Megatron computes no load-balancing loss whatever the coefficient

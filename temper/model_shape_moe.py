@@ -24,15 +24,16 @@ from typing import Any
 from temper.config import ConfigError, ModelConfig
 
 ROUTERS: dict[str, dict[str, Any]] = {
-    "qwen2_moe": dict(score_function="softmax", fp32_logits=False),
-    "qwen3_moe": dict(score_function="softmax", fp32_logits=False),
-    "mixtral": dict(score_function="softmax", fp32_logits=False),
-    "deepseek_v3": dict(score_function="sigmoid", fp32_logits=True),
+    "qwen2_moe": dict(score_function="softmax", fp32_router=True),
+    "qwen3_moe": dict(score_function="softmax", fp32_router=True),
+    "mixtral": dict(score_function="softmax", fp32_router=False),
+    "deepseek_v3": dict(score_function="sigmoid", fp32_router=True),
 }
-"""The Hugging Face router of each MoE model type: its score function, and whether it computes its logits,
-scores and top-k in fp32 whatever the compute dtype (DeepseekV3TopkRouter casts its input and weight to fp32;
-the Qwen-MoE and Mixtral routers compute their logits in the compute dtype, bf16 on GPU, and only the softmax
-in fp32, and weigh the experts' outputs in the compute dtype)."""
+"""The Hugging Face router of each MoE model type: its score function, and whether temper's trainer can route it
+in fp32 (--moe-router-dtype fp32): DeepseekV3TopkRouter casts its input and weight to fp32 itself; the Qwen-MoE
+routers compute their logits in the compute dtype (bf16 on GPU) and only the softmax in fp32, and the trainer
+replaces their forward with an fp32 one (`temper.train.moe_routing.route_in_fp32`); Mixtral's router (logits in
+the compute dtype) it leaves as it is."""
 
 EXPERT_KEYS = ("num_experts", "n_routed_experts", "num_local_experts")
 
@@ -235,9 +236,8 @@ def check_router_dtype(model: ModelConfig, cfg: dict[str, Any]) -> None:
             f"{flag}: temper does not know the router of model type {model_type!r} (known: "
             f"{', '.join(sorted(ROUTERS))}), so it cannot promise its precision; drop the flag"
         )
-    if not router["fp32_logits"]:
+    if not router["fp32_router"]:
         raise ConfigError(
             f"{flag} is not supported for {model_type}: temper trains Hugging Face's router, which computes the logits "
-            f"in the compute dtype (bf16 on GPU) with only the softmax in fp32, and weighs the experts' outputs in "
-            f"the compute dtype; drop the flag"
+            f"in the compute dtype (bf16 on GPU) with only the softmax in fp32; drop the flag"
         )

@@ -81,11 +81,18 @@ def test_qwen3_30b_a3b_script_rejects_other_experts(change, error, tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_slime_router_dtype_is_refused_for_qwen3_moe(tmp_path):
-    """slime's Qwen3-30B-A3B script asks for fp32 routing, which Hugging Face's Qwen3-MoE router does not do."""
+def test_slime_router_dtype_is_honoured_for_qwen3_moe_and_refused_for_mixtral(tmp_path):
+    """slime's Qwen3-30B-A3B script asks for fp32 routing, which temper's trainer does for Qwen3-MoE
+    (moe_routing.route_in_fp32); Mixtral's router it leaves in the compute dtype."""
     (tmp_path / "config.json").write_text(json.dumps(QWEN3_30B_A3B))
-    with pytest.raises(ConfigError, match=r"--moe-router-dtype fp32 is not supported for qwen3_moe: .*compute dtype"):
-        parse_config(BASE + model_args("qwen3-30B-A3B") + ["--moe-router-dtype", "fp32", "--hf-checkpoint", str(tmp_path)])
+    args = BASE + model_args("qwen3-30B-A3B") + ["--hf-checkpoint", str(tmp_path)]
+    assert "--moe-router-dtype" in args and parse_config(args).moe_router_dtype == "fp32"
+    mixtral = {**QWEN3_30B_A3B, "model_type": "mixtral", "architectures": ["MixtralForCausalLM"],
+               "num_local_experts": 128}  # fmt: skip
+    del mixtral["num_experts"]
+    (tmp_path / "config.json").write_text(json.dumps(mixtral))
+    with pytest.raises(ConfigError, match=r"--moe-router-dtype fp32 is not supported for mixtral: .*compute dtype"):
+        parse_config(BASE + ["--moe-router-dtype", "fp32", "--hf-checkpoint", str(tmp_path)])
 
 
 def test_dense_script_rejects_a_moe_checkpoint(tmp_path):

@@ -5,9 +5,8 @@
 # (norm_topk_prob: no --moe-router-pre-softmax). --ffn-hidden-size is config.json's intermediate_size,
 # which no layer of this model uses. --moe-grouped-gemm, --moe-permute-fusion,
 # --moe-token-dispatcher-type and --moe-token-drop-policy are accepted and change nothing (temper always
-# runs grouped GEMMs on one rank and drops no tokens). slime's --moe-router-dtype fp32 is left out: Hugging
-# Face's Qwen3-MoE router, which temper trains, computes its logits in the compute dtype, and temper stops a
-# run that asks for fp32 routing of this model.
+# runs grouped GEMMs on one rank and drops no tokens). --moe-router-dtype fp32, as in slime's script: the
+# trainer computes the router's logits, softmax and top-k in fp32 (temper's engine routes from bf16 logits).
 MODEL_ARGS=(
    --swiglu
    --num-layers 48
@@ -36,5 +35,6 @@ MODEL_ARGS=(
    --moe-grouped-gemm
    --moe-token-drop-policy probs
    --moe-permute-fusion
+   --moe-router-dtype fp32
    --moe-aux-loss-coeff 0
 )

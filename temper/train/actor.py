@@ -62,7 +62,7 @@ class Actor:
         self.plugins = TrainPlugins.load(cfg)
         self.env = TrainEnv.current()
         torch.manual_seed(cfg.seed)
-        model = load_causal_lm(cfg.hf_checkpoint, torch.float32, attn_implementation)
+        model = load_causal_lm(cfg.hf_checkpoint, torch.float32, attn_implementation, router_dtype=cfg.moe_router_dtype)
         self.trainable = TrainableModel.shard(model, cfg, self.env, total_steps=total_steps)
         self.model = self.trainable.model
         self.routing = None  # MoE routing replay and router losses (moe_routing.py)
@@ -70,7 +70,8 @@ class Actor:
         if cfg.use_routing_replay or cfg.use_rollout_routing_replay or cfg.moe_aux_loss_coeff or z_coeff:
             why = ("--use-rollout-routing-replay" if cfg.use_rollout_routing_replay
                    else "--use-routing-replay" if cfg.use_routing_replay else "--moe-aux-loss-coeff/--moe-z-loss-coeff")
-            self.routing = RouterHooks(self.model, aux_loss_coeff=cfg.moe_aux_loss_coeff, z_loss_coeff=z_coeff, why=why)
+            self.routing = RouterHooks(self.model, aux_loss_coeff=cfg.moe_aux_loss_coeff, z_loss_coeff=z_coeff,
+                                       load_balancing=cfg.moe_router_load_balancing_type, why=why)  # fmt: skip
         self.progress = self.trainable.progress  # what this rank works on now (work_progress.py), for the live line
         self.batcher = Batcher(cfg, self.env, self.progress)
         self.reference = None
@@ -209,6 +210,8 @@ class Actor:
             self.routing.use_routing(mb.routed_experts)
         elif self.routing is not None:  # the routing recorded for this micro-batch (kept for a recomputing backward)
             self.routing.replay(tuple(mb.positions))
+        if self.routing is not None:
+            self.routing.sequences(mb.cu_seqlens)  # the sequence-wise balance loss's bounds
         if self.plugins.loss is not None:
             return self._custom_loss(mb, data, totals)
         log_probs, entropy = policy_log_probs(

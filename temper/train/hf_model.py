@@ -5,10 +5,17 @@ attention implementation by default: the forward gets `input_ids`, per-sequence 
 the row's sequence bounds (packed, see packing.py) and computes logits for one position only
 (`logits_to_keep=1`); the final hidden states are read with a forward hook on the decoder, and the
 log-probs of the response tokens come from `log_probs.token_log_probs` over the lm-head weight.
+
+A mixture-of-experts model runs its routed experts as grouped GEMMs over the tokens sorted by expert
+(transformers' ``experts_implementation="grouped_mm"``: `torch._grouped_mm` on GPU, the same sums in a loop
+elsewhere), not Hugging Face's default loop over the experts; ``TEMPER_EXPERTS=eager`` (or another name
+transformers knows) loads that one instead, for an A/B (benchmarks/train_throughput.py). With
+``router_dtype="fp32"`` (--moe-router-dtype fp32) every router computes in fp32 (`moe_routing.route_in_fp32`).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -17,9 +24,11 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from temper.train import attention
 from temper.train.log_probs import token_log_probs
+from temper.train.moe_routing import route_in_fp32
 from temper.train.packing import MicroBatch
 
 DEFAULT_ATTENTION = attention.VARLEN
+DEFAULT_EXPERTS = "grouped_mm"
 
 
 def resolve_attention(attn_implementation: str | None) -> str:
@@ -40,22 +49,25 @@ def packed_forward_kwargs(mb: MicroBatch) -> dict:
     }
 
 
-def load_causal_lm(path: str | Path, dtype: torch.dtype, attn_implementation: str | None = None) -> nn.Module:
-    """`AutoModelForCausalLM.from_pretrained(path)` in `dtype`, on CPU, with the KV cache off."""
+def load_causal_lm(
+    path: str | Path, dtype: torch.dtype, attn_implementation: str | None = None, *, router_dtype: str | None = None
+) -> nn.Module:
+    """`AutoModelForCausalLM.from_pretrained(path)` in `dtype`, on CPU, with the KV cache off; an MoE model with
+    its experts as grouped GEMMs, and its routers in fp32 when `router_dtype` is "fp32" (module docstring)."""
     config = AutoConfig.from_pretrained(path)
     _check_supported(config, path)
-    extra = {"experts_implementation": "grouped_mm"} if is_moe(config) else {}
+    extra = {"experts_implementation": os.environ.get("TEMPER_EXPERTS", DEFAULT_EXPERTS)} if is_moe(config) else {}
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, attn_implementation=resolve_attention(attn_implementation), **extra
     )
     model.config.use_cache = False
+    if router_dtype == "fp32":
+        route_in_fp32(model)
     return model
 
 
 def is_moe(config) -> bool:
-    """Whether `config` is a mixture-of-experts model. Its routed experts then run as grouped GEMMs over the
-    tokens sorted by expert (transformers' ``grouped_mm`` experts: `torch._grouped_mm` on GPU, the same sums
-    in a loop elsewhere), not Hugging Face's default loop over the experts."""
+    """Whether `config` is a mixture-of-experts model (it has routed experts)."""
     text = getattr(config, "text_config", None) or config
     return any(getattr(text, name, None) for name in ("num_experts", "n_routed_experts", "num_local_experts"))
 

@@ -36,7 +36,7 @@ class ReferenceModel:
         self.host = HostCopy() if offload and env.is_cuda else None
         dtype = torch.bfloat16 if env.is_cuda else torch.float32
         source = cfg.ref_load if cfg.ref_load and (Path(cfg.ref_load) / "config.json").exists() else cfg.hf_checkpoint
-        self.model = load_causal_lm(source, dtype, attn_implementation)
+        self.model = load_causal_lm(source, dtype, attn_implementation, router_dtype=cfg.moe_router_dtype)
         self.model.requires_grad_(False)
         parallelize(self.model, env.mesh)
         if env.is_cuda:

@@ -1,6 +1,7 @@
-"""MoE in the trainer: grouped-GEMM experts, routing replay (--use-routing-replay) and the routers' losses
-(--moe-aux-loss-coeff, --moe-z-loss-coeff), on the tiny Qwen3-MoE; DeepSeek-V3's sigmoid router's replayed
-scores. Rollout routing replay: test_rollout_routing_replay.py."""
+"""MoE in the trainer: grouped-GEMM experts, routing replay (--use-routing-replay), the routers' losses
+(--moe-aux-loss-coeff, --moe-z-loss-coeff, --moe-router-load-balancing-type seq_aux_loss) and fp32 routing
+(--moe-router-dtype fp32), on the tiny Qwen3-MoE; DeepSeek-V3's sigmoid router's replayed scores. Rollout
+routing replay: test_rollout_routing_replay.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from temper.config import ConfigError
 from temper.testing import tiny_model_dir
 from temper.train import Actor
 from temper.train.hf_model import load_causal_lm
-from temper.train.moe_routing import RouterHooks, find_routers, load_balancing_loss, z_loss
+from temper.train.moe_routing import (
+    RouterHooks,
+    balance_probs,
+    find_routers,
+    load_balancing_loss,
+    sequence_load_balancing_loss,
+    z_loss,
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +77,7 @@ def test_router_losses_match_their_formulas():
     indices = torch.tensor([[0, 3], [1, 0], [2, 1]])
     probs = torch.softmax(logits, -1)
     share = torch.tensor([2, 2, 1, 1]) / 6
-    assert load_balancing_loss(logits, indices, 4).item() == pytest.approx(4 * (share * probs.mean(0)).sum().item())
+    assert load_balancing_loss(probs, indices).item() == pytest.approx(4 * (share * probs.mean(0)).sum().item())
     assert z_loss(logits).item() == pytest.approx(torch.logsumexp(logits, -1).square().mean().item())
 
 
@@ -147,3 +155,102 @@ def test_replayed_scores_of_deepseeks_sigmoid_router_are_its_own(norm_topk_prob)
         logits, weights, indices = router(torch.randn(9, 32, generator=g))
     assert find_routers(torch.nn.ModuleDict({"gate": router})) == [("gate", router)]
     torch.testing.assert_close(replayed_scores(router, logits, indices), weights)
+
+
+def _per_sequence_balance(probs, indices, bounds):
+    """DeepSeek-V3's sequence-wise balance loss written out: per sequence, E x sum_e f_e P_e with f_e expert e's
+    share of the sequence's top-k slots and P_e its mean probability over the sequence; the mean over sequences."""
+    experts, k, losses = probs.shape[1], indices.shape[1], []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        length = end - start
+        total = 0.0
+        for e in range(experts):
+            f = (indices[start:end] == e).sum().item() / (length * k)
+            p = probs[start:end, e].mean().item()
+            total += f * p
+        losses.append(experts * total)
+    return sum(losses) / len(losses)
+
+
+def test_seq_aux_loss_is_the_balance_loss_within_each_sequence():
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(20, 6, generator=g) * 2
+    indices = logits.topk(2, dim=-1).indices
+    bounds = [0, 3, 11, 20]
+    probs = torch.softmax(logits, -1)
+    got = sequence_load_balancing_loss(probs, indices, torch.tensor(bounds, dtype=torch.int32))
+    assert got.item() == pytest.approx(_per_sequence_balance(probs, indices, bounds), rel=1e-6)
+    assert got.item() != pytest.approx(load_balancing_loss(probs, indices).item(), rel=1e-3)  # not the row's loss
+    one = sequence_load_balancing_loss(probs, indices, torch.tensor([0, 20], dtype=torch.int32))
+    assert one.item() == pytest.approx(load_balancing_loss(probs, indices).item(), rel=1e-6)
+
+
+def test_a_sigmoid_routers_balance_probabilities_are_its_normalised_scores():
+    """Megatron's (and DeepSeek-V3's) P for a sigmoid router: sigmoid scores divided by their sum."""
+    router = torch.nn.Module()
+    router.e_score_correction_bias = torch.zeros(4)
+    logits = torch.tensor([[1.0, -2.0, 0.5, 0.0]])
+    scores = logits.sigmoid()
+    torch.testing.assert_close(balance_probs(router, logits), scores / scores.sum())
+    torch.testing.assert_close(balance_probs(torch.nn.Linear(1, 1), logits), torch.softmax(logits, -1))
+
+
+def test_actor_adds_the_seq_aux_loss_over_each_micro_batchs_sequences(moe_dir, monkeypatch):
+    """--moe-router-load-balancing-type seq_aux_loss: every router's loss is computed within the micro-batch's
+    packed sequences (its cu_seqlens: one bound per sample, ending at the row's token count). With
+    --moe-router-dtype fp32 the routers run the fp32 forward under FSDP."""
+    from temper.train import moe_routing
+
+    seen = []
+    original = moe_routing.sequence_load_balancing_loss
+
+    def spy(probs, indices, cu_seqlens):
+        seen.append((probs.shape[0], cu_seqlens.tolist()))
+        return original(probs, indices, cu_seqlens)
+
+    monkeypatch.setattr(moe_routing, "sequence_load_balancing_loss", spy)
+    cfg = make_cfg(moe_dir, moe_aux_loss_coeff=0.01, moe_router_load_balancing_type="seq_aux_loss", micro_batch_size=2,
+                   moe_router_dtype="fp32")  # fmt: skip
+    actor = Actor(cfg)
+    assert all(r.forward.__func__ is moe_routing.fp32_softmax_router for _, r in find_routers(actor.model))
+    metrics = actor.train(0, toy_batch(8))
+    assert metrics["moe_aux_loss"] > 0
+    assert seen and all(len(bounds) == 3 and bounds[-1] == tokens for tokens, bounds in seen)
+
+
+def test_fp32_router_computes_from_bf16_inputs_in_fp32(moe_dir):
+    """--moe-router-dtype fp32 on a bf16 Qwen3-MoE: each router's logits, probabilities, experts and weights are
+    the fp32 computation from its bf16 input and weight; Hugging Face's own router (bf16 logits) differs."""
+    model = load_causal_lm(moe_dir, torch.bfloat16, "sdpa", router_dtype="fp32")
+    captured = {}
+    routers = find_routers(model)
+    hooks = [r.register_forward_hook(lambda m, a, o, n=n: captured.__setitem__(n, (a[0], o))) for n, r in routers]
+    ids = torch.randint(0, 200, (1, 41), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+    for h in hooks:
+        h.remove()
+    assert len(captured) == len(routers) > 0
+    for name, router in routers:
+        hidden, (logits, weights, experts) = captured[name]
+        assert hidden.dtype == torch.bfloat16 and router.weight.dtype == torch.bfloat16
+        expected_logits = hidden.float() @ router.weight.float().T
+        probs = torch.softmax(expected_logits, -1)
+        top, top_experts = probs.topk(router.top_k, dim=-1)
+        assert logits.dtype == weights.dtype == torch.float32
+        torch.testing.assert_close(logits, expected_logits, rtol=1e-6, atol=1e-6)
+        assert torch.equal(experts, top_experts)
+        torch.testing.assert_close(weights, top / top.sum(-1, keepdim=True), rtol=1e-6, atol=1e-7)
+        hf_logits, hf_weights, _ = type(router).forward(router, hidden)  # the class's own (bf16) forward
+        assert hf_logits.dtype == torch.bfloat16 and not torch.equal(hf_logits.float(), logits)
+        assert (hf_weights.float() - weights).abs().max() > 1e-4  # bf16 rounding of the weights
+
+
+def test_fp32_routing_is_refused_for_a_router_temper_does_not_know():
+    from temper.train.moe_routing import route_in_fp32
+
+    class MixtralTopKRouter(torch.nn.Module):
+        top_k = 2
+
+    with pytest.raises(ValueError, match="router gate is a MixtralTopKRouter, which temper cannot make"):
+        route_in_fp32(torch.nn.ModuleDict({"gate": MixtralTopKRouter()}))
