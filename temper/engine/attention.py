@@ -13,7 +13,8 @@ the new K/V directly (causal), one with a cached prefix gathers its context from
 block table, with the causal diagonal offset by the prefix length. Decode gathers each sequence's
 context into a padded batch and makes one masked call. The CUDA backend,
 `kernels.paged_attention.TritonPagedAttention`, implements the same `prepare` / `forward` pair from
-the same metadata with Triton kernels that read the blocks in place.
+the same metadata with Triton kernels that read the blocks in place; a latent-attention model's
+(DeepSeek-V3's MLA: one cache tensor that is key and value) is `kernels.latent_attention.TritonLatentAttention`.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class AttentionMetadata:
     query_lens: list[int]
     cached_lens: list[int]
     block_size: int
-    backend: TorchPagedAttention  # or kernels.paged_attention.TritonPagedAttention (same two methods)
+    backend: TorchPagedAttention  # or a Triton backend of `kernels` (same two methods)
     backend_data: dict = field(default_factory=dict)  # what the backend derives once per step
 
 
@@ -86,7 +87,8 @@ class TorchPagedAttention:
         into their cache slots (the fused RoPE kernel does)."""
         if k_cache is not None and not kv_stored:
             k_cache.view(-1, *k.shape[1:]).index_copy_(0, meta.slot_mapping, k)
-            v_cache.view(-1, *v.shape[1:]).index_copy_(0, meta.slot_mapping, v)
+            if v_cache.data_ptr() != k_cache.data_ptr():  # one latent cache is key and value (DeepSeek's MLA)
+                v_cache.view(-1, *v.shape[1:]).index_copy_(0, meta.slot_mapping, v)
         if meta.is_prefill:
             return self._prefill(q, k, v, k_cache, v_cache, meta, scale)
         return self._decode(q, k_cache, v_cache, meta, scale)

@@ -5,9 +5,10 @@ batch tensors (`StepInputs`: numpy on the host, one asynchronous copy), runs the
 computes logits only at the last position of each sequence that samples, and calls the sampler.
 
 On CUDA the fast path is chosen at start (`kernels.enable`): Triton kernels for the layer ops, the
-paged attention and the sampler, grouped GEMMs for an MoE model's experts, each group kept only if it
-passes a self-check against the PyTorch reference, and decode steps replayed from CUDA graphs
-(`cuda_graph.py`). On CPU, or with ``EngineArgs.kernels="torch"``, everything runs the PyTorch
+paged attention (`kernels.paged_attention`, or for a latent-attention model such as DeepSeek-V3 its decode
+kernel `kernels.latent_attention`) and the sampler, grouped GEMMs for an MoE model's experts, each group
+kept only if it passes a self-check against the PyTorch reference, and decode steps replayed from CUDA
+graphs (`cuda_graph.py`). On CPU, or with ``EngineArgs.kernels="torch"``, everything runs the PyTorch
 reference. The only host synchronisation per step is reading the sampled tokens and log-probs.
 
 Tensor parallelism (``EngineArgs.tensor_parallel_size`` N > 1): the engine's runner is rank 0; it
@@ -207,16 +208,32 @@ class ModelRunner:
                                intermediate_size=hf_config.intermediate_size // self.tp.size,
                                block_size=self.block_size, vocab_size=self.vocab_size,
                                qk_norm=getattr(self.model.model.layers[0].self_attn, "qk_norm", False),
+                               latent_value_dim=self._latent_value_dim(),
                                experts=None if experts is None else (experts.num_experts, experts.hidden_size,
                                                                      experts.local_size, experts.top_k))
 
+    def _latent_value_dim(self) -> int | None:
+        """The value width of a latent-attention model's cache entry (its first kv_lora_rank columns: the
+        model class says ``ATTENTION_KERNEL = "latent"``), None for K/V attention."""
+        if getattr(self.model, "ATTENTION_KERNEL", "paged") != "latent":
+            return None
+        return self.model.model.layers[0].self_attn.rank
+
     def _attention_backend(self):
-        # A model whose attention the paged kernel does not serve (MLA) says PAGED_ATTENTION_KERNEL = False.
-        if "attention" not in self.kernel_groups or not getattr(self.model, "PAGED_ATTENTION_KERNEL", True):
+        """The Triton backend when kernel group "attention" passed its self-check (for a latent model, the
+        latent decode kernel's), else the reference."""
+        if "attention" not in self.kernel_groups:
             return self.reference_backend
+        _num_layers, num_kv_heads, head_dim = self.kv_shape
+        value_dim = self._latent_value_dim()
+        if value_dim is not None:
+            from temper.engine.kernels.latent_attention import TritonLatentAttention
+
+            return TritonLatentAttention.for_device(self.num_heads, head_dim, value_dim, self.block_size, self.dtype,
+                                                    self.device, self.args.max_num_seqs, self.max_model_len)
         from temper.engine.kernels.paged_attention import TritonPagedAttention
 
-        return TritonPagedAttention.for_device(self.num_heads, self.kv_shape[1], self.kv_shape[2], self.block_size,
+        return TritonPagedAttention.for_device(self.num_heads, num_kv_heads, head_dim, self.block_size,
                                                self.dtype, self.device, self.args.max_num_seqs, self.max_model_len)
 
     # ---- tensor-parallel mirroring ----------------------------------------------------------

@@ -1,5 +1,6 @@
 """Decode CUDA graphs: buckets (CPU), and on a GPU: graphs give the eager path's tokens, also after
-weight updates and memory release/resume (which must re-capture)."""
+weight updates and memory release/resume (which must re-capture); a latent-attention model (DeepSeek-V3)
+decodes from them too."""
 
 from __future__ import annotations
 
@@ -78,3 +79,36 @@ def test_a_model_that_cannot_be_captured_decodes_eagerly_on_cuda(hf):
     greedy = SamplingParams(temperature=0, max_new_tokens=8, ignore_eos=True)
     outputs = [o.output_token_ids for o in engine.generate(prompts, greedy)]
     assert agree(outputs, [hf.greedy(path, p, 8) for p in prompts])
+
+
+@pytest.mark.gpu
+@gpu
+def test_a_latent_attention_model_decodes_from_graphs_across_weight_updates_and_release(model_dir, hf):
+    """DeepSeek-V3 (bf16: the grouped experts' kernel is bf16 only) decodes from graphs on the latent attention
+    kernel (`kernels/latent_attention.py`), which bakes in the cache's address: the graphs stay valid across an
+    in-place weight update and are captured again after release/resume moves the KV cache. Each run after
+    `load_weights` or resume starts without prefix-cache hits, so the same weights give the same tokens (the
+    kernels are deterministic); parity with HF on this path: test_deepseek_v3_gpu.py."""
+    from temper.engine.kernels.latent_attention import TritonLatentAttention
+
+    path, other = model_dir("deepseek_v3", seed=0), model_dir("deepseek_v3", seed=1)
+    prompts = hf.prompts(20, 3, 60, seed=0)
+    greedy = SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True)
+
+    def run(engine):
+        return [o.output_token_ids for o in engine.generate(prompts, greedy)]
+
+    engine = LLMEngine(EngineArgs(model=str(path), device="cuda", dtype="bfloat16", num_kv_blocks=256,
+                                  max_model_len=128, max_num_seqs=32))
+    graphs = engine.model_runner.graphs
+    assert isinstance(engine.model_runner.attention_backend, TritonLatentAttention) and graphs is not None
+    first = run(engine)
+    assert graphs.captured, "the engine decoded from CUDA graphs"
+    engine.load_weights(iter_safetensors(other))
+    assert graphs.captured and run(engine) != first
+    engine.load_weights(iter_safetensors(path))
+    assert run(engine) == first
+    engine.release_memory()
+    assert not graphs.captured
+    engine.resume_memory()
+    assert run(engine) == first and graphs.captured

@@ -1,7 +1,11 @@
-"""DeepSeek-V3 on CUDA against Hugging Face (GPU only), on a random model of Moonlight-16B-A3B's shape cut
-to 3 layers (one dense, two with 64 experts): the latent attention and the experts run their PyTorch
-reference on the GPU (the reference attention backend, no decode CUDA graphs), with the same criteria as
-`test_gpu_parity.py`'s for the dense path."""
+"""DeepSeek-V3 on CUDA (GPU only): the latent decode kernel (`kernels/latent_attention.py`) against float64
+attention and the reference backend at Moonlight's and DeepSeek-V3's head counts (16 and 128; 16 and 32
+per rank of DeepSeek-V3 under tensor parallelism 8 and 4), every tile the start-up tuning may pick, in a
+CUDA graph, its self-check; and, on a random model of Moonlight-16B-A3B's shape cut to 3 layers (one dense,
+two with 64 experts), the engine against Hugging Face with the same criteria as `test_gpu_parity.py`'s for
+the dense path: bf16 on the latent kernel with decode from CUDA graphs, fp32 on the latent kernel eagerly
+(the grouped experts are bf16 only, so no graphs); kernels="torch" keeps the reference backend. The tiny
+DeepSeek-V3 on the latent kernel: fp32 greedy tokens equal to HF's, bf16 from CUDA graphs."""
 
 from __future__ import annotations
 
@@ -11,14 +15,18 @@ import pytest
 import torch
 from test_gpu_parity import BF16_ARGMAX_SLACK, NEW_TOKENS, NUM_PROMPTS, parity_report, random_prompts
 
-from temper.engine import EngineArgs, LLMEngine
-from temper.engine.attention import TorchPagedAttention
+from temper.engine import EngineArgs, LLMEngine, SamplingParams
+from temper.engine.attention import AttentionMetadata, TorchPagedAttention
+from temper.engine.kernels.self_check import passing_groups
 from temper.testing.tiny_models import build_tiny_model
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
 ]
+pytest.importorskip("triton")
+
+from temper.engine.kernels import latent_attention as la  # noqa: E402 (defines Triton kernels)
 
 
 # The engine sizes its KV cache from what its warm-up leaves free; the reference latent attention's prefill of an
@@ -33,14 +41,153 @@ def moonlight_3_layers(tmp_path_factory):
                             num_layers=3, dtype=torch.bfloat16)
 
 
-def test_reference_paths_on_cuda(moonlight_3_layers):
-    engine = LLMEngine(EngineArgs(model=str(moonlight_3_layers), device="cuda", mem_fraction_static=0.5))
-    runner = engine.model_runner
-    assert isinstance(runner.attention_backend, TorchPagedAttention) and runner.graphs is None
-    assert tuple(runner.kv_cache.shape[:2]) == (1, 3) and tuple(runner.kv_cache.shape[-2:]) == (1, 512 + 64)
-    del engine, runner  # free the KV cache before the next test sizes its own
+PAGE, DIM, RANK = 16, 512 + 64, 512  # DeepSeek-V3's and Moonlight's cache entry: [c (512), k_rope (64)]
+
+
+def decode_inputs(num_heads: int, batch: int, seed: int = 0):
+    """q [B, H, 576], a paged cache of random entries and its tables, context lengths: 1, a page, a page + 1,
+    lengths that are no multiple of the page, and beyond 2048 (many splits of many tiles), then random."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([1, PAGE, PAGE + 1, 1000, 2049, 3001][:batch] + torch.randint(
+        1, 2500, (max(0, batch - 6),), generator=g).tolist())
+    cache, tables = la.random_paged_cache(lengths, PAGE, DIM, torch.bfloat16, torch.device("cuda"), g)
+    q = torch.randn(batch, num_heads, DIM, generator=g).to("cuda", torch.bfloat16)
+    return q, cache, tables, lengths.cuda()
+
+
+def float64_attention(q, cache, tables, lengths):
+    outs, flat = [], cache.view(-1, DIM).double()
+    for b, n in enumerate(lengths.tolist()):
+        pos = torch.arange(n, device="cuda")
+        entries = flat[tables[b, pos // PAGE] * PAGE + pos % PAGE]
+        outs.append((q[b].double() @ entries.T * DIM**-0.5).softmax(-1) @ entries[:, :RANK])
+    return torch.stack(outs)
+
+
+def reference_backend(q, cache, tables, lengths):
+    backend = TorchPagedAttention()
+    meta = AttentionMetadata(is_prefill=False, slot_mapping=torch.empty(0, dtype=torch.long, device="cuda"),
+                             block_tables=tables, context_lens=lengths, query_lens=[1] * len(lengths),
+                             cached_lens=[n - 1 for n in lengths.tolist()], block_size=PAGE, backend=backend)
+    backend.prepare(meta)
+    return backend.forward(q, None, None, cache, cache, meta, DIM**-0.5, kv_stored=True)[..., :RANK]
+
+
+def relative_error(out, expected) -> float:
+    return ((out.double() - expected).norm() / expected.norm()).item()
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+@pytest.mark.parametrize("num_heads", [16, 32, 128])
+def test_latent_decode_matches_float64_attention_and_the_reference_backend(num_heads, batch):
+    q, cache, tables, lengths = decode_inputs(num_heads, batch)
+    expected = float64_attention(q, cache, tables, lengths)
+    # The reference expands the entries to every head (tens of GiB at 128 heads x 64 sequences of up to 3k)
+    reference_error = relative_error(reference_backend(q, cache, tables, lengths), expected) if batch < 64 else 0.005
+    blocks = la.head_blocks(num_heads, la.LATENT_DECODE_CONFIGS[0][0])
+    for splits in sorted({1, 16} | {la.latent_num_splits(batch, blocks, 132, waves) for waves in la.SPLIT_WAVES}):
+        out = la.latent_decode(q, cache, tables, lengths, DIM**-0.5, RANK, splits)
+        assert out.shape == (batch, num_heads, RANK) and torch.isfinite(out).all()
+        error = relative_error(out, expected)
+        assert error < 1e-2 and error < 2 * reference_error + 1e-3, (splits, error, reference_error)
+
+
+@pytest.mark.parametrize("num_heads", [16, 128])
+def test_every_tile_the_tuning_may_pick_is_right(num_heads):
+    q, cache, tables, lengths = decode_inputs(num_heads, 9, seed=1)
+    expected = float64_attention(q, cache, tables, lengths)
+    for config in la.usable_configs(num_heads):
+        splits = la.latent_num_splits(9, la.head_blocks(num_heads, config[0]), 132)
+        assert relative_error(la.latent_decode(q, cache, tables, lengths, DIM**-0.5, RANK, splits, *config),
+                              expected) < 1e-2, config
+    config, waves = la.tune_latent_decode(num_heads, DIM, RANK, PAGE, torch.bfloat16, torch.device("cuda"), 16, 256)
+    assert config in la.usable_configs(num_heads) and waves in la.SPLIT_WAVES
+
+
+def test_latent_decode_replays_from_a_cuda_graph_with_new_lengths_and_tables():
+    q, cache, tables, lengths = decode_inputs(16, 12, seed=2)
+    static = [q.clone(), tables.clone(), lengths.clone()]
+    splits = la.latent_num_splits(12, 1, 132)
+
+    def call():
+        return la.latent_decode(static[0], cache, static[1], static[2], DIM**-0.5, RANK, splits)
+
+    call()  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = call()
+    # other queries, the sequences in another order (their tables' rows swapped), shorter, one a padding row
+    new_q = torch.randn_like(q)
+    new_tables, new_lengths = tables.flip(0), (lengths.flip(0) * 0.7).long().clamp_min(1)
+    new_lengths[-1] = 0
+    for buffer, new in zip(static, (new_q, new_tables, new_lengths)):
+        buffer.copy_(new)
+    graph.replay()
+    expected = float64_attention(new_q, cache, new_tables, new_lengths.clamp_min(1))
+    assert relative_error(out[:-1], expected[:-1]) < 1e-2
+    assert torch.equal(out[-1], torch.zeros_like(out[-1]))
+
+
+@pytest.mark.parametrize("num_heads", [16, 128])
+def test_self_check_keeps_the_latent_kernel(num_heads):
+    from types import SimpleNamespace
+
+    shape = SimpleNamespace(num_heads=num_heads, num_kv_heads=1, head_dim=DIM, hidden_size=2048,
+                            intermediate_size=11264, block_size=PAGE, vocab_size=1024, qk_norm=False, experts=None,
+                            latent_value_dim=RANK)
+    assert passing_groups(torch.device("cuda"), torch.bfloat16, shape, {"layers", "attention"}) == {"layers",
+                                                                                                   "attention"}
+
+
+def free_engine() -> None:
     gc.collect()
-    torch.cuda.empty_cache()
+    torch.cuda.empty_cache()  # free the KV cache before the next test sizes its own
+
+
+def test_latent_kernel_and_decode_graphs_on_cuda(moonlight_3_layers):
+    engine = LLMEngine(EngineArgs(model=str(moonlight_3_layers), device="cuda", **SMALL_ENGINE))
+    runner = engine.model_runner
+    assert {"layers", "attention", "moe"} <= runner.kernel_groups
+    assert isinstance(runner.attention_backend, la.TritonLatentAttention) and runner.graphs is not None
+    assert runner.attention_backend.decode_config in la.usable_configs(16)
+    assert tuple(runner.kv_cache.shape[:2]) == (1, 3) and tuple(runner.kv_cache.shape[-2:]) == (1, DIM)
+    engine.generate([[1, 2, 3]] * 3, SamplingParams(temperature=0, max_new_tokens=4, ignore_eos=True))
+    assert runner.graphs.captured, "the engine decoded from CUDA graphs"
+    del engine, runner
+    free_engine()
+    engine = LLMEngine(EngineArgs(model=str(moonlight_3_layers), device="cuda", kernels="torch", **SMALL_ENGINE))
+    assert isinstance(engine.model_runner.attention_backend, TorchPagedAttention) and engine.model_runner.graphs is None
+    del engine
+    free_engine()
+
+
+def test_tiny_engine_on_the_latent_kernel_matches_hf(model_dir, hf):
+    """The spread tiny DeepSeek-V3 on the latent kernel: in float32 it decodes eagerly (the grouped experts are
+    bf16 only, so no graphs) and its greedy tokens are HF's; in bf16 it decodes from CUDA graphs, held to HF
+    with the dense path's bf16 criteria (near-ties flip under any change of rounding: see test_moe_gpu.py)."""
+    path = model_dir("deepseek_v3")
+    prompts = hf.prompts(12, 3, 80, seed=5)
+    greedy = SamplingParams(temperature=0, max_new_tokens=16, ignore_eos=True)
+    kwargs = {"num_kv_blocks": 256, "max_model_len": 160, "max_num_seqs": 16}
+    engine = LLMEngine(EngineArgs(model=str(path), device="cuda", dtype="float32", **kwargs))
+    assert isinstance(engine.model_runner.attention_backend, la.TritonLatentAttention)
+    assert engine.model_runner.graphs is None
+    outs = [o.output_token_ids for o in engine.generate(prompts, greedy)]
+    assert sum(o == hf.greedy(path, p, 16) for o, p in zip(outs, prompts)) >= 0.9 * len(prompts)
+    del engine
+    free_engine()
+    engine = LLMEngine(EngineArgs(model=str(path), device="cuda", dtype="bfloat16", **kwargs))
+    runner = engine.model_runner
+    assert isinstance(runner.attention_backend, la.TritonLatentAttention) and runner.graphs is not None
+    engine.generate(prompts, greedy)
+    assert runner.graphs.captured, "the engine decoded from CUDA graphs"
+    del engine, runner
+    free_engine()
+    report = parity_report(path, "cuda", torch.bfloat16, prompts, 16, **kwargs)  # the same engine, graphs and all
+    print(report)
+    assert report["worst_argmax_gap"] <= BF16_ARGMAX_SLACK, report
+    assert report["logprob_mean_abs_diff"] <= 0.02, report
 
 
 def test_fp32_greedy_and_logprobs_match_hf_on_cuda(moonlight_3_layers):

@@ -1,8 +1,8 @@
 """The grouped-GEMM experts (`moe.dispatch_grouped`, kernel group "moe") on CUDA (GPU only): against the
 per-expert loop in bf16 at Qwen3-30B-A3B's and Moonlight-16B-A3B's expert shapes, eagerly and replayed
 from a CUDA graph; the start-up self-check; and the tiny Qwen3-MoE and DeepSeek-V3 engines on the grouped
-path against Hugging Face (Qwen3-MoE decoding from CUDA graphs; DeepSeek-V3's latent attention runs the
-reference backend, so it decodes eagerly), with `test_gpu_parity.py`'s bf16 criteria; the routed experts
+path against Hugging Face (both decoding from CUDA graphs; DeepSeek-V3 on the latent attention kernel), with
+`test_gpu_parity.py`'s bf16 criteria; the routed experts
 (R3) recorded from the CUDA graphs."""
 
 from __future__ import annotations
@@ -94,9 +94,9 @@ def test_tiny_engine_on_the_grouped_path_matches_hf_in_bf16(arch, model_dir, hf)
     engine = LLMEngine(EngineArgs(model=str(path), dtype="bfloat16", **_engine_kwargs()))
     runner = engine.model_runner
     assert "moe" in runner.kernel_groups
-    assert (runner.graphs is not None) == (arch == "qwen3_moe")  # DeepSeek-V3: reference latent attention
+    assert runner.graphs is not None  # DeepSeek-V3: on the latent attention kernel
     engine.generate(prompts, greedy)
-    assert arch != "qwen3_moe" or runner.graphs.captured
+    assert runner.graphs.captured
     del engine, runner
     eager = LLMEngine(EngineArgs(model=str(path), dtype="bfloat16", kernels="torch", **_engine_kwargs()))
     assert eager.model_runner.graphs is None and not eager.model_runner.kernel_groups

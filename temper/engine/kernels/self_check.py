@@ -4,9 +4,11 @@ Each group runs once on small random inputs and is compared with the PyTorch ref
 fails to compile, raises, returns non-finite values or disagrees beyond rounding is reported and left
 off, so an engine on an unfamiliar GPU or triton version degrades to the reference instead of failing.
 The inputs use the model's head counts, head size and block size, so the kernels compiled here are
-the ones the engine runs. The "moe" group (grouped-GEMM experts) is checked with the model's expert
-count and sizes (``shape.experts``), against the per-expert loop, and on CUDA once more replayed from a
-CUDA graph with new inputs: what it exists for is being captured, so a build of PyTorch whose grouped
+the ones the engine runs; for a latent-attention model (``shape.latent_value_dim`` set: DeepSeek-V3's
+MLA) "attention" checks its latent kernels and "layers" leaves out the fused q/k norm + RoPE it never
+runs. The "moe" group (grouped-GEMM experts) is checked with the model's expert count and sizes
+(``shape.experts``), against the per-expert loop, and on CUDA once more replayed from a CUDA graph with
+new inputs: what it exists for is being captured, so a build of PyTorch whose grouped
 GEMM reads the offsets on the host (a fallback for a dtype or GPU its kernel lacks) fails here.
 """
 
@@ -78,6 +80,8 @@ def _check_layers(device, dtype, shape) -> str | None:
     errors = [_compare("add_rms_norm", out, norm(x + res), tol), _compare("residual", new_res, x + res, tol)]
     gate_up = _rand(5, 2 * shape.intermediate_size, device=device, dtype=dtype)
     errors.append(_compare("silu_and_mul", elementwise.silu_and_mul(gate_up), silu_and_mul(gate_up), tol))
+    if getattr(shape, "latent_value_dim", None):  # latent attention has no fused q/k norm + RoPE
+        return next((e for e in errors if e), None)
     hq, hkv, d = shape.num_heads, shape.num_kv_heads, shape.head_dim
     inv_freq = inverse_frequencies({"rope_type": "default", "rope_theta": 1e6}, d, 4096).to(device)
     rotary = RotaryEmbedding(d, 64, inv_freq)
@@ -105,6 +109,8 @@ def _check_layers(device, dtype, shape) -> str | None:
 
 
 def _check_attention(device, dtype, shape) -> str | None:
+    if getattr(shape, "latent_value_dim", None):
+        return _check_latent_attention(device, dtype, shape)
     from temper.engine.kernels.paged_attention import (
         TritonPagedAttention,
         decode_num_splits,
@@ -150,6 +156,52 @@ def _check_attention(device, dtype, shape) -> str | None:
     errors = [step([n - c for n, c in zip(lengths, cached)], cached, True)]
     errors.append(step([1] * 3, lengths, False, num_splits=1))
     errors.append(step([1] * 3, [n + 1 for n in lengths], False, num_splits=decode_num_splits(1, hkv, 132)))
+    return next((e for e in errors if e), None)
+
+
+def _check_latent_attention(device, dtype, shape) -> str | None:
+    """A latent model's backend (``shape.latent_value_dim`` set; one cache entry of ``head_dim`` values,
+    the first latent_value_dim of which are the value) vs the reference: a prefill with a cached prefix,
+    then decode steps with one split and with many, on the model's head count."""
+    from temper.engine.kernels.latent_attention import TritonLatentAttention, latent_dims_supported
+
+    h, d, dv, bs = shape.num_heads, shape.head_dim, shape.latent_value_dim, shape.block_size
+    reason = latent_dims_supported(dv, d - dv)
+    if reason is not None:
+        raise ValueError(reason)
+    lengths, cached = [3 * bs + 5, 7, 2 * bs + 1], [bs, 0, 2 * bs]
+    widths = [-(-(n + 2) // bs) for n in lengths]
+    perm = torch.randperm(sum(widths) + 2).tolist()
+    tables = [perm[sum(widths[:i]) : sum(widths[: i + 1])] for i in range(len(lengths))]
+    block_tables = torch.tensor([t + [0] * (max(widths) - len(t)) for t in tables], device=device)
+    cache0 = _rand(len(perm), bs, 1, d, device=device, dtype=dtype)
+    caches = {"ref": cache0.clone(), "triton": cache0.clone()}
+    backends = {"ref": TorchPagedAttention(), "triton": TritonLatentAttention(h, dv, num_sms=4)}
+
+    def step(query_lens, cached_lens, num_splits=None):
+        q = _rand(sum(query_lens), h, d, device=device, dtype=dtype)
+        entry = _rand(sum(query_lens), 1, d, device=device, dtype=dtype)
+        slots = [tables[i][p // bs] * bs + p % bs for i, (c, m) in enumerate(zip(cached_lens, query_lens))
+                 for p in range(c, c + m)]
+        outs = {}
+        for name, backend in backends.items():
+            meta = AttentionMetadata(
+                is_prefill=max(query_lens) > 1, slot_mapping=torch.tensor(slots, device=device),
+                block_tables=block_tables, query_lens=query_lens, cached_lens=cached_lens, block_size=bs,
+                context_lens=torch.tensor([c + m for c, m in zip(cached_lens, query_lens)], device=device),
+                backend=backend,
+            )
+            backend.prepare(meta)
+            if num_splits is not None and name == "triton":
+                meta.backend_data["num_splits"] = num_splits
+            outs[name] = backend.forward(q, entry, entry, caches[name], caches[name], meta, d**-0.5)[..., :dv]
+        return _compare(f"latent {'prefill' if max(query_lens) > 1 else 'decode'} attention", outs["triton"],
+                        outs["ref"], _tolerance(dtype)) or _compare("latent cache", caches["triton"],
+                                                                    caches["ref"], 0.0)
+
+    errors = [step([n - c for n, c in zip(lengths, cached)], cached)]
+    errors.append(step([1] * 3, lengths, num_splits=1))
+    errors.append(step([1] * 3, [n + 1 for n in lengths], num_splits=5))
     return next((e for e in errors if e), None)
 
 

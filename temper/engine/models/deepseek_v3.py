@@ -31,11 +31,13 @@ multiplied by ``routed_scaling_factor``. ``n_shared_experts`` always-on experts 
 routed experts are `moe.GroupedExperts` (stacked weights loaded by their per-expert names,
 ``mlp.experts.{e}.gate_proj.weight``; the grouped-GEMM path on CUDA, see `moe.py`).
 
-Fast paths: the latent attention is PyTorch only for now, so the class sets ``PAGED_ATTENTION_KERNEL =
-False`` (the runner keeps the reference attention backend on CUDA), and decode runs eagerly (CUDA graphs
-need the Triton attention backend, `model_runner.py`). Tensor parallelism: heads are split (q, kv_b column-
-parallel, o_proj row-parallel); the latent projections, the router and the cache entry are replicated;
-experts as in `moe.py`. Not supported: DeepSeek-V3's FP8 block-quantised checkpoint (``weight_scale_inv``
+Fast paths: the class says ``ATTENTION_KERNEL = "latent"``, so on CUDA the runner serves the attention
+with `kernels.latent_attention.TritonLatentAttention` when it passes its self-check (kernel group
+"attention"): the entry write and a split-K decode kernel that reads each cache tile once for a block of
+heads; prefill stays on the PyTorch reference. With it and the grouped experts ("moe"), decode steps
+replay from CUDA graphs. Tensor parallelism: heads are split (q, kv_b column-parallel, o_proj
+row-parallel); the latent projections, the router and the cache entry are replicated; experts as in
+`moe.py`. Not supported: DeepSeek-V3's FP8 block-quantised checkpoint (``weight_scale_inv``
 tensors; a BF16 conversion loads) and its multi-token-prediction layer (skipped when loading).
 """
 
@@ -119,12 +121,11 @@ class LatentAttention(nn.Module):
         c, k_rope = self.kv_a_proj_with_mqa(x).split([self.rank, self.rope_dim], dim=-1)
         q_rope, k_rope = self.rotary(positions, q_rope, k_rope[:, None, :])
         entry = torch.cat((self.kv_a_layernorm(c)[:, None, :], k_rope), dim=-1)  # [T, 1, rank + rope]
-        if self.attn.k_cache is not None:
-            self.attn.k_cache.view(-1, *entry.shape[1:]).index_copy_(0, meta.slot_mapping, entry)
         w_uk, w_uv = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, self.rank).split(
             [self.nope_dim, self.v_dim], dim=1)
         q_latent = torch.einsum("thn,hnr->thr", q_nope, w_uk)
-        out = self.attn(torch.cat((q_latent, q_rope), dim=-1), entry, entry, meta, kv_stored=True)
+        # the backend writes the entry (key and value at once) and returns at least its first `rank` columns
+        out = self.attn(torch.cat((q_latent, q_rope), dim=-1), entry, entry, meta)
         out = torch.einsum("thr,hvr->thv", out[..., : self.rank], w_uv)
         return self.o_proj(out.reshape(-1, self.num_heads * self.v_dim))
 
@@ -206,7 +207,7 @@ class DeepseekMoE(nn.Module):
 
 class DeepseekV3ForCausalLM(DecoderForCausalLM):
     CUDA_GRAPH_KERNELS = ("moe",)  # the experts' reference dispatch reads its token counts on the host
-    PAGED_ATTENTION_KERNEL = False  # the latent attention runs on the reference backend (PyTorch)
+    ATTENTION_KERNEL = "latent"  # the runner's Triton attention backend: kernels.latent_attention's
     # q/k/v are not fused here (q_proj is MLA's own projection); gate/up are, in every MLP and expert.
     packed_modules = {name: DecoderForCausalLM.packed_modules[name] for name in ("gate_proj", "up_proj")}
 
