@@ -119,7 +119,7 @@ def hf_model(path: Path, device: torch.device, seed: int = 0):
             try:
                 return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=_dtype(device),
                                                         experts_implementation="grouped_mm").eval()
-            except (ValueError, ImportError, KeyError) as e:
+            except (ValueError, ImportError, KeyError, TypeError) as e:  # a transformers without it
                 emit("note", part=path.name, message=f"HF grouped_mm experts unavailable ({e}); HF's default")
         return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=_dtype(device)).eval()
 

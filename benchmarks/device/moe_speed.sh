@@ -5,6 +5,9 @@
 # generate. Each part runs in its own process under a timeout; the whole call stays under 540 s.
 # Usage (repo root, carry .device with pack.tar.xz): bash benchmarks/device/moe_speed.sh
 #   PARTS=parity-glm4,moonlight,moonlight-hf  NUM_REQUESTS=256  TOTAL_BUDGET=480  (the defaults: every part, 128, 480)
+# If one call runs out of time (later parts get less, then are skipped), run the parts in two calls:
+#   PARTS=bandwidth,parity-qwen3-moe,parity-glm4,parity-deepseek-v3 bash benchmarks/device/moe_speed.sh
+#   PARTS=bandwidth,moonlight,moonlight-hf,qwen3-30b,qwen3-30b-hf bash benchmarks/device/moe_speed.sh
 set -uo pipefail
 mkdir -p /tmp/site && tar xJf .device/pack.tar.xz -C /tmp/site
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
