@@ -28,6 +28,7 @@ from temper.model_shape_moe import check_router_dtype, given_moe_mla, moe_mla_sh
 # What config.json leaves to the model class, by model_type: q/k RMSNorm (Qwen3), GLM4's interleaved
 # partial RoPE and its norms after attention and after the MLP, multi-head latent attention (DeepSeek-V3,
 # Moonlight, Kimi K2: its q/kv latent norms are Megatron's --qk-layernorm). Every type here uses RoPE.
+# GLM-4.5 (glm4_moe) is Llama-like apart from its MoE: q/k norms only with use_qk_norm, half-split partial RoPE.
 ARCH_TRAITS: dict[str, dict[str, bool]] = {
     "llama": dict(qk_layernorm=False, rotary_interleaved=False, post_norms=False),
     "mistral": dict(qk_layernorm=False, rotary_interleaved=False, post_norms=False),
@@ -37,7 +38,10 @@ ARCH_TRAITS: dict[str, dict[str, bool]] = {
     "qwen3_moe": dict(qk_layernorm=True, rotary_interleaved=False, post_norms=False),
     "glm4": dict(qk_layernorm=False, rotary_interleaved=True, post_norms=True),
     "deepseek_v3": dict(qk_layernorm=True, rotary_interleaved=False, post_norms=False, mla=True),
+    "glm4_moe": dict(qk_layernorm=False, rotary_interleaved=False, post_norms=False),
 }
+PARTIAL_ROTARY_DEFAULT = {"glm4_moe": 0.5}
+"""The share of head_dim that RoPE rotates when config.json does not say (Hugging Face's config class default)."""
 LEARNED_POSITIONS = ("gpt2", "gpt_bigcode", "opt")
 """Model types with learned absolute position embeddings (Megatron's --position-embedding-type learned_absolute)."""
 
@@ -65,7 +69,8 @@ def hf_shape(hf_config: dict[str, Any]) -> dict[str, Any]:
         **_architecture(cfg, rope),
     }
     if shape["position_embedding_type"] == "rope":
-        shape["rotary_percent"] = cfg.get("partial_rotary_factor", rope.get("partial_rotary_factor")) or 1.0
+        default = PARTIAL_ROTARY_DEFAULT.get(cfg.get("model_type"), 1.0)
+        shape["rotary_percent"] = cfg.get("partial_rotary_factor", rope.get("partial_rotary_factor")) or default
     traits = ARCH_TRAITS.get(cfg.get("model_type"))
     return {**shape, **moe_mla_shape(cfg, rope, bool(traits.get("mla")) if traits else None)}
 
@@ -119,7 +124,7 @@ def _biases(cfg: dict[str, Any], model_type: str | None) -> tuple[bool | None, b
     if model_type not in ARCH_TRAITS and "attention_bias" not in cfg:
         return None, None
     attention = bool(cfg.get("attention_bias", model_type == "glm4"))  # HF's defaults
-    o_proj = attention and model_type != "glm4"  # GLM4's o_proj has no bias
+    o_proj = attention and model_type not in ("glm4", "glm4_moe")  # GLM4's and GLM-4.5's o_proj have no bias
     return attention, o_proj or bool(cfg.get("mlp_bias", False))
 
 

@@ -28,12 +28,19 @@ ROUTERS: dict[str, dict[str, Any]] = {
     "qwen3_moe": dict(score_function="softmax", fp32_router=True),
     "mixtral": dict(score_function="softmax", fp32_router=False),
     "deepseek_v3": dict(score_function="sigmoid", fp32_router=True),
+    "glm4_moe": dict(score_function="sigmoid", fp32_router=True),
 }
 """The Hugging Face router of each MoE model type: its score function, and whether temper's trainer can route it
-in fp32 (--moe-router-dtype fp32): DeepseekV3TopkRouter casts its input and weight to fp32 itself; the Qwen-MoE
+in fp32 (--moe-router-dtype fp32): DeepseekV3TopkRouter and GLM-4.5's Glm4MoeTopkRouter (the same sigmoid
+router with an expert bias and grouped top-k) cast their input and weight to fp32 themselves; the Qwen-MoE
 routers compute their logits in the compute dtype (bf16 on GPU) and only the softmax in fp32, and the trainer
 replaces their forward with an fp32 one (`temper.train.moe_routing.route_in_fp32`); Mixtral's router (logits in
 the compute dtype) it leaves as it is."""
+
+SIGMOID_TYPES = ("deepseek_v3", "glm4_moe")
+"""Model types laid out as DeepSeek-V3's MoE (Hugging Face names): the first ``first_k_dense_replace`` layers dense,
+the others sigmoid-routed experts with an expert bias (``e_score_correction_bias``), ``n_shared_experts`` shared
+experts of ``moe_intermediate_size`` each."""
 
 EXPERT_KEYS = ("num_experts", "n_routed_experts", "num_local_experts")
 
@@ -130,7 +137,7 @@ def _moe_shape(cfg: dict[str, Any]) -> dict[str, Any]:
         "moe_layer_freq": _moe_layers(cfg, model_type),
         "moe_shared_expert_intermediate_size": _shared_expert_size(cfg, model_type),
         "moe_router_score_function": score,
-        "moe_router_enable_expert_bias": None if router is None else model_type == "deepseek_v3",
+        "moe_router_enable_expert_bias": None if router is None else model_type in SIGMOID_TYPES,
         "moe_router_num_groups": cfg.get("n_group"),
         "moe_router_group_topk": cfg.get("topk_group"),
         "moe_router_topk_scaling_factor": cfg.get("routed_scaling_factor", 1.0 if router else None),
@@ -150,7 +157,7 @@ def _moe_layers(cfg: dict[str, Any], model_type: str | None) -> LayerPattern | N
     if model_type in ("qwen2_moe", "qwen3_moe"):
         step, dense = cfg.get("decoder_sparse_step", 1), set(cfg.get("mlp_only_layers") or ())
         return LayerPattern([int(i not in dense and (i + 1) % step == 0) for i in range(n)])
-    if model_type == "deepseek_v3":
+    if model_type in SIGMOID_TYPES:  # GLM-4.5's config has no moe_layer_freq: every layer from the first MoE one
         first, freq = cfg.get("first_k_dense_replace", 0), cfg.get("moe_layer_freq", 1)
         return LayerPattern([int(i >= first and i % freq == 0) for i in range(n)])
     if model_type == "mixtral":
@@ -159,7 +166,7 @@ def _moe_layers(cfg: dict[str, Any], model_type: str | None) -> LayerPattern | N
 
 
 def _shared_expert_size(cfg: dict[str, Any], model_type: str | None) -> int | None:
-    if model_type == "deepseek_v3":
+    if model_type in SIGMOID_TYPES:
         return (cfg.get("n_shared_experts") or 0) * cfg["moe_intermediate_size"]
     if model_type == "qwen2_moe":
         return cfg.get("shared_expert_intermediate_size")

@@ -254,3 +254,36 @@ def test_fp32_routing_is_refused_for_a_router_temper_does_not_know():
 
     with pytest.raises(ValueError, match="router gate is a MixtralTopKRouter, which temper cannot make"):
         route_in_fp32(torch.nn.ModuleDict({"gate": MixtralTopKRouter()}))
+
+
+def test_deepseek_v3_trains_with_the_seq_aux_loss():
+    """DeepSeek-V3's own setting (a sigmoid router, seq_aux_loss): the loss uses the normalised sigmoid scores and
+    reaches the metrics."""
+    cfg = make_cfg(tiny_model_dir("deepseek_v3"), moe_aux_loss_coeff=1e-3, moe_router_load_balancing_type="seq_aux_loss")
+    metrics = Actor(cfg).train(0, toy_batch(4))
+    assert metrics["moe_aux_loss"] > 0
+
+
+def test_glm45_trains_with_routing_replay_and_the_seq_aux_loss(tmp_path):
+    """GLM-4.5 (Glm4MoeForCausalLM, built by Hugging Face: temper's factory has no glm4_moe): its sigmoid router
+    with an expert bias is found, replayed (the first step's ppo_kl is 0) and balanced per sequence."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model("glm4_moe", vocab_size=1024, hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                                  moe_intermediate_size=32, n_routed_experts=8, num_experts_per_tok=2,
+                                  first_k_dense_replace=1, n_group=2, topk_group=1, routed_scaling_factor=2.5,
+                                  attention_bias=True, use_qk_norm=True, tie_word_embeddings=False)  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buffer.normal_()
+    model.save_pretrained(tmp_path)
+    cfg = make_cfg(tmp_path, num_steps_per_rollout=2, use_routing_replay=True, moe_aux_loss_coeff=0.01,
+                   moe_router_load_balancing_type="seq_aux_loss", moe_router_dtype="fp32")  # fmt: skip
+    actor = Actor(cfg)
+    assert [type(r).__name__ for _, r in actor.routing.routers] == ["Glm4MoeTopkRouter"]
+    metrics = actor.train(0, toy_batch(8))
+    assert metrics["moe_aux_loss"] > 0 and actor.step_metrics[0]["ppo_kl"] == 0.0
