@@ -31,7 +31,9 @@ has sdpa && run train_0.6b_sdpa 200 python $B --skip-hf --rollouts 2 --attn sdpa
 GPU_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1)
 DEFAULT_4B="--max-tokens-per-gpu 8192"; ((GPU_MIB < 100000)) && DEFAULT_4B="$DEFAULT_4B --recompute"
 has 4b && run train_4b 300 python $B --model-shape qwen3-4b --skip-hf --rollouts 2 ${ARGS_4B:-$DEFAULT_4B}
-MOE="--model-shape qwen3-30b-a3b --num-layers 4 --skip-hf --samples 32 --rollouts 2"
+# ~46 GiB of fp32 weights, gradients and AdamW state, ~15 GiB of activations at 16k tokens a micro-batch;
+# ARGS_MOE adds to (or overrides) the workload, e.g. ARGS_MOE="--max-tokens-per-gpu 8192" if memory runs out
+MOE="--model-shape qwen3-30b-a3b --num-layers 4 --skip-hf --samples 32 --response-len 256 1024 --rollouts 2 ${ARGS_MOE:-}"
 has moe && TAIL=20 run train_moe 300 python $B $MOE --out "$OUT/train_moe.json"
 has moe_nocompile && TAIL=20 TEMPER_COMPILE=0 run train_moe_nocompile 300 python $B $MOE --out "$OUT/train_moe_nocompile.json"
 exit 0
