@@ -22,8 +22,9 @@ optionally renormalized with ``norm_topk_prob``). `RouterHooks` puts a forward h
   one (arXiv 2412.19437, eq. 17-20; Megatron's ``seq_aux_loss``): f and P over each sequence's own tokens,
   ``E x sum_e f_{s,e} P_{s,e}`` averaged over the sequences of the micro-batch. The trainer packs several
   sequences into one row, so the hooks are told the row's bounds (`sequences`, from the micro-batch's
-  ``cu_seqlens``); Megatron's packed (THD) rows are cut the same way. As in Megatron, a sigmoid router's
-  (DeepSeek-V3's) probabilities P are its sigmoid scores normalised to sum to 1 over the experts.
+  ``cu_seqlens``): each sample is one sequence whatever the packing (Megatron's formula takes the
+  [seq, batch] layout's rows as the sequences). As in Megatron, a sigmoid router's (DeepSeek-V3's)
+  probabilities P are its sigmoid scores normalised to sum to 1 over the experts.
 
 `route_in_fp32` (``--moe-router-dtype fp32``): the Qwen-MoE routers compute their logits in the compute
 dtype (bf16 on GPU) and only the softmax in fp32; it makes them compute the logits, softmax and top-k in fp32
