@@ -48,6 +48,8 @@ FP32_ROUTERS = ("DeepseekV3TopkRouter", "Glm4MoeTopkRouter")
 SOFTMAX_ROUTERS = ("Qwen3MoeTopKRouter", "Qwen2MoeTopKRouter")
 """Routers whose forward is `fp32_softmax_router`'s in the compute dtype: logits = linear(hidden, weight), a
 float32 softmax, its top k renormalised when ``norm_topk_prob``, the weights cast to the logits' dtype."""
+MIXTRAL_ROUTERS = ("MixtralTopKRouter",)
+"""Softmax routers with no ``norm_topk_prob``: they always renormalise the top k, and weigh in fp32."""
 LOAD_BALANCING = ("aux_loss", "seq_aux_loss")
 
 
@@ -234,7 +236,8 @@ def fp32_softmax_router(router: nn.Module, hidden_states: Tensor) -> tuple[Tenso
 
 def replayed_scores(router: nn.Module, logits: Tensor, indices: Tensor) -> Tensor:
     """The scores a top-k router gives the experts `indices` under `logits`, in the logits' dtype: softmax
-    probabilities renormalized over the k when the router's ``norm_topk_prob`` says so; for a router with
+    probabilities renormalized over the k when the router's ``norm_topk_prob`` says so (Mixtral's: always,
+    and in fp32, as its router does); for a router with
     an ``e_score_correction_bias`` (DeepSeek-V3's) sigmoid scores, renormalized likewise and scaled by its
     ``routed_scaling_factor`` (the bias only chooses experts, it does not weigh them)."""
     if hasattr(router, "e_score_correction_bias"):
@@ -242,11 +245,12 @@ def replayed_scores(router: nn.Module, logits: Tensor, indices: Tensor) -> Tenso
         if getattr(router, "norm_topk_prob", False):
             scores = scores / (scores.sum(dim=-1, keepdim=True) + 1e-20)
         return (scores * router.routed_scaling_factor).to(logits.dtype)
+    mixtral = type(router).__name__ in MIXTRAL_ROUTERS
     probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
     scores = probs.gather(-1, indices.long())
-    if getattr(router, "norm_topk_prob", False):
+    if getattr(router, "norm_topk_prob", mixtral):
         scores = scores / scores.sum(dim=-1, keepdim=True)
-    return scores.to(logits.dtype)
+    return scores if mixtral else scores.to(logits.dtype)
 
 
 def balance_probs(router: nn.Module, logits: Tensor) -> Tensor:

@@ -246,6 +246,23 @@ def test_fp32_router_computes_from_bf16_inputs_in_fp32(moe_dir):
         assert (hf_weights.float() - weights).abs().max() > 1e-4  # bf16 rounding of the weights
 
 
+def test_replayed_scores_of_mixtrals_router_are_its_own():
+    """Mixtral's router has no norm_topk_prob: it always renormalises its top k, and hands fp32 weights on."""
+    from transformers import AutoConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralTopKRouter
+
+    from temper.train.moe_routing import replayed_scores
+
+    router = MixtralTopKRouter(AutoConfig.for_model("mixtral", hidden_size=32, num_local_experts=8,
+                                                    num_experts_per_tok=2)).to(torch.bfloat16)  # fmt: skip
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        router.weight.copy_(torch.randn(router.weight.shape, generator=g))
+        logits, weights, indices = router(torch.randn(9, 32, generator=g).to(torch.bfloat16))
+    assert find_routers(torch.nn.ModuleDict({"gate": router})) == [("gate", router)]
+    torch.testing.assert_close(replayed_scores(router, logits, indices), weights)
+
+
 def test_fp32_routing_is_refused_for_a_router_temper_does_not_know():
     from temper.train.moe_routing import route_in_fp32
 
