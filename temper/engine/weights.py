@@ -129,7 +129,7 @@ class WeightMap:
                 continue
             param, shard_id = self._resolved(hf_name)
             if hf_name in loaded:  # loaded twice in one call: the later copy must land last
-                _copy_all(batch)
+                copy_all(batch)
             try:
                 if getattr(param, "view_copy_loader", None) == param.weight_loader and _same_kind(tensor, param):
                     view = param.shard_view(param, shard_id)
@@ -138,12 +138,12 @@ class WeightMap:
                     batch[0].append(view)
                     batch[1].append(tensor)
                 else:
-                    _copy_all(batch)
+                    copy_all(batch)
                     param.weight_loader(param, tensor, shard_id)
             except ValueError as e:
                 raise ValueError(f"weight {hf_name!r}: {e}") from None
             loaded.add(hf_name)
-        _copy_all(batch)
+        copy_all(batch)
         return loaded
 
     def _resolved(self, hf_name: str) -> tuple[torch.nn.Parameter, str | None]:
@@ -168,8 +168,8 @@ def _same_kind(tensor: torch.Tensor, param: torch.Tensor) -> bool:
     return tensor.dtype == param.dtype and tensor.device == param.device and not tensor.requires_grad
 
 
-def _copy_all(batch: tuple[list, list]) -> None:
-    """Copy batch[1][i] into batch[0][i] for every i, in one foreach call, and empty the batch."""
+def copy_all(batch: tuple[list, list]) -> None:
+    """Copy batch[1][i] into batch[0][i] for every i, in one foreach call (casts included), and empty the batch."""
     views, tensors = batch
     if views:
         torch._foreach_copy_(views, tensors)

@@ -39,6 +39,7 @@ from typing import NamedTuple
 import torch
 
 from temper.engine.server.protocol import CudaIpcBucket, CudaIpcBuffer, CudaIpcTensor, RequestError
+from temper.engine.weights import copy_all
 
 ALIGN = 16
 """Byte alignment of every tensor in the buffer (enough for any allowed dtype and vectorized copies)."""
@@ -252,7 +253,7 @@ class IpcSendBuffer:
                 entries.append({"name": name, "dtype": str(out).removeprefix("torch."), "shape": list(tensor.shape),
                                 "offset": used})
                 used = _aligned(used + nbytes)
-            _copy(copies)
+            copy_all(copies)
         if entries:
             yield self._ready(entries, copies)
 
@@ -267,21 +268,12 @@ class IpcSendBuffer:
         return view
 
     def _ready(self, entries: list[dict], copies: tuple[list, list]) -> dict:
-        _copy(copies)
+        copy_all(copies)
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # the engine reads on its own stream
         if self.shared is None:
             self.shared = self._share()
         return {"buffer": self.shared, "tensors": entries}
-
-
-def _copy(copies: tuple[list, list]) -> None:
-    """The pending (views, tensors) copies, in one launch per dtype pair (casts included); then none pending."""
-    views, tensors = copies
-    if views:
-        torch._foreach_copy_(views, tensors)
-    views.clear()
-    tensors.clear()
 
 
 def _aligned(n: int) -> int:
