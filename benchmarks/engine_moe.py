@@ -48,7 +48,15 @@ from pathlib import Path
 
 import torch
 from engine_throughput import hf_throughput, measure_ceilings, repeated_runs
-from engine_workload import RESULT, emit, make_requests, model_bytes, moe_roofline, run_part_process
+from engine_workload import (
+    RESULT,
+    add_workload_arguments,
+    emit,
+    make_requests,
+    model_bytes,
+    moe_roofline,
+    run_part_process,
+)
 
 # name -> (tiny-model factory arch, preset)
 MODELS = {"moonlight": ("deepseek_v3", "moonlight-16b-a3b"), "qwen3-30b": ("qwen3_moe", "qwen3-30b-a3b")}
@@ -67,10 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {','.join(PARTS)}")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, every part in this process")
-    p.add_argument("--num-requests", type=int, default=256)
-    p.add_argument("--input-len", type=int, nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
-    p.add_argument("--output-len", type=int, nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
-    p.add_argument("--max-model-len", type=int, default=4096)
+    add_workload_arguments(p)
     p.add_argument("--mem-fraction-static", type=float, default=0.9,
                    help="the engine's share of GPU memory for weights + KV cache")
     p.add_argument("--repeats", type=int, default=1, help="timed runs of the workload per engine part (median)")

@@ -57,6 +57,7 @@ from pathlib import Path
 import engine_diagnostics
 import torch
 from engine_workload import (
+    add_workload_arguments,
     emit,
     make_requests,
     median_rate,
@@ -82,10 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--parts", default=",".join(DEFAULT_PARTS), help=f"comma-separated, of {','.join(PARTS)}")
     p.add_argument("--smoke", action="store_true", help="CPU smoke run: tiny model, few short requests")
-    p.add_argument("--num-requests", type=int, default=256)
-    p.add_argument("--input-len", type=int, nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
-    p.add_argument("--output-len", type=int, nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
-    p.add_argument("--max-model-len", type=int, default=4096)
+    add_workload_arguments(p)
     p.add_argument("--grpo-prompts", type=int, default=64)
     p.add_argument("--grpo-n", type=int, default=8)
     p.add_argument("--grpo-output-len", type=int, default=256)

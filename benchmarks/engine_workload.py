@@ -35,6 +35,15 @@ def needed_shapes(parts: list[str]) -> list[str]:
     return names + ["qwen3-4b"] if any(p.startswith("tp") for p in parts) else names
 
 
+def add_workload_arguments(p) -> None:
+    """nano-vllm's workload flags (`make_requests` reads them): request count, prompt and output length ranges,
+    the engine's context."""
+    p.add_argument("--num-requests", type=int, default=256)
+    p.add_argument("--input-len", type=int, nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
+    p.add_argument("--output-len", type=int, nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
+    p.add_argument("--max-model-len", type=int, default=4096)
+
+
 def make_requests(args, vocab: int, seed: int = 0, count: int | None = None) -> tuple[list[list[int]], list[int]]:
     rng = random.Random(seed)
     top = min(10000, vocab) - 1
