@@ -83,8 +83,11 @@ def give_engines_a_key(cfg, single_node: bool) -> str | None:
 
 
 def builtin_server_settings(cfg) -> tuple[dict[str, Any], list[str]]:
-    """(`ServerArgs` fields from the --sglang-* flags, the flags the built-in engine ignores)."""
+    """(`ServerArgs` fields from the --sglang-* flags and the trainer's --moe-router-dtype, the flags the
+    built-in engine ignores)."""
     settings: dict[str, Any] = {"log_level": "warning"}
+    if getattr(cfg, "moe_router_dtype", None) == "fp32":  # route as the trainer does: the rollout's log-probs match
+        settings["moe_router_dtype"] = "float32"
     ignored = []
     for name, value in cfg.engine.sglang.items():
         if name in SERVER_ARG_OF:

@@ -20,6 +20,10 @@ class EngineArgs:
     load_format: "auto" (the folder's *.safetensors) | "dummy" (random weights drawn on the device under
         `seed`, `dummy_weights.py`; the folder needs only config.json and the tokenizer), SGLang's names.
     dtype: "auto" (float32 on CPU, bfloat16 on CUDA) | "float32" | "bfloat16" | "float16".
+    moe_router_dtype: None (each router as Hugging Face computes it) | "float32": a Qwen-MoE router's logits,
+        softmax and top-k in float32 from the hidden states and its weight cast up, its weights kept in float32
+        (the trainer's ``--moe-router-dtype fp32``, `moe_routing.fp32_softmax_router`); DeepSeek-V3 routes in
+        float32 either way.
     device: "auto" (CUDA if available) | "cpu" | "cuda" | "cuda:N".
     max_model_len: prompt + output tokens per request; default min(max_position_embeddings, 4096).
     block_size: tokens per KV-cache block.
@@ -63,6 +67,7 @@ class EngineArgs:
     tensor_parallel_size: int = 1
     symmetric_memory: bool | None = None
     load_format: str = "auto"
+    moe_router_dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in DTYPES:
@@ -80,6 +85,8 @@ class EngineArgs:
         if self.load_format not in LOAD_FORMATS:
             raise ValueError(f"EngineArgs.load_format must be one of {LOAD_FORMATS} ('auto': the checkpoint's "
                              f"*.safetensors, 'dummy': random weights), got {self.load_format!r}")
+        if self.moe_router_dtype not in (None, "float32"):
+            raise ValueError(f"EngineArgs.moe_router_dtype must be None or 'float32', got {self.moe_router_dtype!r}")
         if self.kernels not in KERNEL_MODES:
             raise ValueError(f"EngineArgs.kernels must be one of {KERNEL_MODES}, got {self.kernels!r}")
         for name, value in (("overlap_scheduling", self.overlap_scheduling), ("symmetric_memory", self.symmetric_memory)):

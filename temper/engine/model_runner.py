@@ -133,6 +133,7 @@ class ModelRunner:
         self.vocab_size = hf_config.vocab_size
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        hf_config.temper_moe_router_dtype = args.moe_router_dtype  # read by the MoE blocks (moe.SparseMoeBlock)
         with torch.device(self.device), _default_dtype(self.dtype):
             self.model = model_class(hf_config)(hf_config, max_model_len, self.tp).eval()
         self.weight_map = WeightMap(self.model)

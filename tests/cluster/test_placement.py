@@ -118,6 +118,8 @@ def test_sglang_flags_map_to_the_builtin_engine():
                         "disable_custom_all_reduce": True}
     assert ignored == ["--sglang-enable-metrics"]
     assert engine_dtype(cfg, "cuda") == "bfloat16" and engine_dtype(cfg, "cpu") == "float32"
+    fp32_router = cfg_of("--moe-router-dtype", "fp32")  # the engines route as the trainer does
+    assert builtin_server_settings(fp32_router)[0] == {"log_level": "warning", "moe_router_dtype": "float32"}
 
 
 def test_driver_exits_before_any_worker_when_gpus_are_missing(monkeypatch, tmp_path):

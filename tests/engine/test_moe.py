@@ -62,6 +62,29 @@ def test_router_matches_hf():
     torch.testing.assert_close(weights.sum(-1), torch.ones(20))
 
 
+def test_bf16_router_is_hfs_and_the_float32_one_is_the_trainers():
+    """In bf16: the engine's default route is HF's router bit for bit; with EngineArgs.moe_router_dtype
+    "float32" it is the trainer's --moe-router-dtype fp32 router (`moe_routing.fp32_softmax_router`), which
+    picks other experts for some tokens (near-ties that bf16 logits round apart)."""
+    from temper.train.moe_routing import fp32_softmax_router
+
+    config = moe_config(num_experts=64, num_experts_per_tok=8)
+    hf, ours = block_pair(config)
+    hf, ours = hf.bfloat16(), ours.bfloat16()
+    fp32 = SparseMoeBlock(moe_config(num_experts=64, num_experts_per_tok=8, temper_moe_router_dtype="float32"),
+                          TPGroup()).bfloat16()
+    fp32.gate.weight.data.copy_(ours.gate.weight)
+    x = torch.randn(512, 64, generator=torch.Generator().manual_seed(3)).bfloat16()
+    with torch.no_grad():
+        _, hf_weights, hf_ids = hf.gate(x)
+        weights, ids = ours.route(x)
+        assert torch.equal(ids, hf_ids) and torch.equal(weights, hf_weights) and weights.dtype == torch.bfloat16
+        trainer_logits, trainer_weights, trainer_ids = fp32_softmax_router(hf.gate, x)
+        weights, ids = fp32.route(x)
+    assert torch.equal(ids, trainer_ids) and torch.equal(weights, trainer_weights) and weights.dtype == torch.float32
+    assert not torch.equal(ids.sort(-1).values, hf_ids.sort(-1).values)  # the two routers differ on this batch
+
+
 def test_the_loop_runs_only_the_experts_that_received_tokens(monkeypatch):
     _, ours = block_pair(moe_config(num_experts_per_tok=2))
     calls = []

@@ -155,12 +155,20 @@ class SparseMoeBlock(nn.Module):
         if getattr(hf_config, "hidden_act", "silu") != "silu":
             raise NotImplementedError(f"MoE experts with hidden_act={hf_config.hidden_act!r}; temper supports silu")
         self.gate = Linear(hf_config.hidden_size, hf_config.num_experts)  # the router, replicated
+        # EngineArgs.moe_router_dtype "float32": the trainer's --moe-router-dtype fp32 (logits, softmax, top-k and
+        # the weights in float32); else HF's router: logits in the model's dtype, softmax in float32, weights cast back
+        self.router_fp32 = getattr(hf_config, "temper_moe_router_dtype", None) == "float32"
         self.experts = GroupedExperts(hf_config.num_experts, hf_config.hidden_size, size, self.top_k, tp)
         self.routed_experts = None  # (RoutedExpertsCache, layer index) once the runner binds one
 
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [T, hidden] -> (weights [T, top_k], expert ids [T, top_k])."""
+        logits = F.linear(x.float(), self.gate.weight.float()) if self.router_fp32 else self.gate(x)
+        return softmax_topk(logits, self.top_k, self.norm_topk_prob)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, hidden] -> [T, hidden]."""
-        weights, ids = softmax_topk(self.gate(x), self.top_k, self.norm_topk_prob)
+        weights, ids = self.route(x)
         record_routing(self, ids)
         out = self.experts(x, weights, ids)
         return out if self.tp.size == 1 else self.tp.all_reduce(out)

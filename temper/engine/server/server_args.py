@@ -24,6 +24,7 @@ class ServerArgs:
     dtype: str = "auto"
     device: str = "auto"
     load_format: str = "auto"  # "dummy": random weights, no *.safetensors needed (EngineArgs.load_format)
+    moe_router_dtype: str | None = None  # "float32": Qwen-MoE routers in float32 (EngineArgs.moe_router_dtype)
     max_model_len: int | None = None  # SGLang's --context-length
     num_kv_blocks: int | None = None
     mem_fraction_static: float | None = None
@@ -89,6 +90,7 @@ class ServerArgs:
             "num_kv_blocks": self.num_kv_blocks, "mem_fraction_static": self.mem_fraction_static,
             "max_num_seqs": self.max_running_requests, "max_num_batched_tokens": self.chunked_prefill_size,
             "seed": self.random_seed, "tensor_parallel_size": self.tp_size, "load_format": self.load_format,
+            "moe_router_dtype": self.moe_router_dtype,
         }
         if self.disable_custom_all_reduce:
             mapped["symmetric_memory"] = False
@@ -112,6 +114,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     a("--load-format", default="auto", choices=("auto", "dummy"),
       help="auto: the checkpoint's *.safetensors; dummy: random weights (the folder needs only config.json and the "
            "tokenizer), for benchmarks")
+    a("--moe-router-dtype", default=None, choices=("float32",),
+      help="compute Qwen-MoE routers in float32 (the trainer's --moe-router-dtype fp32); default: as Hugging Face")
     a("--max-model-len", "--context-length", dest="max_model_len", type=int, default=None, help="context length in tokens")
     a("--num-kv-blocks", type=int, default=None, help="KV-cache blocks (default: sized from --mem-fraction-static)")
     a("--mem-fraction-static", type=float, default=None, help="share of device memory for weights + KV cache")
