@@ -342,7 +342,9 @@ def report(args, results: list[dict]) -> list[str]:
                      f"experts {p['experts']}, {p['dtype']}, engine {p['attention']} graphs "
                      f"{'on' if p['cuda_graphs'] else 'off'}): log-prob mean |diff| {p['logprob_mean_abs_diff']:.4f}, "
                      f"worst argmax gap {p['worst_argmax_gap']:.3f}, identical {p['identical_fraction']:.0%} -> "
-                     f"{'PASS' if p['passed'] else 'FAIL'} (<= 0.02)")
+                     f"{'PASS' if p['passed'] else 'FAIL'} (<= 0.02; HF routed as the engine routed"
+                     + (f", {p['logprob_mean_abs_diff_free']:.4f} with HF routing freely)"
+                        if "logprob_mean_abs_diff_free" in p else ")"))
     for k in (r for r in results if r["kind"] == "engine_setup"):
         gpu = (f", GPU used {k['gpu_used_bytes'] / 2**30:.1f} of {k['gpu_total_bytes'] / 2**30:.1f} GiB (mem_fraction_static "
                f"{k['mem_fraction_static']})" if "gpu_used_bytes" in k else "")
