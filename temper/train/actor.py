@@ -189,8 +189,8 @@ class Actor:
 
     def _resources(self, started: float, tokens: float) -> dict[str, float]:
         """This rank's memory over the optimizer steps of `update` and, on a GPU whose bf16 peak is known,
-        the steps' model FLOPs utilization: 6 x parameters x tokens (attention not counted) over the
-        seconds of the steps and every rank's peak."""
+        the steps' model FLOPs utilization: 6 x the parameters a token runs through (`active_params`) x tokens
+        (attention not counted) over the seconds of the steps and every rank's peak."""
         if not self.env.is_cuda:  # the process's peak resident memory (KiB on Linux)
             return {"host_mem_peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
         torch.cuda.synchronize(self.env.device)
@@ -199,8 +199,7 @@ class Actor:
                "memory_reserved_gib": torch.cuda.memory_reserved(self.env.device) / 2**30}  # fmt: skip
         peak = peak_bf16_flops(torch.cuda.get_device_name(self.env.device))
         if peak and seconds > 0:
-            params = sum(p.numel() for p in self.model.parameters())  # DTensors: the full shape's count
-            out["mfu"] = 6 * params * tokens / seconds / (peak * self.env.world_size)
+            out["mfu"] = 6 * active_params(self.model) * tokens / seconds / (peak * self.env.world_size)
         return out
 
     def _loss(self, mb: MicroBatch, data: TrainData, totals: StepTotals) -> tuple[Tensor, dict[str, Tensor]]:
@@ -347,6 +346,22 @@ agree on every metric but these."""
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "H20": 148e12, "A100": 312e12, "A800": 312e12,
                    "B200": 2250e12, "L40S": 362e12}  # fmt: skip
 """Dense bf16 peak per GPU (NVIDIA's data sheets, SXM parts), by a name fragment of the device."""
+
+
+def active_params(model: torch.nn.Module) -> int:
+    """The parameters one token runs through: all of them (DTensors: the full shape's count), less the routed
+    experts of a mixture of experts that the token is not sent to (all but ``num_experts_per_tok`` of
+    ``num_experts`` / ``n_routed_experts`` / ``num_local_experts``; shared experts always run)."""
+    total = sum(p.numel() for p in model.parameters())
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    num_experts = next((n for n in (getattr(config, k, None) for k in ("num_experts", "n_routed_experts",
+                                                                         "num_local_experts")) if n), None)
+    top_k = getattr(config, "num_experts_per_tok", None)
+    if not (num_experts and top_k):
+        return total
+    routed = sum(p.numel() for name, p in model.named_parameters() if ".experts." in f".{name}")
+    return total - routed * (num_experts - top_k) // num_experts
 
 
 def peak_bf16_flops(device_name: str) -> float | None:

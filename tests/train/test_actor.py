@@ -270,3 +270,20 @@ def test_peak_flops_by_device_name():
 
     assert peak_bf16_flops("NVIDIA H100 80GB HBM3") == peak_bf16_flops("NVIDIA H200") == 989e12
     assert peak_bf16_flops("NVIDIA H20") == 148e12 and peak_bf16_flops("Tesla T4") is None
+
+
+def test_mfu_counts_the_experts_a_token_runs_through():
+    """The Actor's `mfu`: 6 x active parameters x tokens; a Qwen3-MoE token runs through top_k of its experts."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from temper.train.actor import active_params
+
+    shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                 intermediate_size=64, vocab_size=100)
+    moe = AutoModelForCausalLM.from_config(AutoConfig.for_model(
+        "qwen3_moe", num_experts=8, num_experts_per_tok=2, moe_intermediate_size=16, **shape))
+    total = sum(p.numel() for p in moe.parameters())
+    experts_per_layer = 8 * 3 * 16 * 32  # gate, up and down of each expert: 3 x intermediate x hidden
+    assert active_params(moe) == total - 2 * experts_per_layer * 6 // 8  # 6 of 8 experts idle in both layers
+    dense = AutoModelForCausalLM.from_config(AutoConfig.for_model("qwen3", **shape))
+    assert active_params(dense) == sum(p.numel() for p in dense.parameters())
