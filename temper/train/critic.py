@@ -40,7 +40,8 @@ class Critic:
         self.cfg = cfg
         self.env = TrainEnv.current()
         torch.manual_seed(cfg.seed)
-        model = ValueModel.from_pretrained(cfg.hf_checkpoint, torch.float32, attn_implementation)
+        model = ValueModel.from_pretrained(cfg.hf_checkpoint, torch.float32, attn_implementation,
+                                           router_dtype=cfg.moe_router_dtype)
         self.trainable = TrainableModel.shard(model, cfg, self.env, lr=lr, total_steps=total_steps)
         self.model = self.trainable.model
         self.progress = self.trainable.progress  # what this rank works on now (work_progress.py), for the live line

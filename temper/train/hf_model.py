@@ -56,14 +56,18 @@ def load_causal_lm(
     its experts as grouped GEMMs, and its routers in fp32 when `router_dtype` is "fp32" (module docstring)."""
     config = AutoConfig.from_pretrained(path)
     _check_supported(config, path)
-    extra = {"experts_implementation": os.environ.get("TEMPER_EXPERTS", DEFAULT_EXPERTS)} if is_moe(config) else {}
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, attn_implementation=resolve_attention(attn_implementation), **extra
+        path, dtype=dtype, attn_implementation=resolve_attention(attn_implementation), **moe_load_options(config)
     )
     model.config.use_cache = False
     if router_dtype == "fp32":
         route_in_fp32(model)
     return model
+
+
+def moe_load_options(config) -> dict:
+    """`from_pretrained` options of an MoE model (its experts' implementation, `TEMPER_EXPERTS`); none otherwise."""
+    return {"experts_implementation": os.environ.get("TEMPER_EXPERTS", DEFAULT_EXPERTS)} if is_moe(config) else {}
 
 
 def is_moe(config) -> bool:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoModel
+from transformers import AutoConfig, AutoModel
 
-from temper.train.hf_model import packed_forward_kwargs, resolve_attention
+from temper.train.hf_model import moe_load_options, packed_forward_kwargs, resolve_attention
+from temper.train.moe_routing import route_in_fp32
 from temper.train.packing import MicroBatch
 
 
@@ -32,12 +33,18 @@ class ValueModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, dtype: torch.dtype, attn_implementation: str | None = None
+        cls, path: str | Path, dtype: torch.dtype, attn_implementation: str | None = None, *,
+        router_dtype: str | None = None,
     ) -> ValueModel:
+        """The checkpoint's backbone with a zero value head; an MoE backbone loads as the actor's does (grouped
+        experts, fp32 routers with `router_dtype` "fp32": `hf_model.load_causal_lm`)."""
         backbone = AutoModel.from_pretrained(
-            path, dtype=dtype, attn_implementation=resolve_attention(attn_implementation)
+            path, dtype=dtype, attn_implementation=resolve_attention(attn_implementation),
+            **moe_load_options(AutoConfig.from_pretrained(path)),
         )
         backbone.config.use_cache = False
+        if router_dtype == "fp32":
+            route_in_fp32(backbone)
         return cls(backbone)
 
     def forward(self, response_index: Tensor, **inputs) -> Tensor:

@@ -304,3 +304,15 @@ def test_glm45_trains_with_routing_replay_and_the_seq_aux_loss(tmp_path):
     assert [type(r).__name__ for _, r in actor.routing.routers] == ["Glm4MoeTopkRouter"]
     metrics = actor.train(0, toy_batch(8))
     assert metrics["moe_aux_loss"] > 0 and actor.step_metrics[0]["ppo_kl"] == 0.0
+
+
+def test_the_critic_loads_an_moe_backbone_as_the_actor_does(moe_dir):
+    """PPO's value model on an MoE checkpoint: grouped experts, and fp32 routers under --moe-router-dtype fp32."""
+    from temper.train import Critic, moe_routing
+
+    critic = Critic(make_cfg(moe_dir, moe_router_dtype="fp32"))
+    routers = find_routers(critic.model)
+    assert routers and all(r.forward.__func__ is moe_routing.fp32_softmax_router for _, r in routers)
+    assert critic.model.backbone.config._experts_implementation == "grouped_mm"
+    plain = Critic(make_cfg(moe_dir))
+    assert all(r.forward.__func__ is not moe_routing.fp32_softmax_router for _, r in find_routers(plain.model))
