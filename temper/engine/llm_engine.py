@@ -60,6 +60,7 @@ class LLMEngine:
         stop_checker = StopChecker(Detokenizer(self.tokenizer), self.eos_token_ids, self.max_model_len)
         self.scheduler = Scheduler(args.max_num_seqs, args.max_num_batched_tokens, self.block_manager, stop_checker)
         self.scheduler.on_finish = self._read_routed_experts
+        self.scheduler.on_preempt = self._keep_routed_experts
         self._rng = random.Random(args.seed)
         self._released: set[str] = set()
         device = self.model_runner.device
@@ -123,9 +124,17 @@ class LLMEngine:
         self.scheduler.abort(request_id)
 
     def _read_routed_experts(self, seq: Sequence) -> None:
-        """A finished request's routed experts, read before its KV blocks are freed (scheduler hook)."""
-        if seq.return_routed_experts:
+        """A finished request's routed experts, read before its KV blocks are freed (scheduler hook). One that
+        finished while preempted (its last token was in flight) keeps what `_keep_routed_experts` read."""
+        if seq.return_routed_experts and not (seq.num_computed_tokens == 0 and seq.routed_experts is not None):
             seq.routed_experts = self.model_runner.routed_experts_of(seq)
+
+    def _keep_routed_experts(self, seq: Sequence) -> None:
+        """Before a preemption frees its blocks (scheduler hook): the routing of every token a request with a
+        token in flight has computed, which is all it will have computed if that token ends it (else its
+        recomputation writes the routing again and the final read replaces this one)."""
+        if seq.return_routed_experts and seq.num_pending:
+            seq.routed_experts = self.model_runner.routed_experts_of(seq, seq.num_computed_tokens)
 
     def take_finished(self) -> list[RequestOutput]:
         """Final outputs of the requests aborted (or finished before any step) since the last `step`, now

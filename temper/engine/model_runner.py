@@ -425,12 +425,14 @@ class ModelRunner:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def routed_experts_of(self, seq: Sequence) -> np.ndarray | None:
-        """The routed experts of `seq`'s computed tokens but its last one, int32 [tokens, num_hidden_layers,
-        top_k] (`RoutedExpertsCache.gather`), read before its blocks are freed; None for a dense model."""
+    def routed_experts_of(self, seq: Sequence, num_tokens: int | None = None) -> np.ndarray | None:
+        """The routed experts of `seq`'s first `num_tokens` tokens (default: its computed tokens but its last
+        one), int32 [tokens, num_hidden_layers, top_k] (`RoutedExpertsCache.gather`), read before its blocks
+        are freed; None for a dense model."""
         if self.routed_experts is None:
             return None
-        num_tokens = min(seq.num_computed_tokens, len(seq) - 1)
+        if num_tokens is None:
+            num_tokens = min(seq.num_computed_tokens, len(seq) - 1)
         return self.routed_experts.gather(seq.block_table, num_tokens, self.block_size)
 
     def _reset_graphs(self) -> None:

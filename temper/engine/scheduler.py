@@ -73,6 +73,7 @@ class Scheduler:
         self.unfinished: dict[str, Sequence] = {}  # request id -> waiting or running sequence
         self.stats = SchedulerStats()
         self.on_finish: Callable[[Sequence], None] | None = None  # called before a finished seq's blocks go
+        self.on_preempt: Callable[[Sequence], None] | None = None  # called before a preempted seq's blocks go
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -179,6 +180,8 @@ class Scheduler:
         return (limit is not None and outputs >= limit) or length >= self.stop_checker.max_model_len
 
     def _preempt(self, seq: Sequence) -> None:
+        if self.on_preempt is not None:
+            self.on_preempt(seq)
         self.block_manager.free_seq(seq)
         seq.num_computed_tokens = 0
         seq.status = SequenceStatus.WAITING

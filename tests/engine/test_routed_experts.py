@@ -92,6 +92,27 @@ def test_routed_experts_on_the_grouped_path_and_under_preemption(arch, model_dir
         assert_routing_is_hf(hf, path, out)
 
 
+def test_a_request_preempted_while_its_last_token_is_in_flight_keeps_its_routing(model_dir, hf):
+    """Overlapped scheduling: a sequence preempted (its blocks freed) while the step that samples its last token
+    runs finishes without running again; its routing is read before the blocks go."""
+    path = model_dir("qwen3_moe")
+    engine = engine_for(path, overlap_scheduling=True)
+    prompt = hf.prompts(1, 20, 20, seed=3)[0]
+    rid = engine.add_request(prompt, SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True),
+                             return_routed_experts=True)
+    scheduler = engine.scheduler
+    seq, preempted, final = scheduler.unfinished[rid], False, {}
+    while engine.has_unfinished_requests():
+        if not preempted and seq.num_pending and seq.num_output_tokens + seq.num_pending == 6:
+            scheduler.running.remove(seq)  # as `_schedule_decode` takes a victim off the running list
+            scheduler._preempt(seq)
+            preempted = True
+        final.update((o.request_id, o) for o in engine.step() if o.finished)
+    assert preempted and seq.num_computed_tokens == 0  # it finished while waiting, never run again
+    assert len(final[rid].output_token_ids) == 6
+    assert_routing_is_hf(hf, path, final[rid])  # every computed token's routing, none lost with the blocks
+
+
 def test_an_aborted_request_returns_the_routing_of_what_was_computed(model_dir, hf):
     path = model_dir("qwen3_moe")
     engine = engine_for(path)
