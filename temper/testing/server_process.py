@@ -14,11 +14,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 
 import temper
 
@@ -46,20 +44,15 @@ def engine_server_process(model: str | Path, *flags: str, timeout_s: float = 600
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the engine server exited with code {proc.returncode} before it became healthy; "
-                               f"its output ends with:\n{_tail(log)}")
-        try:
-            if httpx.get(f"{url}/health", timeout=30, trust_env=False).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the engine server at {url} was not healthy within {timeout_s:.0f} s; "
-                               f"its output ends with:\n{_tail(log)}")
-        time.sleep(0.5)
+    """`engine_group.wait_healthy` on the process, its output's tail in the error."""
+    from temper.cluster.engine_group import wait_healthy
+
+    try:
+        wait_healthy(url, timeout_s, alive=lambda: proc.poll() is None)
+    except RuntimeError as e:
+        exited = proc.poll() is not None
+        why = f"the engine server exited with code {proc.returncode} before it became healthy" if exited else str(e)
+        raise RuntimeError(f"{why}; its output ends with:\n{_tail(log)}") from None
 
 
 def _tail(log: Path) -> str:
