@@ -8,15 +8,19 @@ network. Weights are random (``from_config``) and seeded: the same arguments giv
 Shapes are `ModelShape` values, named in `PRESETS`: "tiny" (the default, ~0.5M parameters, builds in
 well under a second), "qwen3-0.6b" and "qwen3-4b" (Qwen3-0.6B's and Qwen3-4B's exact shapes with
 random weights, for GPU benchmarks), "qwen3-30b-a3b" (arch qwen3_moe), "glm4-9b" (arch glm4),
-"moonlight-16b-a3b" and "deepseek-v3" (arch deepseek_v3): the shapes of Qwen3-30B-A3B, GLM-4-9B-0414,
-Moonlight-16B-A3B and DeepSeek-V3. Any field can be overridden by keyword.
+"moonlight-16b-a3b" and "deepseek-v3" (arch deepseek_v3), "glm4.5-air" and "glm4.5" (arch glm4_moe): the shapes of
+Qwen3-30B-A3B, GLM-4-9B-0414, Moonlight-16B-A3B, DeepSeek-V3, GLM-4.5-Air and GLM-4.5. Any field can be
+overridden by keyword.
 
 Architectures (`ARCHITECTURES`): the dense qwen3, qwen2 and llama; qwen3_moe (Qwen3-MoE: top-k routed
 experts in place of the MLP, shaped by the ``num_experts``/``moe_*`` fields); glm4 (GLM-4: partial
 interleaved RoPE, q/k/v biases, fused gate-up, the extra post-attention and post-MLP norms); deepseek_v3
 (DeepSeek-V3: multi-head latent attention shaped by the ``*_lora_rank``/``*_head_dim`` fields, the first
 ``first_k_dense_replace`` layers dense, the others sigmoid-routed experts with shared experts and grouped
-top-k; ``num_key_value_heads`` is always ``num_heads``, as MLA has no grouped K/V).
+top-k; ``num_key_value_heads`` is always ``num_heads``, as MLA has no grouped K/V); glm4_moe (GLM-4.5: GLM's
+partial RoPE in the half-split layout, q/k/v biases, q/k norms with ``use_qk_norm``, the first
+``first_k_dense_replace`` layers dense and the others DeepSeek-V3's sigmoid-routed experts with shared experts and
+grouped top-k; no multi-token-prediction layer).
 
 Command line: ``python -m temper.testing.tiny_models OUT_DIR [--arch qwen3] [--preset tiny] [--seed 0]``.
 """
@@ -45,9 +49,10 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "qwen3_moe": ("qwen3_moe", "Qwen3MoeForCausalLM"),
     "glm4": ("glm4", "Glm4ForCausalLM"),
     "deepseek_v3": ("deepseek_v3", "DeepseekV3ForCausalLM"),
+    "glm4_moe": ("glm4_moe", "Glm4MoeForCausalLM"),
 }
 # Archs whose attention projects to head_dim explicitly (num_heads * head_dim may differ from hidden_size).
-EXPLICIT_HEAD_DIM = ("qwen3", "qwen3_moe", "glm4", "deepseek_v3")
+EXPLICIT_HEAD_DIM = ("qwen3", "qwen3_moe", "glm4", "deepseek_v3", "glm4_moe")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +65,12 @@ class ModelShape:
 
     The MoE fields shape qwen3_moe (HF's names; layer i has experts unless it is in
     ``mlp_only_layers``, and only when ``(i + 1) % decoder_sparse_step == 0``) and deepseek_v3
-    (``num_experts`` is its ``n_routed_experts``; layers from ``first_k_dense_replace`` on have experts);
-    ``partial_rotary_factor`` (the share of head_dim that RoPE rotates) applies to glm4 only. The MLA and
-    routing fields after it shape deepseek_v3 only (``q_lora_rank`` None: q is one projection, as in
-    Moonlight); its head_dim and num_kv_heads are unused. Dense archs ignore them all.
+    and glm4_moe (``num_experts`` is their ``n_routed_experts``; layers from ``first_k_dense_replace`` on have
+    experts); ``partial_rotary_factor`` (the share of head_dim that RoPE rotates) applies to glm4 and glm4_moe
+    only. The MLA fields after it shape deepseek_v3 only (``q_lora_rank`` None: q is one projection, as in
+    Moonlight; its head_dim and num_kv_heads are unused), the routing fields (``n_shared_experts`` to
+    ``routed_scaling_factor``) deepseek_v3 and glm4_moe, ``use_qk_norm`` glm4_moe only. Dense archs ignore them
+    all.
     """
 
     vocab_size: int = 1024
@@ -95,6 +102,7 @@ class ModelShape:
     first_k_dense_replace: int = 1
     routed_scaling_factor: float = 2.5
     rope_interleave: bool = True
+    use_qk_norm: bool = True
 
     def __post_init__(self) -> None:
         if self.vocab_size < TOKENIZER_SIZE:
@@ -237,6 +245,57 @@ PRESETS: dict[str, ModelShape] = {
         first_k_dense_replace=3,
         routed_scaling_factor=2.5,
     ),
+    # zai-org/GLM-4.5-Air (Glm4MoeForCausalLM, 106B-A12B): one dense layer, one expert group, no q/k norm; its
+    # multi-token-prediction layer (num_nextn_predict_layers 1) is not part of the model.
+    "glm4.5-air": ModelShape(
+        vocab_size=151552,
+        hidden_size=4096,
+        intermediate_size=10944,
+        num_layers=46,
+        num_heads=96,
+        num_kv_heads=8,
+        head_dim=128,
+        max_position_embeddings=131072,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        num_experts=128,
+        num_experts_per_tok=8,
+        moe_intermediate_size=1408,
+        norm_topk_prob=True,
+        partial_rotary_factor=0.5,
+        n_shared_experts=1,
+        n_group=1,
+        topk_group=1,
+        first_k_dense_replace=1,
+        routed_scaling_factor=1.0,
+        use_qk_norm=False,
+    ),
+    # zai-org/GLM-4.5 (355B-A32B): three dense layers, q/k norms, routed weights scaled by 2.5.
+    "glm4.5": ModelShape(
+        vocab_size=151552,
+        hidden_size=5120,
+        intermediate_size=12288,
+        num_layers=92,
+        num_heads=96,
+        num_kv_heads=8,
+        head_dim=128,
+        max_position_embeddings=131072,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        num_experts=160,
+        num_experts_per_tok=8,
+        moe_intermediate_size=1536,
+        norm_topk_prob=True,
+        partial_rotary_factor=0.5,
+        n_shared_experts=1,
+        n_group=1,
+        topk_group=1,
+        first_k_dense_replace=3,
+        routed_scaling_factor=2.5,
+        use_qk_norm=True,
+    ),
 }
 
 
@@ -326,11 +385,29 @@ def _arch_fields(arch: str, shape: ModelShape) -> dict:
             num_nextn_predict_layers=0,  # no multi-token-prediction layer: the model has none to save
             pad_token_id=None,
         )
+    if arch == "glm4_moe":
+        _check_grouped_routing(shape)
+        return dict(
+            n_routed_experts=shape.num_experts,
+            num_experts_per_tok=shape.num_experts_per_tok,
+            moe_intermediate_size=shape.moe_intermediate_size,
+            norm_topk_prob=shape.norm_topk_prob,
+            n_shared_experts=shape.n_shared_experts,
+            n_group=shape.n_group,
+            topk_group=shape.topk_group,
+            first_k_dense_replace=shape.first_k_dense_replace,
+            routed_scaling_factor=shape.routed_scaling_factor,
+            partial_rotary_factor=shape.partial_rotary_factor,
+            use_qk_norm=shape.use_qk_norm,
+            attention_bias=True,  # q/k/v only, as in the released configs
+            num_nextn_predict_layers=0,  # no multi-token-prediction layer: the model has none to save
+            pad_token_id=None,
+        )
     return {}
 
 
 def _check_grouped_routing(shape: ModelShape) -> None:
-    """DeepSeek-V3's routing ranks groups of >= 2 experts and picks its experts from the kept groups."""
+    """DeepSeek-V3's (and GLM-4.5's) routing ranks groups of >= 2 experts and picks its experts from the kept groups."""
     per_group = shape.num_experts // shape.n_group
     if shape.num_experts % shape.n_group or per_group < 2 or not 0 < shape.topk_group <= shape.n_group:
         raise ValueError(
@@ -396,10 +473,10 @@ def build_tiny_model(
 
 def _add_legacy_rope_fields(config_path: Path, shape: ModelShape, arch: str) -> None:
     """transformers 5 writes only ``rope_parameters``; 4.x and hub-style readers look for ``rope_theta``
-    (and, for GLM4, ``partial_rotary_factor``) at the top level, where the published configs have them."""
+    (and, for GLM4 and GLM-4.5, ``partial_rotary_factor``) at the top level, where the published configs have them."""
     config = json.loads(config_path.read_text())
     legacy = {"rope_theta": shape.rope_theta}
-    if arch == "glm4":
+    if arch in ("glm4", "glm4_moe"):
         legacy["partial_rotary_factor"] = shape.partial_rotary_factor
     missing = {key: value for key, value in legacy.items() if key not in config}
     if missing:

@@ -196,9 +196,9 @@ def test_tensor_parallel_size_must_divide_the_expert_size():
 
 
 @needs_grouped_mm
-@pytest.mark.parametrize("arch", ["qwen3_moe", "deepseek_v3"])
+@pytest.mark.parametrize("arch", ["qwen3_moe", "deepseek_v3", "glm4_moe"])
 def test_engine_on_the_grouped_path_decodes_as_hf(arch, model_dir, hf, monkeypatch):
-    """The tiny Qwen3-MoE and DeepSeek-V3 engines (fp32, CPU) with the grouped experts: HF's greedy tokens,
+    """The tiny Qwen3-MoE, DeepSeek-V3 and GLM-4.5 engines (fp32, CPU) with the grouped experts: HF's greedy tokens,
     prefix-cache hits included, and HF's log-probs."""
     from engine_helpers import NEW_TOKENS, check_greedy, engine_for
 

@@ -1,5 +1,5 @@
 """Each token's routed experts returned by the engine (temper/engine/routed_experts.py; R3), on CPU, fp32,
-tiny spread Qwen3-MoE and DeepSeek-V3 checkpoints: equal to Hugging Face's routing of the same tokens for
+tiny spread Qwen3-MoE, DeepSeek-V3 and GLM-4.5 checkpoints: equal to Hugging Face's routing of the same tokens for
 every computed token and layer, on the loop and on the grouped path, with prefix-cache hits, under
 preemption and chunked prefill; the HTTP field in SGLang's format; dense models refuse it."""
 
@@ -17,7 +17,7 @@ from temper.engine import SamplingParams, kernels
 from temper.engine.sequence import RequestOutput
 
 GREEDY = SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True)
-ARCHS = ["qwen3_moe", "deepseek_v3"]
+ARCHS = ["qwen3_moe", "deepseek_v3", "glm4_moe"]
 
 
 @torch.no_grad()
@@ -71,7 +71,7 @@ def test_routed_experts_are_hf_routing_with_prefix_cache_hits(arch, model_dir, h
     for out in outs:
         assert_routing_is_hf(hf, path, out)
     dense = hf_routing(hf, path, prompts[0])
-    if arch == "deepseek_v3":  # first_k_dense_replace = 1: layer 0 has no experts
+    if arch in ("deepseek_v3", "glm4_moe"):  # first_k_dense_replace = 1: layer 0 has no experts
         assert (outs[0].routed_experts[:, 0] == -1).all() and (dense[:, 0] == -1).all()
     plain = engine.generate(prompts[:1], GREEDY)[0]
     assert plain.routed_experts is None  # only for requests that ask

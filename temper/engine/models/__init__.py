@@ -5,6 +5,7 @@ from __future__ import annotations
 from temper.engine.models.decoder import DecoderForCausalLM
 from temper.engine.models.deepseek_v3 import DeepseekV3ForCausalLM
 from temper.engine.models.glm4 import Glm4ForCausalLM
+from temper.engine.models.glm4_moe import Glm4MoeForCausalLM
 from temper.engine.models.llama import LlamaForCausalLM
 from temper.engine.models.qwen2 import Qwen2ForCausalLM
 from temper.engine.models.qwen3 import Qwen3ForCausalLM
@@ -17,6 +18,7 @@ MODEL_CLASSES: dict[str, type[DecoderForCausalLM]] = {
     "Qwen3MoeForCausalLM": Qwen3MoeForCausalLM,
     "Glm4ForCausalLM": Glm4ForCausalLM,
     "DeepseekV3ForCausalLM": DeepseekV3ForCausalLM,
+    "Glm4MoeForCausalLM": Glm4MoeForCausalLM,
 }
 
 

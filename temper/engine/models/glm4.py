@@ -36,6 +36,16 @@ def partial_rotary_factor(hf_config) -> float:
     return rope_parameters(hf_config).get("partial_rotary_factor", getattr(hf_config, "partial_rotary_factor", 0.5))
 
 
+def rotary_dim_of(hf_config) -> int:
+    """The dimensions of each head that RoPE rotates: ``partial_rotary_factor * head_dim``, checked even."""
+    head_dim = head_dim_of(hf_config)
+    rotary_dim = int(head_dim * partial_rotary_factor(hf_config))
+    if rotary_dim % 2 or not 0 < rotary_dim <= head_dim:
+        raise ValueError(f"GLM partial_rotary_factor gives {rotary_dim} rotary dims of head_dim {head_dim}; "
+                         "expected an even number in (0, head_dim]")
+    return rotary_dim
+
+
 def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:
     """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): rotate-half for interleaved pairs."""
     return torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
@@ -104,11 +114,16 @@ class Glm4MLP(nn.Module):
 
 
 class Glm4Attention(DecoderAttention):
+    """`DecoderAttention` with its (partial) RoPE, and q/k norm when the spec asks (GLM-4.5's ``use_qk_norm``),
+    in PyTorch: the fused kernel's full half-split RoPE is not GLM's."""
+
     def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         q, k, v = self.qkv_proj.split(self.qkv_proj(x))
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary(positions, q, k)
         out = self.attn(q, k, v, meta)
         return self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
@@ -149,11 +164,7 @@ class Glm4ForCausalLM(DecoderForCausalLM):
 
     @staticmethod
     def build_rotary(hf_config, max_len: int) -> nn.Module:
-        head_dim = head_dim_of(hf_config)
-        rotary_dim = int(head_dim * partial_rotary_factor(hf_config))
-        if rotary_dim % 2 or not 0 < rotary_dim <= head_dim:
-            raise ValueError(f"GLM4 partial_rotary_factor gives {rotary_dim} rotary dims of head_dim {head_dim}; "
-                             "expected an even number in (0, head_dim]")
+        rotary_dim = rotary_dim_of(hf_config)
         inv_freq = inverse_frequencies(rope_parameters(hf_config), rotary_dim, hf_config.max_position_embeddings)
         return PartialInterleavedRotary(rotary_dim, max_len, inv_freq)
 

@@ -113,3 +113,19 @@ class RotaryEmbedding(nn.Module):
         cos = self.cos[positions].to(q.dtype)[:, None, :]
         sin = self.sin[positions].to(q.dtype)[:, None, :]
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+class PartialRotary(nn.Module):
+    """`RotaryEmbedding` (half-split pairs, GPT-NeoX's layout) on the first `rotary_dim` dimensions of each head;
+    the rest pass through (HF GPT-NeoX's and GLM-4.5's partial RoPE; GLM4's pairs are interleaved instead)."""
+
+    def __init__(self, rotary_dim: int, max_len: int, inv_freq: torch.Tensor):
+        super().__init__()
+        self.rotary_dim = rotary_dim
+        self.rope = RotaryEmbedding(rotary_dim, max_len, inv_freq)
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [T]; q [T, Hq, D], k [T, Hkv, D]."""
+        dim = self.rotary_dim
+        q_rot, k_rot = self.rope(positions, q[..., :dim], k[..., :dim])
+        return torch.cat((q_rot, q[..., dim:]), dim=-1), torch.cat((k_rot, k[..., dim:]), dim=-1)

@@ -1,0 +1,157 @@
+"""GLM-4.5 (temper/engine/models/glm4_moe.py) against Hugging Face on CPU, fp32, tiny spread checkpoints: its
+half-split partial RoPE, all-position logits (q/k norm on and off), greedy tokens (with and without prefix-cache
+hits, under preemption, over two tensor-parallel ranks), log-probs of sampled tokens, the multi-token-prediction
+layer skipped and a weight update in the trainer's names."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from engine_helpers import GREEDY, NEW_TOKENS, check_greedy, engine_for
+from safetensors.torch import save_file
+from test_models import assert_matches_hf, engine_logits
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.models.glm4_moe.modeling_glm4_moe import Glm4MoeRotaryEmbedding, apply_rotary_pos_emb
+
+from temper.engine import SamplingParams
+from temper.engine.models.glm4_moe import Glm4MoeForCausalLM
+from temper.engine.weights import iter_safetensors
+from temper.train.weights import iter_full_parameters
+
+# GLM-4.5-Air's kind: no q/k norm, two dense layers then one sparse, an untied head, one expert group,
+# unnormalised weights, two shared experts, unscaled routed weights.
+VARIANT = dict(use_qk_norm=False, num_layers=3, first_k_dense_replace=2, tie_word_embeddings=False, n_group=1,
+               topk_group=1, norm_topk_prob=False, n_shared_experts=2, routed_scaling_factor=1.0)
+
+
+@pytest.fixture(scope="module")
+def biased(model_dir, tmp_path_factory):
+    """The spread checkpoint with a random, large e_score_correction_bias (HF builds the buffer as zeros), so that
+    it changes which experts are chosen."""
+    out = tmp_path_factory.mktemp("glm4_moe") / "biased"
+    shutil.copytree(model_dir("glm4_moe"), out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    g = torch.Generator().manual_seed(7)
+    for name, buffer in model.named_buffers():
+        if name.endswith("e_score_correction_bias"):
+            buffer.copy_(0.5 * torch.randn(buffer.shape, generator=g))
+    model.save_pretrained(out)
+    return out
+
+
+def test_partial_rotary_is_hfs_half_split_layout():
+    config = AutoConfig.for_model("glm4_moe", hidden_size=128, num_attention_heads=4, num_key_value_heads=2,
+                                  head_dim=32, max_position_embeddings=512)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(9, 4, 32, generator=g), torch.randn(9, 2, 32, generator=g)
+    positions = torch.tensor([0, 1, 2, 7, 100, 101, 300, 5, 511])
+    cos, sin = Glm4MoeRotaryEmbedding(config)(q, positions[None])
+    hf_q, hf_k = apply_rotary_pos_emb(q.transpose(0, 1)[None], k.transpose(0, 1)[None], cos, sin)
+    ours_q, ours_k = Glm4MoeForCausalLM.build_rotary(config, 512)(positions, q, k)
+    torch.testing.assert_close(ours_q, hf_q[0].transpose(0, 1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours_k, hf_k[0].transpose(0, 1), rtol=0, atol=1e-6)
+    assert torch.equal(ours_q[..., 16:], q[..., 16:])  # partial_rotary_factor 0.5: the second half passes through
+
+
+@pytest.mark.parametrize("overrides", [{}, VARIANT], ids=["default", "air-like"])
+def test_logits_match_hf(overrides, model_dir):
+    assert_matches_hf(model_dir("glm4_moe", **overrides))
+
+
+def test_logits_match_hf_with_correction_bias(biased):
+    assert_matches_hf(biased)
+
+
+@pytest.mark.parametrize("prefix_caching", [False, True], ids=["no-cache", "prefix-cache"])
+def test_greedy_matches_hf(prefix_caching, biased, hf, prompts):
+    """The shared prompt set in one batch of mixed lengths, a shared 40-token prefix and copies of one prompt."""
+    engine = engine_for(biased, enable_prefix_caching=prefix_caching)
+    outs = check_greedy(engine, biased, prompts, hf)
+    if prefix_caching:
+        assert all(o.cached_tokens >= 32 for o in outs[17:22]) and all(o.cached_tokens > 0 for o in outs[22:])
+
+
+def test_greedy_of_the_variant_under_preemption_matches_hf(model_dir, hf, prompts):
+    path = model_dir("glm4_moe", **VARIANT)
+    engine = engine_for(path, num_kv_blocks=8, max_model_len=96)
+    check_greedy(engine, path, prompts[:16], hf)
+    assert engine.stats()["num_preemptions"] > 0
+
+
+def test_logprobs_of_n_samples_match_hf_forward(biased, hf, prompts):
+    """n=4 samples of a 40+-token prompt: the first prefills it, the other three read its cached K/V."""
+    params = SamplingParams(n=4, temperature=0.7, max_new_tokens=16, ignore_eos=True, seed=11)
+    outs = engine_for(biased).generate([prompts[16], prompts[0]], params)
+    assert [o.cached_tokens >= 32 for o in outs[:4]] == [False, True, True, True]
+    for out in outs:
+        prompt = out.prompt_token_ids
+        expected = hf.logprobs(biased, prompt + out.output_token_ids, len(prompt), 0.7)
+        assert (torch.tensor(out.output_logprobs) - expected).abs().max() <= 1e-4
+
+
+def test_weight_update_in_the_trainers_names_reaches_the_engine(biased):
+    """The trainer's in-memory layout (experts fused as [E, 2I, H]) sent under the checkpoint's names
+    (temper/train/weights.py, what iter_weight_buckets sends): after a change of every parameter the engine
+    computes what the changed HF model computes; e_score_correction_bias, a buffer, is not sent."""
+    engine = engine_for(biased)
+    trainer = AutoModelForCausalLM.from_pretrained(biased, dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for param in trainer.parameters():
+            param.mul_(1 + 0.05 * torch.randn(param.shape, generator=g))
+    pairs = list(iter_full_parameters(trainer))
+    sent, needed = {name for name, _ in pairs}, set(engine.model_runner.weight_map.hf_names())
+    assert needed - sent == {n for n in needed if n.endswith("e_score_correction_bias")}
+    assert "model.layers.1.mlp.experts.7.gate_proj.weight" in sent and not sent - needed - {"lm_head.weight"}
+    tokens = torch.randint(0, 1000, (70,), generator=torch.Generator().manual_seed(4)).tolist()
+    before = engine_logits(engine, tokens)
+    engine.load_weights(iter(pairs))
+    after = engine_logits(engine, tokens)
+    with torch.no_grad():
+        expected = trainer(torch.tensor([tokens])).logits[0]
+    assert not torch.allclose(before, after, atol=1e-2)
+    torch.testing.assert_close(after, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(engine.get_weights_by_name("model.layers.1.mlp.experts.7.down_proj.weight"),
+                               trainer.model.layers[1].mlp.experts.down_proj[7])
+
+
+def test_multi_token_prediction_layer_is_skipped(biased, tmp_path, hf):
+    """GLM-4.5 stores its MTP module as one more layer (model.layers.{num_hidden_layers}.*), as DeepSeek-V3 does."""
+    path = tmp_path / "with-mtp"
+    shutil.copytree(biased, path)
+    mtp = {"model.layers.2.eh_proj.weight": torch.zeros(128, 256),
+           "model.layers.2.self_attn.q_proj.weight": torch.zeros(128, 128)}
+    save_file(mtp, path / "model-mtp.safetensors")
+    engine = engine_for(path)
+    prompt = [5, 6, 7, 8]
+    assert engine.generate([prompt], GREEDY)[0].output_token_ids == hf.greedy(biased, prompt, NEW_TOKENS)
+    engine.load_weights(iter(mtp.items()))
+    with pytest.raises(ValueError, match="unknown weight name"):
+        engine.load_weights([("model.layers.1.self_attn.qkv.weight", torch.zeros(1))])
+
+
+def test_two_tensor_parallel_ranks_match_hf(biased, model_dir, hf):
+    """Heads split over two ranks (q/k/v biases and all), the router replicated, every expert's and the shared
+    experts' intermediate size split; greedy as HF's with a prefix-cache hit; weights loaded from full tensors
+    and read back whole."""
+    engine = engine_for(biased, tensor_parallel_size=2, num_kv_blocks=48, max_num_seqs=8)
+    try:
+        shared = list(range(100, 140))
+        prompts = hf.prompts(3, 3, 40, seed=1) + [shared + [1, 2, 3]]
+        for out, prompt in zip(engine.generate(prompts, GREEDY), prompts):
+            assert out.output_token_ids == hf.greedy(biased, prompt, NEW_TOKENS)
+        (out,) = engine.generate([shared + [7, 8]], GREEDY)
+        assert out.cached_tokens == 32 and out.output_token_ids == hf.greedy(biased, shared + [7, 8], NEW_TOKENS)
+        variant = model_dir("glm4_moe", seed=1)
+        new = dict(iter_safetensors(variant))
+        engine.load_weights(new.items())
+        prompt = hf.prompts(1, 5, 20, seed=3)[0]
+        assert engine.generate([prompt], GREEDY)[0].output_token_ids == hf.greedy(variant, prompt, NEW_TOKENS)
+        for name in ("model.layers.0.self_attn.k_proj.bias", "model.layers.1.self_attn.q_norm.weight",
+                     "model.layers.0.mlp.up_proj.weight", "model.layers.1.mlp.experts.3.up_proj.weight",
+                     "model.layers.1.mlp.shared_experts.down_proj.weight"):
+            assert torch.equal(engine.get_weights_by_name(name), new[name]), name
+    finally:
+        engine.close()
