@@ -16,11 +16,11 @@ seeded random names, items and numbers, so the same seed writes the same files.
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 from collections.abc import Callable
 from pathlib import Path
+
+from temper.data.writers import write_train_test
 
 INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
 NAMES = ["Natalia", "Weng", "Betty", "Julie", "James", "Albert", "Ken", "Alexis", "Tina", "Mark", "Ali", "Sara"]
@@ -98,23 +98,8 @@ def make_rows(count: int, seed: int) -> list[dict]:
     return [gsm8k_row(rng.choice(TEMPLATES)(rng)) for _ in range(count)]
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
 def main(argv: list[str] | None = None) -> tuple[Path, Path]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out-dir", type=Path, default=Path("data/gsm8k"))
-    parser.add_argument("--train-size", type=int, default=256)
-    parser.add_argument("--test-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    train = write_jsonl(args.out_dir / "train.jsonl", make_rows(args.train_size, args.seed))
-    test = write_jsonl(args.out_dir / "test.jsonl", make_rows(args.test_size, args.seed + 1))
-    print(f"wrote {args.train_size} rows to {train} and {args.test_size} rows to {test}")
-    return train, test
+    return write_train_test(argv, __doc__.split("\n\n")[0], Path("data/gsm8k"), make_rows)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ Writes three JSONL files (seeded: the same seed writes the same files):
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from pathlib import Path
+
+from temper.data.writers import write_jsonl
 
 INSTRUCTION = (
     "Answer the question. Reason inside <think> and </think> whenever you get new information. If you lack "
@@ -91,12 +92,6 @@ def qa_row(question: str, answer: str, hops: int) -> dict:
         "label": answer,
         "metadata": {"hops": hops},
     }
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
