@@ -50,6 +50,7 @@ import torch
 from engine_throughput import hf_throughput, measure_ceilings, repeated_runs
 from engine_workload import (
     RESULT,
+    add_part_runner_arguments,
     add_workload_arguments,
     emit,
     make_requests,
@@ -82,12 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--parity-layers", type=int, default=4)
     p.add_argument("--parity-prompts", type=int, default=10)
     p.add_argument("--parity-tokens", type=int, default=32)
-    p.add_argument("--budget-scale", type=float, default=1.0, help="multiplies every part's time budget")
-    p.add_argument("--total-budget", type=float, default=500.0, help="seconds for the whole run; later parts shrink")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--run-part", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--budget", type=float, default=None, help=argparse.SUPPRESS)
+    add_part_runner_arguments(p, total_budget=500.0)
     args = p.parse_args(argv)
     if args.smoke:
         args.device = "cpu"

@@ -57,6 +57,7 @@ from pathlib import Path
 import engine_diagnostics
 import torch
 from engine_workload import (
+    add_part_runner_arguments,
     add_workload_arguments,
     emit,
     make_requests,
@@ -87,14 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grpo-prompts", type=int, default=64)
     p.add_argument("--grpo-n", type=int, default=8)
     p.add_argument("--grpo-output-len", type=int, default=256)
-    p.add_argument("--budget-scale", type=float, default=1.0, help="multiplies every part's time budget")
     p.add_argument("--repeats", type=int, default=3,
                    help="timed runs of the workload per engine part (median reported; fewer if the budget ends)")
-    p.add_argument("--total-budget", type=float, default=330.0, help="seconds for the whole run; later parts shrink")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--run-part", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--budget", type=float, default=None, help=argparse.SUPPRESS)
+    add_part_runner_arguments(p, total_budget=330.0)
     args = p.parse_args(argv)
     if args.smoke:
         args.device = "cpu"

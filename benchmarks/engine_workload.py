@@ -4,6 +4,7 @@ part prints for the driver, and `timed_generate` (the engine's own offline loop,
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import random
@@ -42,6 +43,18 @@ def add_workload_arguments(p) -> None:
     p.add_argument("--input-len", type=int, nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
     p.add_argument("--output-len", type=int, nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
     p.add_argument("--max-model-len", type=int, default=4096)
+
+
+def add_part_runner_arguments(p, total_budget: float) -> None:
+    """The flags of a benchmark whose parts run in processes of their own (`run_part_process`): the budgets,
+    the device, and the hidden ones a part's process gets."""
+    p.add_argument("--budget-scale", type=float, default=1.0, help="multiplies every part's time budget")
+    p.add_argument("--total-budget", type=float, default=total_budget,
+                   help="seconds for the whole run; later parts shrink")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--run-part", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--budget", type=float, default=None, help=argparse.SUPPRESS)
 
 
 def make_requests(args, vocab: int, seed: int = 0, count: int | None = None) -> tuple[list[list[int]], list[int]]:
