@@ -1,14 +1,19 @@
 """GLM-4.5 and GLM-4.5-Air (Glm4MoeForCausalLM, model type glm4_moe): slime's scripts/models/glm4.5-355B-A32B.sh and
 glm4.5-106B-A12B.sh flags against the public config.json shape fields and against a config that Hugging Face's
-Glm4MoeConfig writes; a checkpoint with other experts is one line naming the flag."""
+Glm4MoeConfig writes; a checkpoint with other experts is one line naming the flag. temper's own
+scripts/models/glm4.5-106B-A12B.sh is slime's, and the tiny-model factory's presets "glm4.5" and "glm4.5-air" are
+the public shapes."""
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 from transformers import AutoConfig
 
 from temper.command_line import parse_config
 from temper.config import ConfigError
+from temper.testing import make_config, resolve_shape
 
 BASE = ["--rollout-batch-size", "2", "--num-rollout", "1"]
 # zai-org/GLM-4.5's config.json (shape fields).
@@ -79,3 +84,43 @@ def test_other_experts_or_attention_are_one_line_naming_the_flag(change, error, 
     with pytest.raises(ConfigError) as e:
         check(GLM45_FLAGS, {**GLM45, **change}, tmp_path)
     assert error in str(e.value) and "\n" not in str(e.value)
+
+
+def script_args(name: str) -> list[str]:
+    script = Path(__file__).resolve().parents[1] / "scripts" / "models" / f"{name}.sh"
+    out = subprocess.run(["bash", "-c", f'source "{script}" && printf "%s\\0" "${{MODEL_ARGS[@]}}"'],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.split("\0")[:-1]
+
+
+def flag_groups(args: list[str]) -> list[tuple[str, ...]]:
+    """Each flag with its values, in a canonical order."""
+    groups: list[list[str]] = []
+    for arg in args:
+        if arg.startswith("--"):
+            groups.append([arg])
+        else:
+            groups[-1].append(arg)
+    return sorted(tuple(group) for group in groups)
+
+
+def test_air_script_is_slimes_flags_and_matches_the_public_config_and_the_factory_preset(tmp_path):
+    """scripts/models/glm4.5-106B-A12B.sh: slime's flags for GLM-4.5-Air, which pass on its config.json and on the
+    tiny-model factory's "glm4.5-air" preset."""
+    args = script_args("glm4.5-106B-A12B")
+    assert flag_groups(args) == flag_groups(GLM45_AIR_FLAGS)
+    assert check(args, GLM45_AIR, tmp_path) == 46
+    make_config("glm4_moe", resolve_shape("glm4.5-air")).to_json_file(tmp_path / "config.json")
+    assert parse_config(BASE + args + ["--hf-checkpoint", str(tmp_path)]).num_layers == 46
+
+
+@pytest.mark.parametrize("preset, public", [("glm4.5", GLM45), ("glm4.5-air", GLM45_AIR)], ids=["glm4.5", "glm4.5-air"])
+def test_factory_preset_is_the_public_shape(preset, public, tmp_path):
+    config = make_config("glm4_moe", resolve_shape(preset))
+    expected = {k: v for k, v in public.items() if k not in ("architectures", "model_type", "num_nextn_predict_layers")}
+    assert config.rope_parameters["rope_theta"] == expected.pop("rope_theta")  # transformers 5 keeps it there
+    assert config.rope_parameters["partial_rotary_factor"] == expected.pop("partial_rotary_factor")
+    for field, value in expected.items():
+        assert getattr(config, field) == value, field
+    assert check(GLM45_FLAGS if preset == "glm4.5" else GLM45_AIR_FLAGS, config.to_dict(), tmp_path) == \
+        public["num_hidden_layers"]
