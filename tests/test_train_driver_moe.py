@@ -4,7 +4,8 @@ FSDP train rank and broadcast weight sync.
 - Qwen3-MoE with rollout routing replay (--use-rollout-routing-replay, R3): the engine returns every token's
   routed experts, the rollout keeps them on the samples and training replays them; the train/rollout log-prob
   gap is reported.
-- DeepSeek-V3 (MLA + grouped-routing MoE), checked at every sync."""
+- DeepSeek-V3 (MLA + grouped-routing MoE), checked at every sync.
+- GLM-4.5 (GLM's attention + DeepSeek-V3's MoE), with R3 and checked at every sync."""
 
 import pytest
 
@@ -44,3 +45,12 @@ def test_two_rollout_grpo_run_of_deepseek_v3(tmp_path):
     assert [s["sync/weight_version"] for s in steps] == [1.0, 2.0]
     # every parameter is compared after the sync (e_score_correction_bias is a buffer the trainer never changes)
     assert all(s["sync/checked_tensors"] == 51 for s in steps)
+
+
+def test_two_rollout_grpo_run_of_glm4_moe(tmp_path):
+    steps = grpo_run(tmp_path, "glm4_moe", "--use-rollout-routing-replay", "--check-weight-update-equal")
+    assert [s["sync/weight_version"] for s in steps] == [1.0, 2.0]
+    assert all(s["sync/checked_tensors"] == 55 for s in steps)  # every checkpoint tensor but the expert-bias buffer
+    samples = read_file(tmp_path / "run" / "rollouts" / "000001.pkl.gz")
+    assert samples and all(s.rollout_routed_experts.shape == (len(s.tokens) - 1, 2, 2) for s in samples)
+    assert all((s.rollout_routed_experts[:, 0] == -1).all() for s in samples)  # layer 0 is dense

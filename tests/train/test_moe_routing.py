@@ -11,7 +11,7 @@ from train_helpers import make_cfg, toy_batch
 from transformers import AutoModelForCausalLM
 
 from temper.config import ConfigError
-from temper.testing import tiny_model_dir
+from temper.testing import build_tiny_model, tiny_model_dir
 from temper.train import Actor
 from temper.train.hf_model import load_causal_lm
 from temper.train.moe_routing import (
@@ -282,17 +282,12 @@ def test_deepseek_v3_trains_with_the_seq_aux_loss():
 
 
 def test_glm45_trains_with_routing_replay_and_the_seq_aux_loss(tmp_path):
-    """GLM-4.5 (Glm4MoeForCausalLM, built by Hugging Face: temper's factory has no glm4_moe): its sigmoid router
-    with an expert bias is found, replayed (the first step's ppo_kl is 0) and balanced per sequence."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.for_model("glm4_moe", vocab_size=1024, hidden_size=64, intermediate_size=128,
-                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                                  moe_intermediate_size=32, n_routed_experts=8, num_experts_per_tok=2,
-                                  first_k_dense_replace=1, n_group=2, topk_group=1, routed_scaling_factor=2.5,
-                                  attention_bias=True, use_qk_norm=True, tie_word_embeddings=False)  # fmt: skip
+    """GLM-4.5 (Glm4MoeForCausalLM, the factory's glm4_moe): its sigmoid router with an expert bias is found,
+    replayed (the first step's ppo_kl is 0) and balanced per sequence."""
+    build_tiny_model(tmp_path, "glm4_moe", hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=2,
+                     head_dim=32, moe_intermediate_size=32, n_group=2, topk_group=1, tie_word_embeddings=False)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
         for name, buffer in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
