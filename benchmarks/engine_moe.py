@@ -6,9 +6,10 @@ weights on the device (``load_format="dummy"``), so a 61 GB Qwen3-30B-A3B fits a
 in its own process under a time budget (a part that hits it reports what it finished, marked partial):
 
   bandwidth      copy / read bandwidth and the bf16 matmul rate: the roofline's ceilings
-  parity-qwen3-moe, parity-glm4, parity-deepseek-v3
-                 a random HF model of Qwen3-30B-A3B's, GLM-4-9B-0414's and Moonlight-16B-A3B's width (every
-                 layer's real hidden size, heads and experts) cut to --parity-layers layers, built on the GPU;
+  parity-qwen3-moe, parity-glm4, parity-deepseek-v3, parity-glm4.5-air
+                 a random HF model of Qwen3-30B-A3B's, GLM-4-9B-0414's, Moonlight-16B-A3B's and GLM-4.5-Air's
+                 width (every layer's real hidden size, heads and experts) cut to --parity-layers layers, built
+                 on the GPU;
                  an engine with dummy weights takes HF's weights through its weight-update path (the names and
                  layout the trainer sends, `temper.train.weights.iter_full_parameters`); then greedy decoding
                  and log-probs against HF (`temper.testing.parity`: mean |diff| <= 0.02 in bf16)
@@ -62,7 +63,7 @@ from engine_workload import (
 # name -> (tiny-model factory arch, preset)
 MODELS = {"moonlight": ("deepseek_v3", "moonlight-16b-a3b"), "qwen3-30b": ("qwen3_moe", "qwen3-30b-a3b")}
 PARITY = {"parity-qwen3-moe": ("qwen3_moe", "qwen3-30b-a3b"), "parity-glm4": ("glm4", "glm4-9b"),
-          "parity-deepseek-v3": ("deepseek_v3", "moonlight-16b-a3b")}
+          "parity-deepseek-v3": ("deepseek_v3", "moonlight-16b-a3b"), "parity-glm4.5-air": ("glm4_moe", "glm4.5-air")}
 PARTS = ("bandwidth", *PARITY, "moonlight", "moonlight-hf", "qwen3-30b", "qwen3-30b-hf")
 # Seconds of work inside a part, and what process start, model set-up and graph capture take on top.
 BUDGETS = {"bandwidth": 15, **dict.fromkeys(PARITY, 30), "moonlight": 60, "moonlight-hf": 30, "qwen3-30b": 75,

@@ -12,7 +12,7 @@ from temper.engine import EngineArgs, LLMEngine
 from temper.testing.parity import compare_with_hf, passes_bf16
 
 
-@pytest.mark.parametrize("arch", ["qwen3_moe", "deepseek_v3", "qwen3"])
+@pytest.mark.parametrize("arch", ["qwen3_moe", "deepseek_v3", "glm4_moe", "qwen3"])
 def test_bf16_engine_against_hf_routed_as_the_engine_routed(arch, model_dir, hf):
     path = model_dir(arch)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
