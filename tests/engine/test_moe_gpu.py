@@ -1,7 +1,7 @@
 """The grouped-GEMM experts (`moe.dispatch_grouped`, kernel group "moe") on CUDA (GPU only): against the
 per-expert loop in bf16 at Qwen3-30B-A3B's and Moonlight-16B-A3B's expert shapes, eagerly and replayed
-from a CUDA graph; the start-up self-check; and the tiny Qwen3-MoE and DeepSeek-V3 engines on the grouped
-path against Hugging Face (both decoding from CUDA graphs; DeepSeek-V3 on the latent attention kernel), with
+from a CUDA graph; the start-up self-check; and the tiny Qwen3-MoE, DeepSeek-V3 and GLM-4.5 engines on the
+grouped path against Hugging Face (each decoding from CUDA graphs; DeepSeek-V3 on the latent attention kernel), with
 `test_gpu_parity.py`'s bf16 criteria; the routed experts
 (R3) recorded from the CUDA graphs."""
 
@@ -86,7 +86,7 @@ def _engine_kwargs() -> dict:
     return {"device": "cuda", "num_kv_blocks": 256, "max_model_len": 160, "max_num_seqs": 16}
 
 
-@pytest.mark.parametrize("arch", ["qwen3_moe", "deepseek_v3"])
+@pytest.mark.parametrize("arch", ["qwen3_moe", "deepseek_v3", "glm4_moe"])
 def test_tiny_engine_on_the_grouped_path_matches_hf_in_bf16(arch, model_dir, hf):
     path = model_dir(arch)
     prompts = hf.prompts(12, 3, 80, seed=5)
