@@ -57,7 +57,7 @@ def test_decode_schedule_and_roofline_by_hand():
     assert prefill["decode_steps"] == 0 and prefill["prefill_flops"] == 2 * 3 * 5 + 2 * (3 + 6)
 
 
-@pytest.mark.slow  # about 14 s on the 2-core CPU machine: eight parts, three engines and five HF models
+@pytest.mark.slow  # about 15 s on the 2-core CPU machine: every part (bandwidth, the parity parts, two engines and their HF runs)
 def test_smoke_run(capsys):
     results = engine_moe.main(["--smoke"])
     kinds = [r["kind"] for r in results]
