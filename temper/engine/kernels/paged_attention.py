@@ -293,7 +293,7 @@ def compile_kernels(num_heads: int, num_kv_heads: int, head_dim: int, page: int,
     v_cache = torch.zeros_like(k_cache)
     store_kv(k, v, k_cache, v_cache, torch.arange(tokens, device=device))
     tables = torch.arange(blocks, device=device).view(1, blocks)
-    tiles, seq_info = prefill_arguments([tokens], [0], head_dim, device)
+    tiles, seq_info = prefill_arguments([tokens], [0], prefill_block_m(head_dim), device)
     prefill_attention(q, k_cache, v_cache, tables, tiles, seq_info, head_dim**-0.5)
     for splits in (1, 2, 4, 8, MAX_DECODE_SPLITS):  # one merge variant per power of two
         decode_attention(q[:1], k_cache, v_cache, tables, torch.tensor([tokens], device=device), head_dim**-0.5,
@@ -317,12 +317,13 @@ def prefill_tiles(query_lens: list[int], cached_lens: list[int], block_m: int) -
     return seqs[order], firsts[order]
 
 
-def prefill_arguments(query_lens: list[int], cached_lens: list[int], head_dim: int,
+def prefill_arguments(query_lens: list[int], cached_lens: list[int], block_m: int,
                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tiles, seq_info) of `prefill_attention` for a batch, in one host-to-device copy. Each row starts
-    16-byte aligned (rows padded to 4 int32s), as Triton assumes of pointer arguments when it compiles:
-    a misaligned row would compile another variant in the middle of serving."""
-    seqs, firsts = prefill_tiles(query_lens, cached_lens, prefill_block_m(head_dim))
+    """(tiles of `block_m` queries, seq_info) of `prefill_attention` (and of `latent_attention`'s prefill)
+    for a batch, in one host-to-device copy. Each row starts 16-byte aligned (rows padded to 4 int32s), as
+    Triton assumes of pointer arguments when it compiles: a misaligned row would compile another variant
+    in the middle of serving."""
+    seqs, firsts = prefill_tiles(query_lens, cached_lens, block_m)
     starts = np.cumsum([0] + list(query_lens[:-1]))
     nt, b = -(-len(seqs) // 4) * 4, -(-len(query_lens) // 4) * 4
     host = np.zeros(2 * nt + 3 * b, dtype=np.int32)
@@ -391,7 +392,7 @@ class TritonPagedAttention:
     def prepare(self, meta) -> None:
         if meta.is_prefill:
             meta.backend_data["tiles"], meta.backend_data["seq_info"] = prefill_arguments(
-                meta.query_lens, meta.cached_lens, self.head_dim, meta.slot_mapping.device)
+                meta.query_lens, meta.cached_lens, prefill_block_m(self.head_dim), meta.slot_mapping.device)
         else:
             meta.backend_data["num_splits"] = decode_num_splits(len(meta.query_lens), self.num_kv_heads, self.num_sms)
 
