@@ -5,11 +5,11 @@ batch tensors (`StepInputs`: numpy on the host, one asynchronous copy), runs the
 computes logits only at the last position of each sequence that samples, and calls the sampler.
 
 On CUDA the fast path is chosen at start (`kernels.enable`): Triton kernels for the layer ops, the
-paged attention (`kernels.paged_attention`, or for a latent-attention model such as DeepSeek-V3 its decode
-kernel `kernels.latent_attention`) and the sampler, grouped GEMMs for an MoE model's experts, each group
-kept only if it passes a self-check against the PyTorch reference, and decode steps replayed from CUDA
-graphs (`cuda_graph.py`). On CPU, or with ``EngineArgs.kernels="torch"``, everything runs the PyTorch
-reference. The only host synchronisation per step is reading the sampled tokens and log-probs.
+paged attention (`kernels.paged_attention`, or for a latent-attention model such as DeepSeek-V3 its
+prefill and decode kernels `kernels.latent_attention`) and the sampler, grouped GEMMs for an MoE model's
+experts, each group kept only if it passes a self-check against the PyTorch reference, and decode steps
+replayed from CUDA graphs (`cuda_graph.py`). On CPU, or with ``EngineArgs.kernels="torch"``, everything runs
+the PyTorch reference. The only host synchronisation per step is reading the sampled tokens and log-probs.
 
 Tensor parallelism (``EngineArgs.tensor_parallel_size`` N > 1): the engine's runner is rank 0; it
 starts ranks 1..N-1 as worker processes (`tp_worker.TPWorkers`), each a `ModelRunner` of its own
@@ -222,7 +222,7 @@ class ModelRunner:
 
     def _attention_backend(self):
         """The Triton backend when kernel group "attention" passed its self-check (for a latent model, the
-        latent decode kernel's), else the reference."""
+        latent prefill and decode kernels'), else the reference."""
         if "attention" not in self.kernel_groups:
             return self.reference_backend
         _num_layers, num_kv_heads, head_dim = self.kv_shape

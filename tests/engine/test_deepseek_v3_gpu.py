@@ -1,10 +1,11 @@
-"""DeepSeek-V3 on CUDA (GPU only): the latent decode kernel (`kernels/latent_attention.py`) against float64
-attention and the reference backend at Moonlight's and DeepSeek-V3's head counts (16 and 128; 16 and 32
-per rank of DeepSeek-V3 under tensor parallelism 8 and 4), every tile the start-up tuning may pick, in a
-CUDA graph, its self-check; and, on a random model of Moonlight-16B-A3B's shape cut to 3 layers (one dense,
-two with 64 experts), the engine against Hugging Face with the same criteria as `test_gpu_parity.py`'s for
-the dense path: bf16 on the latent kernel with decode from CUDA graphs, fp32 on the latent kernel eagerly
-(the grouped experts are bf16 only, so no graphs); kernels="torch" keeps the reference backend. The tiny
+"""DeepSeek-V3 on CUDA (GPU only): the latent decode and prefill kernels (`kernels/latent_attention.py`)
+against float64 attention and the reference backend at Moonlight's and DeepSeek-V3's head counts (16 and
+128; 16 and 32 per rank of DeepSeek-V3 under tensor parallelism 8 and 4), every decode tile the start-up
+tuning may pick and every prefill tile, decode in a CUDA graph, the self-check (prefill and decode); and, on
+a random model of Moonlight-16B-A3B's shape cut to 3 layers (one dense, two with 64 experts), the engine
+against Hugging Face with the same criteria as `test_gpu_parity.py`'s for the dense path: bf16 on the latent
+kernels with decode from CUDA graphs, fp32 on the latent kernels eagerly (the grouped experts are bf16 only,
+so no graphs); kernels="torch" keeps the reference backend. The tiny
 DeepSeek-V3 on the latent kernel: fp32 greedy tokens equal to HF's, bf16 from CUDA graphs."""
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
 ]
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 from temper.engine.kernels import latent_attention as la  # noqa: E402 (defines Triton kernels)
 
@@ -127,6 +128,65 @@ def test_latent_decode_replays_from_a_cuda_graph_with_new_lengths_and_tables():
     expected = float64_attention(new_q, cache, new_tables, new_lengths.clamp_min(1))
     assert relative_error(out[:-1], expected[:-1]) < 1e-2
     assert torch.equal(out[-1], torch.zeros_like(out[-1]))
+
+
+def prefill_inputs(num_heads: int, seed: int = 0):
+    """A prefill batch (packed q [T, H, 576], cache, tables, query and cached-prefix lengths): one query after
+    nothing, a page's worth after a page, a chunk after 1000 cached tokens, long prompts without and with a
+    prefix, lengths no multiple of the page or a tile."""
+    g = torch.Generator().manual_seed(seed)
+    query_lens, cached_lens = [1, 17, 250, 600, 130], [0, 16, 1000, 0, 37]
+    lengths = torch.tensor([c + n for c, n in zip(cached_lens, query_lens)])
+    cache, tables = la.random_paged_cache(lengths, PAGE, DIM, torch.bfloat16, torch.device("cuda"), g)
+    q = torch.randn(sum(query_lens), num_heads, DIM, generator=g).to("cuda", torch.bfloat16)
+    return q, cache, tables, query_lens, cached_lens
+
+
+def float64_causal_attention(q, cache, tables, query_lens, cached_lens):
+    outs, flat, start = [], cache.view(-1, DIM).double(), 0
+    for b, (n, cached) in enumerate(zip(query_lens, cached_lens)):
+        pos = torch.arange(cached + n, device="cuda")
+        entries = flat[tables[b, pos // PAGE] * PAGE + pos % PAGE]
+        scores = torch.einsum("thd,ld->thl", q[start : start + n].double(), entries) * DIM**-0.5
+        visible = pos[None, :] <= (cached + torch.arange(n, device="cuda"))[:, None]
+        outs.append(scores.masked_fill(~visible[:, None, :], float("-inf")).softmax(-1) @ entries[:, :RANK])
+        start += n
+    return torch.cat(outs)
+
+
+def reference_prefill(q, cache, tables, query_lens, cached_lens):
+    backend = TorchPagedAttention()
+    meta = AttentionMetadata(is_prefill=True, slot_mapping=torch.empty(0, dtype=torch.long, device="cuda"),
+                             block_tables=tables, query_lens=query_lens, cached_lens=cached_lens, block_size=PAGE,
+                             context_lens=torch.tensor([c + n for c, n in zip(cached_lens, query_lens)], device="cuda"),
+                             backend=backend)
+    backend.prepare(meta)
+    # every sequence through the cache (without a prefix the reference would attend to its k argument instead)
+    meta.backend_data["context_slots"] = [
+        (tables[i, torch.arange(c + n, device="cuda") // PAGE] * PAGE + torch.arange(c + n, device="cuda") % PAGE)
+        for i, (c, n) in enumerate(zip(cached_lens, query_lens))]
+    shape_only = cache.new_empty(q.shape[0], 1, DIM)  # kv_stored: only its shape is read
+    return backend.forward(q, shape_only, shape_only, cache, cache, meta, DIM**-0.5, kv_stored=True)[..., :RANK]
+
+
+@pytest.mark.parametrize("num_heads", [16, 32, 128])
+def test_latent_prefill_matches_float64_attention_and_the_reference_backend(num_heads):
+    """Every tile of `LATENT_PREFILL_CONFIGS` (the default must compile; another may be too large for this GPU's
+    shared memory, and is then skipped as the benchmark skips it)."""
+    q, cache, tables, query_lens, cached_lens = prefill_inputs(num_heads)
+    expected = float64_causal_attention(q, cache, tables, query_lens, cached_lens)
+    reference_error = relative_error(reference_prefill(q, cache, tables, query_lens, cached_lens), expected)
+    for index, config in enumerate(la.LATENT_PREFILL_CONFIGS):
+        tiles, seq_info = la.latent_prefill_arguments(query_lens, cached_lens, num_heads, config[0],
+                                                      torch.device("cuda"))
+        try:
+            out = la.latent_prefill(q, cache, tables, tiles, seq_info, DIM**-0.5, RANK, *config)
+        except triton.runtime.errors.OutOfResources:
+            assert index > 0, "the default prefill tile must fit"
+            continue
+        assert out.shape == (sum(query_lens), num_heads, RANK) and torch.isfinite(out).all()
+        error = relative_error(out, expected)
+        assert error < 1e-2 and error < 2 * reference_error + 2e-3, (config, error, reference_error)
 
 
 @pytest.mark.parametrize("num_heads", [16, 128])

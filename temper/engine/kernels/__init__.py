@@ -8,7 +8,7 @@ tests compare with Hugging Face) and these kernels (CUDA; the Triton ones on CPU
   kernel each, rounding to the activation dtype exactly where the PyTorch modules round;
 - "attention" (`paged_attention.py`): KV-cache write, split-K decode attention and varlen causal
   prefill attention, both reading K/V straight from the block-paged cache; for a latent-attention model
-  (DeepSeek-V3's MLA) `latent_attention.py`'s entry write and split-K decode instead;
+  (DeepSeek-V3's MLA) `latent_attention.py`'s entry write, causal prefill and split-K decode instead;
 - "sampler" (`sampling.py`): log-softmax + Gumbel-max draw over the vocabulary in one read of the logits,
   without [B, V] intermediates;
 - "moe" (`models/moe.py`'s `dispatch_grouped`): the routed experts as two grouped GEMMs over the tokens

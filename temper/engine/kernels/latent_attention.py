@@ -18,9 +18,15 @@ prefix of the key that is read once.
   kernel writes the output itself). The grid depends only on the batch size (the split count too:
   `latent_num_splits`), block tables and context lengths are read on the device, so the launch can be
   captured in a CUDA graph; rows with context length 0 (padding) write zeros.
-- prefill stays on the PyTorch reference (`TorchPagedAttention`): `paged_attention`'s prefill kernel
-  needs a power-of-two head size, and a prefill step is one launch per layer, not what CUDA graphs
-  and decode latency are about.
+- prefill (causal, varlen, after any cached prefix): one program per (block of BLOCK_H heads, tile of
+  BLOCK_T queries of one sequence), over the packed batch. The tile's (token, head) pairs, flattened
+  token-major into BLOCK_M = BLOCK_T x BLOCK_H rows, are the M dimension, so each tile of BLOCK_N
+  entries serves every head of the block (the heads of a token share its causal limit, so the rows of
+  many heads cost no more masking than one). The entries come from the cache through the block table,
+  where `store_latent` has just written the step's own (so a sequence may read entries that another
+  sequence of the same batch wrote: prefix sharing), with the causal diagonal offset by the sequence's
+  cached prefix; the tiles are `paged_attention.prefill_tiles`' (the most keys first). The reference
+  gathers each sequence's context and expands it to every head instead.
 
 Softmax statistics and accumulators are float32; P is cast to the cache dtype for the P @ c product.
 DV must be a power of two >= 16 (DR is padded to one), which DeepSeek's 512 is.
@@ -34,9 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
-from temper.engine.attention import MASKED_SCORE_ELEMENTS, TorchPagedAttention
 from temper.engine.kernels.common import cuda_graph_of, median_cuda_ms, mma, next_pow2
-from temper.engine.kernels.paged_attention import LOG2E, MAX_DECODE_SPLITS, _decode_merge_kernel
+from temper.engine.kernels.paged_attention import LOG2E, MAX_DECODE_SPLITS, _decode_merge_kernel, prefill_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +55,10 @@ LATENT_DECODE_CONFIGS = ((16, 32, 4, 2), (16, 64, 4, 2), (16, 32, 4, 3), (16, 16
 # by default; fewer splits write fewer float32 partial outputs (512 per head and split, against 576 bf16
 # values per entry read), more fill the GPU better at small batches.
 SPLIT_WAVES = (4, 2, 1)
+# Prefill tiles (BLOCK_M, BLOCK_N, num_warps, num_stages): BLOCK_M (token, head) rows x 512 float32
+# accumulators, 64 registers a thread at 32 rows and 8 warps; a stage of 32 entries is 36 KB of bf16
+# (q's 32 rows as much again). The first is the default; benchmarks/mla_prefill.py times them all.
+LATENT_PREFILL_CONFIGS = ((32, 32, 8, 2), (32, 64, 8, 2), (64, 32, 8, 2), (16, 32, 4, 2), (16, 64, 4, 2))
 
 
 def latent_dims_supported(value_dim: int, rope_dim: int) -> str | None:
@@ -136,6 +145,98 @@ def _latent_decode_kernel(q_ptr, cache_ptr, bt_ptr, ctx_ptr, out_ptr, part_o_ptr
     elif DIRECT:  # empty context (a padding row): zeros, never garbage
         tl.store(out_ptr + b * stride_ob + heads[:, None] * stride_oh + dv[None, :],
                  tl.zeros([BLOCK_H, DV], tl.float32).to(out_ptr.dtype.element_ty), mask=hmask[:, None])
+
+
+@triton.jit(do_not_specialize=["stride_bt"])
+def _latent_prefill_kernel(q_ptr, cache_ptr, out_ptr, bt_ptr, tile_seq_ptr, tile_start_ptr, q_start_ptr, q_len_ptr,
+                           cached_ptr, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, qk_scale,
+                           H: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, DV: tl.constexpr,
+                           DR: tl.constexpr, DRP: tl.constexpr, PAGE: tl.constexpr, BLOCK_STRIDE: tl.constexpr,
+                           TOKEN_STRIDE: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+    hb = tl.program_id(0)  # fastest: the head blocks of one query tile run side by side (same cache tiles)
+    tile = tl.program_id(1)
+    seq = tl.load(tile_seq_ptr + tile).to(tl.int64)
+    first = tl.load(tile_start_ptr + tile).to(tl.int32)  # the tile's first query, within its sequence
+    q_start = tl.load(q_start_ptr + seq).to(tl.int64)
+    q_len = tl.load(q_len_ptr + seq).to(tl.int32)
+    cached = tl.load(cached_ptr + seq).to(tl.int32)
+    r = tl.arange(0, BLOCK_T * BLOCK_H)  # row r: query first + r // BLOCK_H, head r % BLOCK_H of the block
+    i = first + r // BLOCK_H
+    heads = hb * BLOCK_H + r % BLOCK_H
+    row_mask = (i < q_len) & (heads < H)
+    dv = tl.arange(0, DV)
+    dr = tl.arange(0, DRP)
+    rmask = dr < DR
+    q_rows = q_ptr + (q_start + i)[:, None] * stride_qt + heads[:, None] * stride_qh
+    q_c = tl.load(q_rows + dv[None, :], mask=row_mask[:, None], other=0.0)
+    q_r = tl.load(q_rows + DV + dr[None, :], mask=row_mask[:, None] & rmask[None, :], other=0.0)
+    q_pos = cached + i  # absolute positions; the query at p sees entries 0..p (every row sees entry 0: no NaN)
+    kv_end = cached + tl.minimum(first + BLOCK_T, q_len)  # never past the tile's last query
+    m = tl.full([BLOCK_T * BLOCK_H], float("-inf"), tl.float32)
+    l = tl.zeros([BLOCK_T * BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_T * BLOCK_H, DV], tl.float32)
+    table = bt_ptr + seq * stride_bt
+    for n0 in range(0, kv_end, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        nmask = n < kv_end
+        page = tl.load(table + n // PAGE, mask=nmask, other=0).to(tl.int64)
+        rows = cache_ptr + page * BLOCK_STRIDE + (n % PAGE) * TOKEN_STRIDE
+        c = tl.load(rows[:, None] + dv[None, :], mask=nmask[:, None], other=0.0)
+        k_r = tl.load(rows[:, None] + DV + dr[None, :], mask=nmask[:, None] & rmask[None, :], other=0.0)
+        s = (mma(q_c, tl.trans(c), IEEE) + mma(q_r, tl.trans(k_r), IEEE)) * qk_scale
+        s = tl.where((n[None, :] <= q_pos[:, None]) & nmask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 1))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l = l * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + mma(p.to(c.dtype), c, IEEE)
+        m = m_new
+    out = acc / l[:, None]
+    tl.store(out_ptr + (q_start + i)[:, None] * stride_ot + heads[:, None] * stride_oh + dv[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None])
+
+
+def prefill_head_block(num_heads: int, block_m: int) -> tuple[int, int]:
+    """(BLOCK_H, BLOCK_T) of a prefill tile of block_m rows: as many heads as there are (up to block_m, as a
+    power of two), the rest of the rows tokens."""
+    block_h = min(block_m, next_pow2(num_heads))
+    return block_h, block_m // block_h
+
+
+def latent_prefill_arguments(query_lens: list[int], cached_lens: list[int], num_heads: int, block_m: int,
+                             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tiles, seq_info) of `latent_prefill` for a batch (`paged_attention.prefill_arguments` with the tile's
+    BLOCK_T queries)."""
+    return prefill_arguments(query_lens, cached_lens, prefill_head_block(num_heads, block_m)[1], device)
+
+
+def latent_prefill(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Tensor, tiles: torch.Tensor,
+                   seq_info: torch.Tensor, scale: float, value_dim: int, block_m: int = 32, block_n: int = 32,
+                   num_warps: int = 8, num_stages: int = 2) -> torch.Tensor:
+    """Causal attention of packed queries q [T, H, D] (rows may be strided) over their sequences' cache
+    entries (`cache` [num_blocks, block_size, 1, D], the new ones already written) -> [T, H, value_dim].
+
+    tiles: [2, NT] int (`latent_prefill_arguments` with the same `block_m` and head count); seq_info:
+    [3, B] int rows (first packed query, query count, cached prefix length) per sequence.
+    """
+    tokens, num_heads, dim = q.shape
+    out = torch.empty((tokens, num_heads, value_dim), dtype=q.dtype, device=q.device)
+    num_tiles = tiles.shape[1]
+    if not num_tiles:
+        return out
+    if cache.stride(3) != 1 or q.stride(2) != 1:
+        raise ValueError(f"latent prefill needs a contiguous last dim; got cache strides {cache.stride()}, "
+                         f"q strides {q.stride()}")
+    block_h, block_t = prefill_head_block(num_heads, block_m)
+    _latent_prefill_kernel[(head_blocks(num_heads, block_h), num_tiles)](
+        q, cache, out, block_tables, tiles[0], tiles[1], seq_info[0], seq_info[1], seq_info[2], q.stride(0),
+        q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0), scale * LOG2E,
+        H=num_heads, BLOCK_H=block_h, BLOCK_T=block_t, DV=value_dim, DR=dim - value_dim,
+        DRP=max(16, next_pow2(dim - value_dim)), PAGE=cache.shape[1], BLOCK_STRIDE=cache.stride(0),
+        TOKEN_STRIDE=cache.stride(1), BLOCK_N=block_n, IEEE=q.dtype == torch.float32, num_warps=num_warps,
+        num_stages=num_stages,
+    )
+    return out
 
 
 def head_blocks(num_heads: int, block_h: int) -> int:
@@ -237,14 +338,18 @@ def tune_latent_decode(num_heads: int, dim: int, value_dim: int, page: int, dtyp
 
 def compile_latent_kernels(num_heads: int, dim: int, value_dim: int, page: int, dtype: torch.dtype,
                            device: torch.device, config: tuple[int, int, int, int]) -> None:
-    """Compile every variant the engine launches (the entry write; decode with one split and with several,
-    one merge variant per power of two) on scratch tensors shaped like the model's, so that no request
-    waits for a compile."""
+    """Compile every variant the engine launches (the entry write; prefill; decode with one split and with
+    several, one merge variant per power of two) on scratch tensors shaped like the model's, so that no
+    request waits for a compile. q is contiguous [T, H, D], as the model's concatenation makes it."""
     tokens, blocks = 2 * page + 3, 4
     cache = torch.zeros((blocks, page, 1, dim), device=device, dtype=dtype)
     store_latent(torch.randn(tokens, 1, dim, device=device, dtype=dtype), cache, torch.arange(tokens, device=device))
-    q = torch.randn(1, num_heads, dim, device=device, dtype=dtype)
     tables = torch.arange(blocks, device=device).view(1, blocks)
+    prefill_q = torch.randn(tokens, num_heads, dim, device=device, dtype=dtype)
+    block_m = LATENT_PREFILL_CONFIGS[0][0]
+    tiles, seq_info = latent_prefill_arguments([tokens], [0], num_heads, block_m, device)
+    latent_prefill(prefill_q, cache, tables, tiles, seq_info, dim**-0.5, value_dim, *LATENT_PREFILL_CONFIGS[0])
+    q = torch.randn(1, num_heads, dim, device=device, dtype=dtype)
     for splits in (1, 2, 4, 8, MAX_DECODE_SPLITS):
         latent_decode(q, cache, tables, torch.tensor([tokens], device=device), dim**-0.5, value_dim, splits, *config)
     if device.type == "cuda":
@@ -253,20 +358,20 @@ def compile_latent_kernels(num_heads: int, dim: int, value_dim: int, page: int, 
 
 class TritonLatentAttention:
     """Attention backend of the latent models (the `prepare` / `forward` contract of `TorchPagedAttention`):
-    the entry write and decode in Triton, prefill on the PyTorch reference (module docstring). Decode
-    returns [B, H, value_dim], the reference [T, H, D]; the model keeps the first value_dim columns of either.
+    the entry write, prefill and decode in Triton (module docstring). Both return [T or B, H, value_dim], the
+    reference [T, H, D]; the model keeps the first value_dim columns of either.
 
     prepare() derives, once per step: for decode, the split count (a Python int that depends only on the
-    batch size, so a captured CUDA graph stays valid); for prefill, the reference's gather indices.
+    batch size, so a captured CUDA graph stays valid); for prefill, the query tiles and the per-sequence
+    offsets, in one host-to-device copy.
     """
 
     def __init__(self, num_heads: int, value_dim: int, num_sms: int, decode_config=LATENT_DECODE_CONFIGS[0],
-                 waves: int = SPLIT_WAVES[0], max_len: int = 0, itemsize: int = 2):
+                 waves: int = SPLIT_WAVES[0], prefill_config=LATENT_PREFILL_CONFIGS[0]):
         self.num_heads, self.value_dim, self.num_sms = num_heads, value_dim, num_sms
         self.decode_config = decode_config  # (BLOCK_H, BLOCK_N, num_warps, num_stages), see `tune_latent_decode`
         self.waves = waves
-        self.max_len, self.itemsize = max_len, itemsize
-        self.reference = TorchPagedAttention()
+        self.prefill_config = prefill_config  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
 
     @classmethod
     def for_device(cls, num_heads: int, dim: int, value_dim: int, page: int, dtype: torch.dtype,
@@ -274,30 +379,29 @@ class TritonLatentAttention:
         """The backend for an engine on `device`; on CUDA with the decode tile and split waves timed there and
         every kernel variant compiled."""
         if device.type != "cuda":
-            return cls(num_heads, value_dim, 4, max_len=max_len, itemsize=dtype.itemsize)
+            return cls(num_heads, value_dim, 4)
         config, waves = tune_latent_decode(num_heads, dim, value_dim, page, dtype, device, min(256, max_batch),
                                            min(1024, max_len))
         logger.info("latent decode attention tile (BLOCK_H, BLOCK_N, warps, stages): %s, %d programs per SM",
                     config, waves)
         compile_latent_kernels(num_heads, dim, value_dim, page, dtype, device, config)
         return cls(num_heads, value_dim, torch.cuda.get_device_properties(device).multi_processor_count, config,
-                   waves, max_len, dtype.itemsize)
+                   waves)
 
     def num_splits(self, batch_size: int) -> int:
         return latent_num_splits(batch_size, head_blocks(self.num_heads, self.decode_config[0]), self.num_sms,
                                  self.waves)
 
     def workspace_bytes(self, num_heads: int, head_dim: int, max_num_seqs: int) -> int:
-        """Decode's float32 partial outputs at the batch size that needs the most, and the reference
-        prefill's: a cached prefix gathered and expanded to every head, and its masked float32 scores."""
+        """Decode's float32 partial outputs at the batch size that needs the most (prefill reads the cache in
+        place: no workspace)."""
         parts = max(b * self.num_splits(b) for b in range(1, max_num_seqs + 1))
-        decode = parts * num_heads * (self.value_dim + 1) * 4
-        prefix = 2 * self.max_len * (1 + num_heads) * head_dim * self.itemsize
-        return decode + prefix + 3 * 4 * MASKED_SCORE_ELEMENTS
+        return parts * num_heads * (self.value_dim + 1) * 4
 
     def prepare(self, meta) -> None:
         if meta.is_prefill:
-            self.reference.prepare(meta)
+            meta.backend_data["tiles"], meta.backend_data["seq_info"] = latent_prefill_arguments(
+                meta.query_lens, meta.cached_lens, self.num_heads, self.prefill_config[0], meta.slot_mapping.device)
         else:
             meta.backend_data["num_splits"] = self.num_splits(len(meta.query_lens))
 
@@ -306,6 +410,7 @@ class TritonLatentAttention:
         if not kv_stored:
             store_latent(k, k_cache, meta.slot_mapping)
         if meta.is_prefill:
-            return self.reference.forward(q, k, v, k_cache, v_cache, meta, scale, kv_stored=True)
+            return latent_prefill(q, k_cache, meta.block_tables, meta.backend_data["tiles"],
+                                  meta.backend_data["seq_info"], scale, self.value_dim, *self.prefill_config)
         return latent_decode(q, k_cache, meta.block_tables, meta.context_lens, scale, self.value_dim,
                              meta.backend_data["num_splits"], *self.decode_config)

@@ -161,8 +161,10 @@ def _check_attention(device, dtype, shape) -> str | None:
 
 def _check_latent_attention(device, dtype, shape) -> str | None:
     """A latent model's backend (``shape.latent_value_dim`` set; one cache entry of ``head_dim`` values,
-    the first latent_value_dim of which are the value) vs the reference: a prefill with a cached prefix,
-    then decode steps with one split and with many, on the model's head count."""
+    the first latent_value_dim of which are the value) vs the reference: a prefill kernel step (one sequence
+    after a cached prefix, one without, one single query after a prefix), then decode steps with one split
+    and with many, on the model's head count. A failure leaves the whole group (prefill and decode) to the
+    reference."""
     from temper.engine.kernels.latent_attention import TritonLatentAttention, latent_dims_supported
 
     h, d, dv, bs = shape.num_heads, shape.head_dim, shape.latent_value_dim, shape.block_size
