@@ -154,9 +154,7 @@ def part_profile(args, device: torch.device, workdir: Path, budget: float) -> No
     graphs, so the profiler sees every kernel); once every request decodes, and again each time the
     batch has fallen to 128, 64, 32 and 16 sequences, 5 steps under torch.profiler: the kernels by GPU
     time, the K/V bytes those steps' attention reads, and the step's wall time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    from temper.engine import EngineArgs, LLMEngine, SamplingParams
+    from temper.engine import EngineArgs, LLMEngine
 
     if device.type != "cuda":
         emit("skip", part="profile", reason="GPU only")
@@ -165,16 +163,26 @@ def part_profile(args, device: torch.device, workdir: Path, budget: float) -> No
                                   max_model_len=args.max_model_len, seed=0, cuda_graphs=False))
     cfg = engine.hf_config
     kv_token_bytes = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 2
-    prompts, output_lens = make_requests(args, cfg.vocab_size)
+    profile_decode(engine, args, device, time.perf_counter() + budget, kv_token_bytes, (256, 128, 64, 32, 16))
+
+
+def profile_decode(engine, args, device: torch.device, deadline: float, kv_token_bytes: int,
+                   batches: tuple[int, ...], steps: int = 5) -> None:
+    """The workload on an eager `engine` (no CUDA graphs, so the profiler sees every kernel): once the
+    batch has fallen to each of `batches`, `steps` steps under torch.profiler; emits the kernels by GPU
+    time, the cache bytes those steps' attention reads (`kv_token_bytes` a token) and the step's wall time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from temper.engine import SamplingParams
+
+    prompts, output_lens = make_requests(args, engine.hf_config.vocab_size)
     for p, n in zip(prompts, output_lens):
         engine.add_request(p, SamplingParams(temperature=0.6, max_new_tokens=n, ignore_eos=True))
-    deadline = time.perf_counter() + budget
     while engine.scheduler.waiting and time.perf_counter() < deadline:
         engine.step()
     for _ in range(20):
         engine.step()
-    steps = 5
-    for target in (256, 128, 64, 32, 16):
+    for target in batches:
         while len(engine.scheduler.running) > target and time.perf_counter() < deadline:
             engine.step()
         if time.perf_counter() > deadline or not engine.scheduler.running:

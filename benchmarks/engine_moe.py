@@ -65,17 +65,19 @@ MODELS = {"moonlight": ("deepseek_v3", "moonlight-16b-a3b"), "qwen3-30b": ("qwen
 PARITY = {"parity-qwen3-moe": ("qwen3_moe", "qwen3-30b-a3b"), "parity-glm4": ("glm4", "glm4-9b"),
           "parity-deepseek-v3": ("deepseek_v3", "moonlight-16b-a3b"), "parity-glm4.5-air": ("glm4_moe", "glm4.5-air")}
 PARTS = ("bandwidth", *PARITY, "moonlight", "moonlight-hf", "qwen3-30b", "qwen3-30b-hf")
+# not in the default run: the workload eagerly under torch.profiler, where a decode step's GPU time goes
+PROFILES = {"moonlight-profile": "moonlight", "qwen3-30b-profile": "qwen3-30b"}
 # Seconds of work inside a part, and what process start, model set-up and graph capture take on top.
 BUDGETS = {"bandwidth": 15, **dict.fromkeys(PARITY, 30), "moonlight": 60, "moonlight-hf": 30, "qwen3-30b": 75,
-           "qwen3-30b-hf": 30}
+           "qwen3-30b-hf": 30, **dict.fromkeys(PROFILES, 40)}
 SETUP_ALLOWANCE = {"bandwidth": 40, **dict.fromkeys(PARITY, 75), "moonlight": 100, "moonlight-hf": 70,
-                   "qwen3-30b": 120, "qwen3-30b-hf": 90}
+                   "qwen3-30b": 120, "qwen3-30b-hf": 90, **dict.fromkeys(PROFILES, 60)}
 TARGET_ROOFLINE, TARGET_HF = 0.6, 10.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {','.join(PARTS)}")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {','.join((*PARTS, *PROFILES))}")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, every part in this process")
     add_workload_arguments(p)
     p.add_argument("--mem-fraction-static", type=float, default=0.9,
@@ -240,6 +242,28 @@ def part_hf(args, device: torch.device, workdir: Path, budget: float, name: str)
                   attn_implementation=getattr(c, "_attn_implementation", None))
 
 
+def part_profile(args, device: torch.device, workdir: Path, budget: float, name: str) -> None:
+    """`name`'s workload on an eager engine, 5 decode steps under torch.profiler at batch 96, 64 and 32."""
+    from engine_diagnostics import profile_decode
+
+    from temper.engine import EngineArgs, LLMEngine
+
+    if device.type != "cuda":
+        emit("skip", part=f"{name}-profile", reason="GPU only")
+        return
+    path = config_folder(args, workdir, name, *MODELS[name])
+    engine = LLMEngine(EngineArgs(model=str(path), load_format="dummy", device=args.device, seed=0, cuda_graphs=False,
+                                  max_model_len=args.max_model_len, mem_fraction_static=args.mem_fraction_static))
+    cfg = engine.hf_config
+    if getattr(cfg, "kv_lora_rank", None):  # the latent cache: [c, k_rope] a token and layer
+        per_layer = cfg.kv_lora_rank + cfg.qk_rope_head_dim
+    else:
+        per_layer = 2 * cfg.num_key_value_heads * getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
+    profile_decode(engine, args, device, time.perf_counter() + budget, cfg.num_hidden_layers * per_layer * 2,
+                   (96, 64, 32))
+    engine.close()
+
+
 def run_part(args, part: str, workdir: Path, budget: float) -> None:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if part == "bandwidth":
@@ -248,6 +272,8 @@ def run_part(args, part: str, workdir: Path, budget: float) -> None:
         part_parity(args, device, workdir, part)
     elif part in MODELS:
         part_engine(args, device, workdir, budget, part)
+    elif part in PROFILES:
+        part_profile(args, device, workdir, budget, PROFILES[part])
     else:
         part_hf(args, device, workdir, budget, part)
 
@@ -265,9 +291,9 @@ def main(argv=None) -> list[dict]:
             sys.exit(1)
         return []
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = [p for p in parts if p not in PARTS]
+    unknown = [p for p in parts if p not in PARTS and p not in PROFILES]
     if unknown:
-        raise SystemExit(f"unknown part(s) {unknown}; expected some of {PARTS}")
+        raise SystemExit(f"unknown part(s) {unknown}; expected some of {(*PARTS, *PROFILES)}")
     if "bandwidth" not in parts:
         parts.insert(0, "bandwidth")
     deadline = time.perf_counter() + args.total_budget
@@ -342,6 +368,11 @@ def report(args, results: list[dict]) -> list[str]:
                      f"{'PASS' if p['passed'] else 'FAIL'} (<= 0.02; HF routed as the engine routed"
                      + (f", {p['logprob_mean_abs_diff_free']:.4f} with HF routing freely)"
                         if "logprob_mean_abs_diff_free" in p else ")"))
+    for k in (r for r in results if r["kind"] == "profile"):
+        lines.append(f"profile, eager decode at batch {k['batch']}: {k['step_wall_ms']:.2f} ms wall, "
+                     f"{k['gpu_ms_per_step']:.2f} ms GPU, attention {k['attention_ms']:.2f} ms over "
+                     f"{k['kv_bytes'] / 1e6:.0f} MB of cache")
+        lines += [f"    {t['ms']:7.3f} ms {t['share']:5.1%} x{t['calls']:<4} {t['kernel']}" for t in k["top"]]
     for k in (r for r in results if r["kind"] == "engine_setup"):
         gpu = (f", GPU used {k['gpu_used_bytes'] / 2**30:.1f} of {k['gpu_total_bytes'] / 2**30:.1f} GiB (mem_fraction_static "
                f"{k['mem_fraction_static']})" if "gpu_used_bytes" in k else "")
