@@ -42,9 +42,9 @@ def biased(model_dir, tmp_path_factory):
     return out
 
 
-def router_pair(seed: int, **fields):
+def router_pair(seed: int, n_group: int = 4, topk_group: int = 2, **fields):
     config = AutoConfig.for_model("deepseek_v3", hidden_size=64, n_routed_experts=16, num_experts_per_tok=4,
-                                  n_group=4, topk_group=2, routed_scaling_factor=2.5, **fields)
+                                  n_group=n_group, topk_group=topk_group, routed_scaling_factor=2.5, **fields)
     g = torch.Generator().manual_seed(seed)
     hf = DeepseekV3TopkRouter(config)
     ours = TopkRouter(config)
@@ -57,16 +57,22 @@ def router_pair(seed: int, **fields):
 
 
 @pytest.mark.parametrize("norm_topk_prob", [True, False])
-def test_grouped_routing_matches_hf(norm_topk_prob):
-    hf, ours = router_pair(0, norm_topk_prob=norm_topk_prob)
+@pytest.mark.parametrize("n_group,topk_group", [(4, 2), (8, 2), (1, 1), (4, 4)],
+                         ids=["2-of-4-groups", "2-of-8", "one-group", "all-groups-kept"])
+def test_grouped_routing_matches_hf(norm_topk_prob, n_group, topk_group):
+    """Moonlight's one group (and any topk_group == n_group) skips the group mask; the picks stay HF's."""
+    hf, ours = router_pair(0, n_group, topk_group, norm_topk_prob=norm_topk_prob)
     x = torch.randn(50, 64, generator=torch.Generator().manual_seed(1))
     _, hf_weights, hf_ids = hf(x)
     weights, ids = ours(x)
     order, hf_order = ids.sort(-1)[1], hf_ids.sort(-1)[1]
     assert torch.equal(ids.gather(1, order), hf_ids.gather(1, hf_order))
     torch.testing.assert_close(weights.gather(1, order), hf_weights.gather(1, hf_order))
-    groups = ids // 4  # 4 experts per group: every token's experts lie in at most topk_group=2 groups
-    assert all(len(set(row)) <= 2 for row in groups.tolist())
+    groups = ids // (16 // n_group)  # every token's experts lie in at most topk_group groups
+    assert all(len(set(row)) <= topk_group for row in groups.tolist())
+    if topk_group < n_group:  # the mask changed some token's picks from the ungrouped top-k
+        ungrouped = (x @ ours.weight.T).sigmoid().add(ours.e_score_correction_bias).topk(4, dim=-1)[1]
+        assert not torch.equal(ungrouped.sort(-1)[0], ids.sort(-1)[0])
 
 
 def test_correction_bias_chooses_but_does_not_weigh():

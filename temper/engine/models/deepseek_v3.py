@@ -147,11 +147,13 @@ def grouped_topk(logits: torch.Tensor, bias: torch.Tensor, top_k: int, num_group
     scores = logits.sigmoid()
     choice = scores + bias
     num_tokens, num_experts = choice.shape
-    group_scores = choice.view(num_tokens, num_groups, -1).topk(2, dim=-1)[0].sum(dim=-1)  # [T, G]
-    groups = group_scores.topk(topk_groups, dim=-1, sorted=False)[1]
-    keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, groups, True)
-    keep = keep[:, :, None].expand(-1, -1, num_experts // num_groups).reshape(num_tokens, num_experts)
-    ids = choice.masked_fill(~keep, float("-inf")).topk(top_k, dim=-1, sorted=False)[1]
+    if topk_groups < num_groups:  # else every group stays (Moonlight: one group), and masking is a no-op
+        group_scores = choice.view(num_tokens, num_groups, -1).topk(2, dim=-1)[0].sum(dim=-1)  # [T, G]
+        groups = group_scores.topk(topk_groups, dim=-1, sorted=False)[1]
+        keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, groups, True)
+        keep = keep[:, :, None].expand(-1, -1, num_experts // num_groups).reshape(num_tokens, num_experts)
+        choice = choice.masked_fill(~keep, float("-inf"))
+    ids = choice.topk(top_k, dim=-1, sorted=False)[1]
     weights = scores.gather(1, ids)
     if renormalize:
         weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
