@@ -9,6 +9,7 @@ import torch
 
 KERNEL_MODES = ("auto", "torch", "triton")
 LOAD_FORMATS = ("auto", "dummy")
+MOE_KERNELS = ("auto", "grouped_mm")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -35,6 +36,9 @@ class EngineArgs:
     kernels: "auto" (Triton kernels on CUDA where they pass a self-check at start, else PyTorch) |
         "torch" (the PyTorch reference everywhere) | "triton" (all Triton kernels, unchecked; on CPU
         only under TRITON_INTERPRET=1, for tests). The choice is process-wide (see `kernels`).
+    moe_kernel: an MoE model's routed experts: "auto" (the fused Triton experts, kernel group "fused_moe",
+        where the kernels are on and they pass their self-check, else ``torch._grouped_mm``'s grouped GEMMs,
+        group "moe") | "grouped_mm" (the grouped GEMMs even where the Triton experts would pass: an A/B).
     cuda_graphs: replay decode steps from CUDA graphs (CUDA with Triton attention only).
     overlap_scheduling: launch each step before reading back the previous one's tokens (see
         `llm_engine.py`); None: on for CUDA, off for CPU.
@@ -68,6 +72,7 @@ class EngineArgs:
     symmetric_memory: bool | None = None
     load_format: str = "auto"
     moe_router_dtype: str | None = None
+    moe_kernel: str = "auto"
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in DTYPES:
@@ -87,6 +92,9 @@ class EngineArgs:
                              f"*.safetensors, 'dummy': random weights), got {self.load_format!r}")
         if self.moe_router_dtype not in (None, "float32"):
             raise ValueError(f"EngineArgs.moe_router_dtype must be None or 'float32', got {self.moe_router_dtype!r}")
+        if self.moe_kernel not in MOE_KERNELS:
+            raise ValueError(f"EngineArgs.moe_kernel must be one of {MOE_KERNELS} ('grouped_mm': torch._grouped_mm's "
+                             f"experts instead of the fused Triton ones), got {self.moe_kernel!r}")
         if self.kernels not in KERNEL_MODES:
             raise ValueError(f"EngineArgs.kernels must be one of {KERNEL_MODES}, got {self.kernels!r}")
         for name, value in (("overlap_scheduling", self.overlap_scheduling), ("symmetric_memory", self.symmetric_memory)):

@@ -187,7 +187,8 @@ class ModelRunner:
 
     def _enable_kernels(self, hf_config) -> set[str]:
         """The kernel groups that pass on this rank, narrowed to those that pass on every rank."""
-        groups = kernels.enable(self.args.kernels, self.device, self.dtype, self._shape(hf_config))
+        without = ("fused_moe",) if self.args.moe_kernel == "grouped_mm" else ()
+        groups = kernels.enable(self.args.kernels, self.device, self.dtype, self._shape(hf_config), without)
         agreed = self.tp.agree_min("kernels", [int(g in groups) for g in kernels.GROUPS])
         groups = {g for g, ok in zip(kernels.GROUPS, agreed) if ok}
         kernels.set_enabled(groups)
@@ -195,11 +196,11 @@ class ModelRunner:
 
     def _capturable(self) -> bool:
         """Whether decode steps run from CUDA graphs: on CUDA, with the Triton attention backend and the
-        kernel groups the model names (`CUDA_GRAPH_KERNELS`: an MoE model's reference dispatch reads expert
-        counts on the host); otherwise decode runs eagerly."""
+        kernel groups the model names (`CUDA_GRAPH_KERNELS`, one of each entry's: an MoE model's reference
+        dispatch reads expert counts on the host); otherwise decode runs eagerly."""
         return (self.device.type == "cuda" and self.args.cuda_graphs
                 and self.attention_backend is not self.reference_backend
-                and all(group in self.kernel_groups for group in self.model.CUDA_GRAPH_KERNELS))
+                and all(set(options) & self.kernel_groups for options in self.model.CUDA_GRAPH_KERNELS))
 
     def _shape(self, hf_config) -> SimpleNamespace:
         _num_layers, num_kv_heads, head_dim = self.kv_shape

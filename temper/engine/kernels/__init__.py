@@ -2,7 +2,7 @@
 
 The engine computes every function twice over: the PyTorch reference (CPU and CUDA; what the CPU
 tests compare with Hugging Face) and these kernels (CUDA; the Triton ones on CPU too under
-``TRITON_INTERPRET=1``, which is how the tests run them without a GPU). Four groups, enabled separately:
+``TRITON_INTERPRET=1``, which is how the tests run them without a GPU). Five groups, enabled separately:
 
 - "layers" (`elementwise.py`): residual add + RMSNorm, q/k RMSNorm + RoPE, SiLU-and-multiply, one
   kernel each, rounding to the activation dtype exactly where the PyTorch modules round;
@@ -11,13 +11,21 @@ tests compare with Hugging Face) and these kernels (CUDA; the Triton ones on CPU
   (DeepSeek-V3's MLA) `latent_attention.py`'s entry write, causal prefill and split-K decode instead;
 - "sampler" (`sampling.py`): log-softmax + Gumbel-max draw over the vocabulary in one read of the logits,
   without [B, V] intermediates;
+- "fused_moe" (`fused_moe.py`): a model's routed experts as four Triton launches (alignment by expert,
+  gate/up GEMM with SiLU-and-multiply in its epilogue, down GEMM times the routing weight, the per-token
+  sum in ascending expert order), rows gathered straight from the activations, no host reads, so it
+  can be captured in a CUDA graph; what an MoE model runs where it passes its self-check;
 - "moe" (`models/moe.py`'s `dispatch_grouped`): the routed experts as two grouped GEMMs over the tokens
-  sorted by expert (``torch._grouped_mm``, PyTorch's own kernel, no Triton), without host reads, so that
-  an MoE model's decode step can be captured in a CUDA graph. It runs wherever ``torch._grouped_mm``
-  does (CUDA; CPU in recent PyTorch, which the CPU tests use); only models with experts check it.
+  sorted by expert (``torch._grouped_mm``, PyTorch's own kernel, no Triton), also capturable. It runs
+  wherever ``torch._grouped_mm`` does (CUDA; CPU in recent PyTorch, which the CPU tests use) and where
+  "fused_moe" is off: without triton, where the fused experts fail their check, or with
+  ``EngineArgs.moe_kernel="grouped_mm"`` (an A/B of the two). Without either the experts run
+  `moe.dispatch_loop`, which reads expert counts on the host, and the model decodes without CUDA graphs.
+  Only models with experts check these two groups.
 
 `ModelRunner` calls `enable` once per engine: on CUDA it imports triton, runs every group on small
-random inputs against the reference (`self_check.py`; "moe" also inside a CUDA graph capture) and
+random inputs against the reference (`self_check.py`; the experts' groups also inside a CUDA graph
+capture) and
 keeps the groups that pass; a group that fails to compile or disagrees is logged and left to the
 reference. Model code asks `enabled(group, x)` before each op, so a tensor on a device without kernels
 always takes the reference path.
@@ -34,7 +42,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-TRITON_GROUPS = ("layers", "attention", "sampler")
+TRITON_GROUPS = ("layers", "attention", "sampler", "fused_moe")
+MOE_GROUPS = ("fused_moe", "moe")  # checked only for a model with experts
 GROUPS = (*TRITON_GROUPS, "moe")
 _enabled: set[str] = set()
 
@@ -90,20 +99,22 @@ def set_enabled(groups) -> None:
     _enabled.update(groups)
 
 
-def enable(mode: str, device: torch.device, dtype: torch.dtype, shape) -> set[str]:
+def enable(mode: str, device: torch.device, dtype: torch.dtype, shape, without=()) -> set[str]:
     """Pick the kernel groups for an engine and turn them on; returns them.
 
     mode: "torch" (none), "triton" (all, unchecked: tests under TRITON_INTERPRET=1), "auto" (on CUDA,
-    the groups that pass `self_check` for this dtype and model `shape`; on CPU none). "moe" only for a
-    model with experts (``shape.experts`` set, see `self_check`), and without triton only "moe".
+    the groups that pass `self_check` for this dtype and model `shape`; on CPU none). `MOE_GROUPS` only
+    for a model with experts (``shape.experts`` set, see `self_check`), and without triton only "moe".
+    `without`: groups left off whatever the mode (``EngineArgs.moe_kernel="grouped_mm"``: "fused_moe").
     """
     _enabled.clear()  # the self-check compares with the reference, which must not dispatch to kernels
     groups: set[str] = set()
     if mode == "triton" or (mode == "auto" and device.type == "cuda"):
-        groups = set(GROUPS) if getattr(shape, "experts", None) else set(TRITON_GROUPS)
+        groups = set(GROUPS) if getattr(shape, "experts", None) else set(GROUPS) - set(MOE_GROUPS)
+        groups -= set(without)
         if not triton_importable():
             logger.warning("triton is not importable; the engine uses its PyTorch kernels for %s",
-                           "/".join(TRITON_GROUPS))
+                           "/".join(sorted(groups & set(TRITON_GROUPS))))
             groups -= set(TRITON_GROUPS)
     if mode == "auto" and groups:
         from temper.engine.kernels.self_check import passing_groups

@@ -6,10 +6,11 @@ off, so an engine on an unfamiliar GPU or triton version degrades to the referen
 The inputs use the model's head counts, head size and block size, so the kernels compiled here are
 the ones the engine runs; for a latent-attention model (``shape.latent_value_dim`` set: DeepSeek-V3's
 MLA) "attention" checks its latent kernels and "layers" leaves out the fused q/k norm + RoPE it never
-runs. The "moe" group (grouped-GEMM experts) is checked with the model's expert count and sizes
-(``shape.experts``), against the per-expert loop, and on CUDA once more replayed from a CUDA graph with
-new inputs: what it exists for is being captured, so a build of PyTorch whose grouped
-GEMM reads the offsets on the host (a fallback for a dtype or GPU its kernel lacks) fails here.
+runs. The experts' groups ("fused_moe": the Triton experts, with the decode and the prefill tile; "moe":
+the grouped GEMMs) are checked with the model's expert count and sizes (``shape.experts``), against the
+per-expert loop, and on CUDA once more replayed from a CUDA graph with new inputs: what they exist for
+is being captured, so a build of PyTorch whose grouped GEMM reads the offsets on the host (a fallback
+for a dtype or GPU its kernel lacks) fails here.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ logger = logging.getLogger(__name__)
 
 
 def passing_groups(device: torch.device, dtype: torch.dtype, shape, groups=None) -> set[str]:
-    """The kernel groups (of `groups`, default all that apply: "moe" only with ``shape.experts``) that
+    """The kernel groups (of `groups`, default all that apply: the experts' only with ``shape.experts``) that
     agree with the reference for this device, dtype and model shape."""
     checks = {"layers": _check_layers, "attention": _check_attention, "sampler": _check_sampler,
-              "moe": _check_moe}
+              "fused_moe": _check_fused_moe, "moe": _check_moe}
     if groups is None:
-        groups = set(checks) if getattr(shape, "experts", None) else set(checks) - {"moe"}
+        groups = set(checks) if getattr(shape, "experts", None) else set(checks) - set(kernels.MOE_GROUPS)
     passed = set()
     for group, check in checks.items():
         if group not in groups:
@@ -229,16 +230,41 @@ def _check_sampler(device, dtype, shape) -> str | None:
 
 
 def _check_moe(device, dtype, shape) -> str | None:
-    """`dispatch_grouped` vs `dispatch_loop` with ``shape.experts`` = (experts, hidden, intermediate size of
-    this rank, top-k), one expert left without tokens; on CUDA also replayed from a CUDA graph."""
-    from temper.engine.models.moe import dispatch_grouped, dispatch_loop, grouped_gemm_fits
+    """`dispatch_grouped` vs the loop (`_check_experts`); ``torch._grouped_mm`` needs 16-byte aligned rows,
+    and on CUDA bfloat16."""
+    from temper.engine.models.moe import dispatch_grouped, grouped_gemm_fits
 
-    num_experts, hidden, size, top_k = shape.experts
+    _num_experts, hidden, size, _top_k = shape.experts
     if not grouped_gemm_fits(hidden, size, dtype):
         return f"hidden size {hidden} / expert size {size} rows are not 16-byte aligned in {dtype}"
     if device.type == "cuda" and dtype != torch.bfloat16:
         return f"torch._grouped_mm has a CUDA kernel for bfloat16 only, not {dtype}"
-    tokens = 2 * num_experts + 5
+    return _check_experts("grouped experts", dispatch_grouped, device, dtype, shape)
+
+
+def _check_fused_moe(device, dtype, shape) -> str | None:
+    """The Triton experts (`fused_moe.fused_experts`, looked up at call time) vs the loop
+    (`_check_experts`), with the decode tile (few tokens) and with the prefill tile (many)."""
+    from temper.engine.kernels import fused_moe
+
+    def fused(*args):
+        return fused_moe.fused_experts(*args)
+
+    num_experts, _hidden, _size, top_k = shape.experts
+    prefill_tokens = (fused_moe.DECODE_PAIRS_PER_EXPERT * num_experts) // top_k + 1
+    return (_check_experts("fused experts", fused, device, dtype, shape)
+            or _check_experts("fused experts (prefill tile)", fused, device, dtype, shape, prefill_tokens,
+                              graph=False))
+
+
+def _check_experts(name, dispatch, device, dtype, shape, tokens=None, graph=True) -> str | None:
+    """`dispatch` vs `dispatch_loop` with ``shape.experts`` = (experts, hidden, intermediate size of this
+    rank, top-k), `tokens` tokens (default 2 x experts + 5), one expert left without tokens; on CUDA (with
+    `graph`) also replayed from a CUDA graph with new inputs."""
+    from temper.engine.models.moe import dispatch_loop
+
+    num_experts, hidden, size, top_k = shape.experts
+    tokens = tokens or 2 * num_experts + 5
     w_gate_up = _rand(num_experts, 2 * size, hidden, device=device, dtype=dtype, scale=hidden**-0.5)
     w_down = _rand(num_experts, hidden, size, device=device, dtype=dtype, scale=size**-0.5)
 
@@ -251,18 +277,17 @@ def _check_moe(device, dtype, shape) -> str | None:
         return x, weights.to(dtype), ids
 
     x, weights, ids = inputs()
-    error = _compare("grouped experts", dispatch_grouped(w_gate_up, w_down, x, weights, ids),
+    error = _compare(name, dispatch(w_gate_up, w_down, x, weights, ids),
                      dispatch_loop(w_gate_up, w_down, x, weights, ids), _tolerance(dtype))
-    if error is not None or device.type != "cuda":
+    if error is not None or device.type != "cuda" or not graph:
         return error
     static = [t.clone() for t in (x, weights, ids)]
-    dispatch_grouped(w_gate_up, w_down, *static)  # warm-up outside the capture
+    dispatch(w_gate_up, w_down, *static)  # warm-up outside the capture
     torch.cuda.synchronize(device)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = dispatch_grouped(w_gate_up, w_down, *static)
+    cuda_graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(cuda_graph):
+        out = dispatch(w_gate_up, w_down, *static)
     for buffer, new in zip(static, inputs()):
         buffer.copy_(new)
-    graph.replay()
-    return _compare("grouped experts in a CUDA graph", out, dispatch_loop(w_gate_up, w_down, *static),
-                    _tolerance(dtype))
+    cuda_graph.replay()
+    return _compare(f"{name} in a CUDA graph", out, dispatch_loop(w_gate_up, w_down, *static), _tolerance(dtype))

@@ -167,8 +167,9 @@ class DecoderForCausalLM(nn.Module):
     }
 
     # Kernel groups without which a decode step cannot be captured in a CUDA graph (besides the Triton
-    # attention backend, which every model needs): the MoE models' grouped experts ("moe").
-    CUDA_GRAPH_KERNELS: ClassVar[tuple[str, ...]] = ()
+    # attention backend, which every model needs), each entry groups of which one must be on: the MoE
+    # models' experts on the device ("fused_moe" or "moe").
+    CUDA_GRAPH_KERNELS: ClassVar[tuple[tuple[str, ...], ...]] = ()
 
     @staticmethod
     def spec(hf_config) -> DecoderSpec:

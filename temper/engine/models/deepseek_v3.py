@@ -208,7 +208,7 @@ class DeepseekMoE(nn.Module):
 
 
 class DeepseekV3ForCausalLM(DecoderForCausalLM):
-    CUDA_GRAPH_KERNELS = ("moe",)  # the experts' reference dispatch reads its token counts on the host
+    CUDA_GRAPH_KERNELS = (("fused_moe", "moe"),)  # the experts' reference dispatch reads its token counts on the host
     ATTENTION_KERNEL = "latent"  # the runner's Triton attention backend: kernels.latent_attention's
     # q/k/v are not fused here (q_proj is MLA's own projection); gate/up are, in every MLP and expert.
     packed_modules = {name: DecoderForCausalLM.packed_modules[name] for name in ("gate_proj", "up_proj")}

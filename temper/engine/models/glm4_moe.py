@@ -29,7 +29,7 @@ from temper.engine.models.rotary import PartialRotary, inverse_frequencies, rope
 
 
 class Glm4MoeForCausalLM(DecoderForCausalLM):
-    CUDA_GRAPH_KERNELS = ("moe",)  # the experts' reference dispatch reads its token counts on the host
+    CUDA_GRAPH_KERNELS = (("fused_moe", "moe"),)  # the experts' reference dispatch reads its token counts on the host
     unused_weight = DeepseekV3ForCausalLM.unused_weight  # the multi-token-prediction layers, stored after the others
 
     @staticmethod

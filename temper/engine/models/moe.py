@@ -7,17 +7,27 @@ the model dtype. Each token's output is the weighted sum of its experts' outputs
 expert order (HF's order, which decides the rounding in bf16).
 
 The experts' weights are stacked (`GroupedExperts`): ``gate_up_proj.weight`` [E, 2 x I, hidden] and
-``down_proj.weight`` [E, hidden, I]. Two dispatch paths compute the same sum over them:
+``down_proj.weight`` [E, hidden, I]. Three dispatch paths compute the same sum over them; `GroupedExperts`
+takes the first whose kernel group is on (`kernels`: the start-up self-check decides, on CUDA):
 
-- `dispatch_loop`, the PyTorch reference (CPU and CUDA): the (token, slot) pairs are sorted by expert
-  once, then a Python loop runs over the experts that received tokens -- never over all experts, never
-  per token -- each gathering its tokens, applying its SwiGLU and adding the weighted result back. Its
-  trip count and per-expert row counts are read on the host, so it cannot be captured in a CUDA graph.
-- `dispatch_grouped` (kernel group "moe", see `kernels`): the same sorted layout as two grouped GEMMs
+- kernel group "fused_moe" (`kernels/fused_moe.py`, Triton): the pairs aligned by expert on the device,
+  then one kernel for gate/up with SiLU-and-multiply in its epilogue (rows gathered from x by token),
+  one for down times the routing weight, one for each token's sum in ascending expert order; no host
+  reads, capturable in a CUDA graph, any expert sizes. ``EngineArgs.moe_kernel="grouped_mm"`` leaves it
+  off (an A/B against the next path).
+- kernel group "moe", `dispatch_grouped`: the same sorted layout as two grouped GEMMs
   (``torch._grouped_mm``: gate/up over every expert's rows at once, then down), the per-expert offsets
   computed on the device (a ``searchsorted`` over the sorted ids), no host reads and shapes that depend
   on the token count only, so a decode step with it can be captured in a CUDA graph. Its rows must be
   16-byte aligned (`grouped_gemm_fits`); a model whose sizes are not runs the loop.
+- `dispatch_loop`, the PyTorch reference (CPU and CUDA): the (token, slot) pairs are sorted by expert
+  once, then a Python loop runs over the experts that received tokens -- never over all experts, never
+  per token -- each gathering its tokens, applying its SwiGLU and adding the weighted result back. Its
+  trip count and per-expert row counts are read on the host, so it cannot be captured in a CUDA graph.
+
+All three round where `dispatch_loop` rounds (the GEMM outputs, silu, its product with up, the weighted
+output, each add), so in bf16 they differ only where a GEMM's summation order moves a value across a
+rounding boundary.
 
 Weights keep the checkpoint's per-expert names: `WeightMap` resolves ``mlp.experts.{e}.gate_proj.weight``
 to the stacked ``mlp.experts.gate_up_proj.weight`` with shard id (e, "gate") (the expert index moves into
@@ -130,6 +140,8 @@ class GroupedExperts(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """x [T, hidden], weights/ids [T, top_k] -> [T, hidden], this rank's partial sum."""
         w_gate_up, w_down = self.gate_up_proj.weight, self.down_proj.weight
+        if kernels.enabled("fused_moe", x):
+            return kernels.module("fused_moe").fused_experts(w_gate_up, w_down, x, weights, ids)
         if kernels.enabled("moe", x) and grouped_gemm_fits(self.hidden_size, self.local_size, x.dtype):
             return dispatch_grouped(w_gate_up, w_down, x, weights, ids)
         return dispatch_loop(w_gate_up, w_down, x, weights, ids)
@@ -195,7 +207,7 @@ def dispatch_loop(w_gate_up: torch.Tensor, w_down: torch.Tensor, x: torch.Tensor
     if x.is_cuda and torch.cuda.is_current_stream_capturing():
         raise RuntimeError(
             "the MoE reference path reads its per-expert token counts on the host and cannot be captured in "
-            "a CUDA graph; the runner captures an MoE model only with the grouped path (kernel group 'moe') on"
+            "a CUDA graph; the runner captures an MoE model only with kernel group 'fused_moe' or 'moe' on"
         )
     top_k = ids.shape[1]
     flat = ids.flatten()

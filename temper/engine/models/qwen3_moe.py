@@ -23,7 +23,7 @@ def is_sparse_layer(hf_config, layer_idx: int) -> bool:
 
 
 class Qwen3MoeForCausalLM(Qwen3ForCausalLM):
-    CUDA_GRAPH_KERNELS = ("moe",)  # the experts' reference dispatch reads its token counts on the host
+    CUDA_GRAPH_KERNELS = (("fused_moe", "moe"),)  # the experts' reference dispatch reads its token counts on the host
 
     @staticmethod
     def spec(hf_config) -> DecoderSpec:

@@ -25,6 +25,7 @@ class ServerArgs:
     device: str = "auto"
     load_format: str = "auto"  # "dummy": random weights, no *.safetensors needed (EngineArgs.load_format)
     moe_router_dtype: str | None = None  # "float32": Qwen-MoE routers in float32 (EngineArgs.moe_router_dtype)
+    moe_kernel: str | None = None  # "grouped_mm": torch._grouped_mm's experts, not Triton's (EngineArgs.moe_kernel)
     max_model_len: int | None = None  # SGLang's --context-length
     num_kv_blocks: int | None = None
     mem_fraction_static: float | None = None
@@ -90,7 +91,7 @@ class ServerArgs:
             "num_kv_blocks": self.num_kv_blocks, "mem_fraction_static": self.mem_fraction_static,
             "max_num_seqs": self.max_running_requests, "max_num_batched_tokens": self.chunked_prefill_size,
             "seed": self.random_seed, "tensor_parallel_size": self.tp_size, "load_format": self.load_format,
-            "moe_router_dtype": self.moe_router_dtype,
+            "moe_router_dtype": self.moe_router_dtype, "moe_kernel": self.moe_kernel,
         }
         if self.disable_custom_all_reduce:
             mapped["symmetric_memory"] = False
@@ -116,6 +117,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
            "tokenizer), for benchmarks")
     a("--moe-router-dtype", default=None, choices=("float32",),
       help="compute Qwen-MoE routers in float32 (the trainer's --moe-router-dtype fp32); default: as Hugging Face")
+    a("--moe-kernel", default=None, choices=("auto", "grouped_mm"),
+      help="an MoE model's routed experts: auto (the fused Triton kernels where they pass their start-up check, "
+           "else torch._grouped_mm); grouped_mm (torch._grouped_mm always, for an A/B)")
     a("--max-model-len", "--context-length", dest="max_model_len", type=int, default=None, help="context length in tokens")
     a("--num-kv-blocks", type=int, default=None, help="KV-cache blocks (default: sized from --mem-fraction-static)")
     a("--mem-fraction-static", type=float, default=None, help="share of device memory for weights + KV cache")

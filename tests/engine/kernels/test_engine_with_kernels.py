@@ -41,10 +41,10 @@ def test_self_check_passes_every_group(dtype, device):
                             block_size=16, vocab_size=1024, qk_norm=True, experts=(8, 64, 32, 2))
     # torch._grouped_mm: a CUDA kernel for bf16 only; on CPU where this PyTorch implements it
     grouped = kernels.grouped_mm_runs_on_cpu() if device == "cpu" else dtype == torch.bfloat16
-    expected = set(kernels.GROUPS) if grouped else set(kernels.TRITON_GROUPS)
+    expected = set(kernels.GROUPS) if grouped else set(kernels.GROUPS) - {"moe"}
     assert passing_groups(torch.device(device), dtype, shape) == expected
-    shape.experts = None  # a dense model: the experts' group is not checked
-    assert passing_groups(torch.device(device), dtype, shape) == set(kernels.TRITON_GROUPS)
+    shape.experts = None  # a dense model: the experts' groups are not checked
+    assert passing_groups(torch.device(device), dtype, shape) == set(kernels.GROUPS) - set(kernels.MOE_GROUPS)
 
 
 def test_self_check_leaves_out_a_group_that_disagrees(device, monkeypatch):

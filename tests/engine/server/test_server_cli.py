@@ -25,6 +25,7 @@ def test_serve_flags_map_to_engine_args(tmp_path):
         "--disable-radix-cache", "--random-seed", "3", "--max-model-len", "256", "--num-kv-blocks", "64",
         "--mem-fraction-static", "0.5", "--served-model-name", "m", "--dtype", "float32", "--device", "cpu",
         "--tp-size", "2", "--disable-custom-all-reduce", "--load-format", "dummy", "--moe-router-dtype", "float32",
+        "--moe-kernel", "grouped_mm",
     ])
     server_args = server_args_from(args)
     assert server_args.host == "127.0.0.1" and server_args.port == 1234 and server_args.model_name == "m"
@@ -33,7 +34,11 @@ def test_serve_flags_map_to_engine_args(tmp_path):
     assert (engine.max_model_len, engine.num_kv_blocks, engine.mem_fraction_static) == (256, 64, 0.5)
     assert engine.enable_prefix_caching is False and engine.device == "cpu" and engine.tensor_parallel_size == 2
     assert engine.symmetric_memory is False and engine.load_format == "dummy" and engine.moe_router_dtype == "float32"
-    assert server_args_from(build_parser().parse_args(["serve", "--model", "m"])).engine_args().moe_router_dtype is None
+    assert engine.moe_kernel == "grouped_mm"
+    default = server_args_from(build_parser().parse_args(["serve", "--model", "m"])).engine_args()
+    assert default.moe_router_dtype is None and default.moe_kernel == "auto"
+    with pytest.raises(ValueError, match=r"moe_kernel must be one of \('auto', 'grouped_mm'\)"):
+        ServerArgs(model="x", moe_kernel="triton").engine_args()
     with pytest.raises(ValueError, match="moe_router_dtype must be None or 'float32', got 'fp32'"):
         ServerArgs(model="x", moe_router_dtype="fp32").engine_args()
     alias = server_args_from(build_parser().parse_args(["serve", "--model", "m", "--tensor-parallel-size", "4"]))
