@@ -66,14 +66,15 @@ def _align_kernel(ids_ptr, pairs_ptr, block_expert_ptr, block_rows_ptr, num_pair
                   BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, E_POW2: tl.constexpr):
     expert = tl.program_id(0)
     offs = tl.arange(0, CHUNK)
+    experts = tl.arange(0, E_POW2)
     counts = tl.zeros([E_POW2], dtype=tl.int32)
     for start in range(0, num_pairs, CHUNK):
-        ok = start + offs < num_pairs
-        ids = tl.load(ids_ptr + start + offs, mask=ok, other=0).to(tl.int32)
-        counts += tl.histogram(ids, E_POW2, mask=ok)
+        ids = tl.load(ids_ptr + start + offs, mask=start + offs < num_pairs, other=0).to(tl.int32)
+        # the lanes past the end read expert 0: taken back (histogram's mask argument is recent)
+        counts += tl.histogram(ids, E_POW2) - tl.where(experts == 0, tl.maximum(start + CHUNK - num_pairs, 0), 0)
     blocks = (counts + BLOCK_M - 1) // BLOCK_M
     first = tl.cumsum(blocks, 0) - blocks  # each expert's first block
-    mine = tl.arange(0, E_POW2) == expert
+    mine = experts == expert
     my_first, my_count = tl.sum(tl.where(mine, first, 0)), tl.sum(tl.where(mine, counts, 0))
     block_offs = tl.arange(0, BLOCK_M)
     for b0 in range(0, tl.cdiv(my_count, BLOCK_M), BLOCK_M):  # this expert's rows of the block table
@@ -82,7 +83,7 @@ def _align_kernel(ids_ptr, pairs_ptr, block_expert_ptr, block_rows_ptr, num_pair
         tl.store(block_expert_ptr + my_first + b, tl.zeros_like(b) + expert, mask=ok)
         tl.store(block_rows_ptr + my_first + b, tl.minimum(my_count - b * BLOCK_M, BLOCK_M), mask=ok)
     if my_count > 0:
-        seen = 0
+        seen = my_count * 0  # an int32 tensor, as the loop carries it
         for start in range(0, num_pairs, CHUNK):
             ok = start + offs < num_pairs
             hit = (tl.load(ids_ptr + start + offs, mask=ok, other=-1).to(tl.int32) == expert) & ok
