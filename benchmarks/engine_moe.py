@@ -31,6 +31,7 @@ roofline and >= 10x HF.
     python benchmarks/engine_moe.py                                   # GPU, every part, about 8 minutes
     python benchmarks/engine_moe.py --parts parity-glm4,moonlight     # some parts
     python benchmarks/engine_moe.py --smoke                           # CPU, tiny shapes, in-process, seconds
+    python benchmarks/engine_moe.py --parts moonlight,qwen3-30b --moe-kernel grouped_mm   # A/B: no fused experts
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mem-fraction-static", type=float, default=0.9,
                    help="the engine's share of GPU memory for weights + KV cache")
     p.add_argument("--repeats", type=int, default=1, help="timed runs of the workload per engine part (median)")
+    p.add_argument("--moe-kernel", default="auto", choices=("auto", "grouped_mm"),
+                   help="the engines' routed experts (EngineArgs.moe_kernel): grouped_mm for an A/B against the fused "
+                        "Triton kernels")
     p.add_argument("--parity-layers", type=int, default=4)
     p.add_argument("--parity-prompts", type=int, default=10)
     p.add_argument("--parity-tokens", type=int, default=32)
@@ -187,7 +191,8 @@ def part_engine(args, device: torch.device, workdir: Path, budget: float, name: 
     path = config_folder(args, workdir, name, *MODELS[name])
     start = time.perf_counter()
     engine = LLMEngine(EngineArgs(model=str(path), load_format="dummy", device=args.device, seed=0,
-                                  max_model_len=args.max_model_len, mem_fraction_static=args.mem_fraction_static))
+                                  max_model_len=args.max_model_len, mem_fraction_static=args.mem_fraction_static,
+                                  moe_kernel=args.moe_kernel))
     runner = engine.model_runner
     weights = sum(p.numel() * p.element_size() for p in runner.model.parameters())
     emit("engine_setup", name=name, seconds=time.perf_counter() - start, kernels=sorted(runner.kernel_groups),
@@ -253,7 +258,8 @@ def part_profile(args, device: torch.device, workdir: Path, budget: float, name:
         return
     path = config_folder(args, workdir, name, *MODELS[name])
     engine = LLMEngine(EngineArgs(model=str(path), load_format="dummy", device=args.device, seed=0, cuda_graphs=False,
-                                  max_model_len=args.max_model_len, mem_fraction_static=args.mem_fraction_static))
+                                  max_model_len=args.max_model_len, mem_fraction_static=args.mem_fraction_static,
+                                  moe_kernel=args.moe_kernel))
     cfg = engine.hf_config
     if getattr(cfg, "kv_lora_rank", None):  # the latent cache: [c, k_rope] a token and layer
         per_layer = cfg.kv_lora_rank + cfg.qk_rope_head_dim
