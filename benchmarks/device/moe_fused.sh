@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The fused Triton MoE experts (kernels/fused_moe.py) and routers (kernels/routing.py) on their first GPU, in one
+# device call (~9 minutes): their GPU tests, the experts of one layer fused vs grouped GEMMs
+# (benchmarks/moe_kernel.py), then the engine on Moonlight-16B-A3B and Qwen3-30B-A3B against the roofline
+# (benchmarks/engine_moe.py, whose engines take the fused experts when they pass their self-check; HF generate is
+# left out for time: add moonlight-hf,qwen3-30b-hf to PARTS in a call of its own).
+# The A/B against the grouped GEMMs end to end is a second call:
+#   PARTS=moonlight,qwen3-30b ARGS="--moe-kernel grouped_mm" SKIP_KERNELS=1 bash benchmarks/device/moe_fused.sh
+# Usage (repo root, carry .device with pack.tar.xz): bash benchmarks/device/moe_fused.sh
+set -uo pipefail
+mkdir -p /tmp/site && tar xJf .device/pack.tar.xz -C /tmp/site
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)"
+if [[ -z "${SKIP_KERNELS:-}" ]]; then
+  tests=(tests/engine/kernels/test_fused_moe.py)
+  [[ -f tests/engine/kernels/test_routing.py ]] && tests+=(tests/engine/kernels/test_routing.py)
+  timeout 75 python -m pytest -q -rfE -p no:cacheprovider -m gpu "${tests[@]}" > "$OUT/kernel_tests.log" 2>&1
+  echo "kernel tests exit $?"; grep -E "passed|failed|Error" "$OUT/kernel_tests.log" | tail -12
+  timeout 75 python benchmarks/moe_kernel.py --tokens "${TOKENS:-1,64,2048}" --out "$OUT/moe_kernel.json" \
+    > "$OUT/moe_kernel.log" 2>&1
+  echo "moe_kernel exit $?"; tail -45 "$OUT/moe_kernel.log"
+fi
+timeout "${BENCH_TIMEOUT:-410}" python benchmarks/engine_moe.py --parts "${PARTS:-moonlight,qwen3-30b}" \
+  --total-budget "${TOTAL_BUDGET:-400}" ${ARGS:-} 2>&1 | tee "$OUT/moe_bench.log" | grep -v '^  {'
+echo "exit ${PIPESTATUS[0]}"
