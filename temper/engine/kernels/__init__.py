@@ -2,7 +2,7 @@
 
 The engine computes every function twice over: the PyTorch reference (CPU and CUDA; what the CPU
 tests compare with Hugging Face) and these kernels (CUDA; the Triton ones on CPU too under
-``TRITON_INTERPRET=1``, which is how the tests run them without a GPU). Five groups, enabled separately:
+``TRITON_INTERPRET=1``, which is how the tests run them without a GPU). Six groups, enabled separately:
 
 - "layers" (`elementwise.py`): residual add + RMSNorm, q/k RMSNorm + RoPE, SiLU-and-multiply, one
   kernel each, rounding to the activation dtype exactly where the PyTorch modules round;
@@ -21,7 +21,11 @@ tests compare with Hugging Face) and these kernels (CUDA; the Triton ones on CPU
   "fused_moe" is off: without triton, where the fused experts fail their check, or with
   ``EngineArgs.moe_kernel="grouped_mm"`` (an A/B of the two). Without either the experts run
   `moe.dispatch_loop`, which reads expert counts on the host, and the model decodes without CUDA graphs.
-  Only models with experts check these two groups.
+- "routing" (`routing.py`): a router's expert choice after its logits, one launch per layer instead of
+  ~10 small ops: DeepSeek-V3's sigmoid routing with its group mask (`deepseek_v3.TopkRouter`, and GLM-4.5's
+  which is the same); also `moe.softmax_topk`'s softmax routing (`routing.softmax_topk`, checked with the
+  group but not yet called by `moe.py`).
+  Only models with experts check these three groups.
 
 `ModelRunner` calls `enable` once per engine: on CUDA it imports triton, runs every group on small
 random inputs against the reference (`self_check.py`; the experts' groups also inside a CUDA graph
@@ -42,8 +46,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-TRITON_GROUPS = ("layers", "attention", "sampler", "fused_moe")
-MOE_GROUPS = ("fused_moe", "moe")  # checked only for a model with experts
+TRITON_GROUPS = ("layers", "attention", "sampler", "fused_moe", "routing")
+MOE_GROUPS = ("fused_moe", "moe", "routing")  # checked only for a model with experts
 GROUPS = (*TRITON_GROUPS, "moe")
 _enabled: set[str] = set()
 

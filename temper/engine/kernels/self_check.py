@@ -10,7 +10,9 @@ runs. The experts' groups ("fused_moe": the Triton experts, with the decode and 
 the grouped GEMMs) are checked with the model's expert count and sizes (``shape.experts``), against the
 per-expert loop, and on CUDA once more replayed from a CUDA graph with new inputs: what they exist for
 is being captured, so a build of PyTorch whose grouped GEMM reads the offsets on the host (a fallback
-for a dtype or GPU its kernel lacks) fails here.
+for a dtype or GPU its kernel lacks) fails here. "routing" (the routers' top-k kernels) runs with the
+model's expert count and top-k: DeepSeek-V3's sigmoid routing with one group and with a group mask, and
+the softmax routing, each against its PyTorch reference.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def passing_groups(device: torch.device, dtype: torch.dtype, shape, groups=None)
     """The kernel groups (of `groups`, default all that apply: the experts' only with ``shape.experts``) that
     agree with the reference for this device, dtype and model shape."""
     checks = {"layers": _check_layers, "attention": _check_attention, "sampler": _check_sampler,
-              "fused_moe": _check_fused_moe, "moe": _check_moe}
+              "fused_moe": _check_fused_moe, "moe": _check_moe, "routing": _check_routing}
     if groups is None:
         groups = set(checks) if getattr(shape, "experts", None) else set(checks) - set(kernels.MOE_GROUPS)
     passed = set()
@@ -291,3 +293,45 @@ def _check_experts(name, dispatch, device, dtype, shape, tokens=None, graph=True
         buffer.copy_(new)
     cuda_graph.replay()
     return _compare(f"{name} in a CUDA graph", out, dispatch_loop(w_gate_up, w_down, *static), _tolerance(dtype))
+
+
+def _check_routing(device, dtype, shape) -> str | None:
+    """`routing.sigmoid_topk` vs `deepseek_v3.grouped_topk` (one group; a group mask where the expert count
+    splits into groups of two or more) and `routing.softmax_topk` vs `moe.softmax_topk` (logits in `dtype`
+    and in float32), on random logits without ties of 7 tokens with the model's expert count and top-k: the
+    same experts per token, weights to float32 rounding (softmax: of the output dtype)."""
+    from temper.engine.kernels import routing
+    from temper.engine.kernels.common import next_pow2
+    from temper.engine.models.deepseek_v3 import grouped_topk
+    from temper.engine.models.moe import softmax_topk
+
+    num_experts, _hidden, _size, top_k = shape.experts
+    # distinct values k * 8 / P (P: E's next power of two, |k| <= P / 2) in random order: exact in bf16
+    ranks = torch.stack([torch.randperm(num_experts) for _ in range(7)]) - num_experts // 2
+    logits = (ranks * (8.0 / next_pow2(num_experts))).to(device)
+    bias = _rand(num_experts, device=device, dtype=torch.float32, scale=0.3)
+    configs = [(1, 1, True, 2.5)] + [(g, g // 2, False, 1.0) for g in (8, 4, 2)
+                                     if num_experts % g == 0 and num_experts // g >= 2
+                                     and (g // 2) * (num_experts // g) >= top_k][:1]
+    errors = []
+    for num_groups, keep, renormalize, scale in configs:
+        args = (top_k, num_groups, keep, renormalize, scale)
+        errors.append(_compare_routing(f"sigmoid routing, {keep} of {num_groups} groups",
+                                       routing.sigmoid_topk(logits, bias, *args), grouped_topk(logits, bias, *args),
+                                       1e-5))
+    for logits_dtype in dict.fromkeys((dtype, torch.float32)):
+        x = logits.to(logits_dtype)
+        errors.append(_compare_routing(f"softmax routing in {logits_dtype}", routing.softmax_topk(x, top_k, True),
+                                       softmax_topk(x, top_k, True), _tolerance(logits_dtype)))
+    return next((e for e in errors if e), None)
+
+
+def _compare_routing(name: str, out, ref, tol: float) -> str | None:
+    """(weights, ids) [T, k] vs the reference's: the same ids per row in any order, their weights close."""
+    (weights, ids), (ref_weights, ref_ids) = out, ref
+    order, ref_order = ids.sort(dim=1)[1], ref_ids.sort(dim=1)[1]
+    if not torch.equal(ids.gather(1, order), ref_ids.gather(1, ref_order)):
+        return f"{name}: experts {ids.tolist()} != reference {ref_ids.tolist()}"
+    if weights.dtype != ref_weights.dtype:
+        return f"{name}: weights in {weights.dtype}, reference in {ref_weights.dtype}"
+    return _compare(f"{name} weights", weights.gather(1, order), ref_weights.gather(1, ref_order), tol)

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from temper.engine import kernels
 from temper.engine.attention import AttentionMetadata, PagedAttention
 from temper.engine.models.decoder import DecoderForCausalLM, DecoderLayer, DecoderSpec
 from temper.engine.models.layers import (
@@ -178,7 +179,13 @@ class TopkRouter(nn.Module):
                              f"{num_experts} into groups of at least 2 experts (config.json)")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [T, hidden] -> (weights [T, top_k] float32, expert ids [T, top_k] int64): `grouped_topk`, or
+        its one-launch kernel (`kernels.routing.sigmoid_topk`) where kernel group "routing" is on."""
         logits = F.linear(x.float(), self.weight)
+        if kernels.enabled("routing", x):
+            return kernels.module("routing").sigmoid_topk(
+                logits, self.e_score_correction_bias, self.top_k, self.num_groups, self.topk_groups,
+                self.renormalize, self.scale)
         return grouped_topk(logits, self.e_score_correction_bias, self.top_k, self.num_groups, self.topk_groups,
                             self.renormalize, self.scale)
 
