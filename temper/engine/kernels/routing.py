@@ -20,9 +20,10 @@ logits equal after rounding); lowest index first is what its CPU kernel does in 
 depend on the ids' order within a row, only on weights[t, j] belonging to ids[t, j].
 
 Rounding: on the GPU exp is libdevice's expf and the divisions are IEEE (div_rn), what PyTorch's CUDA
-sigmoid and softmax compute, so the values that choose are the reference's to the last bit but for the
-order of the softmax's sum; the weights' sums (over k, over E) add in another order, so weights agree to a
-few float32 ulps. The interpreter (CPU tests) uses numpy's exp. A row with NaN logits gets in-range but
+sigmoid (1 / (1 + expf(-x))) and softmax (expf(x - max) / sum) compute, so the sigmoid scores should equal
+the reference's bit for bit and the softmax's differ only through the order of its sum (expected from the
+source, not measured: the GPU tests check the picks and the weights to 1e-6); the weights' sums over k add
+in another order, so weights agree to a few float32 ulps. The interpreter (CPU tests) uses numpy's exp. A row with NaN logits gets in-range but
 arbitrary ids (as the reference's would be meaningless too).
 """
 
