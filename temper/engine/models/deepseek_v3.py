@@ -34,8 +34,10 @@ routed experts are `moe.GroupedExperts` (stacked weights loaded by their per-exp
 Fast paths: the class says ``ATTENTION_KERNEL = "latent"``, so on CUDA the runner serves the attention
 with `kernels.latent_attention.TritonLatentAttention` when it passes its self-check (kernel group
 "attention"): the entry write, a causal prefill kernel and a split-K decode kernel, both reading each cache
-tile once for a block of heads (prefill: of tokens x heads). With it and the grouped experts ("moe"),
-decode steps replay from CUDA graphs. Tensor parallelism: heads are split (q, kv_b column-parallel, o_proj
+tile once for a block of heads (prefill: of tokens x heads). The router's choice after its logits is one
+launch where group "routing" is on (`kernels.routing.sigmoid_topk`), the routed experts the fused Triton
+kernels ("fused_moe") or grouped GEMMs ("moe"); with either experts group, decode steps replay from CUDA
+graphs. Tensor parallelism: heads are split (q, kv_b column-parallel, o_proj
 row-parallel); the latent projections, the router and the cache entry are replicated; experts as in
 `moe.py`. Not supported: DeepSeek-V3's FP8 block-quantised checkpoint (``weight_scale_inv``
 tensors; a BF16 conversion loads) and its multi-token-prediction layer (skipped when loading).

@@ -3,8 +3,9 @@ shared expert (Qwen3-MoE's `Qwen3MoeSparseMoeBlock`; Mixtral's and Qwen2-MoE's r
 
 Routing, as Hugging Face computes it: router logits in the model dtype, softmax in float32, the top
 `num_experts_per_tok` probabilities (renormalised to sum to 1 when ``norm_topk_prob``), cast back to
-the model dtype. Each token's output is the weighted sum of its experts' outputs, added in ascending
-expert order (HF's order, which decides the rounding in bf16).
+the model dtype (`softmax_topk`; after the logits, one Triton launch where kernel group "routing" is on:
+`kernels.routing.softmax_topk`). Each token's output is the weighted sum of its experts' outputs, added in
+ascending expert order (HF's order, which decides the rounding in bf16).
 
 The experts' weights are stacked (`GroupedExperts`): ``gate_up_proj.weight`` [E, 2 x I, hidden] and
 ``down_proj.weight`` [E, hidden, I]. Three dispatch paths compute the same sum over them; `GroupedExperts`
@@ -176,6 +177,8 @@ class SparseMoeBlock(nn.Module):
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [T, hidden] -> (weights [T, top_k], expert ids [T, top_k])."""
         logits = F.linear(x.float(), self.gate.weight.float()) if self.router_fp32 else self.gate(x)
+        if kernels.enabled("routing", x):  # the same, in one launch (kernels/routing.py)
+            return kernels.module("routing").softmax_topk(logits, self.top_k, self.norm_topk_prob)
         return softmax_topk(logits, self.top_k, self.norm_topk_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -226,6 +226,39 @@ def test_deepseek_v3_engine_on_the_routing_kernel_generates_the_reference_tokens
         assert (torch.tensor(out.output_logprobs) - torch.tensor(ref.output_logprobs)).abs().max() <= 1e-5
 
 
+def test_qwen3_moe_engine_on_the_routing_kernel_generates_the_reference_tokens(model_dir, hf, monkeypatch, device):
+    """The tiny Qwen3-MoE (softmax routing, renormalised; float32) with only "routing" on vs all kernels off:
+    `SparseMoeBlock.route` takes `routing.softmax_topk`; the greedy tokens (a prefix-cache hit included) and,
+    asked for, the experts each token was routed to are the reference's, log-probs to float32 rounding."""
+    from temper.engine import EngineArgs, LLMEngine, SamplingParams
+
+    engine = LLMEngine(EngineArgs(model=str(model_dir("qwen3_moe")), device=device, num_kv_blocks=64,
+                                  max_model_len=64, dtype="float32", kernels="torch", cuda_graphs=False))
+    assert any(isinstance(m, moe.SparseMoeBlock) for m in engine.model_runner.model.modules())
+    prompts = hf.prompts(3, 3, 20, seed=6)
+    greedy = SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True)
+
+    def run():
+        outs = engine.generate(prompts + [max(prompts, key=len) + [5, 6, 7]], greedy)
+        ids = [engine.add_request(p, greedy, return_routed_experts=True) for p in prompts]
+        final = {}
+        while engine.has_unfinished_requests():
+            final.update((o.request_id, o) for o in engine.step() if o.finished)
+        return outs, [final[i].routed_experts for i in ids]
+
+    reference, reference_routing = run()
+    calls, real = [], routing.softmax_topk
+    monkeypatch.setattr(routing, "softmax_topk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    kernels.set_enabled({"routing"})
+    outs, routed = run()
+    assert calls and outs[-1].cached_tokens > 0
+    for ref, out in zip(reference, outs):
+        assert out.output_token_ids == ref.output_token_ids
+        assert (torch.tensor(out.output_logprobs) - torch.tensor(ref.output_logprobs)).abs().max() <= 1e-5
+    for ref, got in zip(reference_routing, routed):
+        assert got.shape == ref.shape and (got == ref).all()
+
+
 # ---- GPU: the real router shapes -----------------------------------------------------------------------
 
 # (experts, top_k, groups, groups kept, renormalise, routed scaling factor)
