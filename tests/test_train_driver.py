@@ -21,7 +21,7 @@ from temper.quickstart import load_driver, prepare
 from temper.rollout.recording import load_recording
 from temper.testing import tiny_model_dir
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster", "plots_unrasterized")]
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = 32  # 4 prompts x 8 samples per rollout
 RISE = 0.1  # "reward rose": last step's mean reward >= first step's + RISE
@@ -99,13 +99,14 @@ def test_rerun_of_a_finished_run_exits_and_keeps_its_report(sync_run, task, caps
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (out / "run").iterdir() if p.is_file()} == run_files
 
 
-def test_resume_continues_exactly(sync_run, task, tmp_path):
+def test_resume_continues_exactly(sync_run, killed_and_resumed):
+    """The resumed run of the test below (--load on the checkpoint root of rollout 1, written by a run identical to
+    sync_run up to then) against the uninterrupted sync_run."""
     full, out = sync_run
-    flags = task_flags(task, tmp_path, "--rollout-num-gpus", "2", "--load", str(out / "ckpt" / "iter_0000001"))
-    resumed = load_driver("train").main(flags)
+    resumed, resumed_out = killed_and_resumed.resumed, killed_and_resumed.out
     assert [s["step"] for s in resumed] == [2, 3]
     for r, (want, got) in enumerate(zip(full[2:], resumed), start=2):
-        assert [s["index"] for s in saved_samples(tmp_path, r)] == [s["index"] for s in saved_samples(out, r)]
+        assert [s["index"] for s in saved_samples(resumed_out, r)] == [s["index"] for s in saved_samples(out, r)]
         exact = [
             k
             for k in want
@@ -374,10 +375,14 @@ def test_seed_quick_start_runs_unchanged_on_cpu(task, tmp_path):
     assert (tmp_path / "ckpt" / "report.md").is_file()  # the run folder defaults to --save
 
 
-def test_quickstart_short(tmp_path, capsys):
-    """The README's main command, 3 steps: progress lines, metrics file, report, the trained model kept
-    as a Hugging Face folder that transformers loads, and how to serve it."""
+def test_quickstart_short(tmp_path, capsys, monkeypatch, plots_unrasterized):
+    """The README's main command, 3 steps: progress lines, metrics file, report (its plots drawn for real), the
+    trained model kept as a Hugging Face folder that transformers loads, and how to serve it."""
+    from matplotlib.figure import Figure
+
     from temper.quickstart import main
+
+    monkeypatch.setattr(Figure, "savefig", plots_unrasterized)
 
     steps = main(["--workdir", str(tmp_path), "--num-rollout", "3"])
     printed = capsys.readouterr().out
@@ -535,17 +540,18 @@ def test_eval_config_and_passrate_in_a_train_run(task, tmp_path):
     assert step["eval/wide/response_len_mean"] <= 4 and step["eval/short/response_len_mean"] <= 2
 
 
-def test_a_dead_train_rank_stops_the_run_naming_the_checkpoint_and_load_resumes_it(sync_run, task, tmp_path):
-    """SIGKILL of train rank 0 while it trains rollout 2: the run stops with an error naming the rank, the
-    last checkpoint (rollout 1's) and the command that resumes; that command trains rollouts 2 and 3 as the
-    uninterrupted run did."""
+@pytest.fixture(scope="module")
+def killed_and_resumed(sync_run, task, tmp_path_factory):
+    """sync_run's command (own --save) with train rank 0 SIGKILLed while it trains rollout 2, then the same command
+    with --load on that --save, as the error says: the error, the killed run's last metrics line, the resumed
+    run's step records and the folder both ran in."""
     import os
     import signal
+    from types import SimpleNamespace
 
     from temper.cluster import run_driver
 
     train_module = load_driver("train")
-    full, _ = sync_run
 
     def killing_loop(cfg, cluster, log):
         train = cluster.train
@@ -558,18 +564,33 @@ def test_a_dead_train_rank_stops_the_run_naming_the_checkpoint_and_load_resumes_
         cluster.train = train_killing_rank_0
         return train_module.train(cfg, cluster, log)
 
-    ckpt = tmp_path / "ckpt"
-    flags = task_flags(task, tmp_path, "--rollout-num-gpus", "2", "--save", str(ckpt), "--save-interval", "2")
-    with pytest.raises(SystemExit) as stopped:
+    out = tmp_path_factory.mktemp("killed")
+    ckpt = out / "ckpt"
+    flags = task_flags(task, out, "--rollout-num-gpus", "2", "--save", str(ckpt), "--save-interval", "2")
+    try:
         run_driver(killing_loop, flags, prog="train.py")
-    message = str(stopped.value)
+        stopped = None
+    except SystemExit as e:
+        stopped = e
+    last_line = json.loads((out / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    resumed = train_module.main(flags + ["--load", str(ckpt)])
+    return SimpleNamespace(stopped=stopped, last_line=last_line, resumed=resumed, out=out, ckpt=ckpt)
+
+
+def test_a_dead_train_rank_stops_the_run_naming_the_checkpoint_and_load_resumes_it(sync_run, killed_and_resumed):
+    """SIGKILL of train rank 0 while it trains rollout 2: the run stops with an error naming the rank, the
+    last checkpoint (rollout 1's) and the command that resumes; that command trains rollouts 2 and 3 as the
+    uninterrupted run did (compared in full by test_resume_continues_exactly)."""
+    full, _ = sync_run
+    run, ckpt = killed_and_resumed, killed_and_resumed.ckpt
+    assert run.stopped is not None, "the run went on with a dead train rank"
+    message = str(run.stopped)
     assert "actor train: actor rank 0 (pid" in message and "died" in message, message
     assert f"its last checkpoint is rollout 1's in {ckpt}" in message
     assert message.rstrip().endswith(f"--load {ckpt}")
-    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 1
+    assert run.last_line["step"] == 1
 
-    resumed = train_module.main(flags + ["--load", str(ckpt)])
-    assert [s["step"] for s in resumed] == [2, 3]
-    for want, got in zip(full[2:], resumed):
+    assert [s["step"] for s in run.resumed] == [2, 3]
+    for want, got in zip(full[2:], run.resumed):
         exact = [k for k in want if k.startswith(("rollout/raw", "train/loss", "train/grad_norm"))]
         assert {k: got[k] for k in exact} == {k: want[k] for k in exact}

@@ -13,7 +13,7 @@ from temper.quickstart import load_driver, write_prompts
 from temper.rollout.recording import read_file
 from temper.testing import build_tiny_model
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster", "plots_unrasterized")]
 
 
 def grpo_run(tmp_path, arch: str, *extra: str) -> list[dict]:

@@ -29,7 +29,7 @@ import torch
 from temper.cluster.cluster import Cluster
 from temper.quickstart import load_driver, prepare
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster", "plots_unrasterized")]
 SAMPLES = 32  # 4 prompts x 8 samples per rollout
 FT = ["--use-fault-tolerance", "--rollout-health-check-interval", "1", "--rollout-health-check-timeout", "10"]
 

@@ -108,6 +108,7 @@ def test_readme_gpu_command_parses():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("plots_unrasterized")
 def test_readme_cpu_command_trains_two_steps(data, tmp_path):
     _, cpu = readme_train_commands(README)
     build_tiny_model(tmp_path / "model", "qwen3", seed=0)

@@ -120,6 +120,7 @@ def test_readme_gpu_command_parses():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("plots_unrasterized")
 def test_readme_cpu_command_trains_two_steps(data, tmp_path, monkeypatch):
     monkeypatch.setenv("SEARCH_R1_CORPUS", str(data / "corpus.jsonl"))
     _, cpu = readme_train_commands(README)

@@ -49,8 +49,10 @@ def write_plugin(tmp_path: Path, name: str, source: str) -> Path:
 
 @contextmanager
 def serve(app, startup_timeout: float = 30.0) -> Iterator[str]:
-    """Serve ASGI `app` on 127.0.0.1 (free port) in a thread; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    """Serve ASGI `app` on 127.0.0.1 (free port) in a thread; yields its base URL. On exit a request still
+    running (a stuck engine's) is cancelled after 1 s instead of holding the thread to the join's timeout."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()
