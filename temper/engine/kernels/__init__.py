@@ -5,7 +5,9 @@ tests compare with Hugging Face) and these kernels (CUDA; the Triton ones on CPU
 ``TRITON_INTERPRET=1``, which is how the tests run them without a GPU). Six groups, enabled separately:
 
 - "layers" (`elementwise.py`): residual add + RMSNorm, q/k RMSNorm + RoPE, SiLU-and-multiply, one
-  kernel each, rounding to the activation dtype exactly where the PyTorch modules round;
+  kernel each, rounding to the activation dtype exactly where the PyTorch modules round; for a latent-attention
+  model also `latent_prep.py`: MLA's query and cache entry (RoPE, the latent's RMSNorm, the concatenations)
+  in one launch between its GEMMs;
 - "attention" (`paged_attention.py`): KV-cache write, split-K decode attention and varlen causal
   prefill attention, both reading K/V straight from the block-paged cache; for a latent-attention model
   (DeepSeek-V3's MLA) `latent_attention.py`'s entry write, causal prefill and split-K decode instead;

@@ -5,8 +5,8 @@ fails to compile, raises, returns non-finite values or disagrees beyond rounding
 off, so an engine on an unfamiliar GPU or triton version degrades to the reference instead of failing.
 The inputs use the model's head counts, head size and block size, so the kernels compiled here are
 the ones the engine runs; for a latent-attention model (``shape.latent_value_dim`` set: DeepSeek-V3's
-MLA) "attention" checks its latent kernels and "layers" leaves out the fused q/k norm + RoPE it never
-runs. The experts' groups ("fused_moe": the Triton experts, with the decode and the prefill tile; "moe":
+MLA) "attention" checks its latent kernels and "layers" checks `latent_prep` (the query and the cache
+entry in one launch) instead of the fused q/k norm + RoPE it never runs. The experts' groups ("fused_moe": the Triton experts, with the decode and the prefill tile; "moe":
 the grouped GEMMs) are checked with the model's expert count and sizes (``shape.experts``), against the
 per-expert loop, and on CUDA once more replayed from a CUDA graph with new inputs: what they exist for
 is being captured, so a build of PyTorch whose grouped GEMM reads the offsets on the host (a fallback
@@ -83,7 +83,8 @@ def _check_layers(device, dtype, shape) -> str | None:
     errors = [_compare("add_rms_norm", out, norm(x + res), tol), _compare("residual", new_res, x + res, tol)]
     gate_up = _rand(5, 2 * shape.intermediate_size, device=device, dtype=dtype)
     errors.append(_compare("silu_and_mul", elementwise.silu_and_mul(gate_up), silu_and_mul(gate_up), tol))
-    if getattr(shape, "latent_value_dim", None):  # latent attention has no fused q/k norm + RoPE
+    if getattr(shape, "latent_value_dim", None):  # latent attention: its fused glue, no fused q/k norm + RoPE
+        errors += _check_latent_prep(device, dtype, shape)
         return next((e for e in errors if e), None)
     hq, hkv, d = shape.num_heads, shape.num_kv_heads, shape.head_dim
     inv_freq = inverse_frequencies({"rope_type": "default", "rope_theta": 1e6}, d, 4096).to(device)
@@ -109,6 +110,45 @@ def _check_layers(device, dtype, shape) -> str | None:
     errors.append(_compare("qk_norm_rope k cache", cached[0], fused[written, hq * d : (hq + hkv) * d], 0.0))
     errors.append(_compare("qk_norm_rope v cache", cached[1], fused[written, (hq + hkv) * d :], 0.0))
     return next((e for e in errors if e), None)
+
+
+def _check_latent_prep(device, dtype, shape) -> list[str | None]:
+    """`latent_prep.latent_prep` vs `deepseek_v3.LatentAttention`'s reference glue (LatentRotary, RMSNorm,
+    concatenations) at the model's head count, rank (``latent_value_dim``) and rope width (the rest of
+    ``head_dim``), with YaRN's attention factor, rope_interleave on and off; and the batched W_UV GEMM
+    written through a strided ``out=`` vs the reference's einsum (the fused forward's other departure)."""
+    from temper.engine.kernels.latent_prep import latent_prep
+    from temper.engine.models.deepseek_v3 import LatentRotary
+    from temper.engine.models.layers import RMSNorm
+    from temper.engine.models.rotary import yarn_parameters
+
+    h, rank, tokens, nope = shape.num_heads, shape.latent_value_dim, 5, 128
+    rope = shape.head_dim - rank
+    inv_freq, factor = yarn_parameters({"rope_theta": 1e4, "factor": 40.0, "original_max_position_embeddings": 32,
+                                        "mscale": 1.0, "mscale_all_dim": 0.5}, rope, 4096)
+    norm = RMSNorm(rank, 1e-6).to(device=device, dtype=dtype)
+    norm.weight.data = 1 + _rand(rank, device=device, dtype=dtype, scale=0.2)
+    q = _rand(tokens, h, nope + rope, device=device, dtype=dtype)
+    q_latent = _rand(h, tokens, rank, device=device, dtype=dtype)
+    kv = _rand(tokens, rank + rope, device=device, dtype=dtype)
+    positions = torch.tensor([0, 3, 17, 40, 63], device=device)
+    errors = []
+    for interleave in (True, False):
+        rotary = LatentRotary(rope, 64, inv_freq.to(device), interleave, factor)
+        q_rope, k_rope = rotary(positions, q[..., nope:], kv[:, None, rank:])
+        query, entry = latent_prep(q, q_latent.transpose(0, 1), kv, positions, rotary.rope.cos, rotary.rope.sin,
+                                   norm.weight, 1e-6, interleave)
+        errors.append(_compare(f"latent_prep query (interleave {interleave})", query,
+                               torch.cat((q_latent.transpose(0, 1), q_rope), dim=-1), _tolerance(dtype) / 3))
+        errors.append(_compare(f"latent_prep entry (interleave {interleave})", entry,
+                               torch.cat((norm(kv[:, :rank])[:, None, :], k_rope), dim=-1), _tolerance(dtype) / 3))
+    out = _rand(tokens, h, rank + rope, device=device, dtype=dtype)
+    w_uv = _rand(h, 128, rank, device=device, dtype=dtype, scale=rank**-0.5)
+    values = torch.empty(tokens, h * 128, device=device, dtype=dtype)
+    torch.bmm(out[..., :rank].transpose(0, 1), w_uv.transpose(1, 2), out=values.view(tokens, h, 128).transpose(0, 1))
+    errors.append(_compare("W_UV bmm into a strided out", values,
+                           torch.einsum("thr,hvr->thv", out[..., :rank], w_uv).reshape(tokens, -1), _tolerance(dtype)))
+    return errors
 
 
 def _check_attention(device, dtype, shape) -> str | None:

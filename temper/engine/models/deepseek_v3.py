@@ -37,7 +37,10 @@ with `kernels.latent_attention.TritonLatentAttention` when it passes its self-ch
 tile once for a block of heads (prefill: of tokens x heads). The router's choice after its logits is one
 launch where group "routing" is on (`kernels.routing.sigmoid_topk`), the routed experts the fused Triton
 kernels ("fused_moe") or grouped GEMMs ("moe"); with either experts group, decode steps replay from CUDA
-graphs. Tensor parallelism: heads are split (q, kv_b column-parallel, o_proj
+graphs. Where group "layers" is on, the glue between the attention's GEMMs (RoPE with its interleave,
+kv_a_layernorm, the query's and the entry's concatenations: ~20 launches a layer) is one
+`kernels.latent_prep` launch, and the W_UK / W_UV products are batched GEMMs over strided views, without
+einsum's copies. Tensor parallelism: heads are split (q, kv_b column-parallel, o_proj
 row-parallel); the latent projections, the router and the cache entry are replicated; experts as in
 `moe.py`. Not supported: DeepSeek-V3's FP8 block-quantised checkpoint (``weight_scale_inv``
 tensors; a BF16 conversion loads) and its multi-token-prediction layer (skipped when loading).
@@ -117,20 +120,41 @@ class LatentAttention(nn.Module):
         self.attn = PagedAttention(self.num_heads, 1, self.rank + self.rope_dim, softmax_scale(hf_config))
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """x [T, hidden] -> [T, hidden]."""
+        """x [T, hidden] -> [T, hidden]. Where kernel group "layers" is on, `kernels.latent_prep` builds the
+        query and the entry in one launch and the W_UK / W_UV products are batched GEMMs over strided views
+        (no copies); the same numbers (see `latent_prep`)."""
         q = self.q_proj(x) if self.q_lora_rank is None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
-        q_nope, q_rope = q.view(-1, self.num_heads, self.nope_dim + self.rope_dim).split(
-            [self.nope_dim, self.rope_dim], dim=-1)
-        c, k_rope = self.kv_a_proj_with_mqa(x).split([self.rank, self.rope_dim], dim=-1)
-        q_rope, k_rope = self.rotary(positions, q_rope, k_rope[:, None, :])
-        entry = torch.cat((self.kv_a_layernorm(c)[:, None, :], k_rope), dim=-1)  # [T, 1, rank + rope]
+        q = q.view(-1, self.num_heads, self.nope_dim + self.rope_dim)
+        kv = self.kv_a_proj_with_mqa(x)
         w_uk, w_uv = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, self.rank).split(
             [self.nope_dim, self.v_dim], dim=1)
+        if kernels.enabled("layers", x):
+            return self._forward_fused(positions, q, kv, w_uk, w_uv, meta)
+        q_nope, q_rope = q.split([self.nope_dim, self.rope_dim], dim=-1)
+        c, k_rope = kv.split([self.rank, self.rope_dim], dim=-1)
+        q_rope, k_rope = self.rotary(positions, q_rope, k_rope[:, None, :])
+        entry = torch.cat((self.kv_a_layernorm(c)[:, None, :], k_rope), dim=-1)  # [T, 1, rank + rope]
         q_latent = torch.einsum("thn,hnr->thr", q_nope, w_uk)
         # the backend writes the entry (key and value at once) and returns at least its first `rank` columns
         out = self.attn(torch.cat((q_latent, q_rope), dim=-1), entry, entry, meta)
         out = torch.einsum("thr,hvr->thv", out[..., : self.rank], w_uv)
         return self.o_proj(out.reshape(-1, self.num_heads * self.v_dim))
+
+    def _forward_fused(self, positions, q, kv, w_uk, w_uv, meta) -> torch.Tensor:
+        """`forward` in four launches besides the projections and the attention: bmm, latent_prep, bmm.
+        torch.bmm takes the strided [H, T, *] views as they are (a row stride and a batch stride), and its
+        W_UV product is written straight into o_proj's input [T, H * v] seen as [H, T, v], where the
+        reference's einsum output is permuted and reshaped (a copy)."""
+        q_latent = torch.bmm(q[..., : self.nope_dim].transpose(0, 1), w_uk)  # [H, T, rank]
+        rope = self.rotary.rope
+        query, entry = kernels.module("latent_prep").latent_prep(
+            q, q_latent.transpose(0, 1), kv, positions, rope.cos, rope.sin, self.kv_a_layernorm.weight,
+            self.kv_a_layernorm.eps, self.rotary.interleave)
+        out = self.attn(query, entry, entry, meta)
+        values = torch.empty(q.shape[0], self.num_heads * self.v_dim, dtype=q.dtype, device=q.device)
+        torch.bmm(out[..., : self.rank].transpose(0, 1), w_uv.transpose(1, 2),
+                  out=values.view(-1, self.num_heads, self.v_dim).transpose(0, 1))
+        return self.o_proj(values)
 
 
 def softmax_scale(hf_config) -> float:
