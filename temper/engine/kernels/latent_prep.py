@@ -1,12 +1,14 @@
 """The glue of multi-head latent attention between its GEMMs, as one launch (kernel group "layers").
 
-`deepseek_v3.LatentAttention` builds, per token, the query ``[q_latent, RoPE(q_rope)]`` of every head and
-the cache entry ``[RMSNorm(c), RoPE(k_rope)]`` (see that module's docstring). In PyTorch that is ~20
-small kernels a layer: the even/odd gather of the rope columns (``rope_interleave``), RoPE for q and for
-k (index cos/sin, casts, products, rotate_half's negation and concatenation, the sum), kv_a_layernorm and
-two concatenations. `latent_prep` reads q's rope columns, the absorbed query ``q_latent`` (W_UK's batched
-GEMM output, read through its strides), and kv_a_proj_with_mqa's output once, and writes the two
-results; the interleave is a strided load (even columns into the first half, odd into the second).
+`deepseek_v3.LatentAttention` builds, per token, the query ``[q_latent, RoPE(q_rope)]`` of every head and the
+cache entry ``[RMSNorm(c), RoPE(k_rope)]`` (see that module's docstring). In PyTorch that is 26 small kernels
+a layer: the even/odd gather of the rope columns (``rope_interleave``, 2), RoPE for q and for k (index
+cos/sin, casts, products, rotate_half's negation and concatenation, the sum: 14), kv_a_layernorm (8) and two
+concatenations; with the W_UK / W_UV einsums (a bmm each, and a copy for the second's reshape) 29 ops between
+the projections and the attention (CPU profile of one decode token at Moonlight's widths), where the fused
+forward runs 3: bmm, `latent_prep`, bmm. `latent_prep` reads q's rope columns, the absorbed query ``q_latent``
+(W_UK's batched GEMM output, read through its strides), and kv_a_proj_with_mqa's output once, and writes the
+two results; the interleave is a strided load (even columns into the first half, odd into the second).
 
 Rounding is the reference's: cos/sin cast to the activation dtype, ``q * cos`` and ``rotate_half(q) *
 sin`` each rounded, their sum rounded (`RotaryEmbedding`); RMSNorm normalises in float32, rounds, then
@@ -83,13 +85,13 @@ def latent_prep(q: torch.Tensor, q_latent: torch.Tensor, kv: torch.Tensor, posit
                 interleave: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The latent attention's query and cache entry in one launch.
 
-    q [T, H, nope + rope] (the q projection viewed; its first nope columns are not read), q_latent
-    [T, H, rank] (any strides: W_UK's bmm output [H, T, rank] transposed is a view), kv [T, rank + rope]
+    q [T, H, nope + rope] (the q projection viewed; its first nope columns are not read), q_latent [T, H,
+    rank] (any strides: W_UK's bmm output [H, T, rank] transposed is a view), kv [T, rank + rope]
     (kv_a_proj_with_mqa's output), positions [T], cos/sin [max_len, rope] float32 with equal halves
-    (`RotaryEmbedding`'s, attention factor included; a table already in the activation dtype works too), kv_a_layernorm's weight [rank] and eps;
-    `interleave`: the rope columns' pairs are (2i, 2i + 1) and are gathered even-then-odd first.
-    Every last dim must be contiguous. Returns (query [T, H, rank + rope], entry [T, 1, rank + rope]),
-    both in q's dtype: [q_latent, RoPE(q_rope)] and [RMSNorm(c), RoPE(k_rope)].
+    (`RotaryEmbedding`'s, attention factor included; a table already in the activation dtype works too),
+    kv_a_layernorm's weight [rank] and eps; `interleave`: the rope columns' pairs are (2i, 2i + 1) and are
+    gathered even-then-odd first. Every last dim must be contiguous. Returns (query [T, H, rank + rope], entry
+    [T, 1, rank + rope]), both in q's dtype: [q_latent, RoPE(q_rope)] and [RMSNorm(c), RoPE(k_rope)].
     """
     tokens, heads, _ = q.shape
     rank = q_latent.shape[-1]
@@ -97,6 +99,9 @@ def latent_prep(q: torch.Tensor, q_latent: torch.Tensor, kv: torch.Tensor, posit
     if rope <= 0 or rope % 2 or cos.shape[-1] != rope or q.shape[-1] <= rope:
         raise ValueError(f"latent_prep: q {tuple(q.shape)}, q_latent {tuple(q_latent.shape)}, kv {tuple(kv.shape)} "
                          f"and cos {tuple(cos.shape)} do not give one even rope width")
+    if q_latent.dtype != q.dtype or kv.dtype != q.dtype:
+        raise ValueError(f"latent_prep: q ({q.dtype}), q_latent ({q_latent.dtype}) and kv ({kv.dtype}) must share "
+                         "the activation dtype")
     if any(x.stride(-1) != 1 for x in (q, q_latent, kv, cos, sin, norm_weight)):
         raise ValueError("latent_prep: the last dim of q, q_latent, kv, cos, sin and the norm weight must be "
                          "contiguous (pass views of the projections' outputs)")

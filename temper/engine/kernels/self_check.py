@@ -3,16 +3,16 @@
 Each group runs once on small random inputs and is compared with the PyTorch reference; a group that
 fails to compile, raises, returns non-finite values or disagrees beyond rounding is reported and left
 off, so an engine on an unfamiliar GPU or triton version degrades to the reference instead of failing.
-The inputs use the model's head counts, head size and block size, so the kernels compiled here are
-the ones the engine runs; for a latent-attention model (``shape.latent_value_dim`` set: DeepSeek-V3's
-MLA) "attention" checks its latent kernels and "layers" checks `latent_prep` (the query and the cache
-entry in one launch) instead of the fused q/k norm + RoPE it never runs. The experts' groups ("fused_moe": the Triton experts, with the decode and the prefill tile; "moe":
-the grouped GEMMs) are checked with the model's expert count and sizes (``shape.experts``), against the
-per-expert loop, and on CUDA once more replayed from a CUDA graph with new inputs: what they exist for
-is being captured, so a build of PyTorch whose grouped GEMM reads the offsets on the host (a fallback
-for a dtype or GPU its kernel lacks) fails here. "routing" (the routers' top-k kernels) runs with the
-model's expert count and top-k: DeepSeek-V3's sigmoid routing with one group and with a group mask, and
-the softmax routing, each against its PyTorch reference.
+The inputs use the model's head counts, head size and block size, so the kernels compiled here are the ones
+the engine runs; for a latent-attention model (``shape.latent_value_dim`` set: DeepSeek-V3's MLA) "attention"
+checks its latent kernels and "layers" checks `latent_prep` (the query and the cache entry in one launch)
+instead of the fused q/k norm + RoPE it never runs. The experts' groups ("fused_moe": the Triton experts, with
+the decode and the prefill tile; "moe": the grouped GEMMs) are checked with the model's expert count and sizes
+(``shape.experts``), against the per-expert loop, and on CUDA once more replayed from a CUDA graph with new
+inputs: what they exist for is being captured, so a build of PyTorch whose grouped GEMM reads the offsets on
+the host (a fallback for a dtype or GPU its kernel lacks) fails here. "routing" (the routers' top-k kernels)
+runs with the model's expert count and top-k: DeepSeek-V3's sigmoid routing with one group and with a group
+mask, and the softmax routing, each against its PyTorch reference.
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ class LatentAttention(nn.Module):
     def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """x [T, hidden] -> [T, hidden]. Where kernel group "layers" is on, `kernels.latent_prep` builds the
         query and the entry in one launch and the W_UK / W_UV products are batched GEMMs over strided views
-        (no copies); the same numbers (see `latent_prep`)."""
+        (`_forward_fused`); the same numbers up to rounding (see `latent_prep`)."""
         q = self.q_proj(x) if self.q_lora_rank is None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
         q = q.view(-1, self.num_heads, self.nope_dim + self.rope_dim)
         kv = self.kv_a_proj_with_mqa(x)
@@ -140,9 +140,11 @@ class LatentAttention(nn.Module):
         out = torch.einsum("thr,hvr->thv", out[..., : self.rank], w_uv)
         return self.o_proj(out.reshape(-1, self.num_heads * self.v_dim))
 
-    def _forward_fused(self, positions, q, kv, w_uk, w_uv, meta) -> torch.Tensor:
-        """`forward` in four launches besides the projections and the attention: bmm, latent_prep, bmm.
-        torch.bmm takes the strided [H, T, *] views as they are (a row stride and a batch stride), and its
+    def _forward_fused(self, positions: torch.Tensor, q: torch.Tensor, kv: torch.Tensor, w_uk: torch.Tensor,
+                       w_uv: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """`forward` in three launches besides the projections and the attention: bmm, latent_prep, bmm.
+        torch.bmm takes the strided [H, T, *] views as they are (cuBLAS: a row stride and a batch stride;
+        the CPU's bmm copies them, which only the CPU tests pay), and its
         W_UV product is written straight into o_proj's input [T, H * v] seen as [H, T, v], where the
         reference's einsum output is permuted and reshaped (a copy)."""
         q_latent = torch.bmm(q[..., : self.nope_dim].transpose(0, 1), w_uk)  # [H, T, rank]

@@ -114,6 +114,9 @@ def test_latent_prep_rejects_bad_widths(device):
     with pytest.raises(ValueError, match="rope width"):
         latent_prep(q, q_latent.transpose(0, 1), kv[:, :-1], positions, rotary.rope.cos, rotary.rope.sin,
                     norm.weight, 1e-6, True)
+    with pytest.raises(ValueError, match="dtype"):
+        latent_prep(q, q_latent.double().transpose(0, 1), kv, positions, rotary.rope.cos, rotary.rope.sin,
+                    norm.weight, 1e-6, True)
     with pytest.raises(ValueError, match="contiguous"):
         latent_prep(q, q_latent.transpose(0, 1).transpose(1, 2).contiguous().transpose(1, 2), kv, positions,
                     rotary.rope.cos, rotary.rope.sin, norm.weight, 1e-6, True)
@@ -269,7 +272,7 @@ def test_gpu_fused_latent_attention_forward_launches_fewer_kernels_with_the_same
     def launches():
         attention(positions, x, None)  # compiles, warms cuBLAS up
         torch.cuda.synchronize()
-        with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             out = attention(positions, x, None)
             torch.cuda.synchronize()
         return out, sum(1 for e in prof.events() if e.device_type.name == "CUDA")
