@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import torch
+from kernel_timing import copy_gb_per_s, time_graph_ms, time_smoke_ms
 
 # (experts, hidden, expert intermediate size, top-k, routing weights' dtype)
 SHAPES = {
@@ -31,7 +31,6 @@ SHAPES = {
     "moonlight-16b-a3b": (64, 2048, 1408, 6, torch.float32),
 }
 SMOKE_SHAPES = {"tiny": (8, 64, 48, 2, torch.bfloat16)}
-GRAPH_CALLS = 8
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,33 +63,6 @@ def touched_gb(shape: tuple, ids: torch.Tensor) -> float:
     return ids.unique().numel() * 3 * hidden * size * 2 / 1e9
 
 
-def copy_gb_per_s(device: torch.device, repeats: int) -> float:
-    """Device-to-device copy bandwidth (bytes read + written) of a 1 GiB clone."""
-    from temper.engine.kernels.common import median_cuda_ms
-
-    src = torch.empty(2**30, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    return 2 * src.numel() / 1e9 / median_cuda_ms(lambda: dst.copy_(src), repeats) * 1e3
-
-
-def time_graph_ms(fn, device: torch.device, repeats: int) -> float:
-    """Milliseconds per call of `fn`, replayed from a CUDA graph of `GRAPH_CALLS` calls."""
-    from temper.engine.kernels.common import cuda_graph_of, median_cuda_ms
-
-    fn()
-    torch.cuda.synchronize(device)
-    graph = cuda_graph_of(fn, GRAPH_CALLS, device)
-    graph.replay()
-    return median_cuda_ms(graph.replay, repeats) / GRAPH_CALLS
-
-
-def time_smoke_ms(fn, device: torch.device, repeats: int) -> float:
-    fn()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats * 1e3
 
 
 def compare(out: torch.Tensor, ref: torch.Tensor) -> dict:

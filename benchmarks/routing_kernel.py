@@ -18,10 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import torch
 import torch.nn.functional as F
+from kernel_timing import time_graph_ms, time_smoke_ms
 
 # (kind, experts, hidden, top-k, groups, groups kept, routed scaling factor)
 SHAPES = {
@@ -30,7 +30,6 @@ SHAPES = {
     "qwen3-30b-a3b": ("softmax", 128, 2048, 8, 1, 1, 1.0),
 }
 SMOKE_SHAPES = {"tiny-sigmoid": ("sigmoid", 16, 32, 4, 4, 2, 2.5), "tiny-softmax": ("softmax", 16, 32, 4, 1, 1, 1.0)}
-GRAPH_CALLS = 8
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,23 +67,8 @@ def routers(shape: tuple, tokens: int, device: torch.device) -> dict:
     return {name: (lambda topk=topk: topk(project()), lambda topk=topk: topk(logits)) for name, topk in topks.items()}
 
 
-def time_graph_ms(fn, device: torch.device, repeats: int) -> float:
-    """Milliseconds per call of `fn`, replayed from a CUDA graph of `GRAPH_CALLS` calls."""
-    from temper.engine.kernels.common import cuda_graph_of, median_cuda_ms
-
-    fn()
-    torch.cuda.synchronize(device)
-    graph = cuda_graph_of(fn, GRAPH_CALLS, device)
-    graph.replay()
-    return median_cuda_ms(graph.replay, repeats) / GRAPH_CALLS
 
 
-def time_smoke_ms(fn, device: torch.device, repeats: int) -> float:
-    fn()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats * 1e3
 
 
 def agreement(out, ref) -> dict:

@@ -1,0 +1,42 @@
+"""Timing helpers of the kernel benchmarks (`moe_kernel.py`, `routing_kernel.py`): a call replayed from a CUDA
+graph of several calls (the engine's decode replays graphs, so launch gaps count as they do there), the same
+call timed on the host for --smoke runs on a CPU, and the device's copy bandwidth for a roofline."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+GRAPH_CALLS = 8  # calls of the timed function captured in one CUDA graph
+
+
+def time_graph_ms(fn, device: torch.device, repeats: int) -> float:
+    """Milliseconds per call of `fn`, replayed from a CUDA graph of `GRAPH_CALLS` calls (median of `repeats`
+    replays between CUDA events, after a warm-up call and a warm-up replay)."""
+    from temper.engine.kernels.common import cuda_graph_of, median_cuda_ms
+
+    fn()
+    torch.cuda.synchronize(device)
+    graph = cuda_graph_of(fn, GRAPH_CALLS, device)
+    graph.replay()
+    return median_cuda_ms(graph.replay, repeats) / GRAPH_CALLS
+
+
+def time_smoke_ms(fn, device: torch.device, repeats: int) -> float:
+    """Milliseconds per call of `fn` on the host clock (a --smoke run on a CPU: only that it runs)."""
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats * 1e3
+
+
+def copy_gb_per_s(device: torch.device, repeats: int) -> float:
+    """Device-to-device copy bandwidth (bytes read + written) of a 1 GiB clone."""
+    from temper.engine.kernels.common import median_cuda_ms
+
+    src = torch.empty(2**30, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    return 2 * src.numel() / 1e9 / median_cuda_ms(lambda: dst.copy_(src), repeats) * 1e3
