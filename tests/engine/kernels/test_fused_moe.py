@@ -17,6 +17,8 @@ import torch
 
 pytest.importorskip("triton")
 
+from kernel_helpers import assert_group_keeps_greedy
+
 from temper.engine import kernels
 from temper.engine.kernels import fused_moe
 from temper.engine.kernels.self_check import passing_groups
@@ -165,24 +167,15 @@ def test_experts_take_the_fused_path_first(device, monkeypatch):
 def test_engine_on_the_fused_experts_generates_the_reference_tokens(arch, model_dir, hf, monkeypatch, device):
     """The tiny Qwen3-MoE and DeepSeek-V3 engines (float32) with only "fused_moe" on: the reference
     engine's greedy tokens (prefix-cache hit included) and its log-probs to float32 rounding."""
-    from temper.engine import EngineArgs, LLMEngine, SamplingParams
+    from temper.engine import EngineArgs, LLMEngine
 
     path = model_dir(arch)
     engine = LLMEngine(EngineArgs(model=str(path), device=device, num_kv_blocks=64, max_model_len=64,
                                   dtype="float32", kernels="torch", cuda_graphs=False))
     prompts = hf.prompts(3, 3, 20, seed=5)
     prompts += [prompts[1] + [7, 8, 9]]
-    greedy = SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True)
-    reference = engine.generate(prompts, greedy)
-    calls, real = [], fused_moe.fused_experts
-    monkeypatch.setattr(fused_moe, "fused_experts", lambda *a: calls.append(1) or real(*a))
-    monkeypatch.setattr(moe, "dispatch_loop", lambda *a: pytest.fail("the loop ran"))
-    kernels.set_enabled({"fused_moe"})
-    fused = engine.generate(prompts, greedy)
-    assert calls and fused[-1].cached_tokens > 0
-    for ref, out in zip(reference, fused):
-        assert out.output_token_ids == ref.output_token_ids
-        assert (torch.tensor(out.output_logprobs) - torch.tensor(ref.output_logprobs)).abs().max() <= 1e-4
+    assert_group_keeps_greedy(engine, prompts, {"fused_moe"}, fused_moe, "fused_experts", monkeypatch, 1e-4,
+                              forbidden=[(moe, "dispatch_loop")])
 
 
 # ---- GPU: the real expert widths ------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from kernel_helpers import ulp_close
+from kernel_helpers import assert_group_keeps_greedy, ulp_close
 
 from temper.engine import kernels
 from temper.engine.kernels import latent_prep as latent_prep_module
@@ -184,7 +184,7 @@ def test_deepseek_v3_engine_with_layers_on_generates_the_reference_tokens(interl
                                                                           device):
     """The tiny DeepSeek-V3 (float32) with only "layers" on vs all kernels off: every LatentAttention takes the
     fused forward; the same greedy tokens (a prefix-cache hit included), log-probs to float32 rounding."""
-    from temper.engine import EngineArgs, LLMEngine, SamplingParams
+    from temper.engine import EngineArgs, LLMEngine
 
     engine = LLMEngine(EngineArgs(model=str(model_dir("deepseek_v3", rope_interleave=interleave)), device=device,
                                   num_kv_blocks=64, max_model_len=64, dtype="float32", kernels="torch",
@@ -193,16 +193,7 @@ def test_deepseek_v3_engine_with_layers_on_generates_the_reference_tokens(interl
     assert attentions and attentions[0].rotary.interleave == interleave
     prompts = hf.prompts(2, 3, 20, seed=8) + hf.prompts(1, 21, 21, seed=9)  # the last fills a cache block
     prompts += [prompts[-1] + [5, 6, 7]]  # the longest and a few more tokens: a prefix-cache hit
-    greedy = SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True)
-    reference = engine.generate(prompts, greedy)
-    calls, real = [], latent_prep_module.latent_prep
-    monkeypatch.setattr(latent_prep_module, "latent_prep", lambda *a: calls.append(1) or real(*a))
-    kernels.set_enabled({"layers"})
-    outs = engine.generate(prompts, greedy)
-    assert calls and outs[-1].cached_tokens > 0
-    for ref, out in zip(reference, outs):
-        assert out.output_token_ids == ref.output_token_ids
-        assert (torch.tensor(out.output_logprobs) - torch.tensor(ref.output_logprobs)).abs().max() <= 1e-5
+    assert_group_keeps_greedy(engine, prompts, {"layers"}, latent_prep_module, "latent_prep", monkeypatch)
 
 
 # ---- GPU: Moonlight's widths in bf16, eagerly and from a CUDA graph ----------------------------------------

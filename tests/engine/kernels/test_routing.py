@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from kernel_helpers import ulp_close
+from kernel_helpers import assert_group_keeps_greedy, ulp_close
 
 pytest.importorskip("triton")
 
@@ -202,7 +202,7 @@ def test_topk_router_takes_the_kernel_where_the_group_is_on(device, monkeypatch)
 def test_deepseek_v3_engine_on_the_routing_kernel_generates_the_reference_tokens(model_dir, hf, monkeypatch, device):
     """The tiny DeepSeek-V3 (4 groups, 2 kept; float32) with a random choice bias, with only "routing" on vs
     all kernels off: the same greedy tokens (a prefix-cache hit included), log-probs to float32 rounding."""
-    from temper.engine import EngineArgs, LLMEngine, SamplingParams
+    from temper.engine import EngineArgs, LLMEngine
 
     engine = LLMEngine(EngineArgs(model=str(model_dir("deepseek_v3")), device=device, num_kv_blocks=64,
                                   max_model_len=64, dtype="float32", kernels="torch", cuda_graphs=False))
@@ -214,49 +214,36 @@ def test_deepseek_v3_engine_on_the_routing_kernel_generates_the_reference_tokens
             router.e_score_correction_bias.copy_(0.5 * torch.randn(router.e_score_correction_bias.shape, generator=g))
     prompts = hf.prompts(3, 3, 20, seed=5)
     prompts += [prompts[1] + [7, 8, 9]]
-    greedy = SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True)
-    reference = engine.generate(prompts, greedy)
-    calls, real = [], routing.sigmoid_topk
-    monkeypatch.setattr(routing, "sigmoid_topk", lambda *a: calls.append(1) or real(*a))
-    kernels.set_enabled({"routing"})
-    outs = engine.generate(prompts, greedy)
-    assert calls and outs[-1].cached_tokens > 0
-    for ref, out in zip(reference, outs):
-        assert out.output_token_ids == ref.output_token_ids
-        assert (torch.tensor(out.output_logprobs) - torch.tensor(ref.output_logprobs)).abs().max() <= 1e-5
+    assert_group_keeps_greedy(engine, prompts, {"routing"}, routing, "sigmoid_topk", monkeypatch)
 
 
 def test_qwen3_moe_engine_on_the_routing_kernel_generates_the_reference_tokens(model_dir, hf, monkeypatch, device):
     """The tiny Qwen3-MoE (softmax routing, renormalised; float32) with only "routing" on vs all kernels off:
     `SparseMoeBlock.route` takes `routing.softmax_topk`; the greedy tokens (a prefix-cache hit included) and,
     asked for, the experts each token was routed to are the reference's, log-probs to float32 rounding."""
-    from temper.engine import EngineArgs, LLMEngine, SamplingParams
+    from temper.engine import EngineArgs, LLMEngine
 
     engine = LLMEngine(EngineArgs(model=str(model_dir("qwen3_moe")), device=device, num_kv_blocks=64,
                                   max_model_len=64, dtype="float32", kernels="torch", cuda_graphs=False))
     assert any(isinstance(m, moe.SparseMoeBlock) for m in engine.model_runner.model.modules())
     prompts = hf.prompts(3, 3, 20, seed=6)
-    greedy = SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True)
-
-    def run():
-        outs = engine.generate(prompts + [max(prompts, key=len) + [5, 6, 7]], greedy)
-        ids = [engine.add_request(p, greedy, return_routed_experts=True) for p in prompts]
-        final = {}
-        while engine.has_unfinished_requests():
-            final.update((o.request_id, o) for o in engine.step() if o.finished)
-        return outs, [final[i].routed_experts for i in ids]
-
-    reference, reference_routing = run()
-    calls, real = [], routing.softmax_topk
-    monkeypatch.setattr(routing, "softmax_topk", lambda *a, **k: calls.append(1) or real(*a, **k))
-    kernels.set_enabled({"routing"})
-    outs, routed = run()
-    assert calls and outs[-1].cached_tokens > 0
-    for ref, out in zip(reference, outs):
-        assert out.output_token_ids == ref.output_token_ids
-        assert (torch.tensor(out.output_logprobs) - torch.tensor(ref.output_logprobs)).abs().max() <= 1e-5
-    for ref, got in zip(reference_routing, routed):
+    prompts += [max(prompts, key=len) + [5, 6, 7]]
+    reference_routing = routed_experts(engine, prompts)
+    assert_group_keeps_greedy(engine, prompts, {"routing"}, routing, "softmax_topk", monkeypatch)
+    for ref, got in zip(reference_routing, routed_experts(engine, prompts)):
         assert got.shape == ref.shape and (got == ref).all()
+
+
+def routed_experts(engine, prompts: list[list[int]]) -> list:
+    """Each prompt's greedy run's routed experts (`RequestOutput.routed_experts`, asked for per request)."""
+    from temper.engine import SamplingParams
+
+    greedy = SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True)
+    ids = [engine.add_request(p, greedy, return_routed_experts=True) for p in prompts]
+    final = {}
+    while engine.has_unfinished_requests():
+        final.update((o.request_id, o) for o in engine.step() if o.finished)
+    return [final[i].routed_experts for i in ids]
 
 
 # ---- GPU: the real router shapes -----------------------------------------------------------------------
