@@ -9,23 +9,23 @@
   (broadcast, tensor handoff, disk); rollout_ahead.py: train_async's generation ahead of training;
   preflight.py: the step-0 checks of every run (first sync's weights, first step's ratio and log-prob gap).
 
-Ray is imported when a run starts, not when this package is imported.
+Ray is imported when a run starts, not when this package is imported. The names below are imported
+lazily too: a Ray worker process unpickles its class from train_group.py or engine_group.py, which
+imports this package, and must not load the driver's modules (the rollout manager, the run log, the
+data sources) with it.
 """
 
-from temper.cluster.cluster import Cluster, due
-from temper.cluster.driver import run_driver
-from temper.cluster.placement import CPU_OVERSUBSCRIPTION, ResourcePlan, plan_resources
-from temper.cluster.rollout_ahead import RolloutsAhead
-from temper.cluster.weight_sync import SyncSpec, WeightSender
+import importlib
 
-__all__ = [
-    "CPU_OVERSUBSCRIPTION",
-    "Cluster",
-    "ResourcePlan",
-    "RolloutsAhead",
-    "SyncSpec",
-    "WeightSender",
-    "due",
-    "plan_resources",
-    "run_driver",
-]
+_EXPORTS = {
+    "CPU_OVERSUBSCRIPTION": "placement", "Cluster": "cluster", "ResourcePlan": "placement",
+    "RolloutsAhead": "rollout_ahead", "SyncSpec": "weight_sync", "WeightSender": "weight_sync",
+    "due": "cluster", "plan_resources": "placement", "run_driver": "driver",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'temper.cluster' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"temper.cluster.{_EXPORTS[name]}"), name)

@@ -30,14 +30,17 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from temper.cluster.placement import stop_workers
 from temper.cluster.remote import enable_stack_dumps
 from temper.config import ConfigError
 from temper.rollout.router_flags import engine_api_key
+
+# httpx is imported where it is used: the built-in engine's worker process (EngineWorker) never needs it, and
+# its import (with its CLI's rich and click) is ~0.1 s of that process's start.
+if TYPE_CHECKING:
+    import httpx
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +237,8 @@ def free_port(host: str) -> int:
 
 def wait_healthy(url: str, timeout_s: float, alive=lambda: True) -> None:
     """Poll `url`/health until it answers 200; RuntimeError when the server died or `timeout_s` passed."""
+    import httpx
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not alive():
@@ -281,6 +286,8 @@ class EngineGroup:
         self.slots: list[EngineSlot] = []  # temper's engines: slots[i] is workers[i], serving urls[i]
         self.dtype = dtype
         self.timeout_s = timeout_s
+        import httpx
+
         self._http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0), trust_env=False)
 
     def __len__(self) -> int:
@@ -295,6 +302,8 @@ class EngineGroup:
 
     def _call(self, method: str, url: str, path: str, **kwargs: Any) -> httpx.Response:
         """One control call to one engine; EngineCallError naming both when it fails or does not answer."""
+        import httpx
+
         try:
             response = self._http.request(method, f"{url}{path}", **kwargs)
         except httpx.TimeoutException as e:
@@ -335,6 +344,8 @@ class EngineGroup:
     def describe(self) -> list[str]:
         """One line per engine: its kernels, decode CUDA graphs, decode tile and KV cache, as its
         `/get_server_info` reports them (an engine that does not say, e.g. SGLang, gets its URL only)."""
+        import httpx
+
         lines = []
         for url in self.urls:
             try:
@@ -413,6 +424,8 @@ class EngineGroup:
 
     def unresponsive(self, timeout_s: float) -> list[str]:
         """The engines whose ``/health`` gets no 2xx answer within `timeout_s` seconds (dead or stuck)."""
+        import httpx
+
         bad = []
         for url in self.urls:
             try:
