@@ -53,8 +53,9 @@ def random_layer(shape: tuple, tokens: int, device: torch.device, seed: int = 0)
 
     scores = torch.rand(tokens, num_experts, generator=g, device=device)
     weights, ids = scores.topk(top_k, dim=-1)
-    return (randn(num_experts, 2 * size, hidden, scale=hidden**-0.5), randn(num_experts, hidden, size, scale=size**-0.5),
-            randn(tokens, hidden), weights.to(weight_dtype), ids)
+    w_gate_up = randn(num_experts, 2 * size, hidden, scale=hidden**-0.5)
+    w_down = randn(num_experts, hidden, size, scale=size**-0.5)
+    return w_gate_up, w_down, randn(tokens, hidden), weights.to(weight_dtype), ids
 
 
 def touched_gb(shape: tuple, ids: torch.Tensor) -> float:

@@ -23,8 +23,8 @@ Rounding: on the GPU exp is libdevice's expf and the divisions are IEEE (div_rn)
 sigmoid (1 / (1 + expf(-x))) and softmax (expf(x - max) / sum) compute, so the sigmoid scores should equal
 the reference's bit for bit and the softmax's differ only through the order of its sum (expected from the
 source, not measured: the GPU tests check the picks and the weights to 1e-6); the weights' sums over k add
-in another order, so weights agree to a few float32 ulps. The interpreter (CPU tests) uses numpy's exp. A row with NaN logits gets in-range but
-arbitrary ids (as the reference's would be meaningless too).
+in another order, so weights agree to a few float32 ulps. The interpreter (CPU tests) uses numpy's exp. A row
+with NaN logits gets in-range but arbitrary ids (as the reference's would be meaningless too).
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ def _check_layers(device, dtype, shape) -> str | None:
     from temper.engine.models.rotary import RotaryEmbedding, inverse_frequencies
 
     tol = _tolerance(dtype) / 3
-    x, res = _rand(5, shape.hidden_size, device=device, dtype=dtype), _rand(5, shape.hidden_size, device=device, dtype=dtype)
+    x, res = (_rand(5, shape.hidden_size, device=device, dtype=dtype) for _ in range(2))
     norm = RMSNorm(shape.hidden_size, 1e-6).to(device=device, dtype=dtype)
     out, new_res = elementwise.add_rms_norm(x, res, norm.weight, 1e-6)
     errors = [_compare("add_rms_norm", out, norm(x + res), tol), _compare("residual", new_res, x + res, tol)]
