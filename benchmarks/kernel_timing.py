@@ -4,6 +4,8 @@ call timed on the host for --smoke runs on a CPU, and the device's copy bandwidt
 
 from __future__ import annotations
 
+import json
+import os
 import time
 
 import torch
@@ -40,3 +42,30 @@ def copy_gb_per_s(device: torch.device, repeats: int) -> float:
     dst = torch.empty_like(src)
     dst.copy_(src)
     return 2 * src.numel() / 1e9 / median_cuda_ms(lambda: dst.copy_(src), repeats) * 1e3
+
+
+def bench_device(smoke: bool, script: str) -> torch.device | None:
+    """The device a kernel benchmark runs on: the GPU; with --smoke and no GPU the CPU, with triton's interpreter
+    turned on (before the kernels are defined: call this before importing them); else None, after saying why."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if smoke:
+        os.environ["TRITON_INTERPRET"] = "1"
+        return torch.device("cpu")
+    print(f"{script}: needs a CUDA GPU (or --smoke)")
+    return None
+
+
+def sweep(summary: dict, shapes: dict, tokens: list[int], bench, report, out: str | None) -> int:
+    """`bench(name, shape, tokens)` for every shape and token count under inference mode, each result reported
+    (`report(result)`) and added to `summary["results"]`; the summary written as JSON to `out` if given."""
+    with torch.inference_mode():
+        for name, shape in shapes.items():
+            for t in tokens:
+                result = bench(name, shape, t)
+                summary["results"].append(result)
+                report(result)
+    if out:
+        with open(out, "w") as f:
+            json.dump(summary, f, indent=1)
+    return 0

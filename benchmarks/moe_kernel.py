@@ -19,11 +19,9 @@ are compared with the grouped GEMMs' (share of elements not bit-equal; relative 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 import torch
-from kernel_timing import copy_gb_per_s, time_graph_ms, time_smoke_ms
+from kernel_timing import bench_device, copy_gb_per_s, sweep, time_graph_ms, time_smoke_ms
 
 # (experts, hidden, expert intermediate size, top-k, routing weights' dtype)
 SHAPES = {
@@ -110,12 +108,9 @@ def report(r: dict, copy_gbs: float | None) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.smoke and not torch.cuda.is_available():
-        os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are defined (first import below)
-    elif not torch.cuda.is_available():
-        print("moe_kernel: needs a CUDA GPU (or --smoke)")
+    device = bench_device(args.smoke, "moe_kernel")
+    if device is None:
         return 1
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     shapes = SMOKE_SHAPES if args.smoke else {name: SHAPES[name] for name in args.shapes.split(",")}
     tokens = [1, 16] if args.smoke else [int(t) for t in args.tokens.split(",")]
     if args.smoke:
@@ -125,17 +120,8 @@ def main(argv=None) -> int:
                "torch": torch.__version__, "copy_gb_per_s": copy_gbs, "results": []}
     if copy_gbs:
         print(f"{summary['device']}: device-to-device copy {copy_gbs:.0f} GB/s")
-    with torch.inference_mode():
-        for name, shape in shapes.items():
-            for t in tokens:
-                r = bench(name, shape, t, device, args)
-                summary["results"].append(r)
-                report(r, copy_gbs)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(summary, f, indent=1)
-    return 0
-
+    return sweep(summary, shapes, tokens, lambda name, shape, t: bench(name, shape, t, device, args),
+                 lambda r: report(r, copy_gbs), args.out)
 
 if __name__ == "__main__":
     raise SystemExit(main())

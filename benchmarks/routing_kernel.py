@@ -16,12 +16,10 @@ reference's; "max rel" the largest relative difference of their weights.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 import torch
 import torch.nn.functional as F
-from kernel_timing import time_graph_ms, time_smoke_ms
+from kernel_timing import bench_device, sweep, time_graph_ms, time_smoke_ms
 
 # (kind, experts, hidden, top-k, groups, groups kept, routed scaling factor)
 SHAPES = {
@@ -99,29 +97,17 @@ def report(r: dict) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.smoke and not torch.cuda.is_available():
-        os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are defined (first import below)
-    elif not torch.cuda.is_available():
-        print("routing_kernel: needs a CUDA GPU (or --smoke)")
+    device = bench_device(args.smoke, "routing_kernel")
+    if device is None:
         return 1
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     shapes = SMOKE_SHAPES if args.smoke else {name: SHAPES[name] for name in args.shapes.split(",")}
     tokens = [1, 5] if args.smoke else [int(t) for t in args.tokens.split(",")]
     if args.smoke:
         args.repeats = 1
     summary = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (interpreter)",
                "torch": torch.__version__, "results": []}
-    with torch.inference_mode():
-        for name, shape in shapes.items():
-            for t in tokens:
-                r = bench(name, shape, t, device, args)
-                summary["results"].append(r)
-                report(r)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(summary, f, indent=1)
-    return 0
-
+    return sweep(summary, shapes, tokens, lambda name, shape, t: bench(name, shape, t, device, args), report,
+                 args.out)
 
 if __name__ == "__main__":
     raise SystemExit(main())
