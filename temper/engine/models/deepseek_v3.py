@@ -143,10 +143,10 @@ class LatentAttention(nn.Module):
     def _forward_fused(self, positions: torch.Tensor, q: torch.Tensor, kv: torch.Tensor, w_uk: torch.Tensor,
                        w_uv: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """`forward` in three launches besides the projections and the attention: bmm, latent_prep, bmm.
-        torch.bmm takes the strided [H, T, *] views as they are (cuBLAS: a row stride and a batch stride;
-        the CPU's bmm copies them, which only the CPU tests pay), and its
-        W_UV product is written straight into o_proj's input [T, H * v] seen as [H, T, v], where the
-        reference's einsum output is permuted and reshaped (a copy)."""
+        torch.bmm takes the strided [H, T, *] views as they are (cuBLAS: a row stride and a batch stride; the
+        CPU's bmm copies them, which only the CPU tests pay), and its W_UV product is written straight into
+        o_proj's input [T, H * v] seen as [H, T, v], where the reference's einsum output is permuted and
+        reshaped (a copy)."""
         q_latent = torch.bmm(q[..., : self.nope_dim].transpose(0, 1), w_uk)  # [H, T, rank]
         rope = self.rotary.rope
         query, entry = kernels.module("latent_prep").latent_prep(
