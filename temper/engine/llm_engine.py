@@ -220,13 +220,17 @@ class LLMEngine:
         """{HF name: `weight_checksum` of the full weight, in the engine's dtype and the HF layout} for
         `names` (default: every weight the model loads); None for a name the engine does not use (a
         buffer it computes itself). ValueError for an unknown name, before any is computed. One weight
-        at a time on the device (gathered under tensor parallelism); the sums are copied out at the end."""
+        at a time on the device (gathered under tensor parallelism); the sums are copied out at the end.
+        A weight the engine keeps in float32 whatever its dtype (DeepSeek-V3's and GLM-4.5's routers) is
+        summed cast to the engine's dtype, the one the trainer's sums are in (`weight_check.SentWeights`):
+        it holds what the trainer sent in that dtype, exactly."""
         weights = self.model_runner.weight_map
         names = weights.hf_names() if names is None else list(names)
         used = [name for name in names if not weights.ignored(name)]
         for name in used:
             weights.resolve(name)
-        sums = dict(zip(used, to_ints([weight_checksum(self.model_runner.get_weight(name)) for name in used])))
+        dtype = self.model_runner.dtype
+        sums = dict(zip(used, to_ints([weight_checksum(self.model_runner.get_weight(name), dtype) for name in used])))
         return {name: sums.get(name) for name in names}
 
     @property

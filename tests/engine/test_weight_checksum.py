@@ -65,3 +65,23 @@ def test_swapped_rows_and_a_transpose_change_it():
 def test_to_ints_copies_the_sums_in_order():
     sums = [weight_checksum(torch.full((3,), float(v))) for v in range(4)]
     assert to_ints(sums) == [int(s) for s in sums] and to_ints([]) == []
+
+
+def test_a_bf16_engine_sums_its_float32_router_in_bf16(model_dir):
+    """DeepSeek-V3's router weight stays float32 in a bf16 engine (`TopkRouter`); its checksum is taken in the
+    engine's dtype, as the trainer takes its sums, so a bf16 checkpoint's weights all match (the preflight's
+    check of the first sync)."""
+    from engine_helpers import engine_for
+
+    from temper.engine.weights import iter_safetensors
+
+    path = model_dir("deepseek_v3")
+    engine = engine_for(path, dtype="bfloat16")
+    assert engine.weight_dtype == "bfloat16"
+    router = engine.model_runner.get_weight("model.layers.1.mlp.gate.weight")
+    assert router.dtype == torch.float32
+    sums = engine.weight_checksums()
+    want = {name: int(weight_checksum(t, torch.bfloat16)) for name, t in iter_safetensors(path)}
+    summed = {name: s for name, s in sums.items() if s is not None}  # None: a buffer the engine computes
+    assert "model.layers.1.mlp.gate.weight" in summed
+    assert summed == {name: want[name] for name in summed}
