@@ -35,14 +35,12 @@ import argparse
 import json
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from rl_workload import prepare
+from rl_workload import prepare, train_py_session
 
-from temper.cluster.placement import CPU_OVERSUBSCRIPTION, local_resources
 from temper.quickstart import load_driver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,28 +225,18 @@ def table(results: dict[str, dict], device: str) -> str:
 
 
 def main(argv=None) -> dict:
-    import ray
-
     args = parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="temper-rl-step-"))
-    work.mkdir(parents=True, exist_ok=True)
-    cuda, cores = local_resources()
-    device = torch.cuda.get_device_name(0) + f" x{torch.cuda.device_count()}" if cuda else f"CPU ({cores} cores)"
     started = time.monotonic()
-    dtype = torch.bfloat16 if cuda else torch.float32
-    model, prompts = prepare(work, args.model, args.prompt_len, args.num_prompts, dtype)
-    print(f"model and prompts ready in {time.monotonic() - started:.0f}s: {model}, {prompts}", flush=True)
-    ray.init(num_cpus=cores * CPU_OVERSUBSCRIPTION, include_dashboard=False, configure_logging=False)
     results = {}
-    try:
+    with train_py_session(args.out, args.workdir, "temper-rl-step-") as (work, device, cuda):
+        dtype = torch.bfloat16 if cuda else torch.float32
+        model, prompts = prepare(work, args.model, args.prompt_len, args.num_prompts, dtype)
+        print(f"model and prompts ready in {time.monotonic() - started:.0f}s: {model}, {prompts}", flush=True)
         for run in args.runs:
             print(f"== {run}", flush=True)
             shutil.rmtree(args.out / run, ignore_errors=True)  # its metrics.jsonl is appended to
             steps = load_driver("train").main(run_flags(args, model, prompts, run))
             results[run] = measure(steps, GPUS[run] if cuda else 1)
-    finally:
-        ray.shutdown()
     text = table(results, device)
     print(text, flush=True)
     for run, r in results.items():
@@ -258,8 +246,6 @@ def main(argv=None) -> dict:
     record = {"device": device, "model": str(model), "prompts": str(prompts), "args": settings, "results": results}
     (args.out / "rl_step.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"total {time.monotonic() - started:.0f}s", flush=True)
-    if args.workdir is None:
-        shutil.rmtree(work, ignore_errors=True)
     return results
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 WORDS = (
@@ -17,6 +20,30 @@ WORDS = (
     "and the policy learns from a group of samples for every question about numbers dates units cities "
     "rivers stars planets tools functions classes modules errors results papers experiments data"
 ).split()
+
+
+@contextmanager
+def train_py_session(out: Path, workdir: Path | None, prefix: str):
+    """For benchmarks that run train.py several times in one process: OUT made, the work folder (`workdir`, or
+    a temporary one removed afterwards) and one local Ray instance that every run joins. Yields
+    (work folder, device name, whether CUDA is there)."""
+    import ray
+    import torch
+
+    from temper.cluster.placement import CPU_OVERSUBSCRIPTION, local_resources
+
+    out.mkdir(parents=True, exist_ok=True)
+    work = workdir or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    cuda, cores = local_resources()
+    device = f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}" if cuda else f"CPU ({cores} cores)"
+    ray.init(num_cpus=cores * CPU_OVERSUBSCRIPTION, include_dashboard=False, configure_logging=False)
+    try:
+        yield work, device, cuda
+    finally:
+        ray.shutdown()
+        if workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def shapes() -> dict:
