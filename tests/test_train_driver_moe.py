@@ -6,7 +6,9 @@ FSDP train rank and broadcast weight sync.
   gap is reported.
 - DeepSeek-V3 (MLA + grouped-routing MoE), checked at every sync.
 - GLM-4.5 (GLM's attention + DeepSeek-V3's MoE), in bf16 on both sides (its router stays float32 in the engine),
-  with R3 and checked at every sync."""
+  with R3 and checked at every sync.
+- On one GPU (skipped without CUDA): each of the three, colocated, bf16, with R3 and checked at every sync (the
+  engine's kernels, its CUDA graphs and the ipc transport under train.py)."""
 
 import pytest
 import torch
@@ -18,9 +20,11 @@ from temper.testing import build_tiny_model
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster", "plots_unrasterized")]
 
 
-def grpo_run(tmp_path, arch: str, *extra: str, bf16: bool = False) -> list[dict]:
+def grpo_run(tmp_path, arch: str, *extra: str, bf16: bool = False, gpu: bool = False) -> list[dict]:
     """The step records of a 2-rollout GRPO run of train.py on the tiny `arch` model (+ `extra` flags); `bf16`:
-    a bf16 checkpoint, trainer and engine."""
+    a bf16 checkpoint, trainer and engine; `gpu`: trainer and engine colocated on one GPU (bf16 there)."""
+    bf16 = bf16 or gpu
+    place = ["--colocate", "--sglang-mem-fraction-static", "0.3"] if gpu else ["--rollout-num-gpus", "1"]
     model = build_tiny_model(tmp_path / "model", arch, seed=0, dtype=torch.bfloat16 if bf16 else torch.float32)
     prompts = write_prompts(tmp_path / "prompts.jsonl")
     flags = [
@@ -28,7 +32,7 @@ def grpo_run(tmp_path, arch: str, *extra: str, bf16: bool = False) -> list[dict]
         "--apply-chat-template", "--custom-rm-path", "temper.quickstart.reward", "--advantage-estimator", "grpo",
         "--rollout-batch-size", "4", "--n-samples-per-prompt", "4", "--rollout-max-response-len", "8",
         "--num-rollout", "2", "--lr", "3e-2", "--use-dynamic-batch-size", "--max-tokens-per-gpu", "4096",
-        "--actor-num-gpus-per-node", "1", "--rollout-num-gpus", "1", "--run-dir", str(tmp_path / "run"), *extra,
+        "--actor-num-gpus-per-node", "1", *place, "--run-dir", str(tmp_path / "run"), *extra,
         *(["--bf16", "--sglang-dtype", "bfloat16"] if bf16 else []),
     ]  # fmt: skip
     steps = load_driver("train").main(flags)
@@ -59,3 +63,14 @@ def test_two_rollout_grpo_run_of_glm4_moe(tmp_path):
     samples = read_file(tmp_path / "run" / "rollouts" / "000001.pkl.gz")
     assert samples and all(s.rollout_routed_experts.shape == (len(s.tokens) - 1, 2, 2) for s in samples)
     assert all((s.rollout_routed_experts[:, 0] == -1).all() for s in samples)  # layer 0 is dense
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("arch,checked", [("qwen3_moe", 68), ("deepseek_v3", 51), ("glm4_moe", 55)])
+def test_two_rollout_grpo_run_on_one_gpu(tmp_path, arch, checked):
+    steps = grpo_run(tmp_path, arch, "--use-rollout-routing-replay", "--check-weight-update-equal", gpu=True)
+    assert [s["sync/weight_version"] for s in steps] == [1.0, 2.0]
+    assert all(s["sync/checked_tensors"] == checked for s in steps)
+    samples = read_file(tmp_path / "run" / "rollouts" / "000001.pkl.gz")
+    assert samples and all(s.rollout_routed_experts.shape == (len(s.tokens) - 1, 2, 2) for s in samples)
