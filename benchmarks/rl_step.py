@@ -13,6 +13,9 @@ per rollout (--global-batch-size = all samples):
   (the ipc transport);
 - colocated-1gpu: one train rank and one engine sharing one GPU, as colocated.
 
+`--drivers train train_async` runs each layout with train.py and with train_async.py (rollout k+1 generated
+while rollout k trains, one step stale; nothing is offloaded), the second named <layout>-async.
+
 Prompts: the quickstart's short ones, or with --prompt-len N distinct prompts of exactly N tokens after
 the chat template (rl_workload.py, checked by tokenizing). Every sync is verified
 (--check-weight-update-equal); the check's seconds are reported apart and left out of "sync" and
@@ -27,6 +30,7 @@ the loop's own time). Writes OUT/rl_step.md (the tables), OUT/rl_step.json, and 
     python benchmarks/rl_step.py --model qwen3-0.6b --runs colocated-1gpu --steps 6 --prompt-len 512 \\
         --response-len 512 --offload-train off      # the one-GPU GRPO workload
     python benchmarks/rl_step.py --out /tmp/rl --model tiny --response-len 16   # CPU smoke run (about 1 min)
+    python benchmarks/rl_step.py --runs disaggregated --drivers train train_async   # sync vs async, 2 GPUs
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ RUNS = {
     "colocated-1gpu": ["--actor-num-gpus-per-node", "1", "--colocate", "--sglang-mem-fraction-static", "0.3"],
 }
 GPUS = {"disaggregated": 2, "colocated": 2, "colocated-1gpu": 1}
+DRIVERS = {"train": "", "train_async": "-async"}  # driver -> suffix of its runs' names
 SHAPE_SCRIPTS = {"qwen3-0.6b": "qwen3-0.6B.sh", "qwen3-4b": "qwen3-4B.sh", "tiny": "qwen3-tiny.sh"}
 
 
@@ -59,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("rl_step_out"))
     p.add_argument("--model", default="qwen3-0.6b", choices=sorted(SHAPE_SCRIPTS))
     p.add_argument("--runs", nargs="+", default=["disaggregated", "colocated"], choices=list(RUNS))
+    p.add_argument("--drivers", nargs="+", default=["train"], choices=list(DRIVERS),
+                   help="train.py, and/or train_async.py (rollout k+1 generated while k trains; runs named <run>-async)")
     p.add_argument("--steps", type=int, default=4, help="rollouts per run (the first is a warm-up)")
     p.add_argument("--rollout-batch-size", type=int, default=8)
     p.add_argument("--n-samples", type=int, default=8)
@@ -83,7 +90,8 @@ def model_args(script: str) -> list[str]:
     return subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=True).stdout.splitlines()
 
 
-def run_flags(args, model: Path, prompts: Path, run: str) -> list[str]:
+def run_flags(args, model: Path, prompts: Path, run: str, name: str) -> list[str]:
+    """The flags of layout `run`; `name`: the run's folder under OUT."""
     samples = args.rollout_batch_size * args.n_samples
     flags = [
         *model_args(SHAPE_SCRIPTS[args.model]), "--hf-checkpoint", str(model), "--prompt-data", str(prompts),
@@ -93,7 +101,7 @@ def run_flags(args, model: Path, prompts: Path, run: str) -> list[str]:
         "--global-batch-size", str(samples), "--rollout-temperature", "1.0",
         "--rollout-max-response-len", str(args.response_len), "--num-rollout", str(args.steps),
         "--use-dynamic-batch-size", "--max-tokens-per-gpu", str(args.max_tokens_per_gpu),
-        "--run-dir", str(args.out / run), *RUNS[run],
+        "--run-dir", str(args.out / name), *RUNS[run],
     ]  # fmt: skip
     if not args.check_first_sync_only:
         flags.append("--check-weight-update-equal")
@@ -182,6 +190,7 @@ RUN_COLUMNS = [
     ("sync s", "sync_s", "{:.3f}"), ("memory s", "memory_s", "{:.2f}"), ("step s", "step_s", "{:.2f}"),
     ("response tokens", "response_tokens", "{:.0f}"),
     ("response tok/s/GPU", "response_tok_s_per_gpu", "**{:,.0f}**"), ("rollout tok/s", "rollout_tok_s", "{:,.0f}"),
+    ("generation tok/s", "generation_tok_s", "{:,.0f}"),
     ("sync GB/s", "sync_gb_s", "{:.2f}"), ("check s", "check_s", "{:.2f}"),
     ("log-prob gap", "logprob_abs_diff", "{:.2e}"), ("max abs ppo_kl", "max_abs_ppo_kl", "{:.1e}"),
     ("max clipfrac", "max_pg_clipfrac", "{:.1e}"),
@@ -214,7 +223,8 @@ def table(results: dict[str, dict], device: str) -> str:
     lines = [
         f"Device: {device}. Means over {first['measured_steps']} rollouts after one warm-up; sync and step "
         "exclude the weight check (check s); memory s: colocated memory moves (engine release/resume, trainer "
-        "onload/offload).",
+        "onload/offload). A -async run is train_async.py: its rollout s is the wait for the rollout generated "
+        "while the previous one trained (generation s is the generation itself).",
         "",
         *markdown("run", RUN_COLUMNS, list(results.items())),
     ]
@@ -233,10 +243,12 @@ def main(argv=None) -> dict:
         model, prompts = prepare(work, args.model, args.prompt_len, args.num_prompts, dtype)
         print(f"model and prompts ready in {time.monotonic() - started:.0f}s: {model}, {prompts}", flush=True)
         for run in args.runs:
-            print(f"== {run}", flush=True)
-            shutil.rmtree(args.out / run, ignore_errors=True)  # its metrics.jsonl is appended to
-            steps = load_driver("train").main(run_flags(args, model, prompts, run))
-            results[run] = measure(steps, GPUS[run] if cuda else 1)
+            for driver in args.drivers:
+                name = run + DRIVERS[driver]
+                print(f"== {name}", flush=True)
+                shutil.rmtree(args.out / name, ignore_errors=True)  # its metrics.jsonl is appended to
+                steps = load_driver(driver).main(run_flags(args, model, prompts, run, name))
+                results[name] = measure(steps, GPUS[run] if cuda else 1)
     text = table(results, device)
     print(text, flush=True)
     for run, r in results.items():
