@@ -5,7 +5,7 @@
 #   trainer  the MoE trainer A/B (train_throughput.py on Qwen3-30B-A3B's widths cut to 4 layers: HF's grouped-GEMM
 #            experts, then HF's loop over the experts, same process, same batches), uncompiled (TEMPER_COMPILE=0:
 #            the compile warm-ups took 81 + 84 s on an H100, more than the A/B itself)
-#   gap      benchmarks/routing_gap.py: the train/rollout log-prob gap free vs R3, Moonlight's widths cut to 4 layers
+#   gap      benchmarks/routing_gap.py: the train/rollout log-prob gap free vs R3, Moonlight's widths cut to 3 layers (1.9B parameters: fp32 weights and AdamW beside the engine fit 80 GB)
 # Usage (repo root, carry .device with pack.tar.xz): PARTS=tests,trainer,gap bash benchmarks/device/moe_e2e.sh
 set -uo pipefail
 mkdir -p /tmp/site && tar xJf .device/pack.tar.xz -C /tmp/site
@@ -21,5 +21,5 @@ MOE="--model-shape qwen3-30b-a3b --num-layers 4 --skip-hf --samples 32 --respons
 has trainer && TAIL=20 TEMPER_COMPILE=0 run train_moe_nocompile 240 python benchmarks/train_throughput.py $MOE \
   --out "$OUT/train_moe_nocompile.json"
 has gap && TAIL=12 run routing_gap 200 python benchmarks/routing_gap.py --arch deepseek_v3 --settings free r3 \
-  --preset moonlight-16b-a3b --num-layers 4 --response-len 256 --rollouts 2 --out "$OUT/gap"
+  --preset moonlight-16b-a3b --num-layers 3 --response-len 256 --rollouts 2 --out "$OUT/gap"
 exit 0
