@@ -2,11 +2,7 @@
 # Engine speed work (issue 6) on one GPU, for the device tool: the paged-attention kernel tests on CUDA,
 # then the throughput benchmark parts named in $PARTS (default: all but HF).
 # Usage (repo root, carry .device): PARTS=... bash benchmarks/device/engine_speed.sh
-set -uo pipefail
-mkdir -p /tmp/site && tar xJf .device/pack.tar.xz -C /tmp/site
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+source benchmarks/device/setup.sh
 timeout 150 python -m pytest -q -x -p no:cacheprovider tests/engine/kernels/test_paged_attention.py 2>&1 \
   | tee "$OUT/kernel_tests.log" | tail -n 5
 timeout "${BENCH_TIMEOUT:-480}" python benchmarks/engine_throughput.py \

@@ -3,13 +3,8 @@
 #   part 1 (1 GPU): GPU tests, engine throughput with the HF baseline.
 #   part 2 (2 GPUs): train throughput on one GPU with the naive HF loop, then FSDP on two GPUs vs one.
 # Usage (repo root, carry .device): bash benchmarks/device/engine_train.sh 1|2
-set -uo pipefail
-mkdir -p /tmp/site && tar xJf .device/pack.tar.xz -C /tmp/site
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-run() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "exit $?"; tail -n 25 "$OUT/$name.log"; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+TAIL=${TAIL:-25}
+source benchmarks/device/setup.sh
 if [ "$1" = 1 ]; then
   run gpu_tests 200 python -m pytest -m gpu -q -rA -p no:cacheprovider tests/engine/test_gpu_parity.py \
       tests/engine/server/test_server_gpu.py tests/train/test_gpu.py

@@ -2,11 +2,7 @@
 # The GPU tests (files with pytest's `gpu` marker), for the device tool, in groups that each run under a timeout, then
 # the parts of benchmarks/device/rl_step_1gpu.sh named in RL_PARTS (default none). Logs under $OUT.
 # Usage (repo root, carry .device with pack.tar.xz): TEST_GROUPS="moe train" bash benchmarks/device/gpu_tests.sh
-set -uo pipefail
-mkdir -p /tmp/site && tar xJf .device/pack.tar.xz -C /tmp/site
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+source benchmarks/device/setup.sh
 declare -A FILES=(
   [moe]="tests/engine/test_moe_gpu.py tests/engine/test_deepseek_v3_gpu.py tests/engine/test_cuda_graph.py"
   [engine]="tests/engine/test_gpu_parity.py tests/engine/kernels tests/engine/server/test_server_gpu.py"

@@ -7,15 +7,9 @@
 #            the compile warm-ups took 81 + 84 s on an H100, more than the A/B itself)
 #   gap      benchmarks/routing_gap.py: the train/rollout log-prob gap free vs R3, Moonlight's widths cut to 3 layers (1.9B parameters: fp32 weights and AdamW beside the engine fit 80 GB)
 # Usage (repo root, carry .device with pack.tar.xz): PARTS=tests,trainer,gap bash benchmarks/device/moe_e2e.sh
-set -uo pipefail
-mkdir -p /tmp/site && tar xJf .device/pack.tar.xz -C /tmp/site
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+TAIL=${TAIL:-15}
+source benchmarks/device/setup.sh
 PARTS=${PARTS:-tests,trainer,gap}
-has() { [[ ",$PARTS," == *",$1,"* ]]; }
-run() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "exit $?"; grep -v "Loading weights" "$OUT/$name.log" | tail -n "${TAIL:-15}"; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)"
 has tests && run moe_e2e_tests 200 python -m pytest -q -rfE -p no:cacheprovider -m gpu tests/test_train_driver_moe.py
 MOE="--model-shape qwen3-30b-a3b --num-layers 4 --skip-hf --samples 32 --response-len 256 1024 --rollouts 2 ${ARGS_MOE:-}"
 has trainer && TAIL=20 TEMPER_COMPILE=0 run train_moe_nocompile 240 python benchmarks/train_throughput.py $MOE \

@@ -8,12 +8,7 @@
 # The A/B against the grouped GEMMs end to end is a second call:
 #   PARTS=moonlight,qwen3-30b ARGS="--moe-kernel grouped_mm" SKIP_KERNELS=1 bash benchmarks/device/moe_fused.sh
 # Usage (repo root, carry .device with pack.tar.xz): bash benchmarks/device/moe_fused.sh
-set -uo pipefail
-mkdir -p /tmp/site && tar xJf .device/pack.tar.xz -C /tmp/site
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)"
+source benchmarks/device/setup.sh
 if [[ -z "${SKIP_KERNELS:-}" ]]; then
   tests=(tests/engine/kernels/test_fused_moe.py tests/engine/kernels/test_routing.py tests/engine/kernels/test_latent_prep.py)
   timeout 75 python -m pytest -q -rfE -p no:cacheprovider -m gpu "${tests[@]}" > "$OUT/kernel_tests.log" 2>&1

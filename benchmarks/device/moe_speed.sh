@@ -8,12 +8,7 @@
 # If one call runs out of time (later parts get less, then are skipped), run the parts in two calls:
 #   PARTS=bandwidth,parity-qwen3-moe,parity-glm4,parity-deepseek-v3 bash benchmarks/device/moe_speed.sh
 #   PARTS=bandwidth,moonlight,moonlight-hf,qwen3-30b,qwen3-30b-hf bash benchmarks/device/moe_speed.sh
-set -uo pipefail
-mkdir -p /tmp/site && tar xJf .device/pack.tar.xz -C /tmp/site
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+source benchmarks/device/setup.sh
 timeout "${BENCH_TIMEOUT:-520}" python benchmarks/engine_moe.py \
   --parts "${PARTS:-bandwidth,parity-qwen3-moe,parity-glm4,parity-deepseek-v3,moonlight,moonlight-hf,qwen3-30b,qwen3-30b-hf}" \
   --num-requests "${NUM_REQUESTS:-128}" --total-budget "${TOTAL_BUDGET:-480}" 2>&1 \

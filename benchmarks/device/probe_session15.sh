@@ -2,14 +2,8 @@
 # Session 15's first device call (issue 13 and the never-run GPU tests): varlen attention backends
 # (flash vs cuDNN ragged), the trainer's profile with where the GPU idles, the GPU tests that have
 # never run on a device. Logs under $OUT.
-set -uo pipefail
-mkdir -p /tmp/site && tar xJf .device/pack.tar.xz -C /tmp/site
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+source benchmarks/device/setup.sh
 PARTS=${PARTS:-attn,profile,sync}
-has() { [[ ",$PARTS," == *",$1,"* ]]; }
-run() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "exit $?"; grep -v "Loading weights" "$OUT/$name.log" | tail -n "${TAIL:-12}"; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import torch; print(torch.__version__, 'cudnn', torch.backends.cudnn.version()); print(torch.ops.aten._cudnn_attention_backward.default._schema)"
 has attn && run attention 90 python benchmarks/attention_backends.py --out "$OUT/attention.json"
 has profile && TAIL=70 run train_profile 200 python benchmarks/train_throughput.py --skip-hf --rollouts 2 --profile "$OUT"

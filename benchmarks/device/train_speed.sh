@@ -9,15 +9,8 @@
 # Usage (repo root): PARTS="tests,0.6b,profile,nokeep,sdpa,4b,moe" bash benchmarks/device/train_speed.sh
 # Carry .device (pack.tar.xz from `../shared/tools/device-pack orjson`): temper.train imports temper.observe, which
 # needs orjson, and the device image has none.
-set -uo pipefail
-mkdir -p /tmp/site && tar xJf .device/pack.tar.xz -C /tmp/site
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+source benchmarks/device/setup.sh
 PARTS=${PARTS:-tests,0.6b,profile}
-has() { [[ ",$PARTS," == *",$1,"* ]]; }
-run() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "exit $?"; grep -v "Loading weights" "$OUT/$name.log" | tail -n "${TAIL:-12}"; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)"
 B=benchmarks/train_throughput.py
 has tests && run gpu_tests 240 python -m pytest -q -rA -p no:cacheprovider tests/train/test_varlen_attention.py \
   tests/train/test_logit_kernels.py tests/train/test_gpu.py tests/train/test_trainable.py

@@ -5,11 +5,7 @@
 # Usage (repo root, one GPU, carry .device): bash benchmarks/device/weight_sync.sh
 #   SHAPES=qwen3-0.6b (one shape), CHECK=ipc,tensor (also check the baseline), BENCH_TIMEOUT=seconds,
 #   EXTRA="--repeats 10" (more benchmark flags)
-set -uo pipefail
-mkdir -p /tmp/site && tar xJf .device/pack.tar.xz -C /tmp/site
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+source benchmarks/device/setup.sh
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
 df -h /dev/shm | tail -n 1  # the tensor handoff writes its buckets there when it has room
 timeout 180 python -m pytest -q -x -p no:cacheprovider tests/cluster/test_weight_sync_gpu.py \
