@@ -1,10 +1,11 @@
-"""train.py end to end on CPU on the tiny MoE architectures: 2-rollout GRPO runs with Ray, an engine server, an
-FSDP train rank and broadcast weight sync.
+"""train.py end to end on CPU on the tiny MoE architectures (and GLM4, dense, of the same model families): 2-rollout
+GRPO runs with Ray, an engine server, an FSDP train rank and broadcast weight sync.
 
 - Qwen3-MoE with rollout routing replay (--use-rollout-routing-replay, R3): the engine returns every token's
   routed experts, the rollout keeps them on the samples and training replays them; the train/rollout log-prob
   gap is reported.
 - DeepSeek-V3 (MLA + grouped-routing MoE), checked at every sync.
+- GLM4 (dense: partial rotary, attention bias, the extra norms), checked at every sync.
 - GLM-4.5 (GLM's attention + DeepSeek-V3's MoE), in bf16 on both sides (its router stays float32 in the engine),
   with R3 and checked at every sync.
 - On one GPU (skipped without CUDA): each of the three, colocated, bf16, with R3 and checked at every sync (the
@@ -54,6 +55,12 @@ def test_two_rollout_grpo_run_of_deepseek_v3(tmp_path):
     assert [s["sync/weight_version"] for s in steps] == [1.0, 2.0]
     # every parameter is compared after the sync (e_score_correction_bias is a buffer the trainer never changes)
     assert all(s["sync/checked_tensors"] == 51 for s in steps)
+
+
+def test_two_rollout_grpo_run_of_glm4(tmp_path):
+    steps = grpo_run(tmp_path, "glm4", "--check-weight-update-equal")
+    assert [s["sync/weight_version"] for s in steps] == [1.0, 2.0]
+    assert all(s["sync/checked_tensors"] == 28 for s in steps)  # every tensor of the checkpoint
 
 
 def test_two_rollout_grpo_run_of_glm4_moe(tmp_path):
