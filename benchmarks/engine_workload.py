@@ -19,15 +19,11 @@ RESULT = "RESULT "  # the prefix of a part's result lines, which the driver coll
 def shapes(smoke: bool) -> dict:
     from temper.testing.tiny_models import PRESETS
 
-    base = PRESETS["qwen3-0.6b"]
-    big = dataclasses.replace(base, hidden_size=2048, intermediate_size=6144, num_layers=28, num_heads=16,
-                              num_kv_heads=8, head_dim=128)  # Qwen3-1.7B (vocab 151936, tied embeddings)
-    four = PRESETS["qwen3-4b"]
     if smoke:
         tiny = PRESETS["tiny"]
         return {"qwen3-0.6b": tiny, "qwen3-1.7b": dataclasses.replace(tiny, hidden_size=96, num_layers=3),
                 "qwen3-4b": dataclasses.replace(tiny, hidden_size=128, num_layers=2)}
-    return {"qwen3-0.6b": base, "qwen3-1.7b": big, "qwen3-4b": four}
+    return {name: PRESETS[name] for name in ("qwen3-0.6b", "qwen3-1.7b", "qwen3-4b")}
 
 
 def needed_shapes(parts: list[str]) -> list[str]:

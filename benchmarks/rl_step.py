@@ -12,6 +12,10 @@ per rollout (--global-batch-size = all samples):
   between the phases is the colocated memory plan's choice (logged at start), weights go by CUDA IPC
   (the ipc transport);
 - colocated-1gpu: one train rank and one engine sharing one GPU, as colocated.
+- disaggregated-2x2 (4 GPUs): two train ranks (FSDP) on GPUs 0-1, two engines on GPUs 2-3, NCCL broadcast;
+- colocated-4 (4 GPUs): four train ranks, each sharing its GPU with an engine;
+- disaggregated-4x4 / disaggregated-4x2tp2 (8 GPUs): four train ranks, then four engines or two engines of
+  tensor parallel 2 on the other four GPUs.
 
 `--drivers train train_async` runs each layout with train.py and with train_async.py (rollout k+1 generated
 while rollout k trains, one step stale; nothing is offloaded), the second named <layout>-async.
@@ -53,10 +57,17 @@ RUNS = {
     "disaggregated": ["--actor-num-gpus-per-node", "1", "--rollout-num-gpus", "1"],
     "colocated": ["--actor-num-gpus-per-node", "2", "--colocate", "--sglang-mem-fraction-static", "0.4"],
     "colocated-1gpu": ["--actor-num-gpus-per-node", "1", "--colocate", "--sglang-mem-fraction-static", "0.3"],
+    "disaggregated-2x2": ["--actor-num-gpus-per-node", "2", "--rollout-num-gpus", "2"],
+    "colocated-4": ["--actor-num-gpus-per-node", "4", "--colocate", "--sglang-mem-fraction-static", "0.4"],
+    "disaggregated-4x4": ["--actor-num-gpus-per-node", "4", "--rollout-num-gpus", "4"],
+    "disaggregated-4x2tp2": ["--actor-num-gpus-per-node", "4", "--rollout-num-gpus", "4",
+                             "--rollout-num-gpus-per-engine", "2"],
 }
-GPUS = {"disaggregated": 2, "colocated": 2, "colocated-1gpu": 1}
+GPUS = {"disaggregated": 2, "colocated": 2, "colocated-1gpu": 1, "disaggregated-2x2": 4, "colocated-4": 4,
+        "disaggregated-4x4": 8, "disaggregated-4x2tp2": 8}
 DRIVERS = {"train": "", "train_async": "-async"}  # driver -> suffix of its runs' names
-SHAPE_SCRIPTS = {"qwen3-0.6b": "qwen3-0.6B.sh", "qwen3-4b": "qwen3-4B.sh", "tiny": "qwen3-tiny.sh"}
+SHAPE_SCRIPTS = {"qwen3-0.6b": "qwen3-0.6B.sh", "qwen3-1.7b": "qwen3-1.7B.sh", "qwen3-4b": "qwen3-4B.sh",
+                 "qwen3-8b": "qwen3-8B.sh", "tiny": "qwen3-tiny.sh"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="qwen3-0.6b", choices=sorted(SHAPE_SCRIPTS))
     p.add_argument("--runs", nargs="+", default=["disaggregated", "colocated"], choices=list(RUNS))
     p.add_argument("--drivers", nargs="+", default=["train"], choices=list(DRIVERS),
-                   help="train.py, and/or train_async.py (rollout k+1 generated while k trains; runs named <run>-async)")
+                   help="train.py and/or train_async.py (rollout k+1 generated while k trains; runs named <run>-async)")
     p.add_argument("--steps", type=int, default=4, help="rollouts per run (the first is a warm-up)")
     p.add_argument("--rollout-batch-size", type=int, default=8)
     p.add_argument("--n-samples", type=int, default=8)

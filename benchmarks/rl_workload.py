@@ -22,6 +22,9 @@ WORDS = (
 ).split()
 
 
+SHAPE_NAMES = ("tiny", "qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b")
+
+
 @contextmanager
 def train_py_session(out: Path, workdir: Path | None, prefix: str):
     """For benchmarks that run train.py several times in one process: OUT made, the work folder (`workdir`, or
@@ -47,12 +50,10 @@ def train_py_session(out: Path, workdir: Path | None, prefix: str):
 
 
 def shapes() -> dict:
-    """Model name -> ModelShape: the quickstart's tiny model, Qwen3-0.6B and Qwen3-4B (random weights)."""
-    from engine_workload import shapes as engine_shapes  # this folder; the engine benchmark's shapes
-
+    """Model name -> ModelShape: the quickstart's tiny model and Qwen3's 0.6B, 1.7B, 4B and 8B (random weights)."""
     from temper.testing.tiny_models import PRESETS
 
-    return {"tiny": PRESETS["tiny"], **{k: v for k, v in engine_shapes(False).items() if k in ("qwen3-0.6b", "qwen3-4b")}}
+    return {name: PRESETS[name] for name in SHAPE_NAMES}
 
 
 def build_model(path: Path, name: str, dtype) -> Path:

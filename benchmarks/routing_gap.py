@@ -126,7 +126,7 @@ def main(argv=None) -> dict:
             for setting in args.settings:
                 print(f"== {arch} {setting}", flush=True)
                 run_dir = work / f"{arch}-{setting}"
-                shutil.rmtree(run_dir, ignore_errors=True)  # a --workdir's earlier run: its metrics.jsonl is appended to
+                shutil.rmtree(run_dir, ignore_errors=True)  # a --workdir's earlier run (its metrics.jsonl grows)
                 steps = load_driver("train").main(run_flags(args, model, prompts, run_dir, setting, cuda))
                 results.setdefault(arch, {})[setting] = summarize(steps)
                 print(f"{arch} {setting}: gap {results[arch][setting]['gap_mean']:.5f}", flush=True)

@@ -135,19 +135,24 @@ def test_overrides_reach_the_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("preset", "layers", "h", "heads", "i", "published"),
-    [("qwen3-0.6b", 28, 1024, 16, 3072, (0.59e9, 0.60e9)), ("qwen3-4b", 36, 2560, 32, 9728, (4.0e9, 4.05e9))],
+    ("preset", "layers", "h", "heads", "i", "tied", "published"),
+    [
+        ("qwen3-0.6b", 28, 1024, 16, 3072, True, (0.59e9, 0.60e9)),
+        ("qwen3-1.7b", 28, 2048, 16, 6144, True, (1.7e9, 1.75e9)),
+        ("qwen3-4b", 36, 2560, 32, 9728, True, (4.0e9, 4.05e9)),
+        ("qwen3-8b", 36, 4096, 32, 12288, False, (8.1e9, 8.25e9)),
+    ],
 )
-def test_qwen3_preset_shapes_without_weights(preset, layers, h, heads, i, published):
+def test_qwen3_preset_shapes_without_weights(preset, layers, h, heads, i, tied, published):
     config = make_config("qwen3", PRESETS[preset])
     assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size) == (layers, h, i)
     assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (heads, 8, 128)
-    assert config.vocab_size == 151936 and config.tie_word_embeddings
+    assert config.vocab_size == 151936 and config.tie_word_embeddings == tied
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     q, kv = heads * 128, 8 * 128
     per_layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * 128 + 2 * h
-    expected = 151936 * h + layers * per_layer + h
+    expected = 151936 * h * (1 if tied else 2) + layers * per_layer + h
     assert sum(p.numel() for p in model.parameters()) == expected
     assert published[0] < expected < published[1]  # the published size (Qwen3-0.6B, Qwen3-4B)
 
