@@ -28,7 +28,9 @@ prefix of the key that is read once.
   cached prefix; the tiles are `paged_attention.prefill_tiles`' (the most keys first). The reference
   gathers each sequence's context and expands it to every head instead.
 
-Softmax statistics and accumulators are float32; P is cast to the cache dtype for the P @ c product.
+Both kernels step through the cache with `_attend_tile` (one tile of entries into the online softmax; the
+prefill's with its causal mask), which Triton inlines. Softmax statistics and accumulators are float32; P is cast
+to the cache dtype for the P @ c product.
 DV must be a power of two >= 16 (DR is padded to one), which DeepSeek's 512 is.
 """
 
@@ -93,6 +95,32 @@ def store_latent(entry: torch.Tensor, cache: torch.Tensor, slot_mapping: torch.T
                                         TOKEN_STRIDE=cache.stride(1), num_warps=4)
 
 
+@triton.jit
+def _attend_tile(q_c, q_r, q_pos, m, l, acc, cache_ptr, table, n0, end, qk_scale, dv, dr, rmask, DV: tl.constexpr,
+                 PAGE: tl.constexpr, BLOCK_STRIDE: tl.constexpr, TOKEN_STRIDE: tl.constexpr, BLOCK_N: tl.constexpr,
+                 CAUSAL: tl.constexpr, IEEE: tl.constexpr):
+    """The inner step of both kernels: the BLOCK_N entries from n0 (those before `end`), read once through the
+    block table `table`, into the online softmax (m, l, acc) of the query rows [q_c, q_r]; CAUSAL: row r sees
+    entries up to position q_pos[r]. Returns the new (m, l, acc)."""
+    n = n0 + tl.arange(0, BLOCK_N)
+    nmask = n < end
+    page = tl.load(table + n // PAGE, mask=nmask, other=0).to(tl.int64)
+    rows = cache_ptr + page * BLOCK_STRIDE + (n % PAGE) * TOKEN_STRIDE
+    c = tl.load(rows[:, None] + dv[None, :], mask=nmask[:, None], other=0.0)
+    k_r = tl.load(rows[:, None] + DV + dr[None, :], mask=nmask[:, None] & rmask[None, :], other=0.0)
+    s = (mma(q_c, tl.trans(c), IEEE) + mma(q_r, tl.trans(k_r), IEEE)) * qk_scale
+    if CAUSAL:
+        s = tl.where((n[None, :] <= q_pos[:, None]) & nmask[None, :], s, float("-inf"))
+    else:
+        s = tl.where(nmask[None, :], s, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, 1))
+    alpha = tl.exp2(m - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l = l * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + mma(p.to(c.dtype), c, IEEE)
+    return m_new, l, acc
+
+
 @triton.jit(do_not_specialize=["stride_bt", "num_splits"])
 def _latent_decode_kernel(q_ptr, cache_ptr, bt_ptr, ctx_ptr, out_ptr, part_o_ptr, part_lse_ptr,
                           stride_qb, stride_qh, stride_ob, stride_oh, stride_bt, num_splits, qk_scale,
@@ -121,20 +149,8 @@ def _latent_decode_kernel(q_ptr, cache_ptr, bt_ptr, ctx_ptr, out_ptr, part_o_ptr
         acc = tl.zeros([BLOCK_H, DV], tl.float32)
         table = bt_ptr + b * stride_bt
         for n0 in range(start, end, BLOCK_N):
-            n = n0 + tl.arange(0, BLOCK_N)
-            nmask = n < end
-            page = tl.load(table + n // PAGE, mask=nmask, other=0).to(tl.int64)
-            rows = cache_ptr + page * BLOCK_STRIDE + (n % PAGE) * TOKEN_STRIDE
-            c = tl.load(rows[:, None] + dv[None, :], mask=nmask[:, None], other=0.0)
-            k_r = tl.load(rows[:, None] + DV + dr[None, :], mask=nmask[:, None] & rmask[None, :], other=0.0)
-            s = (mma(q_c, tl.trans(c), IEEE) + mma(q_r, tl.trans(k_r), IEEE)) * qk_scale
-            s = tl.where(nmask[None, :], s, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, 1))
-            alpha = tl.exp2(m - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l = l * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + mma(p.to(c.dtype), c, IEEE)
-            m = m_new
+            m, l, acc = _attend_tile(q_c, q_r, 0, m, l, acc, cache_ptr, table, n0, end, qk_scale, dv, dr, rmask,
+                                     DV, PAGE, BLOCK_STRIDE, TOKEN_STRIDE, BLOCK_N, False, IEEE)
         out = acc / l[:, None]
         if DIRECT:
             tl.store(out_ptr + b * stride_ob + heads[:, None] * stride_oh + dv[None, :],
@@ -178,20 +194,8 @@ def _latent_prefill_kernel(q_ptr, cache_ptr, out_ptr, bt_ptr, tile_seq_ptr, tile
     acc = tl.zeros([BLOCK_T * BLOCK_H, DV], tl.float32)
     table = bt_ptr + seq * stride_bt
     for n0 in range(0, kv_end, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        nmask = n < kv_end
-        page = tl.load(table + n // PAGE, mask=nmask, other=0).to(tl.int64)
-        rows = cache_ptr + page * BLOCK_STRIDE + (n % PAGE) * TOKEN_STRIDE
-        c = tl.load(rows[:, None] + dv[None, :], mask=nmask[:, None], other=0.0)
-        k_r = tl.load(rows[:, None] + DV + dr[None, :], mask=nmask[:, None] & rmask[None, :], other=0.0)
-        s = (mma(q_c, tl.trans(c), IEEE) + mma(q_r, tl.trans(k_r), IEEE)) * qk_scale
-        s = tl.where((n[None, :] <= q_pos[:, None]) & nmask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l = l * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + mma(p.to(c.dtype), c, IEEE)
-        m = m_new
+        m, l, acc = _attend_tile(q_c, q_r, q_pos, m, l, acc, cache_ptr, table, n0, kv_end, qk_scale, dv, dr, rmask,
+                                 DV, PAGE, BLOCK_STRIDE, TOKEN_STRIDE, BLOCK_N, True, IEEE)
     out = acc / l[:, None]
     tl.store(out_ptr + (q_start + i)[:, None] * stride_ot + heads[:, None] * stride_oh + dv[None, :],
              out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None])
