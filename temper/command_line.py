@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from temper.config import FIELD_GROUP, GROUPS, Config, ConfigError
+from temper.config_rules import validate
 from temper.model_shape import check_model_shape
 
 PASS_THROUGH_PREFIXES = ("sglang", "router")
@@ -78,7 +79,7 @@ def parse_config(argv: list[str] | None = None, *, prog: str = "train.py", check
     cfg = Config.from_flat(values)
     cfg.engine.sglang = passthrough["sglang"]
     cfg.engine.router = passthrough["router"]
-    cfg.validate()
+    validate(cfg)  # derived values and cross-field rules
     if check_shape and cfg.hf_checkpoint:
         check_model_shape(cfg.model, cfg.hf_checkpoint)
     if any(getattr(cfg, name) for name in TRAIN_PLUG_POINTS):

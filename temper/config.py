@@ -2,7 +2,8 @@
 
 Each field is one command-line flag (`field_name` -> `--field-name`); `temper.command_line` builds the
 parser from these fields, so the dataclasses are the single source of truth. Cross-field rules (batch
-arithmetic, GPU counts, incompatible options) run in `Config.validate()` before any process starts.
+arithmetic, GPU counts, incompatible options) are `temper.config_rules.validate`'s, which
+`temper.command_line.parse_config` runs before any process starts.
 
 `Config` also answers flat attribute access (`cfg.rollout_batch_size`), which is what slime-style
 plug-ins expect of their `args`.
@@ -611,10 +612,3 @@ class Config:
     @property
     def use_critic(self) -> bool:
         return self.advantage_estimator == "ppo"
-
-    def validate(self) -> Config:
-        """Fill derived values and check cross-field rules; raises ConfigError. Returns self."""
-        from temper.config_rules import validate
-
-        validate(self)
-        return self

@@ -216,7 +216,7 @@ def _same(a: Any, b: Any) -> bool:
 def check_hf_checkpoint(cfg: Any) -> None:
     """ConfigError (one line) when the run loads a model but --hf-checkpoint is not set.
 
-    Not one of `Config.validate`'s rules: a part tested alone (the data, the placement) needs no model,
+    Not one of `config_rules.validate`'s rules: a part tested alone (the data, the placement) needs no model,
     but a run does. The folder itself is checked with the shape flags (`check_model_shape`), its weights
     by `check_weights`."""
     if cfg.hf_checkpoint:

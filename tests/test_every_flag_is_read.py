@@ -66,7 +66,7 @@ def rejects(flags: list[str], error: str | None = None) -> Probe:
     return Probe(flags, error or flags[0])
 
 
-# Flags that nothing but a rule reads: the model-shape check (temper.model_shape) or Config.validate's rules.
+# Flags that nothing but a rule reads: the model-shape check (temper.model_shape) or config_rules.validate's rules.
 PROBES: dict[str, list[Probe]] = {
     # -- model shape, against the checkpoint's config.json
     "num_layers": [shape(["--num-layers", "3"], "--num-layers 3 (checkpoint: 2)")],
