@@ -31,6 +31,7 @@ from temper.engine.sampling_params import SamplingParams
 from temper.engine.scheduler import Scheduler
 from temper.engine.sequence import RequestOutput, Sequence
 from temper.engine.stop_checker import StopChecker
+from temper.engine.tp_worker import TPWorkers
 from temper.engine.weight_checksum import to_ints, weight_checksum
 
 DEFAULT_MAX_MODEL_LEN = 4096
@@ -54,7 +55,9 @@ class LLMEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(args.model)
         self.max_model_len = args.max_model_len or min(self.hf_config.max_position_embeddings, DEFAULT_MAX_MODEL_LEN)
         self._weight_version = "default"
-        self.model_runner = ModelRunner(args, self.hf_config, self.max_model_len)
+        args.check_model(self.hf_config)  # before any tensor-parallel worker starts
+        workers = TPWorkers(args, self.hf_config, self.max_model_len) if args.tensor_parallel_size > 1 else None
+        self.model_runner = ModelRunner(args, self.hf_config, self.max_model_len, workers=workers)
         self.block_manager = BlockManager(self.model_runner.num_kv_blocks, args.block_size, args.enable_prefix_caching)
         self.eos_token_ids = _eos_token_ids(args.model, self.hf_config)
         stop_checker = StopChecker(Detokenizer(self.tokenizer), self.eos_token_ids, self.max_model_len)

@@ -95,18 +95,14 @@ def _default_dtype(dtype: torch.dtype):
 class ModelRunner:
     """One rank of the engine's model (the only one without tensor parallelism).
 
-    `group`: None for the engine's own runner (rank 0, which starts the workers when
-    ``args.tensor_parallel_size`` > 1); a worker passes the `TPGroup` it joined.
+    `workers`: on the engine's own runner (rank 0) when ``args.tensor_parallel_size`` > 1, the
+    `tp_worker.TPWorkers` the engine started (this rank joins their group, and drives them); `group`: on a
+    worker, the `TPGroup` it joined. Neither: one rank.
     """
 
-    def __init__(self, args: EngineArgs, hf_config, max_model_len: int, group: TPGroup | None = None):
-        workers = None
-        if group is None:
-            args.check_model(hf_config)
-        if group is None and args.tensor_parallel_size > 1:
-            from temper.engine.tp_worker import TPWorkers
-
-            workers = TPWorkers(args, hf_config, max_model_len)
+    def __init__(self, args: EngineArgs, hf_config, max_model_len: int, group: TPGroup | None = None,
+                 workers=None):
+        if workers is not None:
             group = workers.group
         self.workers = None  # set once every rank is built: construction is symmetric, never mirrored
         self.tp = group or TPGroup(args.torch_device())
