@@ -4,7 +4,7 @@ Builds the model on the device, loads its weights, owns the KV cache, turns a `S
 batch tensors (`StepInputs`: numpy on the host, one asynchronous copy), runs the forward pass,
 computes logits only at the last position of each sequence that samples, and calls the sampler.
 
-On CUDA the fast path is chosen at start (`kernels.enable`): Triton kernels for the layer ops, the
+On CUDA the fast path is chosen at start (`kernels.self_check.enable`): Triton kernels for the layer ops, the
 paged attention (`kernels.paged_attention`, or for a latent-attention model such as DeepSeek-V3 its
 prefill and decode kernels `kernels.latent_attention`) and the sampler, grouped GEMMs for an MoE model's
 experts, each group kept only if it passes a self-check against the PyTorch reference, and decode steps
@@ -38,6 +38,7 @@ from temper.engine.attention import TorchPagedAttention
 from temper.engine.cuda_graph import DecodeGraphs
 from temper.engine.dummy_weights import init_dummy_weights
 from temper.engine.engine_args import EngineArgs
+from temper.engine.kernels import self_check
 from temper.engine.models import model_class
 from temper.engine.models.moe import GroupedExperts
 from temper.engine.routed_experts import RoutedExpertsCache
@@ -184,7 +185,7 @@ class ModelRunner:
     def _enable_kernels(self, hf_config) -> set[str]:
         """The kernel groups that pass on this rank, narrowed to those that pass on every rank."""
         without = ("fused_moe",) if self.args.moe_kernel == "grouped_mm" else ()
-        groups = kernels.enable(self.args.kernels, self.device, self.dtype, self._shape(hf_config), without)
+        groups = self_check.enable(self.args.kernels, self.device, self.dtype, self._shape(hf_config), without)
         agreed = self.tp.agree_min("kernels", [int(g in groups) for g in kernels.GROUPS])
         groups = {g for g, ok in zip(kernels.GROUPS, agreed) if ok}
         kernels.set_enabled(groups)

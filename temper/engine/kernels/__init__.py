@@ -29,10 +29,9 @@ tests compare with Hugging Face) and these kernels (CUDA; the Triton ones on CPU
   group but not yet called by `moe.py`).
   Only models with experts check these three groups.
 
-`ModelRunner` calls `enable` once per engine: on CUDA it imports triton, runs every group on small
-random inputs against the reference (`self_check.py`; the experts' groups also inside a CUDA graph
-capture) and
-keeps the groups that pass; a group that fails to compile or disagrees is logged and left to the
+`ModelRunner` calls `self_check.enable` once per engine: on CUDA it imports triton, runs every group on small
+random inputs against the reference (the experts' groups also inside a CUDA graph capture) and keeps the
+groups that pass; a group that fails to compile or disagrees is logged and left to the
 reference. Model code asks `enabled(group, x)` before each op, so a tensor on a device without kernels
 always takes the reference path.
 """
@@ -41,12 +40,10 @@ from __future__ import annotations
 
 import functools
 import importlib
-import logging
 import os
 
 import torch
 
-logger = logging.getLogger(__name__)
 
 TRITON_GROUPS = ("layers", "attention", "sampler", "fused_moe", "routing")
 MOE_GROUPS = ("fused_moe", "moe", "routing")  # checked only for a model with experts
@@ -97,34 +94,9 @@ def enabled_groups() -> set[str]:
 
 
 def set_enabled(groups) -> None:
-    """Turn exactly `groups` on (tests and `enable` use this; unknown names are an error)."""
+    """Turn exactly `groups` on (tests and `self_check.enable` use this; unknown names are an error)."""
     unknown = set(groups) - set(GROUPS)
     if unknown:
         raise ValueError(f"unknown kernel group(s) {sorted(unknown)}; expected some of {GROUPS}")
     _enabled.clear()
     _enabled.update(groups)
-
-
-def enable(mode: str, device: torch.device, dtype: torch.dtype, shape, without=()) -> set[str]:
-    """Pick the kernel groups for an engine and turn them on; returns them.
-
-    mode: "torch" (none), "triton" (all, unchecked: tests under TRITON_INTERPRET=1), "auto" (on CUDA,
-    the groups that pass `self_check` for this dtype and model `shape`; on CPU none). `MOE_GROUPS` only
-    for a model with experts (``shape.experts`` set, see `self_check`), and without triton only "moe".
-    `without`: groups left off whatever the mode (``EngineArgs.moe_kernel="grouped_mm"``: "fused_moe").
-    """
-    _enabled.clear()  # the self-check compares with the reference, which must not dispatch to kernels
-    groups: set[str] = set()
-    if mode == "triton" or (mode == "auto" and device.type == "cuda"):
-        groups = set(GROUPS) if getattr(shape, "experts", None) else set(GROUPS) - set(MOE_GROUPS)
-        groups -= set(without)
-        if not triton_importable():
-            logger.warning("triton is not importable; the engine uses its PyTorch kernels for %s",
-                           "/".join(sorted(groups & set(TRITON_GROUPS))))
-            groups -= set(TRITON_GROUPS)
-    if mode == "auto" and groups:
-        from temper.engine.kernels.self_check import passing_groups
-
-        groups = passing_groups(device, dtype, shape, groups)
-    set_enabled(groups)
-    return groups

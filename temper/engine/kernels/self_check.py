@@ -27,6 +27,30 @@ from temper.engine.attention import AttentionMetadata, TorchPagedAttention
 logger = logging.getLogger(__name__)
 
 
+def enable(mode: str, device: torch.device, dtype: torch.dtype, shape, without=()) -> set[str]:
+    """Pick the kernel groups for an engine and turn them on; returns them.
+
+    mode: "torch" (none), "triton" (all, unchecked: tests under TRITON_INTERPRET=1), "auto" (on CUDA,
+    the groups that pass `self_check` for this dtype and model `shape`; on CPU none). `MOE_GROUPS` only
+    for a model with experts (``shape.experts`` set, see `self_check`), and without triton only "moe".
+    `without`: groups left off whatever the mode (``EngineArgs.moe_kernel="grouped_mm"``: "fused_moe").
+    """
+    kernels.set_enabled(())  # the self-check compares with the reference, which must not dispatch to kernels
+    groups: set[str] = set()
+    if mode == "triton" or (mode == "auto" and device.type == "cuda"):
+        every = set(kernels.GROUPS)
+        groups = every if getattr(shape, "experts", None) else every - set(kernels.MOE_GROUPS)
+        groups -= set(without)
+        if not kernels.triton_importable():
+            logger.warning("triton is not importable; the engine uses its PyTorch kernels for %s",
+                           "/".join(sorted(groups & set(kernels.TRITON_GROUPS))))
+            groups -= set(kernels.TRITON_GROUPS)
+    if mode == "auto" and groups:
+        groups = passing_groups(device, dtype, shape, groups)
+    kernels.set_enabled(groups)
+    return groups
+
+
 def passing_groups(device: torch.device, dtype: torch.dtype, shape, groups=None) -> set[str]:
     """The kernel groups (of `groups`, default all that apply: the experts' only with ``shape.experts``) that
     agree with the reference for this device, dtype and model shape."""

@@ -20,7 +20,7 @@ pytest.importorskip("triton")
 from kernel_helpers import assert_group_keeps_greedy
 
 from temper.engine import kernels
-from temper.engine.kernels import fused_moe
+from temper.engine.kernels import fused_moe, self_check
 from temper.engine.kernels.self_check import passing_groups
 from temper.engine.models import moe
 from temper.engine.models.moe import dispatch_grouped, dispatch_loop, grouped_gemm_fits
@@ -158,7 +158,7 @@ def test_experts_take_the_fused_path_first(device, monkeypatch):
     expected = ["fused", "grouped"] if device != "cpu" or kernels.grouped_mm_runs_on_cpu() else ["fused"]
     assert calls == expected
     shape = SimpleNamespace(experts=(8, 64, 32, 2))
-    assert kernels.enable("triton", torch.device(device), torch.float32, shape, without=("fused_moe",)) == (
+    assert self_check.enable("triton", torch.device(device), torch.float32, shape, without=("fused_moe",)) == (
         set(kernels.GROUPS) - {"fused_moe"})
 
 

@@ -23,7 +23,7 @@ from kernel_helpers import assert_group_keeps_greedy, ulp_close
 pytest.importorskip("triton")
 
 from temper.engine import kernels
-from temper.engine.kernels import routing
+from temper.engine.kernels import routing, self_check
 from temper.engine.kernels.common import next_pow2
 from temper.engine.kernels.self_check import passing_groups
 from temper.engine.models import moe
@@ -177,8 +177,8 @@ def test_self_check_catches_a_wrong_routing_kernel(device, monkeypatch):
 def test_routing_group_is_checked_for_models_with_experts_only(device):
     assert "routing" in kernels.TRITON_GROUPS and "routing" in kernels.MOE_GROUPS
     dense = SimpleNamespace(experts=None)
-    assert "routing" not in kernels.enable("triton", torch.device(device), torch.float32, dense)
-    assert "routing" in kernels.enable("triton", torch.device(device), torch.float32, experts_shape(8, 2))
+    assert "routing" not in self_check.enable("triton", torch.device(device), torch.float32, dense)
+    assert "routing" in self_check.enable("triton", torch.device(device), torch.float32, experts_shape(8, 2))
 
 
 def test_topk_router_takes_the_kernel_where_the_group_is_on(device, monkeypatch):
