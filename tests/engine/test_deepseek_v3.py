@@ -10,16 +10,15 @@ import shutil
 
 import pytest
 import torch
-from engine_helpers import GREEDY, NEW_TOKENS, check_greedy, engine_for
+from engine_helpers import GREEDY, NEW_TOKENS, check_greedy, check_update_in_trainer_names, engine_for
 from safetensors.torch import save_file
-from test_models import _patched_copy, assert_matches_hf, engine_logits
+from test_models import _patched_copy, assert_matches_hf
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
 
 from temper.engine import SamplingParams
 from temper.engine.models.deepseek_v3 import TopkRouter
 from temper.engine.weights import iter_safetensors
-from temper.train.weights import iter_full_parameters
 
 # No q LoRA (Moonlight), two dense layers then one sparse, the non-interleaved RoPE layout, an untied head,
 # two groups of which one is kept, unnormalised weights, two shared experts.
@@ -164,33 +163,9 @@ def test_logprobs_of_n_samples_match_hf_forward(temperature, biased, hf, prompts
 
 
 def test_weight_update_in_the_trainers_names_reaches_the_engine(biased):
-    """The trainer holds transformers' in-memory layout (experts fused as [E, 2I, H]) and sends its
-    parameters under the checkpoint's names (temper/train/weights.py); after a training-like change of
-    every parameter the engine computes what the changed HF model computes. e_score_correction_bias is a
-    buffer, not a parameter: it is not sent (training does not change it) and the engine keeps its own."""
-    path = biased
-    engine = engine_for(path)
-    trainer = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    assert any(n.endswith("mlp.experts.gate_up_proj") for n, _ in trainer.named_parameters())  # fused in memory
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for param in trainer.parameters():
-            param.mul_(1 + 0.05 * torch.randn(param.shape, generator=g))
-    pairs = list(iter_full_parameters(trainer))
-    sent = {name for name, _ in pairs}
-    needed = set(engine.model_runner.weight_map.hf_names())
-    assert needed - sent == {n for n in needed if n.endswith("e_score_correction_bias")}
-    assert "model.layers.1.mlp.experts.7.gate_proj.weight" in sent and not sent - needed - {"lm_head.weight"}
-    tokens = torch.randint(0, 1000, (70,), generator=torch.Generator().manual_seed(4)).tolist()
-    before = engine_logits(engine, tokens)
-    engine.load_weights(iter(pairs))
-    after = engine_logits(engine, tokens)
-    with torch.no_grad():
-        expected = trainer(torch.tensor([tokens])).logits[0]
-    assert not torch.allclose(before, after, atol=1e-2)
-    torch.testing.assert_close(after, expected, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(engine.get_weights_by_name("model.layers.1.mlp.experts.7.down_proj.weight"),
-                               trainer.model.layers[1].mlp.experts.down_proj[7])
+    """`engine_helpers.check_update_in_trainer_names`: every parameter changed in the trainer's layout and names
+    reaches the engine; e_score_correction_bias, a buffer, stays the engine's own."""
+    check_update_in_trainer_names(biased)
 
 
 def test_multi_token_prediction_layer_is_skipped(biased, tmp_path, hf):
