@@ -56,3 +56,52 @@ def check_update_in_trainer_names(path) -> None:
     torch.testing.assert_close(after, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(engine.get_weights_by_name("model.layers.1.mlp.experts.7.down_proj.weight"),
                                trainer.model.layers[1].mlp.experts.down_proj[7])
+
+
+def check_mtp_layer_skipped(path, tmp_path, hf, attention_weight: tuple[str, tuple], unknown_name: str) -> None:
+    """A DeepSeek-style checkpoint `path` of 2 layers with a multi-token-prediction layer added as layer 2
+    (`attention_weight`: one of its attention tensors, name and shape): the engine does not serve it and loads
+    the rest, from disk or by name; an unknown name (`unknown_name`) is still an error."""
+    import shutil
+
+    import pytest
+    import torch
+    from safetensors.torch import save_file
+
+    copy = tmp_path / "with-mtp"
+    shutil.copytree(path, copy)
+    name, shape = attention_weight
+    mtp = {"model.layers.2.eh_proj.weight": torch.zeros(128, 256), name: torch.zeros(shape)}
+    save_file(mtp, copy / "model-mtp.safetensors")
+    engine = engine_for(copy)
+    prompt = [5, 6, 7, 8]
+    assert engine.generate([prompt], GREEDY)[0].output_token_ids == hf.greedy(path, prompt, NEW_TOKENS)
+    engine.load_weights(iter(mtp.items()))
+    with pytest.raises(ValueError, match="unknown weight name"):
+        engine.load_weights([(unknown_name, torch.zeros(1))])
+
+
+def check_two_tensor_parallel_ranks(path, variant, hf, read_back: tuple[str, ...], variant_prompts: int) -> None:
+    """An engine over two ranks on checkpoint `path`: greedy as HF's, a prefix-cache hit included; then the
+    weights of checkpoint `variant` loaded from full tensors: greedy as HF's on it for `variant_prompts` prompts,
+    and the `read_back` weights read back whole, equal to the variant's."""
+    import torch
+
+    from temper.engine.weights import iter_safetensors
+
+    engine = engine_for(path, tensor_parallel_size=2, num_kv_blocks=48, max_num_seqs=8)
+    try:
+        shared = list(range(100, 140))
+        prompts = hf.prompts(3, 3, 40, seed=1) + [shared + [1, 2, 3]]
+        for out, prompt in zip(engine.generate(prompts, GREEDY), prompts):
+            assert out.output_token_ids == hf.greedy(path, prompt, NEW_TOKENS)
+        (out,) = engine.generate([shared + [7, 8]], GREEDY)
+        assert out.cached_tokens == 32 and out.output_token_ids == hf.greedy(path, shared + [7, 8], NEW_TOKENS)
+        new = dict(iter_safetensors(variant))
+        engine.load_weights(new.items())
+        for prompt in hf.prompts(variant_prompts, 5, 20, seed=3):
+            assert engine.generate([prompt], GREEDY)[0].output_token_ids == hf.greedy(variant, prompt, NEW_TOKENS)
+        for name in read_back:
+            assert torch.equal(engine.get_weights_by_name(name), new[name]), name
+    finally:
+        engine.close()

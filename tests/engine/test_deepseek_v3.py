@@ -10,15 +10,19 @@ import shutil
 
 import pytest
 import torch
-from engine_helpers import GREEDY, NEW_TOKENS, check_greedy, check_update_in_trainer_names, engine_for
-from safetensors.torch import save_file
+from engine_helpers import (
+    check_greedy,
+    check_mtp_layer_skipped,
+    check_two_tensor_parallel_ranks,
+    check_update_in_trainer_names,
+    engine_for,
+)
 from test_models import _patched_copy, assert_matches_hf
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
 
 from temper.engine import SamplingParams
 from temper.engine.models.deepseek_v3 import TopkRouter
-from temper.engine.weights import iter_safetensors
 
 # No q LoRA (Moonlight), two dense layers then one sparse, the non-interleaved RoPE layout, an untied head,
 # two groups of which one is kept, unnormalised weights, two shared experts.
@@ -171,39 +175,15 @@ def test_weight_update_in_the_trainers_names_reaches_the_engine(biased):
 def test_multi_token_prediction_layer_is_skipped(biased, tmp_path, hf):
     """DeepSeek-V3 stores its MTP module as one more layer (model.layers.{num_hidden_layers}.*); the engine
     does not serve it and loads the rest, from disk or by name, while an unknown name is still an error."""
-    path = tmp_path / "with-mtp"
-    shutil.copytree(biased, path)
-    mtp = {"model.layers.2.eh_proj.weight": torch.zeros(128, 256),
-           "model.layers.2.self_attn.kv_a_proj_with_mqa.weight": torch.zeros(48, 128)}
-    save_file(mtp, path / "model-mtp.safetensors")
-    engine = engine_for(path)
-    prompt = [5, 6, 7, 8]
-    assert engine.generate([prompt], GREEDY)[0].output_token_ids == hf.greedy(biased, prompt, NEW_TOKENS)
-    engine.load_weights(iter(mtp.items()))
-    with pytest.raises(ValueError, match="unknown weight name"):
-        engine.load_weights([("model.layers.1.self_attn.kv_proj.weight", torch.zeros(1))])
+    check_mtp_layer_skipped(biased, tmp_path, hf, ("model.layers.2.self_attn.kv_a_proj_with_mqa.weight", (48, 128)),
+                            "model.layers.1.self_attn.kv_proj.weight")
 
 
 def test_two_tensor_parallel_ranks_match_hf(biased, model_dir, hf):
     """Heads split over two ranks (q_b, kv_b column-parallel, o_proj row-parallel), the latent projections,
     router and cache entry replicated, every expert's intermediate size split; greedy as HF's with a
     prefix-cache hit, weights loaded from full tensors and read back whole."""
-    engine = engine_for(biased, tensor_parallel_size=2, num_kv_blocks=48, max_num_seqs=8)
-    try:
-        shared = list(range(100, 140))
-        prompts = hf.prompts(3, 3, 40, seed=1) + [shared + [1, 2, 3]]
-        for out, prompt in zip(engine.generate(prompts, GREEDY), prompts):
-            assert out.output_token_ids == hf.greedy(biased, prompt, NEW_TOKENS)
-        (out,) = engine.generate([shared + [7, 8]], GREEDY)
-        assert out.cached_tokens == 32 and out.output_token_ids == hf.greedy(biased, shared + [7, 8], NEW_TOKENS)
-        variant = model_dir("deepseek_v3", seed=1)
-        new = dict(iter_safetensors(variant))
-        engine.load_weights(new.items())
-        for prompt in hf.prompts(2, 5, 20, seed=3):
-            assert engine.generate([prompt], GREEDY)[0].output_token_ids == hf.greedy(variant, prompt, NEW_TOKENS)
-        for name in ("model.layers.0.self_attn.kv_b_proj.weight", "model.layers.1.self_attn.o_proj.weight",
-                     "model.layers.1.mlp.experts.3.up_proj.weight", "model.layers.1.mlp.gate.e_score_correction_bias",
-                     "model.layers.1.mlp.shared_experts.down_proj.weight"):
-            assert torch.equal(engine.get_weights_by_name(name), new[name]), name
-    finally:
-        engine.close()
+    check_two_tensor_parallel_ranks(biased, model_dir("deepseek_v3", seed=1), hf, (
+        "model.layers.0.self_attn.kv_b_proj.weight", "model.layers.1.self_attn.o_proj.weight",
+        "model.layers.1.mlp.experts.3.up_proj.weight", "model.layers.1.mlp.gate.e_score_correction_bias",
+        "model.layers.1.mlp.shared_experts.down_proj.weight"), variant_prompts=2)

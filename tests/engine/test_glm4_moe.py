@@ -9,15 +9,19 @@ import shutil
 
 import pytest
 import torch
-from engine_helpers import GREEDY, NEW_TOKENS, check_greedy, check_update_in_trainer_names, engine_for
-from safetensors.torch import save_file
+from engine_helpers import (
+    check_greedy,
+    check_mtp_layer_skipped,
+    check_two_tensor_parallel_ranks,
+    check_update_in_trainer_names,
+    engine_for,
+)
 from test_models import assert_matches_hf
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.models.glm4_moe.modeling_glm4_moe import Glm4MoeRotaryEmbedding, apply_rotary_pos_emb
 
 from temper.engine import SamplingParams
 from temper.engine.models.glm4_moe import Glm4MoeForCausalLM
-from temper.engine.weights import iter_safetensors
 
 # GLM-4.5-Air's kind: no q/k norm, two dense layers then one sparse, an untied head, one expert group,
 # unnormalised weights, two shared experts, unscaled routed weights.
@@ -97,39 +101,15 @@ def test_weight_update_in_the_trainers_names_reaches_the_engine(biased):
 
 def test_multi_token_prediction_layer_is_skipped(biased, tmp_path, hf):
     """GLM-4.5 stores its MTP module as one more layer (model.layers.{num_hidden_layers}.*), as DeepSeek-V3 does."""
-    path = tmp_path / "with-mtp"
-    shutil.copytree(biased, path)
-    mtp = {"model.layers.2.eh_proj.weight": torch.zeros(128, 256),
-           "model.layers.2.self_attn.q_proj.weight": torch.zeros(128, 128)}
-    save_file(mtp, path / "model-mtp.safetensors")
-    engine = engine_for(path)
-    prompt = [5, 6, 7, 8]
-    assert engine.generate([prompt], GREEDY)[0].output_token_ids == hf.greedy(biased, prompt, NEW_TOKENS)
-    engine.load_weights(iter(mtp.items()))
-    with pytest.raises(ValueError, match="unknown weight name"):
-        engine.load_weights([("model.layers.1.self_attn.qkv.weight", torch.zeros(1))])
+    check_mtp_layer_skipped(biased, tmp_path, hf, ("model.layers.2.self_attn.q_proj.weight", (128, 128)),
+                            "model.layers.1.self_attn.qkv.weight")
 
 
 def test_two_tensor_parallel_ranks_match_hf(biased, model_dir, hf):
     """Heads split over two ranks (q/k/v biases and all), the router replicated, every expert's and the shared
     experts' intermediate size split; greedy as HF's with a prefix-cache hit; weights loaded from full tensors
     and read back whole."""
-    engine = engine_for(biased, tensor_parallel_size=2, num_kv_blocks=48, max_num_seqs=8)
-    try:
-        shared = list(range(100, 140))
-        prompts = hf.prompts(3, 3, 40, seed=1) + [shared + [1, 2, 3]]
-        for out, prompt in zip(engine.generate(prompts, GREEDY), prompts):
-            assert out.output_token_ids == hf.greedy(biased, prompt, NEW_TOKENS)
-        (out,) = engine.generate([shared + [7, 8]], GREEDY)
-        assert out.cached_tokens == 32 and out.output_token_ids == hf.greedy(biased, shared + [7, 8], NEW_TOKENS)
-        variant = model_dir("glm4_moe", seed=1)
-        new = dict(iter_safetensors(variant))
-        engine.load_weights(new.items())
-        prompt = hf.prompts(1, 5, 20, seed=3)[0]
-        assert engine.generate([prompt], GREEDY)[0].output_token_ids == hf.greedy(variant, prompt, NEW_TOKENS)
-        for name in ("model.layers.0.self_attn.k_proj.bias", "model.layers.1.self_attn.q_norm.weight",
-                     "model.layers.0.mlp.up_proj.weight", "model.layers.1.mlp.experts.3.up_proj.weight",
-                     "model.layers.1.mlp.shared_experts.down_proj.weight"):
-            assert torch.equal(engine.get_weights_by_name(name), new[name]), name
-    finally:
-        engine.close()
+    check_two_tensor_parallel_ranks(biased, model_dir("glm4_moe", seed=1), hf, (
+        "model.layers.0.self_attn.k_proj.bias", "model.layers.1.self_attn.q_norm.weight",
+        "model.layers.0.mlp.up_proj.weight", "model.layers.1.mlp.experts.3.up_proj.weight",
+        "model.layers.1.mlp.shared_experts.down_proj.weight"), variant_prompts=1)
