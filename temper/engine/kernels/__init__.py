@@ -25,8 +25,7 @@ tests compare with Hugging Face) and these kernels (CUDA; the Triton ones on CPU
   `moe.dispatch_loop`, which reads expert counts on the host, and the model decodes without CUDA graphs.
 - "routing" (`routing.py`): a router's expert choice after its logits, one launch per layer instead of
   ~10 small ops: DeepSeek-V3's sigmoid routing with its group mask (`deepseek_v3.TopkRouter`, and GLM-4.5's
-  which is the same); also `moe.softmax_topk`'s softmax routing (`routing.softmax_topk`, checked with the
-  group but not yet called by `moe.py`).
+  which is the same), and Qwen3-MoE's softmax routing (`moe.SparseMoeBlock.route`: `routing.softmax_topk`).
   Only models with experts check these three groups.
 
 `ModelRunner` calls `self_check.enable` once per engine: on CUDA it imports triton, runs every group on small
