@@ -56,6 +56,21 @@ def bench_device(smoke: bool, script: str) -> torch.device | None:
     return None
 
 
+def sweep_inputs(args, device: torch.device, shapes: dict, smoke_shapes: dict, smoke_tokens: list[int]):
+    """(shapes, token counts, summary) of a kernel benchmark's sweep: --shapes and --tokens of `shapes`, or with
+    --smoke `smoke_shapes` and `smoke_tokens` at one repeat; the summary holds the device, torch's version and
+    an empty list of results."""
+    if args.smoke:
+        args.repeats = 1
+        shapes, tokens = smoke_shapes, smoke_tokens
+    else:
+        shapes = {name: shapes[name] for name in args.shapes.split(",")}
+        tokens = [int(t) for t in args.tokens.split(",")]
+    summary = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (interpreter)",
+               "torch": torch.__version__, "results": []}
+    return shapes, tokens, summary
+
+
 def sweep(summary: dict, shapes: dict, tokens: list[int], bench, report, out: str | None) -> int:
     """`bench(name, shape, tokens)` for every shape and token count under inference mode, each result reported
     (`report(result)`) and added to `summary["results"]`; the summary written as JSON to `out` if given."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from kernel_timing import bench_device, copy_gb_per_s, sweep, time_graph_ms, time_smoke_ms
+from kernel_timing import bench_device, copy_gb_per_s, sweep, sweep_inputs, time_graph_ms, time_smoke_ms
 
 # (experts, hidden, expert intermediate size, top-k, routing weights' dtype)
 SHAPES = {
@@ -111,13 +111,8 @@ def main(argv=None) -> int:
     device = bench_device(args.smoke, "moe_kernel")
     if device is None:
         return 1
-    shapes = SMOKE_SHAPES if args.smoke else {name: SHAPES[name] for name in args.shapes.split(",")}
-    tokens = [1, 16] if args.smoke else [int(t) for t in args.tokens.split(",")]
-    if args.smoke:
-        args.repeats = 1
-    copy_gbs = copy_gb_per_s(device, args.repeats) if device.type == "cuda" else None
-    summary = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (interpreter)",
-               "torch": torch.__version__, "copy_gb_per_s": copy_gbs, "results": []}
+    shapes, tokens, summary = sweep_inputs(args, device, SHAPES, SMOKE_SHAPES, [1, 16])
+    copy_gbs = summary["copy_gb_per_s"] = copy_gb_per_s(device, args.repeats) if device.type == "cuda" else None
     if copy_gbs:
         print(f"{summary['device']}: device-to-device copy {copy_gbs:.0f} GB/s")
     return sweep(summary, shapes, tokens, lambda name, shape, t: bench(name, shape, t, device, args),

@@ -19,7 +19,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from kernel_timing import bench_device, sweep, time_graph_ms, time_smoke_ms
+from kernel_timing import bench_device, sweep, sweep_inputs, time_graph_ms, time_smoke_ms
 
 # (kind, experts, hidden, top-k, groups, groups kept, routed scaling factor)
 SHAPES = {
@@ -100,12 +100,7 @@ def main(argv=None) -> int:
     device = bench_device(args.smoke, "routing_kernel")
     if device is None:
         return 1
-    shapes = SMOKE_SHAPES if args.smoke else {name: SHAPES[name] for name in args.shapes.split(",")}
-    tokens = [1, 5] if args.smoke else [int(t) for t in args.tokens.split(",")]
-    if args.smoke:
-        args.repeats = 1
-    summary = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (interpreter)",
-               "torch": torch.__version__, "results": []}
+    shapes, tokens, summary = sweep_inputs(args, device, SHAPES, SMOKE_SHAPES, [1, 5])
     return sweep(summary, shapes, tokens, lambda name, shape, t: bench(name, shape, t, device, args), report,
                  args.out)
 

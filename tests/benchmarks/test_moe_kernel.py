@@ -4,30 +4,18 @@ grouped GEMMs."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from kernel_smoke import smoke_results
 
 pytest.importorskip("triton")
 
 from temper.engine import kernels  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.mark.slow
 @pytest.mark.skipif(not kernels.grouped_mm_runs_on_cpu(), reason="this PyTorch has no CPU torch._grouped_mm")
 def test_smoke_runs_every_tile(tmp_path):
-    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    out = tmp_path / "out.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "moe_kernel.py"), "--smoke", "--out", str(out)],
-                   env=env, check=True, timeout=600)
-    results = json.loads(out.read_text())["results"]
+    results = smoke_results("moe_kernel.py", tmp_path)
     assert [r["tokens"] for r in results] == [1, 16]
     for r in results:
         assert len(r["configs"]) == 6 and r["touched_experts"] >= 2
