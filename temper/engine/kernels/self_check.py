@@ -31,8 +31,8 @@ def enable(mode: str, device: torch.device, dtype: torch.dtype, shape, without=(
     """Pick the kernel groups for an engine and turn them on; returns them.
 
     mode: "torch" (none), "triton" (all, unchecked: tests under TRITON_INTERPRET=1), "auto" (on CUDA,
-    the groups that pass `self_check` for this dtype and model `shape`; on CPU none). `MOE_GROUPS` only
-    for a model with experts (``shape.experts`` set, see `self_check`), and without triton only "moe".
+    the groups that pass their check here (`passing_groups`) for this dtype and model `shape`; on CPU none).
+    `kernels.MOE_GROUPS` only for a model with experts (``shape.experts`` set), and without triton only "moe".
     `without`: groups left off whatever the mode (``EngineArgs.moe_kernel="grouped_mm"``: "fused_moe").
     """
     kernels.set_enabled(())  # the self-check compares with the reference, which must not dispatch to kernels
