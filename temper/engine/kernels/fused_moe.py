@@ -25,7 +25,8 @@ sums inside the GEMMs, so bf16 results equal the reference's except where that o
 a rounding boundary. float32 inputs use IEEE float32 products (no tf32).
 
 Tiles: `FUSED_MOE_CONFIGS` (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); `pick_config` takes
-`DECODE_CONFIG` (BLOCK_M 16) while the pairs per expert are few, else `PREFILL_CONFIG`.
+`DECODE_CONFIG` (BLOCK_M 16) while the pairs per expert are few, `PREFILL_CONFIG` (64) between, and
+`LARGE_PREFILL_CONFIG` (128) from 128 pairs per expert.
 `benchmarks/moe_kernel.py` times each of them.
 """
 
@@ -46,14 +47,21 @@ FUSED_MOE_CONFIGS = (
     (64, 128, 64, 8, 3),
     (128, 128, 64, 8, 3),
 )
-DECODE_CONFIG, PREFILL_CONFIG = FUSED_MOE_CONFIGS[0], FUSED_MOE_CONFIGS[4]
+DECODE_CONFIG, PREFILL_CONFIG, LARGE_PREFILL_CONFIG = FUSED_MOE_CONFIGS[0], FUSED_MOE_CONFIGS[4], FUSED_MOE_CONFIGS[5]
 DECODE_PAIRS_PER_EXPERT = 32  # up to this many (token, slot) pairs per expert on average: the decode tile
+# from this many pairs per expert on average, the 128-row tile: on an H100 10-15% faster than the 64-row one at 128
+# and 192 (benchmarks/RESULTS.md, session 19)
+LARGE_PAIRS_PER_EXPERT = 128
 ALIGN_CHUNK = 1024  # pairs the alignment kernel reads per step
 
 
 def pick_config(num_tokens: int, top_k: int, num_experts: int) -> tuple[int, int, int, int, int]:
-    """The tile for T tokens: `DECODE_CONFIG` while T x top_k / E <= `DECODE_PAIRS_PER_EXPERT`."""
-    return DECODE_CONFIG if num_tokens * top_k <= DECODE_PAIRS_PER_EXPERT * num_experts else PREFILL_CONFIG
+    """The tile for T tokens by the pairs per expert, T x top_k / E: `DECODE_CONFIG` up to
+    `DECODE_PAIRS_PER_EXPERT`, `LARGE_PREFILL_CONFIG` from `LARGE_PAIRS_PER_EXPERT`, else `PREFILL_CONFIG`."""
+    pairs = num_tokens * top_k
+    if pairs <= DECODE_PAIRS_PER_EXPERT * num_experts:
+        return DECODE_CONFIG
+    return LARGE_PREFILL_CONFIG if pairs >= LARGE_PAIRS_PER_EXPERT * num_experts else PREFILL_CONFIG
 
 
 def max_blocks(num_pairs: int, num_experts: int, block_m: int) -> int:

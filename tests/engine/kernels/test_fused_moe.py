@@ -121,9 +121,13 @@ def test_no_tokens(device):
     assert fused_moe.fused_experts(*args).shape == (0, 64)
 
 
-def test_pick_config_takes_the_decode_tile_for_few_pairs_per_expert():
+def test_pick_config_grows_the_tile_with_the_pairs_per_expert():
     assert fused_moe.pick_config(64, 8, 128) == fused_moe.DECODE_CONFIG and fused_moe.DECODE_CONFIG[0] == 16
-    assert fused_moe.pick_config(2048, 8, 128) == fused_moe.PREFILL_CONFIG
+    assert fused_moe.pick_config(512, 8, 128) == fused_moe.DECODE_CONFIG  # 32 pairs per expert
+    assert fused_moe.pick_config(513, 8, 128) == fused_moe.PREFILL_CONFIG == (64, 128, 64, 8, 3)  # just over 32
+    assert fused_moe.pick_config(1024, 8, 128) == fused_moe.PREFILL_CONFIG  # 64 pairs per expert
+    assert fused_moe.pick_config(2048, 8, 128) == fused_moe.LARGE_PREFILL_CONFIG == (128, 128, 64, 8, 3)  # 128
+    assert fused_moe.pick_config(2048, 6, 64) == fused_moe.LARGE_PREFILL_CONFIG  # Moonlight: 192
 
 
 def test_self_check_keeps_the_fused_experts_and_catches_a_wrong_kernel(device, monkeypatch):
