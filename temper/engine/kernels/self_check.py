@@ -310,17 +310,21 @@ def _check_moe(device, dtype, shape) -> str | None:
 
 def _check_fused_moe(device, dtype, shape) -> str | None:
     """The Triton experts (`fused_moe.fused_experts`, looked up at call time) vs the loop
-    (`_check_experts`), with the decode tile (few tokens) and with the prefill tile (many)."""
+    (`_check_experts`), with each tile `fused_moe.pick_config` takes: decode (few tokens), prefill and large
+    prefill (just past each one's pairs-per-expert threshold)."""
     from temper.engine.kernels import fused_moe
 
     def fused(*args):
         return fused_moe.fused_experts(*args)
 
     num_experts, _hidden, _size, top_k = shape.experts
-    prefill_tokens = (fused_moe.DECODE_PAIRS_PER_EXPERT * num_experts) // top_k + 1
-    return (_check_experts("fused experts", fused, device, dtype, shape)
-            or _check_experts("fused experts (prefill tile)", fused, device, dtype, shape, prefill_tokens,
-                              graph=False))
+    error = _check_experts("fused experts", fused, device, dtype, shape)
+    for tile, pairs_per_expert in (("prefill", fused_moe.DECODE_PAIRS_PER_EXPERT),
+                                   ("large prefill", fused_moe.LARGE_PAIRS_PER_EXPERT)):
+        tokens = (pairs_per_expert * num_experts) // top_k + 1
+        error = error or _check_experts(f"fused experts ({tile} tile)", fused, device, dtype, shape, tokens,
+                                        graph=False)
+    return error
 
 
 def _check_experts(name, dispatch, device, dtype, shape, tokens=None, graph=True) -> str | None:

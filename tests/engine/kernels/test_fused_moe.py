@@ -132,8 +132,15 @@ def test_pick_config_grows_the_tile_with_the_pairs_per_expert():
 
 def test_self_check_keeps_the_fused_experts_and_catches_a_wrong_kernel(device, monkeypatch):
     shape = SimpleNamespace(experts=(8, 72, 40, 2))
+    real, tiles = fused_moe.fused_experts, []
+
+    def recording(w_gate_up, w_down, x, weights, ids, config=None):
+        tiles.append(fused_moe.pick_config(x.shape[0], ids.shape[1], w_gate_up.shape[0]))
+        return real(w_gate_up, w_down, x, weights, ids, config)
+
+    monkeypatch.setattr(fused_moe, "fused_experts", recording)
     assert passing_groups(torch.device(device), torch.float32, shape, {"fused_moe"}) == {"fused_moe"}
-    real = fused_moe.fused_experts
+    assert set(tiles) == {fused_moe.DECODE_CONFIG, fused_moe.PREFILL_CONFIG, fused_moe.LARGE_PREFILL_CONFIG}
 
     def wrong(w_gate_up, w_down, x, weights, ids, config=None):  # the routing weight applied twice
         return real(w_gate_up, w_down, x, weights * weights, ids, config)
