@@ -3,6 +3,8 @@ a small engine, the greedy settings and the greedy check against Hugging Face.""
 
 from __future__ import annotations
 
+import torch
+
 from temper.engine import EngineArgs, LLMEngine, SamplingParams
 
 NEW_TOKENS = 24
@@ -22,6 +24,29 @@ def check_greedy(engine, path, prompts, hf):
         assert out.finish_reason == "length" and len(out.output_logprobs) == NEW_TOKENS
     assert engine.stats()["kv_blocks_used"] == 0 and not engine.has_unfinished_requests()
     return outs
+
+
+def check_prefix_cache_hits(engine, outs, prompts) -> None:
+    """`outs` of `check_greedy` over the shared `prompts` fixture on a fresh `engine` with prefix caching: prompts
+    17-21 share a 40-token prefix (2 full blocks cached), the last ones are copies of one prompt; prefill computed
+    exactly the tokens the cache did not hold."""
+    assert all(o.cached_tokens >= 32 for o in outs[17:22])  # shared 40-token prefix: 2 full blocks
+    assert all(o.cached_tokens > 0 for o in outs[22:])  # copies of one prompt
+    total = sum(map(len, prompts))
+    assert engine.stats()["prefill_tokens_computed"] == total - engine.stats()["cached_tokens"] < total
+
+
+def check_n_sample_logprobs(path, prompts, hf, temperature: float) -> None:
+    """n=4 samples of a 40+-token prompt (and one other prompt): the first prefills it, the other three hit its
+    cached blocks; the samples differ, and every sampled token's log-prob is within 1e-4 of an HF forward's."""
+    params = SamplingParams(n=4, temperature=temperature, max_new_tokens=16, ignore_eos=True, seed=11)
+    outs = engine_for(path).generate([prompts[16], prompts[0]], params)
+    assert [o.cached_tokens >= 32 for o in outs[:4]] == [False, True, True, True]
+    assert len({tuple(o.output_token_ids) for o in outs[:4]}) > 1
+    for out in outs:
+        prompt = out.prompt_token_ids
+        expected = hf.logprobs(path, prompt + out.output_token_ids, len(prompt), temperature)
+        assert (torch.tensor(out.output_logprobs) - expected).abs().max() <= 1e-4
 
 
 def check_update_in_trainer_names(path) -> None:

@@ -13,6 +13,8 @@ import torch
 from engine_helpers import (
     check_greedy,
     check_mtp_layer_skipped,
+    check_n_sample_logprobs,
+    check_prefix_cache_hits,
     check_two_tensor_parallel_ranks,
     check_update_in_trainer_names,
     engine_for,
@@ -21,7 +23,6 @@ from test_models import _patched_copy, assert_matches_hf
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
 
-from temper.engine import SamplingParams
 from temper.engine.models.deepseek_v3 import TopkRouter
 
 # No q LoRA (Moonlight), two dense layers then one sparse, the non-interleaved RoPE layout, an untied head,
@@ -131,13 +132,10 @@ def test_greedy_matches_hf(prefix_caching, biased, hf, prompts):
     path = biased
     engine = engine_for(path, enable_prefix_caching=prefix_caching)
     outs = check_greedy(engine, path, prompts, hf)
-    total = sum(map(len, prompts))
-    if not prefix_caching:
-        assert engine.stats()["prefill_tokens_computed"] == total
-        return
-    assert all(o.cached_tokens >= 32 for o in outs[17:22])  # shared 40-token prefix: 2 full blocks
-    assert all(o.cached_tokens > 0 for o in outs[22:])  # copies of one prompt
-    assert engine.stats()["prefill_tokens_computed"] == total - engine.stats()["cached_tokens"] < total
+    if prefix_caching:
+        check_prefix_cache_hits(engine, outs, prompts)
+    else:
+        assert engine.stats()["prefill_tokens_computed"] == sum(map(len, prompts))
 
 
 def test_greedy_of_the_variant_matches_hf(model_dir, hf, prompts):
@@ -155,15 +153,7 @@ def test_greedy_under_preemption_matches_hf(biased, hf, prompts):
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_logprobs_of_n_samples_match_hf_forward(temperature, biased, hf, prompts):
     """n=4 samples of a 40+-token prompt: the first prefills it, the other three read its cached latents."""
-    path = biased
-    params = SamplingParams(n=4, temperature=temperature, max_new_tokens=16, ignore_eos=True, seed=11)
-    outs = engine_for(path).generate([prompts[16], prompts[0]], params)
-    assert [o.cached_tokens >= 32 for o in outs[:4]] == [False, True, True, True]
-    assert len({tuple(o.output_token_ids) for o in outs[:4]}) > 1
-    for out in outs:
-        prompt = out.prompt_token_ids
-        expected = hf.logprobs(path, prompt + out.output_token_ids, len(prompt), temperature)
-        assert (torch.tensor(out.output_logprobs) - expected).abs().max() <= 1e-4
+    check_n_sample_logprobs(biased, prompts, hf, temperature)
 
 
 def test_weight_update_in_the_trainers_names_reaches_the_engine(biased):

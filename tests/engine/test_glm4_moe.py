@@ -12,6 +12,8 @@ import torch
 from engine_helpers import (
     check_greedy,
     check_mtp_layer_skipped,
+    check_n_sample_logprobs,
+    check_prefix_cache_hits,
     check_two_tensor_parallel_ranks,
     check_update_in_trainer_names,
     engine_for,
@@ -20,7 +22,6 @@ from test_models import assert_matches_hf
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.models.glm4_moe.modeling_glm4_moe import Glm4MoeRotaryEmbedding, apply_rotary_pos_emb
 
-from temper.engine import SamplingParams
 from temper.engine.models.glm4_moe import Glm4MoeForCausalLM
 
 # GLM-4.5-Air's kind: no q/k norm, two dense layers then one sparse, an untied head, one expert group,
@@ -73,7 +74,7 @@ def test_greedy_matches_hf(prefix_caching, biased, hf, prompts):
     engine = engine_for(biased, enable_prefix_caching=prefix_caching)
     outs = check_greedy(engine, biased, prompts, hf)
     if prefix_caching:
-        assert all(o.cached_tokens >= 32 for o in outs[17:22]) and all(o.cached_tokens > 0 for o in outs[22:])
+        check_prefix_cache_hits(engine, outs, prompts)
 
 
 def test_greedy_of_the_variant_under_preemption_matches_hf(model_dir, hf, prompts):
@@ -85,13 +86,7 @@ def test_greedy_of_the_variant_under_preemption_matches_hf(model_dir, hf, prompt
 
 def test_logprobs_of_n_samples_match_hf_forward(biased, hf, prompts):
     """n=4 samples of a 40+-token prompt: the first prefills it, the other three read its cached K/V."""
-    params = SamplingParams(n=4, temperature=0.7, max_new_tokens=16, ignore_eos=True, seed=11)
-    outs = engine_for(biased).generate([prompts[16], prompts[0]], params)
-    assert [o.cached_tokens >= 32 for o in outs[:4]] == [False, True, True, True]
-    for out in outs:
-        prompt = out.prompt_token_ids
-        expected = hf.logprobs(biased, prompt + out.output_token_ids, len(prompt), 0.7)
-        assert (torch.tensor(out.output_logprobs) - expected).abs().max() <= 1e-4
+    check_n_sample_logprobs(biased, prompts, hf, 0.7)
 
 
 def test_weight_update_in_the_trainers_names_reaches_the_engine(biased):

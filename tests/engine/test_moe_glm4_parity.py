@@ -5,11 +5,8 @@ sampled tokens, n samples of one prompt sharing its cached prefix."""
 from __future__ import annotations
 
 import pytest
-import torch
-from engine_helpers import check_greedy, engine_for
+from engine_helpers import check_greedy, check_n_sample_logprobs, check_prefix_cache_hits, engine_for
 from test_models import assert_matches_hf
-
-from temper.engine import SamplingParams
 
 ARCHS = ["qwen3_moe", "glm4"]
 # Qwen3-MoE with dense layers between sparse ones: layer 1 is in mlp_only_layers, layers 0, 2 have experts.
@@ -43,11 +40,7 @@ def test_greedy_matches_hf(arch, model_dir, hf, prompts):
 def test_greedy_with_prefix_cache_hits_matches_hf(arch, model_dir, hf, prompts):
     path = model_dir(arch)
     engine = engine_for(path)
-    outs = check_greedy(engine, path, prompts, hf)
-    assert all(o.cached_tokens >= 32 for o in outs[17:22])  # shared 40-token prefix: 2 full blocks
-    assert all(o.cached_tokens > 0 for o in outs[22:])  # copies of one prompt
-    total = sum(map(len, prompts))
-    assert engine.stats()["prefill_tokens_computed"] == total - engine.stats()["cached_tokens"] < total
+    check_prefix_cache_hits(engine, check_greedy(engine, path, prompts, hf), prompts)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -62,12 +55,4 @@ def test_greedy_under_preemption_matches_hf(arch, model_dir, hf, prompts):
 @pytest.mark.parametrize("arch, overrides", [("qwen3_moe", MIXED_MOE), ("glm4", {})], ids=ARCHS)
 def test_logprobs_of_n_samples_match_hf_forward(arch, overrides, temperature, model_dir, hf, prompts):
     """n=4 samples of a 40+-token prompt: the first prefills it, the other three hit its cached blocks."""
-    path = model_dir(arch, **overrides)
-    params = SamplingParams(n=4, temperature=temperature, max_new_tokens=16, ignore_eos=True, seed=11)
-    outs = engine_for(path).generate([prompts[16], prompts[0]], params)
-    assert [o.cached_tokens >= 32 for o in outs[:4]] == [False, True, True, True]
-    assert len({tuple(o.output_token_ids) for o in outs[:4]}) > 1
-    for out in outs:
-        prompt = out.prompt_token_ids
-        expected = hf.logprobs(path, prompt + out.output_token_ids, len(prompt), temperature)
-        assert (torch.tensor(out.output_logprobs) - expected).abs().max() <= 1e-4
+    check_n_sample_logprobs(model_dir(arch, **overrides), prompts, hf, temperature)
