@@ -104,5 +104,6 @@ def main(argv=None) -> int:
     return sweep(summary, shapes, tokens, lambda name, shape, t: bench(name, shape, t, device, args), report,
                  args.out)
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

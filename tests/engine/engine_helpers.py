@@ -3,7 +3,11 @@ a small engine, the greedy settings and the greedy check against Hugging Face.""
 
 from __future__ import annotations
 
+import shutil
+
+import pytest
 import torch
+from safetensors.torch import save_file
 
 from temper.engine import EngineArgs, LLMEngine, SamplingParams
 
@@ -54,7 +58,6 @@ def check_update_in_trainer_names(path) -> None:
     trainer's in-memory HF layout (experts fused as [E, 2I, H]) sent under the checkpoint's names
     (temper/train/weights.py, what iter_weight_buckets sends) after a change of every parameter; the engine then
     computes what the changed HF model computes. The buffers are not sent (training does not change them)."""
-    import torch
     from test_models import engine_logits
     from transformers import AutoModelForCausalLM
 
@@ -87,12 +90,6 @@ def check_mtp_layer_skipped(path, tmp_path, hf, attention_weight: tuple[str, tup
     """A DeepSeek-style checkpoint `path` of 2 layers with a multi-token-prediction layer added as layer 2
     (`attention_weight`: one of its attention tensors, name and shape): the engine does not serve it and loads
     the rest, from disk or by name; an unknown name (`unknown_name`) is still an error."""
-    import shutil
-
-    import pytest
-    import torch
-    from safetensors.torch import save_file
-
     copy = tmp_path / "with-mtp"
     shutil.copytree(path, copy)
     name, shape = attention_weight
@@ -110,8 +107,6 @@ def check_two_tensor_parallel_ranks(path, variant, hf, read_back: tuple[str, ...
     """An engine over two ranks on checkpoint `path`: greedy as HF's, a prefix-cache hit included; then the
     weights of checkpoint `variant` loaded from full tensors: greedy as HF's on it for `variant_prompts` prompts,
     and the `read_back` weights read back whole, equal to the variant's."""
-    import torch
-
     from temper.engine.weights import iter_safetensors
 
     engine = engine_for(path, tensor_parallel_size=2, num_kv_blocks=48, max_num_seqs=8)
